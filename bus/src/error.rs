@@ -1,0 +1,97 @@
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Everything the bus can fail with. Each variant says whether retrying can help
+/// ([`BusError::is_retryable`]), which is what the gateway needs to choose between a 4xx and
+/// a 503.
+#[derive(Debug, Error)]
+pub enum BusError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("topic {topic:?} does not exist")]
+    UnknownTopic { topic: String },
+    #[error("topic {topic:?} has {partitions} partitions; partition {partition} does not exist")]
+    UnknownPartition {
+        topic: String,
+        partition: u32,
+        partitions: u32,
+    },
+    #[error("topic {topic:?} exists with {existing} partitions, not {requested}")]
+    PartitionCountMismatch {
+        topic: String,
+        existing: u32,
+        requested: u32,
+    },
+    #[error("invalid {what} name {name:?}: {reason}")]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        reason: &'static str,
+    },
+    #[error("record of {size} bytes is larger than the limit of {limit} bytes")]
+    RecordTooLarge { size: u64, limit: u64 },
+    #[error(
+        "offset {requested} of {topic}/{partition} is before the log start {log_start} (removed by retention)"
+    )]
+    OffsetOutOfRange {
+        topic: String,
+        partition: u32,
+        requested: u64,
+        log_start: u64,
+    },
+    #[error("corrupt record batch in {path} at byte {position}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+    #[error(
+        "partition {topic}/{partition} stopped accepting writes after an I/O failure: {reason}"
+    )]
+    PartitionFailed {
+        topic: String,
+        partition: u32,
+        reason: String,
+    },
+    #[error("partition {topic}/{partition} is not assigned to this consumer of group {group:?}")]
+    NotAssigned {
+        group: String,
+        topic: String,
+        partition: u32,
+    },
+    #[error("the bus is closed")]
+    Closed,
+    #[error("invalid bus configuration: {0}")]
+    Config(String),
+}
+
+impl BusError {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Whether the same request may succeed later (disk full, shutting down, broker away),
+    /// as opposed to a request that is wrong and will always fail.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Io { .. }
+                | Self::PartitionFailed { .. }
+                | Self::Closed
+                | Self::NotAssigned { .. }
+        )
+    }
+}
+
+pub type Result<T, E = BusError> = std::result::Result<T, E>;
