@@ -1,6 +1,8 @@
 //! The embedded log: the shared bus contract, plus what only a log on local disk has
 //! (segments, recovery from torn writes and damage, retention, group commit).
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod conformance;
 
 use std::fs::{self, OpenOptions};

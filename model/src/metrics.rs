@@ -104,7 +104,7 @@ impl NativeHistogram {
                 self.schema
             ));
         }
-        if !(self.zero_threshold >= 0.0) {
+        if self.zero_threshold.is_nan() || self.zero_threshold < 0.0 {
             return invalid(format!(
                 "zero threshold {} must be a non-negative number",
                 self.zero_threshold
@@ -179,7 +179,7 @@ impl NativeHistogram {
                 let buckets = positive_counts.iter().chain(negative_counts);
                 if let Some(bad) = std::iter::once(zero_count)
                     .chain(buckets.clone())
-                    .find(|c| !(**c >= 0.0))
+                    .find(|c| c.is_nan() || **c < 0.0)
                 {
                     return invalid(format!("bucket count {bad} is negative or NaN"));
                 }

@@ -3,6 +3,8 @@
 //! Each check takes a fresh bus (from a factory the engine's test file provides) and uses
 //! only the `Bus` and `Consumer` traits, so the Kafka engine runs the very same checks.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
