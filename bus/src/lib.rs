@@ -147,9 +147,10 @@ pub trait Bus: Send + Sync + fmt::Debug {
     async fn partition_count(&self, topic: &str) -> Result<u32>;
 
     /// Appends records and returns their positions, in input order, once every one of them
-    /// is durable (fsync'd, or acknowledged by all in-sync replicas). An error means none of
-    /// the records of the failing partition were acknowledged; records bound for other
-    /// partitions may have been.
+    /// is durable (fsync'd, or acknowledged by all in-sync replicas). Records with the same
+    /// partition keep their input order. An error means the request as a whole was not
+    /// acknowledged; some of its records may still have been appended, so a retry may
+    /// duplicate them (consumers are idempotent for exactly this reason).
     async fn produce(
         &self,
         topic: &str,

@@ -530,41 +530,36 @@ impl Bus for EmbeddedBus {
             routed[partition as usize].push((index, timestamp, record));
         }
 
-        // Split each partition's share into batches that fit, and hand all of them to the
-        // writers before waiting on any, so partitions are written in parallel.
-        let mut waiting = Vec::new();
+        // Split each partition's share into batches that fit. Each partition's batches are
+        // queued in order by one task; partitions are written in parallel.
+        let mut appends = Vec::new();
+        let mut total = 0;
         for (partition, share) in routed.into_iter().enumerate() {
-            let mut batch: Vec<(i64, ProduceRecord)> = Vec::new();
+            if share.is_empty() {
+                continue;
+            }
+            total += share.len();
+            let mut batches: Vec<Vec<(i64, ProduceRecord)>> = Vec::new();
             let mut indexes = Vec::new();
+            let mut batch: Vec<(i64, ProduceRecord)> = Vec::new();
             let mut size = format::BATCH_HEADER_LEN as u64;
             for (index, timestamp, record) in share {
                 let record_size = format::record_len(&record);
                 if !batch.is_empty() && size + record_size > max_batch {
-                    waiting.push((
-                        partition,
-                        std::mem::take(&mut indexes),
-                        std::mem::take(&mut batch),
-                    ));
+                    batches.push(std::mem::take(&mut batch));
                     size = format::BATCH_HEADER_LEN as u64;
                 }
                 size += record_size;
                 indexes.push(index);
                 batch.push((timestamp, record));
             }
-            if !batch.is_empty() {
-                waiting.push((partition, indexes, batch));
-            }
+            batches.push(batch);
+            let lengths: Vec<usize> = batches.iter().map(Vec::len).collect();
+            let found = found.clone();
+            let handle =
+                tokio::spawn(async move { found.partitions[partition].append(batches).await });
+            appends.push((partition as u32, indexes, lengths, handle));
         }
-        let total: usize = waiting.iter().map(|(_, indexes, _)| indexes.len()).sum();
-        let appends: Vec<_> = waiting
-            .into_iter()
-            .map(|(partition, indexes, batch)| {
-                let found = found.clone();
-                let handle =
-                    tokio::spawn(async move { found.partitions[partition].append(batch).await });
-                (partition as u32, indexes, handle)
-            })
-            .collect();
         let mut positions = vec![
             RecordPosition {
                 partition: 0,
@@ -573,7 +568,7 @@ impl Bus for EmbeddedBus {
             total
         ];
         let mut first_error = None;
-        for (partition, indexes, handle) in appends {
+        for (partition, indexes, lengths, handle) in appends {
             let result = handle
                 .await
                 .map_err(|e| {
@@ -581,12 +576,13 @@ impl Bus for EmbeddedBus {
                 })
                 .and_then(|r| r);
             match result {
-                Ok(base) => {
-                    for (i, index) in indexes.into_iter().enumerate() {
-                        positions[index] = RecordPosition {
-                            partition,
-                            offset: base + i as u64,
-                        };
+                Ok(bases) => {
+                    let offsets = bases
+                        .iter()
+                        .zip(&lengths)
+                        .flat_map(|(base, len)| (0..*len as u64).map(move |i| base + i));
+                    for (index, offset) in indexes.iter().zip(offsets) {
+                        positions[*index] = RecordPosition { partition, offset };
                     }
                 }
                 Err(error) => {

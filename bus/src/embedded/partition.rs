@@ -133,25 +133,35 @@ impl Partition {
         })
     }
 
-    /// Appends `records` as one batch; returns the first offset once it is durable.
-    pub async fn append(&self, records: Vec<(i64, ProduceRecord)>) -> Result<u64> {
+    /// Appends each of `batches` as one record batch, in order, and returns the first
+    /// offset of each once all are durable. The batches are queued before any answer is
+    /// awaited, so the writer can make them durable with one fsync.
+    pub async fn append(&self, batches: Vec<Vec<(i64, ProduceRecord)>>) -> Result<Vec<u64>> {
         let sender = self
             .sender
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or(BusError::Closed)?;
-        let encoded_len = batch_len(records.iter().map(|(_, r)| r));
-        let (reply, answer) = oneshot::channel();
-        sender
-            .send(AppendRequest {
-                records,
-                encoded_len,
-                reply,
-            })
-            .await
-            .map_err(|_| BusError::Closed)?;
-        answer.await.map_err(|_| BusError::Closed)?
+        let mut answers = Vec::with_capacity(batches.len());
+        for records in batches {
+            let encoded_len = batch_len(records.iter().map(|(_, r)| r));
+            let (reply, answer) = oneshot::channel();
+            sender
+                .send(AppendRequest {
+                    records,
+                    encoded_len,
+                    reply,
+                })
+                .await
+                .map_err(|_| BusError::Closed)?;
+            answers.push(answer);
+        }
+        let mut bases = Vec::with_capacity(answers.len());
+        for answer in answers {
+            bases.push(answer.await.map_err(|_| BusError::Closed)??);
+        }
+        Ok(bases)
     }
 
     /// Stops accepting appends, lets the writer finish what it accepted, and waits for it.
