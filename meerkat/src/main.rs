@@ -1,1 +1,86 @@
-fn main() {}
+//! The `meerkat` binary: every role of Meerkat, chosen by subcommand.
+//!
+//! This crate only wires: command line, configuration, logging, and the lifecycle of the
+//! roles, whose logic lives in the library crates.
+
+mod cli;
+mod components;
+mod config;
+mod http;
+mod lifecycle;
+mod serve;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{AgentCommand, Cli, Command, ConfigCommand};
+use crate::config::Config;
+
+/// `meerkat <version> (<git revision>)`.
+pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GIT_REVISION"), ")");
+
+/// Exit code of a role that this build does not have yet (sysexits' EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("meerkat: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<(Config, config::Sources)> {
+    Config::load(
+        cli.global.config.as_deref(),
+        std::env::vars(),
+        &cli.global.overrides(),
+    )
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let unavailable = |role: &str, issue: &str| {
+        eprintln!(
+            "meerkat: the {role} role is not part of this build yet ({issue}).\n\
+             `meerkat serve` runs everything that exists today in one process."
+        );
+        Ok(ExitCode::from(EXIT_UNAVAILABLE))
+    };
+    match &cli.command {
+        Command::Version => {
+            println!("meerkat {VERSION_LINE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check) => {
+            let (_, sources) = load_config(&cli)?;
+            println!("configuration OK ({sources})");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Print) => {
+            let (config, _) = load_config(&cli)?;
+            print!("{}", config.to_yaml()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve => {
+            let (config, sources) = load_config(&cli)?;
+            telemetry::init_logging(&config.log)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("meerkat")
+                .build()?;
+            runtime.block_on(serve::run(config, sources))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gateway => unavailable("gateway", "issue 3"),
+        Command::Ingest => unavailable("ingest", "issue 4"),
+        Command::Query => unavailable("query", "issue 5"),
+        Command::Alerting => unavailable("alerting", "issue 7"),
+        Command::Agent(AgentCommand::Node) => unavailable("node agent", "issue 6"),
+        Command::Agent(AgentCommand::Cluster) => unavailable("cluster agent", "issue 6"),
+    }
+}

@@ -1,0 +1,93 @@
+//! The command line: one binary, a subcommand per role.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{FlagOverrides, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meerkat",
+    version = crate::VERSION_LINE,
+    about = "Meerkat: metrics, traces, logs and platform events in one backend, agents included",
+    long_about = "Meerkat: metrics, traces, logs and platform events in one backend, agents included.\n\n\
+        Configuration is layered: defaults, then the YAML file (--config, or ./meerkat.yaml if \
+        present), then MEERKAT_* environment variables (MEERKAT_<KEY>, nesting with '__', e.g. \
+        MEERKAT_BUS__PARTITIONS=8), then flags. `meerkat config print` shows the result."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Configuration file [default: ./meerkat.yaml if present]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of the embedded bus and store [config: data_dir]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address; port 0 picks a free port [config: http_listen]
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+    /// Log filter, e.g. `info` or `info,bus=debug` [config: log.level]
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log format [config: log.format]
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl GlobalArgs {
+    pub fn overrides(&self) -> FlagOverrides {
+        FlagOverrides {
+            data_dir: self.data_dir.clone(),
+            http_listen: self.http_listen,
+            log_level: self.log_level.clone(),
+            log_format: self.log_format,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Standalone mode: every server role in one process, on the embedded bus and store
+    Serve,
+    /// The gateway role: accepts telemetry (remote-write, OTLP, Influx, Zipkin) onto the bus
+    Gateway,
+    /// The ingest role: moves telemetry from the bus into storage
+    Ingest,
+    /// The query role: PromQL, SQL, trace and log queries over HTTP
+    Query,
+    /// The alerting role: evaluates Prometheus rule files and notifies Alertmanager
+    Alerting,
+    /// The agents that run in customer clusters
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Inspect the effective configuration
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print version and build information
+    Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// The node agent (DaemonSet): host, container and pod telemetry of one node
+    Node,
+    /// The cluster agent: Prometheus-compatible scraping and cluster state
+    Cluster,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration (file, environment and flags) and exit
+    Check,
+    /// Print the effective configuration as YAML
+    Print,
+}

@@ -1,0 +1,53 @@
+//! Components shared by the roles.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use bus::Bus;
+use bus::embedded::EmbeddedBus;
+
+use crate::config::Config;
+use crate::http::SharedRegistry;
+use crate::lifecycle::Component;
+
+/// The embedded bus, opened (recovering its log) and with Meerkat's topics in place.
+#[derive(Debug)]
+pub struct EmbeddedBusComponent {
+    pub bus: Arc<EmbeddedBus>,
+}
+
+impl EmbeddedBusComponent {
+    pub async fn start(config: &Config, registry: &SharedRegistry) -> anyhow::Result<Self> {
+        let dir = config.bus_dir();
+        let bus_config = config.bus.embedded.clone();
+        let opened_in = dir.clone();
+        // Opening recovers every partition: file I/O that must not stall the reactor.
+        let bus = tokio::task::spawn_blocking(move || EmbeddedBus::open(&opened_in, bus_config))
+            .await
+            .context("bus start-up task failed")?
+            .with_context(|| format!("cannot open the embedded bus in {}", dir.display()))?;
+        bus.register_metrics(&mut registry.write().unwrap_or_else(|e| e.into_inner()));
+        for topic in bus::topics::ALL {
+            bus.ensure_topic(topic, config.bus.partitions)
+                .await
+                .with_context(|| format!("cannot set up bus topic {topic}"))?;
+        }
+        tracing::info!(dir = %dir.display(), "embedded bus ready");
+        Ok(Self { bus: Arc::new(bus) })
+    }
+}
+
+#[async_trait]
+impl Component for EmbeddedBusComponent {
+    fn name(&self) -> &'static str {
+        "embedded bus"
+    }
+
+    async fn stop(self: Box<Self>) -> anyhow::Result<()> {
+        self.bus
+            .close()
+            .await
+            .context("cannot close the embedded bus")
+    }
+}

@@ -1,0 +1,61 @@
+//! `meerkat serve`: standalone mode, every server role in one process.
+//!
+//! Today that is the HTTP server (`/health`, `/metrics`) and the embedded bus; the gateway,
+//! ingest, query and alerting roles join here as they are built, in start order, and stop in
+//! reverse.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use prometheus_client::registry::Registry;
+
+use crate::components::EmbeddedBusComponent;
+use crate::config::{Config, Sources};
+use crate::http::{HttpServer, Readiness, SharedRegistry};
+use crate::lifecycle::{Component, ShutdownSignals, stop_all};
+use crate::telemetry::register_build_info;
+
+pub async fn run(config: Config, sources: Sources) -> anyhow::Result<()> {
+    let mut signals = ShutdownSignals::install()?;
+    tracing::info!(version = crate::VERSION_LINE, config = %sources, data_dir = %config.data_dir.display(), "meerkat serve starting");
+    let registry: SharedRegistry = Arc::new(RwLock::new(Registry::default()));
+    register_build_info(&mut registry.write().unwrap_or_else(|e| e.into_inner()));
+    let readiness = Readiness::default();
+    let grace = Duration::from_secs(config.shutdown.grace_period_seconds);
+
+    // The HTTP server comes up first so `/health` can answer 503 while the rest starts.
+    let http = HttpServer::start(
+        config.http_listen,
+        Router::new(),
+        registry.clone(),
+        readiness.clone(),
+    )
+    .await?;
+
+    let mut components: Vec<Box<dyn Component>> = Vec::new();
+    let started: anyhow::Result<()> = async {
+        components.push(Box::new(
+            EmbeddedBusComponent::start(&config, &registry).await?,
+        ));
+        Ok(())
+    }
+    .await;
+    if let Err(error) = started {
+        let _ = http.stop(grace).await;
+        let _ = stop_all(components, &mut signals).await;
+        return Err(error);
+    }
+
+    readiness.set(true);
+    tracing::info!(http = %http.local_addr, "meerkat serve ready");
+
+    let signal = signals.recv().await;
+    tracing::info!(signal, "shutting down: draining requests, then flushing");
+    readiness.set(false);
+    let http_stopped = http.stop(grace).await;
+    stop_all(components, &mut signals).await?;
+    http_stopped?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
