@@ -1,1 +1,27 @@
-fn main() {}
+//! Meerkat's benchmarks: programs that measure Meerkat beside a peer and print ratios.
+//!
+//! Absolute numbers on shared machines are noise; ratios measured in the same run are not.
+//! Each subcommand says what it compares.
+
+mod encoding;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "bench", about = "Meerkat benchmarks (run with --release)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Bus record encodings compared on realistic batches: size, encode and decode time
+    Encoding(encoding::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Encoding(args) => encoding::run(&args),
+    }
+}

@@ -93,11 +93,9 @@ pub struct Envelope {
 impl Envelope {
     /// Encodes into a fresh buffer.
     pub fn encode(&self) -> Result<Vec<u8>, ModelError> {
-        let mut buffer = vec![ENVELOPE_FORMAT_VERSION];
-        postcard::to_io(self, &mut buffer).map_err(|e| ModelError::Encode {
+        postcard::to_extend(self, vec![ENVELOPE_FORMAT_VERSION]).map_err(|e| ModelError::Encode {
             reason: e.to_string(),
-        })?;
-        Ok(buffer)
+        })
     }
 
     /// Decodes a record written by [`Envelope::encode`] of this or an earlier format.
