@@ -32,14 +32,23 @@ struct Case {
 }
 
 fn metric_batch(series: usize, samples_per_series: usize) -> Envelope {
-    let modes = ["idle", "iowait", "irq", "nice", "softirq", "steal", "system", "user"];
+    let modes = [
+        "idle", "iowait", "irq", "nice", "softirq", "steal", "system", "user",
+    ];
     let mut out = Vec::with_capacity(series);
     for i in 0..series {
         let labels = Labels::new([
             ("__name__", "node_cpu_seconds_total".to_owned()),
             ("cpu", (i % 64).to_string()),
             ("mode", modes[i % modes.len()].to_owned()),
-            ("instance", format!("ip-10-0-{}-{}.eu-west-1.compute.internal:9100", i / 250 % 250, i % 250)),
+            (
+                "instance",
+                format!(
+                    "ip-10-0-{}-{}.eu-west-1.compute.internal:9100",
+                    i / 250 % 250,
+                    i % 250
+                ),
+            ),
             ("job", "node-exporter".to_owned()),
             ("namespace", "monitoring".to_owned()),
             ("pod", format!("node-exporter-{:05x}", i / 512)),
@@ -292,7 +301,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     budget,
                     || request.encode_to_vec(),
                     |b| {
-                        black_box(proto::WriteRequest::decode(b.as_slice()).expect("protobuf decodes"));
+                        black_box(
+                            proto::WriteRequest::decode(b.as_slice()).expect("protobuf decodes"),
+                        );
                     },
                 ),
             ));
