@@ -457,6 +457,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_documents_exactly_the_defaults() {
+        let example = include_str!("../../meerkat.example.yaml");
+        assert_eq!(Config::from_yaml(example).unwrap(), Config::default());
+        // Every key of the effective configuration appears in the example.
+        let printed = Config::default().to_yaml().unwrap();
+        for line in printed.lines() {
+            let key = line.trim_start().split(':').next().unwrap();
+            assert!(example.contains(&format!("{key}:")), "meerkat.example.yaml lacks {key}");
+        }
+    }
+
+    #[test]
     fn empty_file_means_defaults() {
         assert_eq!(Config::from_yaml("").unwrap(), Config::default());
         assert_eq!(
