@@ -464,7 +464,10 @@ mod tests {
         let printed = Config::default().to_yaml().unwrap();
         for line in printed.lines() {
             let key = line.trim_start().split(':').next().unwrap();
-            assert!(example.contains(&format!("{key}:")), "meerkat.example.yaml lacks {key}");
+            assert!(
+                example.contains(&format!("{key}:")),
+                "meerkat.example.yaml lacks {key}"
+            );
         }
     }
 

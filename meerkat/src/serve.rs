@@ -14,13 +14,13 @@ use crate::components::EmbeddedBusComponent;
 use crate::config::{Config, Sources};
 use crate::http::{HttpServer, Readiness, SharedRegistry};
 use crate::lifecycle::{Component, ShutdownSignals, stop_all};
-use crate::telemetry::register_build_info;
+use crate::telemetry::register_process_metrics;
 
 pub async fn run(config: Config, sources: Sources) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install()?;
     tracing::info!(version = crate::VERSION_LINE, config = %sources, data_dir = %config.data_dir.display(), "meerkat serve starting");
     let registry: SharedRegistry = Arc::new(RwLock::new(Registry::default()));
-    register_build_info(&mut registry.write().unwrap_or_else(|e| e.into_inner()));
+    register_process_metrics(&mut registry.write().unwrap_or_else(|e| e.into_inner()));
     let readiness = Readiness::default();
     let grace = Duration::from_secs(config.shutdown.grace_period_seconds);
 

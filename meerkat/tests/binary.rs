@@ -187,6 +187,7 @@ fn serve_defaults_keep_data_under_dot_data_and_stop_cleanly_on_sigterm() {
     );
     for family in [
         "meerkat_build_info{",
+        "process_resident_memory_bytes ",
         "meerkat_bus_segments{topic=\"metrics\",partition=\"0\"} 1",
         "meerkat_bus_high_watermark{topic=\"events\",partition=\"3\"} 0",
         "meerkat_http_requests_total{handler=\"/health\"",
