@@ -66,6 +66,10 @@ pub enum BusError {
         topic: String,
         partition: u32,
     },
+    #[error(
+        "another process is using the bus directory (it holds {path}); stop it, or give this one its own data directory"
+    )]
+    Locked { path: PathBuf },
     #[error("the bus is closed")]
     Closed,
     #[error("invalid bus configuration: {0}")]

@@ -63,35 +63,49 @@ impl BatchHeader {
         }
     }
 
-    /// Checks what can be checked before reading the body, so a garbage length never makes a
-    /// reader allocate or read gigabytes.
-    pub fn check_shape(
-        &self,
-        expected_base: Option<u64>,
-        max_batch_bytes: u64,
-    ) -> Result<(), String> {
-        let minimum = (BATCH_HEADER_LEN - 4) as u64 + RECORD_OVERHEAD as u64;
+    /// Checks everything that can be checked before reading the body: that the batch
+    /// continues the log at `expected_base`, holds at least one record and no more than its
+    /// length allows, and fits in the `available` bytes left. So a damaged header never
+    /// makes a reader skip records, allocate gigabytes, or overflow an offset.
+    ///
+    /// The limit is the data on disk, never the configured `max_batch_bytes`: lowering
+    /// that setting must not make batches written under the old value unreadable.
+    pub fn check_shape(&self, expected_base: u64, available: u64) -> Result<(), String> {
+        let minimum = (BATCH_HEADER_LEN - 4 + RECORD_OVERHEAD) as u64;
         if u64::from(self.length) < minimum {
             return Err(format!(
                 "batch length {} is below the minimum {minimum}",
                 self.length
             ));
         }
-        if self.total_len() > max_batch_bytes {
-            return Err(format!(
-                "batch length {} exceeds the limit of {max_batch_bytes} bytes",
-                self.length
-            ));
-        }
         if self.count == 0 {
             return Err("batch holds no records".to_owned());
         }
-        if let Some(expected) = expected_base
-            && self.base_offset != expected
-        {
+        let body = u64::from(self.length) - (BATCH_HEADER_LEN - 4) as u64;
+        if u64::from(self.count) * RECORD_OVERHEAD as u64 > body {
             return Err(format!(
-                "batch starts at offset {} where {expected} was expected",
+                "batch claims {} records but has room for at most {}",
+                self.count,
+                body / RECORD_OVERHEAD as u64
+            ));
+        }
+        if self.base_offset != expected_base {
+            return Err(format!(
+                "batch starts at offset {} where {expected_base} was expected",
                 self.base_offset
+            ));
+        }
+        if self
+            .base_offset
+            .checked_add(u64::from(self.count))
+            .is_none()
+        {
+            return Err(format!("batch offsets overflow from {}", self.base_offset));
+        }
+        if self.total_len() > available {
+            return Err(format!(
+                "batch of {} bytes runs past the end of the data ({available} bytes left)",
+                self.total_len()
             ));
         }
         Ok(())
@@ -249,7 +263,15 @@ mod tests {
         assert_eq!(header.count, 3);
         assert_eq!(header.max_timestamp_ms, 102);
         assert_eq!(header.next_offset(), 44);
-        header.check_shape(Some(41), 1 << 20).unwrap();
+        header.check_shape(41, bytes.len() as u64).unwrap();
+        assert!(
+            header.check_shape(40, bytes.len() as u64).is_err(),
+            "a batch must continue the log"
+        );
+        assert!(
+            header.check_shape(41, bytes.len() as u64 - 1).is_err(),
+            "a batch must fit"
+        );
         let decoded = decode_batch(&header, Bytes::from(bytes)).unwrap();
         let offsets: Vec<u64> = decoded.iter().map(|r| r.offset).collect();
         assert_eq!(offsets, [41, 42, 43]);
@@ -269,7 +291,7 @@ mod tests {
                 let mut damaged = bytes.clone();
                 damaged[at] ^= 1 << bit;
                 let header = header_of(&damaged);
-                let accepted = header.check_shape(Some(0), 1 << 20).is_ok()
+                let accepted = header.check_shape(0, damaged.len() as u64).is_ok()
                     && header.total_len() == damaged.len() as u64
                     && decode_batch(&header, Bytes::from(damaged)).is_ok();
                 assert!(!accepted, "flip of bit {bit} at byte {at} went unnoticed");
@@ -280,14 +302,25 @@ mod tests {
     #[test]
     fn zero_filled_tail_is_invalid() {
         let header = BatchHeader::parse(&[0; BATCH_HEADER_LEN]);
-        assert!(header.check_shape(None, 1 << 20).is_err());
+        assert!(header.check_shape(0, 1 << 20).is_err());
     }
 
     #[test]
-    fn oversized_length_is_refused_before_reading() {
+    fn oversized_length_or_count_is_refused_before_reading() {
         let mut bytes = encoded(0);
         bytes[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        let err = header_of(&bytes).check_shape(None, 1 << 20).unwrap_err();
-        assert!(err.contains("exceeds the limit"), "{err}");
+        let err = header_of(&bytes).check_shape(0, 1 << 20).unwrap_err();
+        assert!(err.contains("runs past the end"), "{err}");
+
+        let mut bytes = encoded(0);
+        bytes[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = header_of(&bytes).check_shape(0, 1 << 20).unwrap_err();
+        assert!(err.contains("room for at most"), "{err}");
+
+        let bytes = encoded(u64::MAX - 1);
+        let err = header_of(&bytes)
+            .check_shape(u64::MAX - 1, 1 << 20)
+            .unwrap_err();
+        assert!(err.contains("overflow"), "{err}");
     }
 }

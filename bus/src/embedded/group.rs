@@ -23,6 +23,7 @@ pub(crate) struct Group {
     pub name: String,
     path: PathBuf,
     state: Mutex<GroupState>,
+    commit_lock: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +70,7 @@ impl Group {
             name: name.to_owned(),
             path,
             state: Mutex::new(state),
+            commit_lock: Mutex::new(()),
         })
     }
 
@@ -138,14 +140,18 @@ impl Group {
 
     /// Records offsets and makes them durable before returning (write to a temporary file,
     /// fsync, rename over the old file, fsync the directory), so a crash leaves either the
-    /// old or the new offsets, never a mix or nothing.
+    /// old or the new offsets, never a mix or nothing. The new offsets become visible to
+    /// other members only once they are durable, and the membership lock is not held during
+    /// the file I/O, so polling members never wait on a commit's fsync.
     pub fn commit(&self, offsets: &[(TopicPartition, u64)]) -> Result<()> {
-        let mut state = self.lock();
+        // Serialises commits, so each one writes a superset of the one before it.
+        let _writing = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut merged = self.lock().offsets.clone();
         for (partition, offset) in offsets {
-            state.offsets.insert(partition.clone(), *offset);
+            merged.insert(partition.clone(), *offset);
         }
         let mut file = OffsetsFile::default();
-        for (tp, offset) in &state.offsets {
+        for (tp, offset) in &merged {
             file.offsets
                 .entry(tp.topic.to_string())
                 .or_default()
@@ -165,6 +171,11 @@ impl Group {
         };
         write().map_err(|e| BusError::io("writing committed offsets", &self.path, e))?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        sync_dir(dir)
+        sync_dir(dir)?;
+        let mut state = self.lock();
+        for (partition, offset) in offsets {
+            state.offsets.insert(partition.clone(), *offset);
+        }
+        Ok(())
     }
 }

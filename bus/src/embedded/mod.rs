@@ -140,6 +140,9 @@ pub struct EmbeddedBus {
 
 #[derive(Debug)]
 struct Inner {
+    /// Held (and locked) for the bus's lifetime: two processes appending to one log would
+    /// overwrite each other's acknowledged records.
+    _lock: fs::File,
     root: PathBuf,
     config: Arc<EmbeddedBusConfig>,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
@@ -188,6 +191,22 @@ fn validate_name(what: &'static str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Takes the exclusive lock on `<dir>/LOCK`, or says who is in the way.
+fn lock_directory(dir: &Path) -> Result<fs::File> {
+    let path = dir.join("LOCK");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| BusError::io("opening lock file", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(BusError::Locked { path }),
+        Err(fs::TryLockError::Error(e)) => Err(BusError::io("locking", &path, e)),
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -201,13 +220,19 @@ impl EmbeddedBus {
     pub fn open(dir: impl AsRef<Path>, config: EmbeddedBusConfig) -> Result<Self> {
         config.validate()?;
         let root = dir.as_ref().to_path_buf();
+        let existed = root.is_dir();
         for sub in ["topics", "groups"] {
             let path = root.join(sub);
             fs::create_dir_all(&path)
                 .map_err(|e| BusError::io("creating bus directory", &path, e))?;
         }
         sync_dir(&root)?;
+        if !existed && let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+        let lock = lock_directory(&root)?;
         let inner = Arc::new(Inner {
+            _lock: lock,
             root,
             config: Arc::new(config),
             topics: RwLock::new(HashMap::new()),
@@ -233,7 +258,7 @@ impl EmbeddedBus {
 
     /// Applies retention to every partition as if the time were `now_ms`; returns how many
     /// segments were removed. Runs on its own every `retention_check_interval_seconds`.
-    pub fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
+    pub fn enforce_retention(&self, now_ms: i64) -> usize {
         self.inner.enforce_retention(now_ms)
     }
 
@@ -285,9 +310,7 @@ fn start_retention_thread(
                 stopped.recv_timeout(interval)
             {
                 let Some(inner) = weak.upgrade() else { return };
-                if let Err(error) = inner.enforce_retention(now_ms()) {
-                    tracing::error!(%error, "bus retention failed");
-                }
+                inner.enforce_retention(now_ms());
             }
         })
         .map_err(|e| BusError::io("starting retention thread for", &inner.root, e))?;
@@ -429,7 +452,7 @@ impl Inner {
         Ok(group)
     }
 
-    fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
+    fn enforce_retention(&self, now_ms: i64) -> usize {
         let topics: Vec<Arc<Topic>> = self
             .topics
             .read()
@@ -440,10 +463,10 @@ impl Inner {
         let mut removed = 0;
         for topic in topics {
             for partition in &topic.partitions {
-                removed += partition.log.enforce_retention(now_ms)?;
+                removed += partition.log.enforce_retention(now_ms);
             }
         }
-        Ok(removed)
+        removed
     }
 
     fn check_open(&self) -> Result<()> {

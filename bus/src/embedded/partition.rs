@@ -10,7 +10,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -18,7 +18,7 @@ use std::time::Instant;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::EmbeddedBusConfig;
-use super::format::{BATCH_HEADER_LEN, StoredRecord, encode_batch, record_len};
+use super::format::{BATCH_HEADER_LEN, RECORD_OVERHEAD, StoredRecord, encode_batch, record_len};
 use super::metrics::{BusMetrics, PartitionLabels, TopicLabels};
 use super::segment::{IndexEntry, Segment, parse_log_file_name, sync_dir};
 use crate::{BusError, ProduceRecord, Result, Watermarks};
@@ -39,12 +39,15 @@ pub(crate) struct PartitionLog {
     labels: PartitionLabels,
 }
 
-/// A produce request for one partition, answered with the first offset given.
+/// One batch of a produce request for one partition, answered with its first offset.
 struct AppendRequest {
     /// Records with their timestamps resolved.
     records: Vec<(i64, ProduceRecord)>,
     encoded_len: u64,
     reply: oneshot::Sender<Result<u64>>,
+    /// Shared by the batches of one produce call: set when one of them fails, so the later
+    /// ones are not written after it (that would break the call's record order on retry).
+    aborted: Arc<AtomicBool>,
 }
 
 /// A partition as its owner sees it: the shared log plus the way in to its writer.
@@ -144,6 +147,7 @@ impl Partition {
             .clone()
             .ok_or(BusError::Closed)?;
         let mut answers = Vec::with_capacity(batches.len());
+        let aborted = Arc::new(AtomicBool::new(false));
         for records in batches {
             let encoded_len = batch_len(records.iter().map(|(_, r)| r));
             let (reply, answer) = oneshot::channel();
@@ -152,6 +156,7 @@ impl Partition {
                     records,
                     encoded_len,
                     reply,
+                    aborted: aborted.clone(),
                 })
                 .await
                 .map_err(|_| BusError::Closed)?;
@@ -205,7 +210,9 @@ fn recover_segments(
     if bases.is_empty() {
         return Ok(vec![Arc::new(Segment::create(dir, 0)?)]);
     }
-    let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
+    // A crash can only tear the bytes of the last group commit.
+    let tail_window = config.group_commit_max_bytes + config.max_batch_bytes;
+    let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len() + 1);
     let last = bases.len() - 1;
     for (i, base) in bases.into_iter().enumerate() {
         let path = dir.join(super::segment::log_file_name(base));
@@ -213,7 +220,7 @@ fn recover_segments(
             path,
             base,
             i < last,
-            config.max_batch_bytes,
+            tail_window,
             config.index_interval_bytes,
         )?;
         if let Some(previous) = segments.last() {
@@ -223,22 +230,28 @@ fn recover_segments(
                     path: segment.log_path.clone(),
                     position: 0,
                     reason: format!(
-                        "segment starts at offset {base} but the previous one ends at {expected}"
+                        "segment starts at offset {base} but the previous one ends at {expected}; \
+                         move the later segment file aside to start"
                     ),
                 });
             }
             if base > expected {
-                tracing::error!(
+                tracing::warn!(
                     topic, path = %segment.log_path.display(), missing_from = expected, missing_to = base,
-                    "offsets missing between segments (damaged sealed segment); readers skip the gap"
+                    "offsets missing between segments (lost to earlier damage); readers skip the gap"
                 );
             }
         }
+        let damaged = recovery.damaged;
         if recovery.truncated_bytes > 0 {
-            let level_is_error = i < last;
             let reason = recovery.reason.as_deref().unwrap_or("unknown");
-            if level_is_error {
-                tracing::error!(topic, path = %segment.log_path.display(), bytes = recovery.truncated_bytes, reason, "damaged sealed segment cut back to its last valid batch");
+            if damaged {
+                let saved = recovery
+                    .saved_to
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                tracing::error!(topic, path = %segment.log_path.display(), bytes = recovery.truncated_bytes, reason, saved_to = saved, "acknowledged records lost to damage on disk: segment cut back to its last valid batch");
             } else {
                 tracing::warn!(topic, path = %segment.log_path.display(), bytes = recovery.truncated_bytes, reason, "torn tail cut back to the last whole batch (writes never acknowledged)");
             }
@@ -247,7 +260,26 @@ fn recover_segments(
                 .get_or_create(&TopicLabels::new(topic))
                 .inc_by(recovery.truncated_bytes);
         }
+        let lost_bytes = recovery.truncated_bytes;
         segments.push(Arc::new(segment));
+        if damaged && i == last {
+            // Offsets of the lost records may already be known to consumers: never hand them
+            // out again. Continue in a new segment past any offset the lost bytes could have
+            // held (each record takes at least RECORD_OVERHEAD bytes).
+            let sealed = segments.last().cloned().ok_or_else(|| BusError::Corrupt {
+                path: dir.to_path_buf(),
+                position: 0,
+                reason: "no segment to continue after damage".to_owned(),
+            })?;
+            sealed.write_index_file()?;
+            let resume_at = sealed.next_offset() + lost_bytes.div_ceil(RECORD_OVERHEAD as u64);
+            tracing::warn!(
+                topic,
+                resume_at,
+                "writing resumes in a new segment past the damaged offsets"
+            );
+            segments.push(Arc::new(Segment::create(dir, resume_at)?));
+        }
     }
     Ok(segments)
 }
@@ -286,13 +318,7 @@ impl PartitionLog {
             .saturating_sub(1);
         let mut budget = max_bytes.max(1);
         for segment in &snapshot[first..] {
-            let progress = segment.read(
-                from,
-                high_watermark,
-                budget,
-                self.config.max_batch_bytes,
-                &mut out,
-            )?;
+            let progress = segment.read(from, high_watermark, budget, &mut out)?;
             budget = budget.saturating_sub(progress.bytes);
             if !progress.exhausted || (budget == 0 && !out.is_empty()) {
                 break;
@@ -303,12 +329,14 @@ impl PartitionLog {
 
     /// Drops the oldest sealed segments while the partition is over its size limit or they
     /// are older than the age limit. The segment being written is never dropped.
-    pub fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
+    pub fn enforce_retention(&self, now_ms: i64) -> usize {
         let retention_bytes = self.config.retention_bytes;
+        // A limit too large to subtract (say u64::MAX for "forever") is no limit.
         let cutoff_ms = self
             .config
             .retention_seconds
-            .map(|seconds| now_ms.saturating_sub((seconds as i64).saturating_mul(1000)));
+            .and_then(|seconds| i64::try_from(seconds).ok()?.checked_mul(1000))
+            .and_then(|age_ms| now_ms.checked_sub(age_ms));
         let removed: Vec<Arc<Segment>> = {
             let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
             let mut total: u64 = segments.iter().map(|s| s.len()).sum();
@@ -330,7 +358,11 @@ impl PartitionLog {
             removed
         };
         for segment in &removed {
-            segment.delete_files()?;
+            // The segment is already out of the log; a file left behind is only disk space
+            // (the next start finds it again and retention retries), so one failure must not stop the rest.
+            if let Err(error) = segment.delete_files() {
+                tracing::error!(topic = %self.topic, partition = self.id, %error, "cannot delete a segment removed by retention");
+            }
             tracing::debug!(topic = %self.topic, partition = self.id, base_offset = segment.base_offset, "retention removed segment");
         }
         if !removed.is_empty() {
@@ -340,7 +372,7 @@ impl PartitionLog {
                 .inc_by(removed.len() as u64);
             self.update_gauges();
         }
-        Ok(removed.len())
+        removed.len()
     }
 
     /// The on-disk size of the partition's segments.
@@ -387,6 +419,7 @@ impl PartitionLog {
 /// A request accepted into the current group commit, not yet durable.
 struct Pending {
     reply: oneshot::Sender<Result<u64>>,
+    aborted: Arc<AtomicBool>,
     base_offset: u64,
     next_offset: u64,
     position: u64,
@@ -432,24 +465,26 @@ impl Writer {
         }
     }
 
-    fn fail_all(
-        &self,
-        requests: impl IntoIterator<Item = oneshot::Sender<Result<u64>>>,
-        reason: &str,
-    ) {
-        for reply in requests {
-            let _ = reply.send(Err(BusError::PartitionFailed {
-                topic: self.log.topic.to_string(),
-                partition: self.log.id,
-                reason: reason.to_owned(),
-            }));
+    fn partition_failed(&self, reason: &str) -> BusError {
+        BusError::PartitionFailed {
+            topic: self.log.topic.to_string(),
+            partition: self.log.id,
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// Answers requests that will not be written, and stops the rest of their produce calls.
+    fn fail_all(&self, requests: impl IntoIterator<Item = AppendRequest>, reason: &str) {
+        for request in requests {
+            request.aborted.store(true, Ordering::Release);
+            let _ = request.reply.send(Err(self.partition_failed(reason)));
         }
     }
 
     /// Writes a group of requests, fsyncs, and answers them.
     fn commit(&mut self, group: Vec<AppendRequest>) {
         if let Some(reason) = self.failed.clone() {
-            self.fail_all(group.into_iter().map(|r| r.reply), &reason);
+            self.fail_all(group, &reason);
             return;
         }
         let segment_bytes = self.log.config.segment_bytes;
@@ -458,15 +493,24 @@ impl Writer {
         self.buffer.clear();
         let mut group = group.into_iter();
         while let Some(request) = group.next() {
+            if request.aborted.load(Ordering::Acquire) {
+                let _ = request.reply.send(Err(self.partition_failed(
+                    "an earlier batch of the same produce request could not be written",
+                )));
+                continue;
+            }
             let unwritten = self.len + self.buffer.len() as u64;
             if unwritten + request.encoded_len > segment_bytes && unwritten > 0 {
-                self.flush(&mut pending);
+                if let Err(reason) = self.flush(&mut pending) {
+                    // Whatever follows in this group would land after a failed write.
+                    self.fail_all(std::iter::once(request).chain(group), &reason);
+                    return;
+                }
                 if let Err(error) = self.roll() {
                     let reason = format!("cannot start a new segment: {error}");
                     tracing::error!(topic = %self.log.topic, partition = self.log.id, %error, "bus partition stops accepting writes");
                     self.failed = Some(reason.clone());
-                    let rest = std::iter::once(request).chain(group.by_ref());
-                    self.fail_all(rest.map(|r| r.reply), &reason);
+                    self.fail_all(std::iter::once(request).chain(group), &reason);
                     return;
                 }
                 next_offset = self.next_offset;
@@ -481,6 +525,7 @@ impl Writer {
             let count = request.records.len() as u64;
             pending.push(Pending {
                 reply: request.reply,
+                aborted: request.aborted,
                 base_offset: next_offset,
                 next_offset: next_offset + count,
                 position,
@@ -488,13 +533,15 @@ impl Writer {
             });
             next_offset += count;
         }
-        self.flush(&mut pending);
+        // A failure has been answered inside; nothing else is left in this group.
+        let _ = self.flush(&mut pending);
     }
 
-    /// Makes the buffered batches durable and visible, then answers their requests.
-    fn flush(&mut self, pending: &mut Vec<Pending>) {
+    /// Makes the buffered batches durable and visible, then answers their requests. On
+    /// failure every pending request is answered with the error, which is also returned.
+    fn flush(&mut self, pending: &mut Vec<Pending>) -> Result<(), String> {
         if pending.is_empty() {
-            return;
+            return Ok(());
         }
         let started = Instant::now();
         let written = self
@@ -502,22 +549,27 @@ impl Writer {
             .write_all_at(&self.buffer, self.len)
             .and_then(|()| self.file.sync_data());
         if let Err(error) = written {
-            // Undo the partial write so the next batch does not follow garbage; if even that
-            // fails the segment's tail is unknown and the partition must stop.
+            // Undo the partial write, durably, so the next batch does not follow garbage; if
+            // even that fails the segment's tail is unknown and the partition must stop.
             let reason = format!("writing {}: {error}", self.active.log_path.display());
-            if let Err(truncate_error) = self.file.set_len(self.len) {
-                self.failed = Some(format!("{reason}; then undoing it: {truncate_error}"));
+            let undone = self
+                .file
+                .set_len(self.len)
+                .and_then(|()| self.file.sync_all());
+            if let Err(undo_error) = undone {
+                self.failed = Some(format!("{reason}; then undoing it: {undo_error}"));
             }
             tracing::error!(topic = %self.log.topic, partition = self.log.id, %error, "bus append failed");
             self.buffer.clear();
             for request in pending.drain(..) {
+                request.aborted.store(true, Ordering::Release);
                 let _ = request.reply.send(Err(BusError::Io {
                     action: "appending to",
                     path: self.active.log_path.clone(),
                     source: std::io::Error::new(error.kind(), error.to_string()),
                 }));
             }
-            return;
+            return Err(self.failed.clone().unwrap_or(reason));
         }
         let metrics = &self.log.metrics;
         metrics
@@ -568,6 +620,7 @@ impl Writer {
             let _ = request.reply.send(Ok(request.base_offset));
         }
         self.log.notify.notify_waiters();
+        Ok(())
     }
 
     /// Seals the active segment and starts a new one at the next offset.

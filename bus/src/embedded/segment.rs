@@ -52,6 +52,10 @@ pub(crate) struct Recovery {
     /// Bytes cut from the end because they did not form whole, valid batches.
     pub truncated_bytes: u64,
     pub reason: Option<String>,
+    /// The cut bytes held acknowledged records (damage, not a torn write).
+    pub damaged: bool,
+    /// Where the damaged bytes were kept for inspection.
+    pub saved_to: Option<PathBuf>,
 }
 
 /// How far a read got.
@@ -112,11 +116,17 @@ impl Segment {
     /// Opens a segment at start-up. A sealed segment with a valid `.idx` is trusted; any
     /// other is scanned batch by batch, and everything after the last valid batch is cut
     /// (and the cut made durable) so later appends never follow garbage.
+    ///
+    /// A crash can only tear what the last group commit was writing, which was never
+    /// acknowledged: at most `tail_window` bytes at the end of the newest segment. Invalid
+    /// data anywhere else (a sealed segment, or further from the end) is damage to
+    /// acknowledged records: it is still cut so the log can go on, but the cut bytes are
+    /// kept beside the segment (`<segment>.damaged-at-<position>`) and the recovery says so.
     pub fn recover(
         log_path: PathBuf,
         base_offset: u64,
         sealed: bool,
-        max_batch_bytes: u64,
+        tail_window: u64,
         index_interval_bytes: u64,
     ) -> Result<(Self, Recovery)> {
         let file_len = fs::metadata(&log_path)
@@ -132,12 +142,21 @@ impl Segment {
         }
         let file =
             File::open(&log_path).map_err(|e| BusError::io("opening segment", &log_path, e))?;
-        let (state, reason) = scan(&file, base_offset, max_batch_bytes, index_interval_bytes)
+        let (state, reason) = scan(&file, base_offset, file_len, index_interval_bytes)
             .map_err(|e| BusError::io("scanning segment", &log_path, e))?;
         let mut recovery = Recovery::default();
         if state.len < file_len {
-            recovery.truncated_bytes = file_len - state.len;
+            let cut = file_len - state.len;
+            recovery.truncated_bytes = cut;
             recovery.reason = reason;
+            recovery.damaged = sealed || cut > tail_window;
+            if recovery.damaged {
+                let saved =
+                    PathBuf::from(format!("{}.damaged-at-{}", log_path.display(), state.len));
+                save_range(&file, state.len, cut, &saved)
+                    .map_err(|e| BusError::io("saving damaged bytes to", &saved, e))?;
+                recovery.saved_to = Some(saved);
+            }
             let writable = OpenOptions::new()
                 .write(true)
                 .open(&log_path)
@@ -227,19 +246,24 @@ impl Segment {
 
     /// Reads records with offsets in `[from, until)` into `out`, stopping once `max_bytes`
     /// of batches have been read (a batch is never split, so at least one is read).
+    ///
+    /// Batches before `from` are skipped by their headers alone, so each header must
+    /// continue the previous one exactly; a header that does not is reported as damage
+    /// rather than trusted, so damage never makes a reader skip records silently.
     pub fn read(
         &self,
         from: u64,
         until: u64,
         max_bytes: usize,
-        max_batch_bytes: u64,
         out: &mut Vec<StoredRecord>,
     ) -> Result<ReadProgress> {
-        let (len, mut position) = {
+        let (len, mut position, mut expected) = {
             let state = self.read_state();
             let floor = state.index.partition_point(|entry| entry.offset <= from);
-            let position = floor.checked_sub(1).map_or(0, |i| state.index[i].position);
-            (state.len, position)
+            match floor.checked_sub(1).map(|i| state.index[i]) {
+                Some(entry) => (state.len, entry.position, entry.offset),
+                None => (state.len, 0, self.base_offset),
+            }
         };
         let mut bytes = 0usize;
         while position < len {
@@ -259,12 +283,10 @@ impl Segment {
                 position,
                 reason,
             };
-            header.check_shape(None, max_batch_bytes).map_err(corrupt)?;
-            if position + header.total_len() > len {
-                return Err(corrupt(
-                    "batch runs past the durable end of the segment".to_owned(),
-                ));
-            }
+            header
+                .check_shape(expected, len - position)
+                .map_err(corrupt)?;
+            expected = header.next_offset();
             if header.next_offset() <= from {
                 position += header.total_len();
                 continue;
@@ -308,7 +330,7 @@ impl SegmentState {
 fn scan(
     file: &File,
     base_offset: u64,
-    max_batch_bytes: u64,
+    file_len: u64,
     index_interval_bytes: u64,
 ) -> std::io::Result<(SegmentState, Option<String>)> {
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -324,7 +346,7 @@ fn scan(
             _ => {}
         }
         let header = BatchHeader::parse(&header_bytes);
-        if let Err(reason) = header.check_shape(Some(state.next_offset), max_batch_bytes) {
+        if let Err(reason) = header.check_shape(state.next_offset, file_len - state.len) {
             return Ok((state, Some(reason)));
         }
         let mut batch = vec![0u8; header.total_len() as usize];
@@ -347,6 +369,19 @@ fn scan(
         state.next_offset = header.next_offset();
         state.max_timestamp_ms = state.max_timestamp_ms.max(header.max_timestamp_ms);
     }
+}
+
+/// Copies `len` bytes at `position` of `file` into a new file, durably.
+fn save_range(file: &File, position: u64, len: u64, to: &Path) -> std::io::Result<()> {
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, position)?;
+    let mut out = File::create(to)?;
+    std::io::Write::write_all(&mut out, &bytes)?;
+    out.sync_all()?;
+    if let Some(dir) = to.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Like `read_exact`, but reports how much was read instead of failing at end of file.
