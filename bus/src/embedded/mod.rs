@@ -452,16 +452,19 @@ impl Inner {
         Ok(group)
     }
 
-    fn enforce_retention(&self, now_ms: i64) -> usize {
-        let topics: Vec<Arc<Topic>> = self
-            .topics
+    /// The open topics, without holding the map's lock while working on them.
+    fn all_topics(&self) -> Vec<Arc<Topic>> {
+        self.topics
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    fn enforce_retention(&self, now_ms: i64) -> usize {
         let mut removed = 0;
-        for topic in topics {
+        for topic in self.all_topics() {
             for partition in &topic.partitions {
                 removed += partition.log.enforce_retention(now_ms);
             }
@@ -681,14 +684,7 @@ impl Bus for EmbeddedBus {
         self.stop_retention();
         let inner = self.inner.clone();
         blocking(move || {
-            let topics: Vec<Arc<Topic>> = inner
-                .topics
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .cloned()
-                .collect();
-            for topic in topics {
+            for topic in inner.all_topics() {
                 for partition in &topic.partitions {
                     partition.close();
                 }
@@ -743,6 +739,23 @@ impl EmbeddedConsumer {
         self.assignment = logs;
         self.generation = Some(generation);
         Ok(())
+    }
+
+    /// Commits and seeks are only for partitions this member owns (as in Kafka, where a
+    /// member that lost a partition in a rebalance may not commit it).
+    fn check_assigned(&self, partition: &TopicPartition) -> Result<()> {
+        if self
+            .assignment
+            .iter()
+            .any(|(assigned, _)| assigned == partition)
+        {
+            return Ok(());
+        }
+        Err(BusError::NotAssigned {
+            group: self.group.name.clone(),
+            topic: partition.topic.to_string(),
+            partition: partition.partition,
+        })
     }
 
     async fn read_available(&mut self, max_records: usize) -> Result<Vec<ConsumedRecord>> {
@@ -831,13 +844,7 @@ impl Consumer for EmbeddedConsumer {
     async fn commit(&mut self, offsets: &[(TopicPartition, u64)]) -> Result<()> {
         self.refresh_assignment()?;
         for (tp, _) in offsets {
-            if !self.assignment.iter().any(|(assigned, _)| assigned == tp) {
-                return Err(BusError::NotAssigned {
-                    group: self.group.name.clone(),
-                    topic: tp.topic.to_string(),
-                    partition: tp.partition,
-                });
-            }
+            self.check_assigned(tp)?;
         }
         let group = self.group.clone();
         let to_commit = offsets.to_vec();
@@ -858,17 +865,7 @@ impl Consumer for EmbeddedConsumer {
 
     fn seek(&mut self, partition: &TopicPartition, offset: u64) -> Result<()> {
         self.refresh_assignment()?;
-        if !self
-            .assignment
-            .iter()
-            .any(|(assigned, _)| assigned == partition)
-        {
-            return Err(BusError::NotAssigned {
-                group: self.group.name.clone(),
-                topic: partition.topic.to_string(),
-                partition: partition.partition,
-            });
-        }
+        self.check_assigned(partition)?;
         self.positions.insert(partition.clone(), offset);
         Ok(())
     }
