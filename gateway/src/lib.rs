@@ -1,7 +1,309 @@
 //! The one door through which telemetry enters Meerkat.
 //!
-//! This crate will own the protocol decoders (Prometheus remote-write, OTLP over gRPC and
-//! HTTP, InfluxDB line protocol, Zipkin), tenant resolution, per-tenant limits, and the rule
-//! that a request is answered 2xx only after the bus acknowledged a durable append.
+//! Each protocol decoder turns a request into model batches plus an [`validate::Outcome`]
+//! (what was accepted, what was refused and why); everything after that is the same for
+//! every protocol: the tenant's rate limit, the bus (a request is answered 2xx only after
+//! its data is durably appended), and the gateway's metrics.
 //!
-//! Nothing is implemented yet; see issue 3.
+//! Protocols: Prometheus remote-write (`POST /api/v1/write`).
+
+mod config;
+mod error;
+pub mod http;
+mod limits;
+pub mod metrics;
+pub mod remote_write;
+mod sink;
+mod tenant;
+pub mod validate;
+
+/// Types generated from `proto/remote.proto`.
+pub mod proto {
+    pub mod prometheus {
+        include!(concat!(env!("OUT_DIR"), "/prometheus.rs"));
+    }
+}
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bus::Bus;
+use model::{Payload, TenantId};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub use config::{
+    AuthConfig, GatewayConfig, LimitOverrides, Limits, OtlpConfig, TranslationStrategy,
+};
+pub use error::GatewayError;
+pub use limits::TenantLimits;
+pub use sink::DEFAULT_MAX_RECORD_BYTES;
+pub use tenant::TENANT_HEADER;
+
+use crate::limits::LimitsRegistry;
+use crate::metrics::{GatewayMetrics, Protocol, Signal};
+use crate::sink::Sink;
+use crate::tenant::TenantResolver;
+use crate::validate::Outcome;
+
+/// The gateway: shared by every protocol's handlers.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    tenants: TenantResolver,
+    limits: LimitsRegistry,
+    /// One permit per KiB of request body in flight.
+    inflight: Arc<Semaphore>,
+    sink: Sink,
+    metrics: GatewayMetrics,
+}
+
+/// A request's share of the in-flight budget, released when the request is answered.
+#[derive(Debug)]
+pub struct InflightPermit {
+    _permit: OwnedSemaphorePermit,
+    bytes: u64,
+    metrics: GatewayMetrics,
+}
+
+impl Drop for InflightPermit {
+    fn drop(&mut self) {
+        self.metrics.inflight_bytes.dec_by(self.bytes as i64);
+    }
+}
+
+impl Gateway {
+    /// Builds the gateway on `bus`, whose telemetry topics must exist; `metrics` come from
+    /// [`GatewayMetrics::new`] on the process's registry.
+    pub async fn new(
+        config: &GatewayConfig,
+        bus: Arc<dyn Bus>,
+        metrics: GatewayMetrics,
+    ) -> Result<Self, GatewayError> {
+        config.validate().map_err(GatewayError::BadRequest)?;
+        let kib = usize::try_from(config.max_inflight_bytes.div_ceil(1024))
+            .unwrap_or(Semaphore::MAX_PERMITS);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                tenants: TenantResolver::new(&config.auth)?,
+                limits: LimitsRegistry::new(config),
+                inflight: Arc::new(Semaphore::new(kib.min(Semaphore::MAX_PERMITS))),
+                sink: Sink::new(bus, DEFAULT_MAX_RECORD_BYTES).await?,
+                metrics,
+            }),
+        })
+    }
+
+    /// The routes served on the main HTTP port.
+    pub fn http_routes(&self) -> Router {
+        Router::new()
+            .route("/api/v1/write", post(remote_write_handler))
+            .with_state(self.clone())
+    }
+
+    /// The tenant of a request, from its `Authorization` and `X-Scope-OrgID` values.
+    pub fn tenant(
+        &self,
+        authorization: Option<&str>,
+        org_id: Option<&str>,
+    ) -> Result<TenantId, GatewayError> {
+        self.shared.tenants.resolve(authorization, org_id)
+    }
+
+    pub fn limits(&self, tenant: &TenantId) -> Arc<TenantLimits> {
+        self.shared.limits.for_tenant(tenant)
+    }
+
+    /// Reserves room for a request of `bytes`; refuses (503) when the gateway is already
+    /// holding as much as it may.
+    pub fn admit(&self, bytes: u64) -> Result<InflightPermit, GatewayError> {
+        let kib =
+            u32::try_from(bytes.div_ceil(1024).max(1)).map_err(|_| GatewayError::Overloaded)?;
+        let permit = self
+            .shared
+            .inflight
+            .clone()
+            .try_acquire_many_owned(kib)
+            .map_err(|_| GatewayError::Overloaded)?;
+        self.shared.metrics.inflight_bytes.inc_by(bytes as i64);
+        Ok(InflightPermit {
+            _permit: permit,
+            bytes,
+            metrics: self.shared.metrics.clone(),
+        })
+    }
+
+    /// Everything after decoding: rate limit, durable append, metrics.
+    pub async fn accept(
+        &self,
+        protocol: Protocol,
+        signal: Signal,
+        tenant: &TenantId,
+        limits: &TenantLimits,
+        payload: Payload,
+        outcome: Outcome,
+    ) -> Result<Outcome, GatewayError> {
+        let metrics = &self.shared.metrics;
+        if let Err(error) = limits.admit(outcome.accepted) {
+            metrics.reject(
+                protocol,
+                tenant.as_str(),
+                signal,
+                error.reason(),
+                outcome.accepted + outcome.rejected_total(),
+            );
+            return Err(error);
+        }
+        // A request may carry only metadata (Prometheus sends it on its own): still written.
+        if !payload_is_empty(&payload)
+            && let Err(error) = self.shared.sink.write(tenant, payload).await
+        {
+            metrics.reject(
+                protocol,
+                tenant.as_str(),
+                signal,
+                error.reason(),
+                outcome.accepted,
+            );
+            return Err(error);
+        }
+        metrics.record(protocol, tenant.as_str(), signal, &outcome);
+        Ok(outcome)
+    }
+
+    /// The common path of an HTTP write: tenant, admission, bounded body, decode on a
+    /// blocking thread, accept. `decode` turns the (decompressed) body into a payload.
+    pub async fn handle_http<F>(
+        &self,
+        protocol: Protocol,
+        signal: Signal,
+        headers: &HeaderMap,
+        body: Body,
+        decode: F,
+    ) -> Result<Outcome, GatewayError>
+    where
+        F: FnOnce(axum::body::Bytes, &Limits) -> Result<(Payload, Outcome), GatewayError>
+            + Send
+            + 'static,
+    {
+        let started = Instant::now();
+        let result = self
+            .handle_http_inner(protocol, signal, headers, body, decode)
+            .await;
+        let outcome = match &result {
+            Ok(outcome) if outcome.rejected_total() > 0 => "partial",
+            Ok(_) => "ok",
+            Err(error) => error.reason(),
+        };
+        self.shared
+            .metrics
+            .request_done(protocol, outcome, started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn handle_http_inner<F>(
+        &self,
+        protocol: Protocol,
+        signal: Signal,
+        headers: &HeaderMap,
+        body: Body,
+        decode: F,
+    ) -> Result<Outcome, GatewayError>
+    where
+        F: FnOnce(axum::body::Bytes, &Limits) -> Result<(Payload, Outcome), GatewayError>
+            + Send
+            + 'static,
+    {
+        let tenant = self.tenant(
+            http::header_str(headers, "authorization"),
+            http::header_str(headers, TENANT_HEADER),
+        )?;
+        let limits = self.limits(&tenant);
+        let max_body = limits.limits.max_request_body_bytes;
+        let _permit = self.admit(
+            http::content_length(headers)
+                .unwrap_or(max_body)
+                .min(max_body),
+        )?;
+        let body = http::read_body(headers, body, max_body).await?;
+        let tenant_limits = limits.limits.clone();
+        let decoded = tokio::task::spawn_blocking(move || decode(body, &tenant_limits))
+            .await
+            .map_err(|e| GatewayError::Unavailable(format!("decoding task failed: {e}")));
+        let (payload, outcome) = match decoded.and_then(|r| r) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                self.shared
+                    .metrics
+                    .reject(protocol, tenant.as_str(), signal, error.reason(), 1);
+                return Err(error);
+            }
+        };
+        self.accept(protocol, signal, &tenant, &limits, payload, outcome)
+            .await
+    }
+}
+
+fn payload_is_empty(payload: &Payload) -> bool {
+    match payload {
+        Payload::Metrics(batch) => batch.series.is_empty() && batch.metadata.is_empty(),
+        Payload::Spans(batch) => batch.resource_spans.is_empty(),
+        Payload::Logs(batch) => batch.resource_logs.is_empty(),
+        Payload::Events(events) => events.is_empty(),
+    }
+}
+
+async fn remote_write_handler(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let encoding = http::header_str(&headers, "content-encoding").map(str::to_owned);
+    let result = gateway
+        .handle_http(
+            Protocol::RemoteWrite,
+            Signal::Samples,
+            &headers,
+            body,
+            move |body, limits| {
+                // Remote-write bodies are snappy whatever the header says (the spec requires it).
+                if encoding
+                    .as_deref()
+                    .is_some_and(|e| !e.eq_ignore_ascii_case("snappy"))
+                {
+                    return Err(GatewayError::UnsupportedMediaType(format!(
+                        "Content-Encoding {}: remote-write bodies must be snappy-compressed",
+                        encoding.unwrap_or_default()
+                    )));
+                }
+                let request = remote_write::decode(&body, limits)?;
+                let (batch, outcome) = remote_write::convert(request, limits)?;
+                Ok((Payload::Metrics(batch), outcome))
+            },
+        )
+        .await;
+    match result {
+        Ok(outcome) => match outcome.first_rejection {
+            None => StatusCode::NO_CONTENT.into_response(),
+            Some(first) => (
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{} samples refused, {} accepted; first problem: {first}\n",
+                    outcome.rejected.iter().map(|(_, n)| n).sum::<u64>(),
+                    outcome.accepted
+                ),
+            )
+                .into_response(),
+        },
+        Err(error) => error.into_response(),
+    }
+}

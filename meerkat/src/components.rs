@@ -51,3 +51,37 @@ impl Component for EmbeddedBusComponent {
             .context("cannot close the embedded bus")
     }
 }
+
+/// The gateway: decoders and limits in front of the bus. Its HTTP routes are served by the
+/// role's HTTP server, which drains them on stop, so stopping it has nothing left to do.
+#[derive(Debug)]
+pub struct GatewayComponent {
+    pub gateway: gateway::Gateway,
+}
+
+impl GatewayComponent {
+    pub async fn start(
+        config: &Config,
+        bus: Arc<dyn Bus>,
+        registry: &SharedRegistry,
+    ) -> anyhow::Result<Self> {
+        let metrics = gateway::metrics::GatewayMetrics::new(
+            &mut registry.write().unwrap_or_else(|e| e.into_inner()),
+        );
+        let gateway = gateway::Gateway::new(&config.gateway, bus, metrics)
+            .await
+            .context("cannot start the gateway")?;
+        Ok(Self { gateway })
+    }
+}
+
+#[async_trait]
+impl Component for GatewayComponent {
+    fn name(&self) -> &'static str {
+        "gateway"
+    }
+
+    async fn stop(self: Box<Self>) -> anyhow::Result<()> {
+        Ok(())
+    }
+}

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
 use bus::embedded::EmbeddedBusConfig;
+use gateway::GatewayConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -33,6 +34,7 @@ pub struct Config {
     pub http_listen: SocketAddr,
     pub log: LogConfig,
     pub bus: BusConfig,
+    pub gateway: GatewayConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -43,6 +45,7 @@ impl Default for Config {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 9797)),
             log: LogConfig::default(),
             bus: BusConfig::default(),
+            gateway: GatewayConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -269,6 +272,7 @@ impl Config {
             .embedded
             .validate()
             .map_err(|e| anyhow!("bus.embedded: {e}"))?;
+        self.gateway.validate().map_err(|e| anyhow!("{e}"))?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| anyhow!("log.level {:?} is not a valid filter: {e}", self.log.level))?;
         Ok(())

@@ -21,6 +21,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tower::ServiceExt;
 
 /// Whether the process is ready for traffic: `/health` answers 200 only when it is.
 #[derive(Clone, Debug, Default)]
@@ -95,13 +96,23 @@ pub struct HttpServer {
     pub local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
+    role_routes: RoleRoutes,
+}
+
+/// The roles' routes, installed once the roles have started. Until then every request
+/// outside `/health` and `/metrics` is answered 503, so the server can listen (and say
+/// "not ready") while the bus is still recovering.
+#[derive(Clone, Debug)]
+struct RoleRoutes {
+    router: Arc<RwLock<Router>>,
+    metrics: HttpMetrics,
 }
 
 impl HttpServer {
-    /// Binds `addr` and starts serving `routes` plus `/health` and `/metrics`.
+    /// Binds `addr` and starts serving `/health` and `/metrics`; the roles' routes follow
+    /// with [`HttpServer::set_routes`].
     pub async fn start(
         addr: SocketAddr,
-        routes: Router,
         registry: SharedRegistry,
         readiness: Readiness,
     ) -> anyhow::Result<Self> {
@@ -111,7 +122,7 @@ impl HttpServer {
         let local_addr = listener
             .local_addr()
             .context("cannot read the bound HTTP address")?;
-        let app = app(routes, registry, readiness);
+        let (app, role_routes) = app(registry, readiness);
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -125,7 +136,13 @@ impl HttpServer {
             local_addr,
             stop,
             task,
+            role_routes,
         })
+    }
+
+    /// Starts serving the roles' routes (with request metrics by route).
+    pub fn set_routes(&self, routes: Router) {
+        self.role_routes.install(routes);
     }
 
     /// Stops accepting connections, closes idle ones, and waits up to `grace` for requests
@@ -149,19 +166,48 @@ impl HttpServer {
     }
 }
 
-/// The role's routes plus Meerkat's own, with request metrics on all of them.
-fn app(routes: Router, registry: SharedRegistry, readiness: Readiness) -> Router {
+/// Meerkat's own routes, with every other path handed to the roles' routes once installed;
+/// request metrics on all of them.
+fn app(registry: SharedRegistry, readiness: Readiness) -> (Router, RoleRoutes) {
     let metrics = HttpMetrics::register(&mut registry.write().unwrap_or_else(|e| e.into_inner()));
-    let own = Router::new()
+    let role_routes = RoleRoutes {
+        router: Arc::new(RwLock::new(Router::new().fallback(not_ready))),
+        metrics: metrics.clone(),
+    };
+    let app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .with_state(AppState {
             registry,
             readiness,
-        });
-    routes
-        .merge(own)
+        })
         .layer(middleware::from_fn_with_state(metrics, record_request))
+        .fallback_service(tower::service_fn({
+            let role_routes = role_routes.clone();
+            move |request: Request| {
+                let router = role_routes
+                    .router
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                async move { router.oneshot(request).await }
+            }
+        }));
+    (app, role_routes)
+}
+
+impl RoleRoutes {
+    fn install(&self, routes: Router) {
+        let routes = routes.layer(middleware::from_fn_with_state(
+            self.metrics.clone(),
+            record_request,
+        ));
+        *self.router.write().unwrap_or_else(|e| e.into_inner()) = routes;
+    }
+}
+
+async fn not_ready() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting up\n").into_response()
 }
 
 async fn health(State(state): State<AppState>) -> Response {
@@ -259,7 +305,7 @@ mod tests {
     #[tokio::test]
     async fn health_follows_readiness() {
         let readiness = Readiness::default();
-        let app = app(Router::new(), SharedRegistry::default(), readiness.clone());
+        let (app, _) = app(SharedRegistry::default(), readiness.clone());
         let (status, _, body) = get_text(&app, "/health").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("not ready"), "{body}");
@@ -274,11 +320,13 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_are_openmetrics_and_count_requests_by_route() {
-        let app = app(
-            Router::new().route("/api/v1/things/{id}", get(|| async { "thing" })),
-            SharedRegistry::default(),
-            Readiness::default(),
+        let (app, role_routes) = app(SharedRegistry::default(), Readiness::default());
+        assert_eq!(
+            get_text(&app, "/api/v1/things/1").await.0,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "before the roles start"
         );
+        role_routes.install(Router::new().route("/api/v1/things/{id}", get(|| async { "thing" })));
         for id in ["1", "2", "3"] {
             assert_eq!(
                 get_text(&app, &format!("/api/v1/things/{id}")).await.0,

@@ -1,16 +1,15 @@
 //! `meerkat serve`: standalone mode, every server role in one process.
 //!
-//! Today that is the HTTP server (`/health`, `/metrics`) and the embedded bus; the gateway,
-//! ingest, query and alerting roles join here as they are built, in start order, and stop in
+//! Today that is the HTTP server (`/health`, `/metrics`), the embedded bus and the gateway;
+//! ingest, query and alerting join here as they are built, in start order, and stop in
 //! reverse.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::Router;
 use prometheus_client::registry::Registry;
 
-use crate::components::EmbeddedBusComponent;
+use crate::components::{EmbeddedBusComponent, GatewayComponent};
 use crate::config::{Config, Sources};
 use crate::http::{HttpServer, Readiness, SharedRegistry};
 use crate::lifecycle::{Component, ShutdownSignals, stop_all};
@@ -25,19 +24,16 @@ pub async fn run(config: Config, sources: Sources) -> anyhow::Result<()> {
     let grace = Duration::from_secs(config.shutdown.grace_period_seconds);
 
     // The HTTP server comes up first so `/health` can answer 503 while the rest starts.
-    let http = HttpServer::start(
-        config.http_listen,
-        Router::new(),
-        registry.clone(),
-        readiness.clone(),
-    )
-    .await?;
+    let http = HttpServer::start(config.http_listen, registry.clone(), readiness.clone()).await?;
 
     let mut components: Vec<Box<dyn Component>> = Vec::new();
     let started: anyhow::Result<()> = async {
-        components.push(Box::new(
-            EmbeddedBusComponent::start(&config, &registry).await?,
-        ));
+        let bus = EmbeddedBusComponent::start(&config, &registry).await?;
+        let shared_bus: Arc<dyn bus::Bus> = bus.bus.clone();
+        components.push(Box::new(bus));
+        let gateway = GatewayComponent::start(&config, shared_bus, &registry).await?;
+        http.set_routes(gateway.gateway.http_routes());
+        components.push(Box::new(gateway));
         Ok(())
     }
     .await;

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, dead_code)] // test code; not every test file uses every helper
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -161,4 +161,152 @@ pub fn run(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> (i32, String, Str
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A Prometheus server started by this test, stopped by its PID when dropped.
+pub struct Prometheus {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Prometheus {
+    /// Starts Prometheus with `config` (a prometheus.yml) on a free port and waits until it
+    /// is ready. Extra command-line arguments follow.
+    pub fn start(dir: &Path, config: &str) -> Self {
+        Self::start_with(dir, config, &[])
+    }
+
+    pub fn start_with(dir: &Path, config: &str, extra: &[&str]) -> Self {
+        let config_path = dir.join("prometheus.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start prometheus ({e}); ./scripts/test installs it")
+            });
+        let prometheus = Self { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while get(addr, "/-/ready").map(|r| r.status) != Some(200) {
+            assert!(Instant::now() < deadline, "prometheus never became ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        prometheus
+    }
+
+    /// Runs an instant query and returns the result vector.
+    pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let json = self.api(&format!("/api/v1/query?query={}", url_encode(promql)));
+        json["data"]["result"].as_array().unwrap().clone()
+    }
+
+    /// GETs an API path and returns the parsed JSON body.
+    pub fn api(&self, path_and_query: &str) -> serde_json::Value {
+        let response = get(self.addr, path_and_query).unwrap();
+        assert_eq!(response.status, 200, "{}", response.body);
+        // The body may be chunked; the JSON object is between the first '{' and the last '}'.
+        let body =
+            &response.body[response.body.find('{').unwrap()..=response.body.rfind('}').unwrap()];
+        serde_json::from_str(body).unwrap()
+    }
+
+    /// Polls `promql` until its first result satisfies `accept` (scrapes arrive once a second).
+    pub fn wait_for(&self, promql: &str, accept: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let result = self.query(promql);
+            if let Some(v) = result.first().map(sample_value).filter(|v| accept(*v)) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{promql} never matched: {result:?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Stops Prometheus with SIGTERM (so it flushes remote-write queues) and waits.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "prometheus did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The value of one instant-vector sample in a query result.
+pub fn sample_value(sample: &serde_json::Value) -> f64 {
+    sample["value"][1].as_str().unwrap().parse().unwrap()
+}
+
+/// A node_exporter started by a test on a free port, stopped by its PID when dropped.
+pub struct NodeExporter {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl NodeExporter {
+    pub fn start() -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = Command::new("prometheus-node-exporter")
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start node_exporter ({e}); ./scripts/test installs it")
+            });
+        let exporter = Self { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while get(addr, "/metrics").map(|r| r.status) != Some(200) {
+            assert!(Instant::now() < deadline, "node_exporter never answered");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        exporter
+    }
+}
+
+impl Drop for NodeExporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,403 @@
+//! Prometheus remote-write 1.0: `POST /api/v1/write`, a snappy-compressed protobuf
+//! `WriteRequest` carrying samples, exemplars, native histograms and metadata.
+//!
+//! As Prometheus's own receiver does, a bad series does not sink the request: the good
+//! series are stored and the answer is 400 naming the first bad one (Prometheus's sender
+//! does not retry a 4xx, so nothing is sent twice).
+
+use model::{
+    BucketSpan, Exemplar, HistogramCounts, Labels, MetricBatch, MetricMetadata, MetricType,
+    NativeHistogram, ResetHint, Sample, Series,
+};
+
+use crate::config::Limits;
+use crate::proto::prometheus as pb;
+use crate::validate::{Outcome, Rejection, series_labels};
+use crate::{GatewayError, http};
+
+/// OpenMetrics' limit on the combined length of an exemplar's label names and values.
+pub const MAX_EXEMPLAR_LABEL_RUNES: usize = 128;
+
+/// Decompresses and decodes a request body.
+pub fn decode(body: &[u8], limits: &Limits) -> Result<pb::WriteRequest, GatewayError> {
+    let raw = http::snappy_decompress(body, limits.max_decompressed_body_bytes)?;
+    prost::Message::decode(raw.as_slice()).map_err(|e| {
+        GatewayError::BadRequest(format!(
+            "body is not a valid remote-write WriteRequest protobuf: {e}"
+        ))
+    })
+}
+
+/// Converts a decoded request into a batch of valid series, refusing bad series one by one.
+pub fn convert(
+    request: pb::WriteRequest,
+    limits: &Limits,
+) -> Result<(MetricBatch, Outcome), GatewayError> {
+    if request.timeseries.len() as u64 > limits.max_series_per_request {
+        return Err(GatewayError::BadRequest(format!(
+            "request has {} series, more than the limit of {}; send smaller batches",
+            request.timeseries.len(),
+            limits.max_series_per_request
+        )));
+    }
+    let mut outcome = Outcome::default();
+    let mut batch = MetricBatch {
+        series: Vec::with_capacity(request.timeseries.len()),
+        metadata: request.metadata.into_iter().map(metadata).collect(),
+    };
+    for series in request.timeseries {
+        let items = (series.samples.len() + series.histograms.len()).max(1) as u64;
+        let pairs = series
+            .labels
+            .into_iter()
+            .map(|l| (l.name, l.value))
+            .collect();
+        let labels = match series_labels(pairs, limits) {
+            Ok(labels) => labels,
+            Err(rejection) => {
+                outcome.reject(rejection, items);
+                continue;
+            }
+        };
+        let mut histograms = Vec::with_capacity(series.histograms.len());
+        for histogram in series.histograms {
+            match native_histogram(histogram) {
+                Ok(h) => histograms.push(h),
+                Err(reason) => outcome.reject(
+                    Rejection::new("invalid_histogram", format!("series {labels}: {reason}")),
+                    1,
+                ),
+            }
+        }
+        let mut exemplars = Vec::with_capacity(series.exemplars.len());
+        for exemplar in series.exemplars {
+            match convert_exemplar(exemplar) {
+                Ok(e) => exemplars.push(e),
+                Err(reason) => outcome.reject(
+                    Rejection::new("invalid_exemplar", format!("series {labels}: {reason}")),
+                    1,
+                ),
+            }
+        }
+        let samples: Vec<Sample> = series
+            .samples
+            .into_iter()
+            .map(|s| Sample {
+                timestamp_ms: s.timestamp,
+                value: s.value,
+            })
+            .collect();
+        outcome.accepted += (samples.len() + histograms.len()) as u64;
+        batch.series.push(Series {
+            labels,
+            samples,
+            histograms,
+            exemplars,
+        });
+    }
+    Ok((batch, outcome))
+}
+
+fn metadata(m: pb::MetricMetadata) -> MetricMetadata {
+    use pb::metric_metadata::MetricType as T;
+    let metric_type = match T::try_from(m.r#type).unwrap_or(T::Unknown) {
+        T::Unknown => MetricType::Unknown,
+        T::Counter => MetricType::Counter,
+        T::Gauge => MetricType::Gauge,
+        T::Histogram => MetricType::Histogram,
+        T::Gaugehistogram => MetricType::GaugeHistogram,
+        T::Summary => MetricType::Summary,
+        T::Info => MetricType::Info,
+        T::Stateset => MetricType::StateSet,
+    };
+    MetricMetadata {
+        metric_family_name: m.metric_family_name,
+        metric_type,
+        help: m.help,
+        unit: m.unit,
+    }
+}
+
+fn convert_exemplar(exemplar: pb::Exemplar) -> Result<Exemplar, String> {
+    let runes: usize = exemplar
+        .labels
+        .iter()
+        .map(|l| l.name.chars().count() + l.value.chars().count())
+        .sum();
+    if runes > MAX_EXEMPLAR_LABEL_RUNES {
+        return Err(format!(
+            "exemplar labels are {runes} characters long, more than OpenMetrics' {MAX_EXEMPLAR_LABEL_RUNES}"
+        ));
+    }
+    let labels = Labels::new(exemplar.labels.into_iter().map(|l| (l.name, l.value)))
+        .map_err(|e| format!("exemplar labels: {e}"))?;
+    Ok(Exemplar {
+        labels,
+        value: exemplar.value,
+        timestamp_ms: exemplar.timestamp,
+    })
+}
+
+fn native_histogram(h: pb::Histogram) -> Result<NativeHistogram, String> {
+    use pb::histogram::{Count, ResetHint as Hint, ZeroCount};
+    let spans = |spans: Vec<pb::BucketSpan>| {
+        spans
+            .into_iter()
+            .map(|s| BucketSpan {
+                offset: s.offset,
+                length: s.length,
+            })
+            .collect::<Vec<_>>()
+    };
+    let counts = match h.count {
+        Some(Count::CountInt(count)) => HistogramCounts::Integer {
+            count,
+            zero_count: match h.zero_count {
+                Some(ZeroCount::ZeroCountInt(z)) => z,
+                Some(ZeroCount::ZeroCountFloat(_)) => {
+                    return Err("integer histogram with a float zero count".to_owned());
+                }
+                None => 0,
+            },
+            positive_deltas: h.positive_deltas,
+            negative_deltas: h.negative_deltas,
+        },
+        Some(Count::CountFloat(count)) => HistogramCounts::Float {
+            count,
+            zero_count: match h.zero_count {
+                Some(ZeroCount::ZeroCountFloat(z)) => z,
+                Some(ZeroCount::ZeroCountInt(_)) => {
+                    return Err("float histogram with an integer zero count".to_owned());
+                }
+                None => 0.0,
+            },
+            positive_counts: h.positive_counts,
+            negative_counts: h.negative_counts,
+        },
+        None => return Err("native histogram without a count".to_owned()),
+    };
+    let histogram = NativeHistogram {
+        timestamp_ms: h.timestamp,
+        schema: h.schema,
+        zero_threshold: h.zero_threshold,
+        sum: h.sum,
+        reset_hint: match Hint::try_from(h.reset_hint).unwrap_or(Hint::Unknown) {
+            Hint::Unknown => ResetHint::Unknown,
+            Hint::Yes => ResetHint::Yes,
+            Hint::No => ResetHint::No,
+            Hint::Gauge => ResetHint::Gauge,
+        },
+        counts,
+        positive_spans: spans(h.positive_spans),
+        negative_spans: spans(h.negative_spans),
+    };
+    histogram.validate().map_err(|e| e.to_string())?;
+    Ok(histogram)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn label(name: &str, value: &str) -> pb::Label {
+        pb::Label {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    fn series(labels: Vec<pb::Label>, samples: usize) -> pb::TimeSeries {
+        pb::TimeSeries {
+            labels,
+            samples: (0..samples)
+                .map(|i| pb::Sample {
+                    value: i as f64,
+                    timestamp: 1_700_000_000_000 + i as i64 * 15_000,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn encode(request: &pb::WriteRequest) -> Vec<u8> {
+        let raw = prost::Message::encode_to_vec(request);
+        snap::raw::Encoder::new().compress_vec(&raw).unwrap()
+    }
+
+    #[test]
+    fn good_series_are_kept_beside_bad_ones_and_the_first_bad_one_is_named() {
+        let request = pb::WriteRequest {
+            timeseries: vec![
+                series(vec![label("__name__", "up"), label("job", "a")], 2),
+                series(
+                    vec![
+                        label("__name__", "up"),
+                        label("job", "b"),
+                        label("job", "c"),
+                    ],
+                    3,
+                ),
+                series(vec![label("__name__", "bad-name")], 1),
+                series(
+                    vec![
+                        label("job", "z"),
+                        label("__name__", "up"),
+                        label("instance", ""),
+                    ],
+                    1,
+                ),
+            ],
+            metadata: vec![pb::MetricMetadata {
+                r#type: pb::metric_metadata::MetricType::Gauge as i32,
+                metric_family_name: "up".into(),
+                help: "Target is up.".into(),
+                unit: String::new(),
+            }],
+        };
+        let decoded = decode(&encode(&request), &Limits::default()).unwrap();
+        let (batch, outcome) = convert(decoded, &Limits::default()).unwrap();
+        assert_eq!(batch.series.len(), 2);
+        assert_eq!(
+            batch.series[1].labels.to_string(),
+            r#"up{job="z"}"#,
+            "sorted, empty label dropped"
+        );
+        assert_eq!(outcome.accepted, 3);
+        assert_eq!(
+            outcome.rejected,
+            vec![("duplicate_label", 3), ("invalid_metric_name", 1)]
+        );
+        let first = outcome.first_rejection.unwrap();
+        assert!(
+            first.contains("job") && first.contains("duplicate"),
+            "{first}"
+        );
+        assert_eq!(batch.metadata[0].metric_type, MetricType::Gauge);
+    }
+
+    #[test]
+    fn native_histograms_and_exemplars_survive_and_bad_ones_are_refused() {
+        let good = pb::Histogram {
+            count: Some(pb::histogram::Count::CountInt(5)),
+            zero_count: Some(pb::histogram::ZeroCount::ZeroCountInt(1)),
+            sum: 12.5,
+            schema: 1,
+            zero_threshold: 0.001,
+            positive_spans: vec![pb::BucketSpan {
+                offset: 0,
+                length: 2,
+            }],
+            positive_deltas: vec![2, 0],
+            reset_hint: pb::histogram::ResetHint::No as i32,
+            timestamp: 1000,
+            ..Default::default()
+        };
+        let bad = pb::Histogram {
+            positive_deltas: vec![2],
+            ..good.clone()
+        };
+        let mut ts = series(vec![label("__name__", "latency_seconds")], 0);
+        ts.histograms = vec![good, bad];
+        ts.exemplars = vec![
+            pb::Exemplar {
+                labels: vec![label("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736")],
+                value: 0.3,
+                timestamp: 1000,
+            },
+            pb::Exemplar {
+                labels: vec![label("trace_id", &"x".repeat(200))],
+                value: 0.3,
+                timestamp: 1000,
+            },
+        ];
+        let (batch, outcome) = convert(
+            pb::WriteRequest {
+                timeseries: vec![ts],
+                metadata: vec![],
+            },
+            &Limits::default(),
+        )
+        .unwrap();
+        let series = &batch.series[0];
+        assert_eq!(series.histograms.len(), 1);
+        assert_eq!(series.histograms[0].reset_hint, ResetHint::No);
+        assert_eq!(series.exemplars.len(), 1);
+        assert_eq!(
+            series.exemplars[0].labels.get("trace_id"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(outcome.accepted, 1);
+        assert_eq!(
+            outcome.rejected,
+            vec![("invalid_histogram", 1), ("invalid_exemplar", 1)]
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_bad_requests_with_a_reason() {
+        let limits = Limits::default();
+        let not_snappy = decode(b"definitely not snappy", &limits).unwrap_err();
+        assert!(not_snappy.to_string().contains("snappy"), "{not_snappy}");
+        let garbage = snap::raw::Encoder::new().compress_vec(&[0xff; 64]).unwrap();
+        let not_protobuf = decode(&garbage, &limits).unwrap_err();
+        assert!(
+            not_protobuf.to_string().contains("WriteRequest"),
+            "{not_protobuf}"
+        );
+        let request = pb::WriteRequest {
+            timeseries: vec![series(vec![label("__name__", "up")], 1); 10],
+            metadata: vec![],
+        };
+        let body = encode(&request);
+        let truncated = decode(&body[..body.len() - 3], &limits).unwrap_err();
+        assert!(
+            matches!(truncated, GatewayError::BadRequest(_)),
+            "{truncated}"
+        );
+        let small = Limits {
+            max_series_per_request: 5,
+            ..Limits::default()
+        };
+        let too_many = convert(request, &small).unwrap_err();
+        assert!(too_many.to_string().contains("10 series"), "{too_many}");
+    }
+
+    #[test]
+    fn a_body_that_inflates_past_the_limit_is_refused_before_decompressing() {
+        let request = pb::WriteRequest {
+            timeseries: vec![
+                series(
+                    vec![label("__name__", "up"), label("pad", &"p".repeat(4000))],
+                    1
+                );
+                100
+            ],
+            metadata: vec![],
+        };
+        let body = encode(&request);
+        let limits = Limits {
+            max_decompressed_body_bytes: 10_000,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            decode(&body, &limits),
+            Err(GatewayError::BodyTooLarge { limit: 10_000 })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn the_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let limits = Limits::default();
+            if let Ok(request) = decode(&bytes, &limits) {
+                let _ = convert(request, &limits);
+            }
+            // Also as the payload of valid snappy framing.
+            let framed = snap::raw::Encoder::new().compress_vec(&bytes).unwrap();
+            if let Ok(request) = decode(&framed, &limits) {
+                let _ = convert(request, &limits);
+            }
+        }
+    }
+}

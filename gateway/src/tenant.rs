@@ -1,0 +1,120 @@
+//! Which tenant a request belongs to.
+//!
+//! With auth on (tokens configured), the bearer token decides and nothing the client says
+//! otherwise counts; an unknown or missing token is refused. With auth off, the
+//! `X-Scope-OrgID` header (Cortex's and Mimir's convention, which Prometheus and Grafana
+//! agents already send) decides, else the default tenant.
+
+use std::collections::HashMap;
+
+use model::TenantId;
+
+use crate::GatewayError;
+use crate::config::AuthConfig;
+
+/// The header that names the tenant when auth is off.
+pub const TENANT_HEADER: &str = "x-scope-orgid";
+
+#[derive(Debug)]
+pub struct TenantResolver {
+    tokens: HashMap<String, TenantId>,
+}
+
+impl TenantResolver {
+    pub fn new(config: &AuthConfig) -> Result<Self, GatewayError> {
+        let tokens = config
+            .tokens
+            .iter()
+            .map(|(token, tenant)| {
+                TenantId::new(tenant.clone())
+                    .map(|id| (token.clone(), id))
+                    .map_err(|e| GatewayError::BadTenant(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { tokens })
+    }
+
+    pub fn auth_enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    /// Resolves from the `Authorization` and `X-Scope-OrgID` values of a request.
+    pub fn resolve(
+        &self,
+        authorization: Option<&str>,
+        org_id: Option<&str>,
+    ) -> Result<TenantId, GatewayError> {
+        if self.auth_enabled() {
+            let token = authorization
+                .and_then(|value| {
+                    value
+                        .strip_prefix("Bearer ")
+                        .or_else(|| value.strip_prefix("bearer "))
+                })
+                .map(str::trim)
+                .ok_or(GatewayError::Unauthorized)?;
+            return self
+                .tokens
+                .get(token)
+                .cloned()
+                .ok_or(GatewayError::Unauthorized);
+        }
+        match org_id.map(str::trim).filter(|id| !id.is_empty()) {
+            Some(id) => TenantId::new(id).map_err(|e| GatewayError::BadTenant(e.to_string())),
+            None => Ok(TenantId::default_tenant()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_or_default_when_auth_is_off() {
+        let resolver = TenantResolver::new(&AuthConfig::default()).unwrap();
+        assert_eq!(resolver.resolve(None, None).unwrap().as_str(), "default");
+        assert_eq!(
+            resolver.resolve(None, Some("team-a")).unwrap().as_str(),
+            "team-a"
+        );
+        assert_eq!(
+            resolver
+                .resolve(Some("Bearer whatever"), Some(" team-b "))
+                .unwrap()
+                .as_str(),
+            "team-b"
+        );
+        assert!(matches!(
+            resolver.resolve(None, Some("../x")),
+            Err(GatewayError::BadTenant(_))
+        ));
+    }
+
+    #[test]
+    fn token_decides_when_auth_is_on() {
+        let config = AuthConfig {
+            tokens: [("s3cret".to_owned(), "team-a".to_owned())].into(),
+        };
+        let resolver = TenantResolver::new(&config).unwrap();
+        assert_eq!(
+            resolver
+                .resolve(Some("Bearer s3cret"), Some("team-b"))
+                .unwrap()
+                .as_str(),
+            "team-a"
+        );
+        assert!(matches!(
+            resolver.resolve(Some("Bearer wrong"), None),
+            Err(GatewayError::Unauthorized)
+        ));
+        assert!(matches!(
+            resolver.resolve(None, Some("team-a")),
+            Err(GatewayError::Unauthorized)
+        ));
+        assert!(matches!(
+            resolver.resolve(Some("Basic czNjcmV0"), None),
+            Err(GatewayError::Unauthorized)
+        ));
+    }
+}
