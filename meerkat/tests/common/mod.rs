@@ -137,6 +137,30 @@ pub fn get(addr: SocketAddr, path: &str) -> Option<HttpResponse> {
     read_response(&mut stream)
 }
 
+/// A plain HTTP/1.1 POST with extra headers.
+pub fn post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<HttpResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).ok()?;
+    stream.write_all(body).ok()?;
+    read_response(&mut stream)
+}
+
 pub fn read_response(stream: &mut TcpStream) -> Option<HttpResponse> {
     let mut raw = String::new();
     stream.read_to_string(&mut raw).ok()?;
