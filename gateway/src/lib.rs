@@ -12,6 +12,9 @@ mod error;
 pub mod http;
 mod limits;
 pub mod metrics;
+mod otlp_common;
+pub mod otlp_logs;
+pub mod otlp_traces;
 pub mod remote_write;
 mod sink;
 mod tenant;
@@ -65,6 +68,9 @@ struct Shared {
     inflight: Arc<Semaphore>,
     sink: Sink,
     metrics: GatewayMetrics,
+    otlp: OtlpConfig,
+    /// The largest decompressed body any tenant may send (bounds gRPC message decoding).
+    max_message_bytes: u64,
 }
 
 /// A request's share of the in-flight budget, released when the request is answered.
@@ -99,6 +105,12 @@ impl Gateway {
                 inflight: Arc::new(Semaphore::new(kib.min(Semaphore::MAX_PERMITS))),
                 sink: Sink::new(bus, DEFAULT_MAX_RECORD_BYTES).await?,
                 metrics,
+                otlp: config.otlp.clone(),
+                max_message_bytes: config
+                    .tenant_limits
+                    .values()
+                    .map(|o| config.limits.with(o).max_decompressed_body_bytes)
+                    .fold(config.limits.max_decompressed_body_bytes, u64::max),
             }),
         })
     }
@@ -108,6 +120,20 @@ impl Gateway {
         Router::new()
             .route("/api/v1/write", post(remote_write_handler))
             .with_state(self.clone())
+    }
+
+    pub fn otlp_config(&self) -> &OtlpConfig {
+        &self.shared.otlp
+    }
+
+    /// The largest decompressed request any tenant may send.
+    pub fn max_message_bytes(&self) -> u64 {
+        self.shared.max_message_bytes
+    }
+
+    /// Records a finished request in the gateway's metrics.
+    pub fn request_done(&self, protocol: Protocol, outcome: &'static str, seconds: f64) {
+        self.shared.metrics.request_done(protocol, outcome, seconds);
     }
 
     /// The tenant of a request, from its `Authorization` and `X-Scope-OrgID` values.
@@ -204,9 +230,7 @@ impl Gateway {
             Ok(_) => "ok",
             Err(error) => error.reason(),
         };
-        self.shared
-            .metrics
-            .request_done(protocol, outcome, started.elapsed().as_secs_f64());
+        self.request_done(protocol, outcome, started.elapsed().as_secs_f64());
         result
     }
 
