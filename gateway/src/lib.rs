@@ -10,6 +10,7 @@
 mod config;
 mod error;
 pub mod http;
+pub mod influx;
 mod limits;
 pub mod metrics;
 mod otlp_common;
@@ -32,10 +33,11 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::Query;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use bus::Bus;
 use model::{Payload, TenantId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -119,6 +121,9 @@ impl Gateway {
     pub fn http_routes(&self) -> Router {
         Router::new()
             .route("/api/v1/write", post(remote_write_handler))
+            .route("/api/v2/write", post(influx_v2_handler))
+            .route("/write", post(influx_v1_handler))
+            .route("/ping", get(influx_ping).head(influx_ping))
             .with_state(self.clone())
     }
 
@@ -330,4 +335,107 @@ async fn remote_write_handler(
         },
         Err(error) => error.into_response(),
     }
+}
+
+/// Query parameters of Influx writes; `org`, `bucket` and `db` are accepted and ignored
+/// (the tenant comes from auth, the store is Meerkat's).
+#[derive(Debug, Default, serde::Deserialize)]
+struct InfluxParams {
+    precision: Option<String>,
+}
+
+async fn influx_write(
+    gateway: Gateway,
+    headers: HeaderMap,
+    body: Body,
+    params: InfluxParams,
+    v1: bool,
+) -> Response {
+    let precision = match influx::Precision::parse(params.precision.as_deref()) {
+        Ok(precision) => precision,
+        Err(error) => return influx_error(error, v1),
+    };
+    let encoding = http::header_str(&headers, "content-encoding").map(str::to_owned);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let result = gateway
+        .handle_http(
+            Protocol::Influx,
+            Signal::Samples,
+            &headers,
+            body,
+            move |body, limits| {
+                let raw = http::decode_content(
+                    body,
+                    encoding.as_deref(),
+                    limits.max_decompressed_body_bytes,
+                )?;
+                let (batch, outcome) = influx::convert(&raw, precision, now_ms, limits)?;
+                Ok((Payload::Metrics(batch), outcome))
+            },
+        )
+        .await;
+    match result {
+        Ok(outcome) => match &outcome.first_rejection {
+            None => StatusCode::NO_CONTENT.into_response(),
+            Some(first) => influx_error(
+                GatewayError::BadRequest(format!(
+                    "partial write: {} values refused, {} accepted; first problem: {first}",
+                    outcome.rejected_total(),
+                    outcome.accepted
+                )),
+                v1,
+            ),
+        },
+        Err(error) => influx_error(error, v1),
+    }
+}
+
+/// Errors in the JSON shapes InfluxDB uses (v2: `code` + `message`; v1: `error`), so
+/// Telegraf logs them properly.
+fn influx_error(error: GatewayError, v1: bool) -> Response {
+    let code = match error.status() {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::PAYLOAD_TOO_LARGE => "request too large",
+        StatusCode::TOO_MANY_REQUESTS => "too many requests",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "invalid",
+    };
+    let body = if v1 {
+        serde_json::json!({ "error": error.to_string() })
+    } else {
+        serde_json::json!({ "code": code, "message": error.to_string() })
+    };
+    let mut response = (error.status(), axum::Json(body)).into_response();
+    if let Some(seconds) = error.retry_after_seconds() {
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(seconds),
+        );
+    }
+    response
+}
+
+async fn influx_v2_handler(
+    State(gateway): State<Gateway>,
+    Query(params): Query<InfluxParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    influx_write(gateway, headers, body, params, false).await
+}
+
+async fn influx_v1_handler(
+    State(gateway): State<Gateway>,
+    Query(params): Query<InfluxParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    influx_write(gateway, headers, body, params, true).await
+}
+
+/// InfluxDB's liveness endpoint, which Influx clients call before writing.
+async fn influx_ping() -> Response {
+    (StatusCode::NO_CONTENT, [("X-Influxdb-Version", "meerkat")]).into_response()
 }

@@ -132,7 +132,7 @@ impl GatewayMetrics {
                 })
                 .inc_by(outcome.accepted);
         }
-        for (reason, count) in &outcome.rejected {
+        for (reason, count) in outcome.rejected.iter().chain(&outcome.skipped) {
             self.reject(protocol, tenant, signal, reason, *count);
         }
     }

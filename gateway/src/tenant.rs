@@ -46,16 +46,11 @@ impl TenantResolver {
     ) -> Result<TenantId, GatewayError> {
         if self.auth_enabled() {
             let token = authorization
-                .and_then(|value| {
-                    value
-                        .strip_prefix("Bearer ")
-                        .or_else(|| value.strip_prefix("bearer "))
-                })
-                .map(str::trim)
+                .and_then(token_of)
                 .ok_or(GatewayError::Unauthorized)?;
             return self
                 .tokens
-                .get(token)
+                .get(&token)
                 .cloned()
                 .ok_or(GatewayError::Unauthorized);
         }
@@ -64,6 +59,54 @@ impl TenantResolver {
             None => Ok(TenantId::default_tenant()),
         }
     }
+}
+
+/// The token in an `Authorization` value: `Bearer <token>` (Prometheus, OTLP), `Token
+/// <token>` (InfluxDB 2 clients, Telegraf), or the password of `Basic` credentials
+/// (InfluxDB 1 clients).
+fn token_of(authorization: &str) -> Option<String> {
+    let (scheme, credentials) = authorization.trim().split_once(' ')?;
+    let credentials = credentials.trim();
+    match scheme.to_ascii_lowercase().as_str() {
+        "bearer" | "token" => Some(credentials.to_owned()),
+        "basic" => {
+            let decoded = base64_decode(credentials)?;
+            let text = String::from_utf8(decoded).ok()?;
+            text.split_once(':')
+                .map(|(_, password)| password.to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// Standard base64 (with or without padding); small enough not to need a crate.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes: Vec<u8> = text.bytes().filter(|b| *b != b'=').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut acc = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            acc |= value(*c)? << (18 - 6 * i);
+        }
+        let produced = match chunk.len() {
+            4 => 3,
+            3 => 2,
+            2 => 1,
+            _ => return None,
+        };
+        out.extend_from_slice(&acc.to_be_bytes()[1..1 + produced]);
+    }
+    Some(out)
 }
 
 #[cfg(test)]

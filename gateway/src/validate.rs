@@ -123,6 +123,9 @@ pub struct Outcome {
     pub accepted: u64,
     pub rejected: Vec<(&'static str, u64)>,
     pub first_rejection: Option<String>,
+    /// Items dropped by design (an Influx string field is not a sample): counted in the
+    /// metrics, but not an error for the client.
+    pub skipped: Vec<(&'static str, u64)>,
 }
 
 impl Outcome {
@@ -136,6 +139,13 @@ impl Outcome {
             None => self.rejected.push((rejection.reason, items)),
         }
         self.first_rejection.get_or_insert(rejection.message);
+    }
+
+    pub fn rejected_quietly(&mut self, reason: &'static str, items: u64) {
+        match self.skipped.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, count)) => *count += items,
+            None => self.skipped.push((reason, items)),
+        }
     }
 
     pub fn rejected_total(&self) -> u64 {
