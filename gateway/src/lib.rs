@@ -5,7 +5,9 @@
 //! every protocol: the tenant's rate limit, the bus (a request is answered 2xx only after
 //! its data is durably appended), and the gateway's metrics.
 //!
-//! Protocols: Prometheus remote-write (`POST /api/v1/write`).
+//! Protocols: Prometheus remote-write (`POST /api/v1/write`), InfluxDB line protocol
+//! (`POST /api/v2/write`, `POST /write`), Zipkin v2 JSON (`POST /api/v2/spans`), and OTLP
+//! over gRPC and HTTP on their own ports (see [`OtlpServers`]).
 
 mod config;
 mod error;
@@ -20,6 +22,7 @@ pub mod remote_write;
 mod sink;
 mod tenant;
 pub mod validate;
+pub mod zipkin;
 
 /// Types generated from `proto/remote.proto`.
 pub mod proto {
@@ -124,6 +127,7 @@ impl Gateway {
             .route("/api/v2/write", post(influx_v2_handler))
             .route("/write", post(influx_v1_handler))
             .route("/ping", get(influx_ping).head(influx_ping))
+            .route("/api/v2/spans", post(zipkin_handler))
             .with_state(self.clone())
     }
 
@@ -438,4 +442,55 @@ async fn influx_v1_handler(
 /// InfluxDB's liveness endpoint, which Influx clients call before writing.
 async fn influx_ping() -> Response {
     (StatusCode::NO_CONTENT, [("X-Influxdb-Version", "meerkat")]).into_response()
+}
+
+async fn zipkin_handler(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let encoding = http::header_str(&headers, "content-encoding").map(str::to_owned);
+    let content_type = http::header_str(&headers, "content-type").unwrap_or("application/json");
+    if !content_type
+        .to_ascii_lowercase()
+        .starts_with("application/json")
+    {
+        return GatewayError::UnsupportedMediaType(format!(
+            "Content-Type {content_type}: Zipkin spans are accepted as application/json (v2)"
+        ))
+        .into_response();
+    }
+    let result = gateway
+        .handle_http(
+            Protocol::Zipkin,
+            Signal::Spans,
+            &headers,
+            body,
+            move |body, limits| {
+                let raw = http::decode_content(
+                    body,
+                    encoding.as_deref(),
+                    limits.max_decompressed_body_bytes,
+                )?;
+                let (batch, outcome) = zipkin::convert(&raw, limits)?;
+                Ok((Payload::Spans(batch), outcome))
+            },
+        )
+        .await;
+    match result {
+        // Zipkin's collector answers 202 Accepted.
+        Ok(outcome) => match &outcome.first_rejection {
+            None => StatusCode::ACCEPTED.into_response(),
+            Some(first) => (
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{} spans refused, {} accepted; first problem: {first}\n",
+                    outcome.rejected_total(),
+                    outcome.accepted
+                ),
+            )
+                .into_response(),
+        },
+        Err(error) => error.into_response(),
+    }
 }
