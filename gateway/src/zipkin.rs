@@ -74,7 +74,7 @@ struct Annotation {
 const SCOPE_NAME: &str = "zipkin";
 
 fn hex_bytes(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
