@@ -56,14 +56,16 @@ pub fn describe_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -
 }
 
 /// Builds the label set of a series, enforcing the tenant's limits and Prometheus's rules.
+///
+/// The strings are moved, never copied: this runs for every series of every request.
 pub fn series_labels(pairs: Vec<(String, String)>, limits: &Limits) -> Result<Labels, Rejection> {
-    let describe = || describe_pairs(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    let describe = |pairs: &[(String, String)]| describe_pairs(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     if pairs.len() as u64 > limits.max_labels_per_series {
         return Err(Rejection::new(
             "too_many_labels",
             format!(
                 "series {} has {} labels, more than the limit of {}",
-                describe(),
+                describe(&pairs),
                 pairs.len(),
                 limits.max_labels_per_series
             ),
@@ -75,7 +77,7 @@ pub fn series_labels(pairs: Vec<(String, String)>, limits: &Limits) -> Result<La
                 "label_name_too_long",
                 format!(
                     "series {}: label name of {} bytes is longer than the limit of {}",
-                    describe(),
+                    describe(&pairs),
                     name.len(),
                     limits.max_label_name_bytes
                 ),
@@ -86,31 +88,27 @@ pub fn series_labels(pairs: Vec<(String, String)>, limits: &Limits) -> Result<La
                 "label_value_too_long",
                 format!(
                     "series {}: value of label {name} is {} bytes, longer than the limit of {}",
-                    describe(),
+                    describe(&pairs),
                     value.len(),
                     limits.max_label_value_bytes
                 ),
             ));
         }
     }
-    let labels = Labels::from_labels(
-        pairs
-            .iter()
-            .map(|(n, v)| Label::new(n.clone(), v.clone()))
-            .collect(),
-    )
-    .map_err(|error| {
+    let labels = pairs.into_iter().map(|(name, value)| Label { name, value }).collect();
+    let labels = Labels::from_labels_or_return(labels).map_err(|(error, refused)| {
         let reason = match error {
             model::ModelError::DuplicateLabel { .. } => "duplicate_label",
             model::ModelError::InvalidMetricName { .. } => "invalid_metric_name",
             _ => "invalid_label",
         };
-        Rejection::new(reason, format!("series {}: {error}", describe()))
+        let described = describe_pairs(refused.iter().map(|l| (l.name.as_str(), l.value.as_str())));
+        Rejection::new(reason, format!("series {described}: {error}"))
     })?;
     if labels.metric_name().is_none() {
         return Err(Rejection::new(
             "missing_metric_name",
-            format!("series {} has no metric name (__name__)", describe()),
+            format!("series {labels} has no metric name (__name__)"),
         ));
     }
     Ok(labels)

@@ -64,11 +64,22 @@ impl Labels {
     }
 
     /// Like [`Labels::new`], taking already-built [`Label`]s.
-    pub fn from_labels(mut labels: Vec<Label>) -> Result<Self, ModelError> {
+    pub fn from_labels(labels: Vec<Label>) -> Result<Self, ModelError> {
+        Self::from_labels_or_return(labels).map_err(|(error, _)| error)
+    }
+
+    /// Like [`Labels::from_labels`], but a refused set is handed back (sorted, without empty
+    /// values) with the error, so the caller can describe it without having kept a copy:
+    /// the ingest hot path never clones label strings.
+    pub fn from_labels_or_return(mut labels: Vec<Label>) -> Result<Self, (ModelError, Vec<Label>)> {
         labels.retain(|label| !label.value.is_empty());
-        labels.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        validate_sorted(&labels)?;
-        Ok(Self(labels))
+        if !labels.is_sorted_by(|a, b| a.name <= b.name) {
+            labels.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        }
+        match validate_sorted(&labels) {
+            Ok(()) => Ok(Self(labels)),
+            Err(error) => Err((error, labels)),
+        }
     }
 
     /// The value of label `name`, if present.
