@@ -18,9 +18,16 @@ pub const ENVELOPE_FORMAT_VERSION: u8 = 1;
 /// A tenant id, validated with the rules Cortex and Mimir use for `X-Scope-OrgID`: 1–150
 /// bytes of ASCII letters, digits and `!-_.*'()`, and not `.` or `..` (tenant ids end up in
 /// paths and table names).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct TenantId(String);
+
+/// Serialized as the plain string, without the copy serde's `into` would make.
+impl Serialize for TenantId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 /// The tenant used when auth is off and the request names none.
 pub const DEFAULT_TENANT: &str = "default";

@@ -36,9 +36,17 @@ impl Label {
 /// The invariants are checked on every way in (constructors and deserialization), so code
 /// holding a `Labels` never re-checks them, and a corrupted bus record cannot smuggle an
 /// invalid set into storage.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "Vec<Label>", into = "Vec<Label>")]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "Vec<Label>")]
 pub struct Labels(Vec<Label>);
+
+/// Serialized as the plain list of labels. Written by hand because serde's `into` would
+/// clone every label string on every encode — the gateway's hottest path.
+impl Serialize for Labels {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
 
 impl Labels {
     /// The empty label set.
