@@ -4,6 +4,7 @@
 //! Each subcommand says what it compares.
 
 mod encoding;
+mod remote_write;
 
 use clap::{Parser, Subcommand};
 
@@ -18,10 +19,13 @@ struct Cli {
 enum Command {
     /// Bus record encodings compared on realistic batches: size, encode and decode time
     Encoding(encoding::Args),
+    /// Remote-write ingest: Meerkat vs VictoriaMetrics vs Prometheus, samples per CPU-second
+    RemoteWrite(remote_write::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Encoding(args) => encoding::run(&args),
+        Command::RemoteWrite(args) => remote_write::run(&args),
     }
 }

@@ -15,8 +15,10 @@ pub mod http;
 pub mod influx;
 mod limits;
 pub mod metrics;
+mod otlp;
 mod otlp_common;
 pub mod otlp_logs;
+pub mod otlp_metrics;
 pub mod otlp_traces;
 pub mod remote_write;
 mod sink;
@@ -50,6 +52,7 @@ pub use config::{
 };
 pub use error::GatewayError;
 pub use limits::TenantLimits;
+pub use otlp::OtlpServers;
 pub use sink::DEFAULT_MAX_RECORD_BYTES;
 pub use tenant::TENANT_HEADER;
 

@@ -59,7 +59,9 @@ pub fn describe_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -
 ///
 /// The strings are moved, never copied: this runs for every series of every request.
 pub fn series_labels(pairs: Vec<(String, String)>, limits: &Limits) -> Result<Labels, Rejection> {
-    let describe = |pairs: &[(String, String)]| describe_pairs(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    let describe = |pairs: &[(String, String)]| {
+        describe_pairs(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+    };
     if pairs.len() as u64 > limits.max_labels_per_series {
         return Err(Rejection::new(
             "too_many_labels",
@@ -95,7 +97,10 @@ pub fn series_labels(pairs: Vec<(String, String)>, limits: &Limits) -> Result<La
             ));
         }
     }
-    let labels = pairs.into_iter().map(|(name, value)| Label { name, value }).collect();
+    let labels = pairs
+        .into_iter()
+        .map(|(name, value)| Label { name, value })
+        .collect();
     let labels = Labels::from_labels_or_return(labels).map_err(|(error, refused)| {
         let reason = match error {
             model::ModelError::DuplicateLabel { .. } => "duplicate_label",

@@ -35,6 +35,12 @@ pub struct GlobalArgs {
     /// HTTP listen address; port 0 picks a free port [config: http_listen]
     #[arg(long, global = true, value_name = "ADDR")]
     pub http_listen: Option<SocketAddr>,
+    /// OTLP/gRPC listen address [config: otlp_grpc_listen]
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub otlp_grpc_listen: Option<SocketAddr>,
+    /// OTLP/HTTP listen address [config: otlp_http_listen]
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub otlp_http_listen: Option<SocketAddr>,
     /// Log filter, e.g. `info` or `info,bus=debug` [config: log.level]
     #[arg(long, global = true, value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -48,6 +54,8 @@ impl GlobalArgs {
         FlagOverrides {
             data_dir: self.data_dir.clone(),
             http_listen: self.http_listen,
+            otlp_grpc_listen: self.otlp_grpc_listen,
+            otlp_http_listen: self.otlp_http_listen,
             log_level: self.log_level.clone(),
             log_format: self.log_format,
         }

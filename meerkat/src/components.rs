@@ -52,11 +52,13 @@ impl Component for EmbeddedBusComponent {
     }
 }
 
-/// The gateway: decoders and limits in front of the bus. Its HTTP routes are served by the
-/// role's HTTP server, which drains them on stop, so stopping it has nothing left to do.
+/// The gateway: decoders and limits in front of the bus. Its main-port routes are served
+/// by the role's HTTP server (which drains them on stop); the OTLP listeners are its own.
 #[derive(Debug)]
 pub struct GatewayComponent {
     pub gateway: gateway::Gateway,
+    otlp: gateway::OtlpServers,
+    grace: std::time::Duration,
 }
 
 impl GatewayComponent {
@@ -71,7 +73,15 @@ impl GatewayComponent {
         let gateway = gateway::Gateway::new(&config.gateway, bus, metrics)
             .await
             .context("cannot start the gateway")?;
-        Ok(Self { gateway })
+        let otlp =
+            gateway::OtlpServers::start(&gateway, config.otlp_grpc_listen, config.otlp_http_listen)
+                .await
+                .context("cannot start the OTLP receivers")?;
+        Ok(Self {
+            gateway,
+            otlp,
+            grace: std::time::Duration::from_secs(config.shutdown.grace_period_seconds),
+        })
     }
 }
 
@@ -82,6 +92,7 @@ impl Component for GatewayComponent {
     }
 
     async fn stop(self: Box<Self>) -> anyhow::Result<()> {
+        self.otlp.stop(self.grace).await;
         Ok(())
     }
 }

@@ -32,6 +32,10 @@ pub struct Config {
     /// Address of the HTTP server every server role runs (remote-write, query APIs,
     /// `/health`, `/metrics`). Port 0 picks a free port and logs it.
     pub http_listen: SocketAddr,
+    /// OTLP over gRPC (traces, metrics, logs). Port 0 picks a free port and logs it.
+    pub otlp_grpc_listen: SocketAddr,
+    /// OTLP over HTTP (`/v1/traces`, `/v1/metrics`, `/v1/logs`).
+    pub otlp_http_listen: SocketAddr,
     pub log: LogConfig,
     pub bus: BusConfig,
     pub gateway: GatewayConfig,
@@ -43,6 +47,8 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./data"),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 9797)),
+            otlp_grpc_listen: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            otlp_http_listen: SocketAddr::from(([127, 0, 0, 1], 4318)),
             log: LogConfig::default(),
             bus: BusConfig::default(),
             gateway: GatewayConfig::default(),
@@ -118,6 +124,8 @@ impl Default for ShutdownConfig {
 pub struct FlagOverrides {
     pub data_dir: Option<PathBuf>,
     pub http_listen: Option<SocketAddr>,
+    pub otlp_grpc_listen: Option<SocketAddr>,
+    pub otlp_http_listen: Option<SocketAddr>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
 }
@@ -188,6 +196,14 @@ impl Config {
         if let Some(addr) = flags.http_listen {
             config.http_listen = addr;
             sources.flags.push("--http-listen");
+        }
+        if let Some(addr) = flags.otlp_grpc_listen {
+            config.otlp_grpc_listen = addr;
+            sources.flags.push("--otlp-grpc-listen");
+        }
+        if let Some(addr) = flags.otlp_http_listen {
+            config.otlp_http_listen = addr;
+            sources.flags.push("--otlp-http-listen");
         }
         if let Some(level) = &flags.log_level {
             config.log.level = level.clone();

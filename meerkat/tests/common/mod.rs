@@ -30,6 +30,11 @@ impl Server {
             .current_dir(cwd)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        // Tests run side by side: the OTLP ports move off their defaults too (flags given
+        // in `args` still win).
+        command
+            .env("MEERKAT_OTLP_GRPC_LISTEN", "127.0.0.1:0")
+            .env("MEERKAT_OTLP_HTTP_LISTEN", "127.0.0.1:0");
         for (key, value) in env {
             command.env(key, value);
         }

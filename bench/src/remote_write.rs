@@ -1,0 +1,474 @@
+//! Remote-write ingest, side by side: the same generated load against `meerkat serve`,
+//! VictoriaMetrics and Prometheus (remote-write receiver), one at a time on this machine.
+//!
+//! The load looks like what Prometheus servers send: many series with realistic label sets
+//! (node_exporter-, cAdvisor- and application-style), one sample per series per request, a
+//! new "scrape round" of monotonic timestamps every round, requests snappy-compressed
+//! protobuf. Bodies are generated ahead by one thread; `concurrency` threads send them over
+//! keep-alive connections as fast as the server answers.
+//!
+//! Reported per server: accepted samples per second (wall clock), the server process's CPU
+//! seconds (user + system, from /proc), samples per CPU-second, peak RSS, and refusals.
+//! Meerkat's figure includes its durable bus: every 2xx follows an fsync'd append.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use gateway::proto::prometheus as pb;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Distinct series in the generated load
+    #[arg(long, default_value_t = 100_000)]
+    series: usize,
+    /// Samples (one per series) in each remote-write request
+    #[arg(long, default_value_t = 2_000)]
+    samples_per_request: usize,
+    /// Requests in flight at once
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Seconds of load per server
+    #[arg(long, default_value_t = 30)]
+    duration_seconds: u64,
+    /// Simulated scrape interval: timestamps advance by this much per round
+    #[arg(long, default_value_t = 10)]
+    scrape_interval_seconds: u64,
+    /// Servers to measure, in order
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "meerkat,victoriametrics,prometheus"
+    )]
+    targets: Vec<String>,
+    /// The meerkat binary (default: next to this benchmark's binary)
+    #[arg(long)]
+    meerkat: Option<PathBuf>,
+}
+
+/// A label name and the values it takes.
+type LabelValues = (&'static str, &'static [&'static str]);
+
+/// Metric families and the extra labels they carry, as real exporters name them.
+const FAMILIES: &[(&str, &[LabelValues])] = &[
+    (
+        "node_cpu_seconds_total",
+        &[
+            ("cpu", &["0", "1", "2", "3", "4", "5", "6", "7"]),
+            ("mode", &["idle", "iowait", "system", "user", "steal"]),
+        ],
+    ),
+    (
+        "node_network_receive_bytes_total",
+        &[("device", &["eth0", "eth1", "lo", "cni0"])],
+    ),
+    (
+        "node_filesystem_avail_bytes",
+        &[
+            ("device", &["/dev/vda1", "/dev/vdb", "tmpfs"]),
+            ("mountpoint", &["/", "/var/lib", "/run"]),
+        ],
+    ),
+    (
+        "container_cpu_usage_seconds_total",
+        &[
+            ("container", &["app", "sidecar", "istio-proxy"]),
+            ("cpu", &["total"]),
+        ],
+    ),
+    (
+        "container_memory_working_set_bytes",
+        &[("container", &["app", "sidecar", "istio-proxy"])],
+    ),
+    (
+        "http_requests_total",
+        &[
+            ("method", &["GET", "POST", "PUT"]),
+            ("code", &["200", "201", "404", "500"]),
+            ("handler", &["/api/v1/orders", "/api/v1/users", "/healthz"]),
+        ],
+    ),
+    (
+        "http_request_duration_seconds_bucket",
+        &[
+            ("le", &["0.005", "0.01", "0.05", "0.1", "0.5", "1", "+Inf"]),
+            ("handler", &["/api/v1/orders", "/api/v1/users"]),
+        ],
+    ),
+    (
+        "kube_pod_container_status_restarts_total",
+        &[("container", &["app", "sidecar"])],
+    ),
+];
+
+/// The label set of series `index`: a family, its own labels, and where it came from.
+fn series_labels(index: usize) -> Vec<pb::Label> {
+    let (family, extra) = FAMILIES[index % FAMILIES.len()];
+    let mut rest = index / FAMILIES.len();
+    let mut labels = vec![pb::Label {
+        name: "__name__".into(),
+        value: family.into(),
+    }];
+    for (name, values) in extra.iter() {
+        labels.push(pb::Label {
+            name: (*name).into(),
+            value: values[rest % values.len()].into(),
+        });
+        rest /= values.len();
+    }
+    let node = rest % 500;
+    let pod = rest / 500;
+    labels.extend([
+        pb::Label {
+            name: "instance".into(),
+            value: format!("10.{}.{}.{}:9100", node / 250, node % 250, pod % 200),
+        },
+        pb::Label {
+            name: "job".into(),
+            value: "kubernetes-pods".into(),
+        },
+        pb::Label {
+            name: "namespace".into(),
+            value: format!("team-{}", pod % 40),
+        },
+        pb::Label {
+            name: "pod".into(),
+            value: format!(
+                "checkout-{:08x}-{:05x}",
+                pod.wrapping_mul(2_654_435_761) & 0xffff_ffff,
+                node
+            ),
+        },
+    ]);
+    labels.sort_by(|a, b| a.name.cmp(&b.name));
+    labels
+}
+
+struct Body {
+    bytes: Vec<u8>,
+    samples: u64,
+}
+
+/// Generates request bodies round after round until told to stop.
+fn generate(args: &Args, start_ms: i64, bodies: mpsc::SyncSender<Body>, stop: Arc<AtomicBool>) {
+    let labels: Vec<Vec<pb::Label>> = (0..args.series).map(series_labels).collect();
+    let mut encoder = snap::raw::Encoder::new();
+    let mut round: i64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let timestamp = start_ms + round * (args.scrape_interval_seconds as i64) * 1000;
+        for (chunk_index, chunk) in labels.chunks(args.samples_per_request).enumerate() {
+            let request = pb::WriteRequest {
+                timeseries: chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, labels)| pb::TimeSeries {
+                        labels: labels.clone(),
+                        samples: vec![pb::Sample {
+                            value: (round as f64) * 10.0 + ((chunk_index * 7 + i) % 13) as f64,
+                            timestamp,
+                        }],
+                        ..Default::default()
+                    })
+                    .collect(),
+                metadata: vec![],
+            };
+            let raw = prost::Message::encode_to_vec(&request);
+            let Ok(bytes) = encoder.compress_vec(&raw) else {
+                return;
+            };
+            if bodies
+                .send(Body {
+                    bytes,
+                    samples: chunk.len() as u64,
+                })
+                .is_err()
+            {
+                return;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+        round += 1;
+    }
+}
+
+/// A server under test, started by this benchmark and stopped by its PID.
+struct Server {
+    name: &'static str,
+    child: Child,
+    write_url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn wait_ready(url: &str) -> anyhow::Result<()> {
+    let agent = ureq::Agent::new_with_defaults();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if agent.get(url).call().is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{url} never became ready")
+}
+
+fn start(target: &str, meerkat: &Path) -> anyhow::Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let addr = free_addr()?;
+    let quiet = || Stdio::null();
+    let (name, child, ready, write_path) = match target {
+        "meerkat" => {
+            let child = Command::new(meerkat)
+                .arg("serve")
+                .arg("--http-listen")
+                .arg(addr.to_string())
+                .arg("--data-dir")
+                .arg(dir.path())
+                .arg("--log-level")
+                .arg("warn")
+                .env("MEERKAT_OTLP_GRPC_LISTEN", "127.0.0.1:0")
+                .env("MEERKAT_OTLP_HTTP_LISTEN", "127.0.0.1:0")
+                .stdout(quiet())
+                .stderr(quiet())
+                .spawn()
+                .with_context(|| format!("cannot start {}", meerkat.display()))?;
+            ("meerkat", child, "/health", "/api/v1/write")
+        }
+        "victoriametrics" => {
+            let child = Command::new("victoria-metrics")
+                .arg(format!("-storageDataPath={}", dir.path().display()))
+                .arg(format!("-httpListenAddr={addr}"))
+                .arg("-loggerLevel=ERROR")
+                .stdout(quiet())
+                .stderr(quiet())
+                .spawn()
+                .context("cannot start victoria-metrics (Debian package victoria-metrics)")?;
+            ("victoriametrics", child, "/health", "/api/v1/write")
+        }
+        "prometheus" => {
+            let config = dir.path().join("prometheus.yml");
+            std::fs::write(&config, "global:\n  scrape_interval: 1h\n")?;
+            let child = Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("tsdb").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .arg("--web.enable-remote-write-receiver")
+                .arg("--log.level=error")
+                .stdout(quiet())
+                .stderr(quiet())
+                .spawn()
+                .context("cannot start prometheus (Debian package prometheus)")?;
+            ("prometheus", child, "/-/ready", "/api/v1/write")
+        }
+        other => bail!("unknown target {other:?}: use meerkat, victoriametrics or prometheus"),
+    };
+    let server = Server {
+        name,
+        child,
+        write_url: format!("http://{addr}{write_path}"),
+        _dir: dir,
+    };
+    wait_ready(&format!("http://{addr}{ready}"))?;
+    Ok(server)
+}
+
+/// User + system CPU seconds and resident bytes of a process.
+fn cpu_and_rss(pid: u32) -> anyhow::Result<(f64, u64)> {
+    let process = procfs::process::Process::new(pid as i32)?;
+    let stat = process.stat()?;
+    let ticks = procfs::ticks_per_second() as f64;
+    Ok((
+        (stat.utime + stat.stime) as f64 / ticks,
+        stat.rss * procfs::page_size(),
+    ))
+}
+
+struct Measurement {
+    name: &'static str,
+    samples: u64,
+    seconds: f64,
+    cpu_seconds: f64,
+    peak_rss: u64,
+    refused: u64,
+    first_refusal: Option<String>,
+}
+
+fn measure(server: &Server, args: &Args) -> anyhow::Result<Measurement> {
+    let pid = server.child.id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (bodies, receiver) = mpsc::sync_channel::<Body>(args.concurrency * 4);
+    let receiver = Arc::new(Mutex::new(receiver));
+    let start_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64
+        - 3_600_000;
+    let generator = {
+        let stop = stop.clone();
+        let args = Args {
+            targets: vec![],
+            meerkat: None,
+            ..*args
+        };
+        std::thread::spawn(move || generate(&args, start_ms, bodies, stop))
+    };
+    let accepted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let first_refusal: Arc<Mutex<Option<String>>> = Arc::default();
+    let (cpu_before, _) = cpu_and_rss(pid)?;
+    let started = Instant::now();
+    let mut senders = Vec::new();
+    for _ in 0..args.concurrency {
+        let receiver = receiver.clone();
+        let url = server.write_url.clone();
+        let (accepted, refused, first_refusal, stop) = (
+            accepted.clone(),
+            refused.clone(),
+            first_refusal.clone(),
+            stop.clone(),
+        );
+        senders.push(std::thread::spawn(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            while !stop.load(Ordering::Relaxed) {
+                let body = match receiver.lock().map(|r| r.recv()) {
+                    Ok(Ok(body)) => body,
+                    _ => return,
+                };
+                let response = agent
+                    .post(&url)
+                    .header("Content-Encoding", "snappy")
+                    .header("Content-Type", "application/x-protobuf")
+                    .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+                    .send(&body.bytes[..]);
+                match response {
+                    Ok(r) if r.status().is_success() => {
+                        accepted.fetch_add(body.samples, Ordering::Relaxed);
+                    }
+                    Ok(mut r) => {
+                        refused.fetch_add(body.samples, Ordering::Relaxed);
+                        let text = r.body_mut().read_to_string().unwrap_or_default();
+                        let mut first = first_refusal.lock().unwrap_or_else(|e| e.into_inner());
+                        first.get_or_insert_with(|| format!("{}: {}", r.status(), text.trim()));
+                    }
+                    Err(error) => {
+                        refused.fetch_add(body.samples, Ordering::Relaxed);
+                        let mut first = first_refusal.lock().unwrap_or_else(|e| e.into_inner());
+                        first.get_or_insert_with(|| error.to_string());
+                    }
+                }
+            }
+        }));
+    }
+    let mut peak_rss = 0;
+    let deadline = started + Duration::from_secs(args.duration_seconds);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        peak_rss = peak_rss.max(cpu_and_rss(pid)?.1);
+        eprint!(
+            "\r  {:<16} {:>5.1}s  {:>12} samples accepted",
+            server.name,
+            started.elapsed().as_secs_f64(),
+            accepted.load(Ordering::Relaxed)
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        let _ = sender.join();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (cpu_after, rss) = cpu_and_rss(pid)?;
+    drop(receiver);
+    let _ = generator.join();
+    eprintln!();
+    let first_refusal = first_refusal
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    Ok(Measurement {
+        name: server.name,
+        samples: accepted.load(Ordering::Relaxed),
+        seconds,
+        cpu_seconds: cpu_after - cpu_before,
+        peak_rss: peak_rss.max(rss),
+        refused: refused.load(Ordering::Relaxed),
+        first_refusal,
+    })
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let meerkat = match &args.meerkat {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("benchmark binary has no directory")?
+            .join("meerkat"),
+    };
+    println!(
+        "Remote-write ingest: {} series, {} samples/request, {} concurrent, {} s per server, {} cores.\n",
+        args.series,
+        args.samples_per_request,
+        args.concurrency,
+        args.duration_seconds,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut results = Vec::new();
+    for target in &args.targets {
+        let server = start(target, &meerkat)?;
+        results.push(measure(&server, args)?);
+    }
+    let baseline = results
+        .iter()
+        .find(|m| m.name == "victoriametrics")
+        .map(|m| m.samples as f64 / m.cpu_seconds.max(1e-9));
+    println!(
+        "| server | accepted samples/s | server CPU s | samples per CPU-second | vs VictoriaMetrics | peak RSS MiB | refused |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for m in &results {
+        let per_cpu = m.samples as f64 / m.cpu_seconds.max(1e-9);
+        println!(
+            "| {} | {:.0} | {:.1} | {:.0} | {} | {:.0} | {} |",
+            m.name,
+            m.samples as f64 / m.seconds,
+            m.cpu_seconds,
+            per_cpu,
+            baseline.map_or("-".to_owned(), |b| format!("{:.2}x", per_cpu / b)),
+            m.peak_rss as f64 / (1 << 20) as f64,
+            m.refused,
+        );
+    }
+    for m in &results {
+        if let Some(first) = &m.first_refusal {
+            println!("\n{} refused {} samples; first: {first}", m.name, m.refused);
+        }
+    }
+    Ok(())
+}
