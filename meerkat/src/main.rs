@@ -49,6 +49,17 @@ fn load_config(cli: &Cli) -> anyhow::Result<(Config, config::Sources)> {
     )
 }
 
+fn run_role(cli: &Cli, role: serve::Role) -> anyhow::Result<ExitCode> {
+    let (config, sources) = load_config(cli)?;
+    telemetry::init_logging(&config.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("meerkat")
+        .build()?;
+    runtime.block_on(serve::run(role, config, sources))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let unavailable = |role: &str, issue: &str| {
         eprintln!(
@@ -72,17 +83,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", config.to_yaml()?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve => {
-            let (config, sources) = load_config(&cli)?;
-            telemetry::init_logging(&config.log)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("meerkat")
-                .build()?;
-            runtime.block_on(serve::run(config, sources))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Gateway => unavailable("gateway", "issue 3"),
+        Command::Serve => run_role(&cli, serve::Role::Serve),
+        Command::Gateway => run_role(&cli, serve::Role::Gateway),
         Command::Ingest => unavailable("ingest", "issue 4"),
         Command::Query => unavailable("query", "issue 5"),
         Command::Alerting => unavailable("alerting", "issue 7"),

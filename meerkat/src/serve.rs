@@ -1,8 +1,10 @@
-//! `meerkat serve`: standalone mode, every server role in one process.
+//! Running a server role: `meerkat serve` (standalone mode, every server role in one
+//! process) and `meerkat gateway`.
 //!
-//! Today that is the HTTP server (`/health`, `/metrics`), the embedded bus and the gateway;
-//! ingest, query and alerting join here as they are built, in start order, and stop in
-//! reverse.
+//! Today `serve` is the HTTP server (`/health`, `/metrics`), the embedded bus and the
+//! gateway; ingest, query and alerting join it as they are built, in start order, and stop in
+//! reverse. `gateway` is the same minus those later roles. Until the Kafka bus exists
+//! (issue 4) a lone gateway writes to its own embedded bus: a durable buffer on local disk.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -15,9 +17,26 @@ use crate::http::{HttpServer, Readiness, SharedRegistry};
 use crate::lifecycle::{Component, ShutdownSignals, stop_all};
 use crate::telemetry::register_process_metrics;
 
-pub async fn run(config: Config, sources: Sources) -> anyhow::Result<()> {
+/// The server roles this build can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Serve,
+    Gateway,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Serve => "serve",
+            Self::Gateway => "gateway",
+        }
+    }
+}
+
+pub async fn run(role: Role, config: Config, sources: Sources) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install()?;
-    tracing::info!(version = crate::VERSION_LINE, config = %sources, data_dir = %config.data_dir.display(), "meerkat serve starting");
+    let role_name = role.name();
+    tracing::info!(version = crate::VERSION_LINE, config = %sources, data_dir = %config.data_dir.display(), "meerkat {role_name} starting");
     let registry: SharedRegistry = Arc::new(RwLock::new(Registry::default()));
     register_process_metrics(&mut registry.write().unwrap_or_else(|e| e.into_inner()));
     let readiness = Readiness::default();
@@ -44,7 +63,7 @@ pub async fn run(config: Config, sources: Sources) -> anyhow::Result<()> {
     }
 
     readiness.set(true);
-    tracing::info!(http = %http.local_addr, "meerkat serve ready");
+    tracing::info!(http = %http.local_addr, "meerkat {role_name} ready");
 
     let signal = signals.recv().await;
     tracing::info!(signal, "shutting down: draining requests, then flushing");

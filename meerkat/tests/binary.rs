@@ -126,8 +126,7 @@ fn a_port_in_use_is_a_clear_error() {
 fn roles_not_built_yet_fail_clearly() {
     let cwd = tempfile::tempdir().unwrap();
     for role in [
-        &["gateway"][..],
-        &["ingest"],
+        &["ingest"][..],
         &["query"],
         &["alerting"],
         &["agent", "node"],
@@ -192,5 +191,31 @@ fn version_names_the_build() {
     assert!(
         stdout.starts_with(&format!("meerkat {}", env!("CARGO_PKG_VERSION"))),
         "{stdout}"
+    );
+}
+
+#[test]
+fn the_gateway_role_runs_on_its_own() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut gateway = Server::start_role(
+        "gateway",
+        cwd.path(),
+        &["--http-listen", "127.0.0.1:0"],
+        &[],
+    );
+    let influx = common::post(
+        gateway.addr,
+        "/api/v2/write",
+        &[],
+        b"temp,room=hall value=20.5",
+    );
+    assert_eq!(influx.map(|r| r.status), Some(204));
+    gateway.signal("TERM");
+    assert_eq!(gateway.wait().code(), Some(0), "{:?}", gateway.seen);
+    assert!(
+        gateway
+            .seen
+            .iter()
+            .any(|l| l.contains("meerkat gateway starting"))
     );
 }

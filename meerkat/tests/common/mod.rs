@@ -23,9 +23,14 @@ pub struct Server {
 impl Server {
     /// Starts `meerkat serve` in `cwd` with `args` and waits until `/health` says ready.
     pub fn start(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_role("serve", cwd, args, env)
+    }
+
+    /// Starts `meerkat <role>` and waits until it is ready.
+    pub fn start_role(role: &str, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(BINARY);
         command
-            .arg("serve")
+            .arg(role)
             .args(args)
             .current_dir(cwd)
             .stdout(Stdio::null())
@@ -73,7 +78,7 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        server.wait_for_log("meerkat serve ready");
+        server.wait_for_log(&format!("meerkat {role} ready"));
         server
     }
 
