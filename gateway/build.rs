@@ -5,6 +5,8 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/remote.proto");
     let descriptors = protox::compile(["remote.proto"], ["proto"])?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    prost_build::Config::new()
+        .bytes([".prometheus.Label"])
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -179,8 +179,8 @@ fn to_proto(envelope: &Envelope) -> Option<proto::WriteRequest> {
                     .labels
                     .iter()
                     .map(|l| proto::Label {
-                        name: l.name.clone(),
-                        value: l.value.clone(),
+                        name: l.name.to_owned(),
+                        value: l.value.to_owned(),
                     })
                     .collect(),
                 samples: s

@@ -125,7 +125,7 @@ fn series_labels(index: usize) -> Vec<pb::Label> {
     labels.extend([
         pb::Label {
             name: "instance".into(),
-            value: format!("10.{}.{}.{}:9100", node / 250, node % 250, pod % 200),
+            value: format!("10.{}.{}.{}:9100", node / 250, node % 250, pod % 200).into(),
         },
         pb::Label {
             name: "job".into(),
@@ -133,7 +133,7 @@ fn series_labels(index: usize) -> Vec<pb::Label> {
         },
         pb::Label {
             name: "namespace".into(),
-            value: format!("team-{}", pod % 40),
+            value: format!("team-{}", pod % 40).into(),
         },
         pb::Label {
             name: "pod".into(),
@@ -141,7 +141,8 @@ fn series_labels(index: usize) -> Vec<pb::Label> {
                 "checkout-{:08x}-{:05x}",
                 pod.wrapping_mul(2_654_435_761) & 0xffff_ffff,
                 node
-            ),
+            )
+            .into(),
         },
     ]);
     labels.sort_by(|a, b| a.name.cmp(&b.name));

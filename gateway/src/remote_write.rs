@@ -12,20 +12,50 @@ use model::{
 
 use crate::config::Limits;
 use crate::proto::prometheus as pb;
-use crate::validate::{Outcome, Rejection, series_labels};
+use crate::validate::{Outcome, Rejection, labels_from_refs};
 use crate::{GatewayError, http};
 
 /// OpenMetrics' limit on the combined length of an exemplar's label names and values.
 pub const MAX_EXEMPLAR_LABEL_RUNES: usize = 128;
 
-/// Decompresses and decodes a request body.
+/// Decompresses and decodes a request body. Label names and values stay slices of the
+/// decompressed buffer (no allocation per string).
 pub fn decode(body: &[u8], limits: &Limits) -> Result<pb::WriteRequest, GatewayError> {
-    let raw = http::snappy_decompress(body, limits.max_decompressed_body_bytes)?;
-    prost::Message::decode(raw.as_slice()).map_err(|e| {
+    let raw = bytes::Bytes::from(http::snappy_decompress(
+        body,
+        limits.max_decompressed_body_bytes,
+    )?);
+    prost::Message::decode(raw).map_err(|e| {
         GatewayError::BadRequest(format!(
             "body is not a valid remote-write WriteRequest protobuf: {e}"
         ))
     })
+}
+
+/// The label pairs of a series as `&str`, or the reason they are not UTF-8.
+fn label_refs<'a>(
+    labels: &'a [pb::Label],
+    out: &mut Vec<(&'a str, &'a str)>,
+) -> Result<(), Rejection> {
+    out.clear();
+    for label in labels {
+        match (
+            std::str::from_utf8(&label.name),
+            std::str::from_utf8(&label.value),
+        ) {
+            (Ok(name), Ok(value)) => out.push((name, value)),
+            _ => {
+                return Err(Rejection::new(
+                    "invalid_utf8",
+                    format!(
+                        "series with label {:?}: label names and values must be UTF-8",
+                        String::from_utf8_lossy(&label.name)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Converts a decoded request into a batch of valid series, refusing bad series one by one.
@@ -45,14 +75,13 @@ pub fn convert(
         series: Vec::with_capacity(request.timeseries.len()),
         metadata: request.metadata.into_iter().map(metadata).collect(),
     };
-    for series in request.timeseries {
+    // One buffer of borrowed pairs, reused for every series.
+    let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(16);
+    for series in &request.timeseries {
         let items = (series.samples.len() + series.histograms.len()).max(1) as u64;
-        let pairs = series
-            .labels
-            .into_iter()
-            .map(|l| (l.name, l.value))
-            .collect();
-        let labels = match series_labels(pairs, limits) {
+        let labels = match label_refs(&series.labels, &mut pairs)
+            .and_then(|()| labels_from_refs(&mut pairs, limits))
+        {
             Ok(labels) => labels,
             Err(rejection) => {
                 outcome.reject(rejection, items);
@@ -60,8 +89,8 @@ pub fn convert(
             }
         };
         let mut histograms = Vec::with_capacity(series.histograms.len());
-        for histogram in series.histograms {
-            match native_histogram(histogram) {
+        for histogram in &series.histograms {
+            match native_histogram(histogram.clone()) {
                 Ok(h) => histograms.push(h),
                 Err(reason) => outcome.reject(
                     Rejection::new("invalid_histogram", format!("series {labels}: {reason}")),
@@ -70,7 +99,7 @@ pub fn convert(
             }
         }
         let mut exemplars = Vec::with_capacity(series.exemplars.len());
-        for exemplar in series.exemplars {
+        for exemplar in &series.exemplars {
             match convert_exemplar(exemplar) {
                 Ok(e) => exemplars.push(e),
                 Err(reason) => outcome.reject(
@@ -81,7 +110,7 @@ pub fn convert(
         }
         let samples: Vec<Sample> = series
             .samples
-            .into_iter()
+            .iter()
             .map(|s| Sample {
                 timestamp_ms: s.timestamp,
                 value: s.value,
@@ -118,19 +147,19 @@ fn metadata(m: pb::MetricMetadata) -> MetricMetadata {
     }
 }
 
-fn convert_exemplar(exemplar: pb::Exemplar) -> Result<Exemplar, String> {
-    let runes: usize = exemplar
-        .labels
+fn convert_exemplar(exemplar: &pb::Exemplar) -> Result<Exemplar, String> {
+    let mut pairs = Vec::with_capacity(exemplar.labels.len());
+    label_refs(&exemplar.labels, &mut pairs).map_err(|r| format!("exemplar {}", r.message))?;
+    let runes: usize = pairs
         .iter()
-        .map(|l| l.name.chars().count() + l.value.chars().count())
+        .map(|(n, v)| n.chars().count() + v.chars().count())
         .sum();
     if runes > MAX_EXEMPLAR_LABEL_RUNES {
         return Err(format!(
             "exemplar labels are {runes} characters long, more than OpenMetrics' {MAX_EXEMPLAR_LABEL_RUNES}"
         ));
     }
-    let labels = Labels::new(exemplar.labels.into_iter().map(|l| (l.name, l.value)))
-        .map_err(|e| format!("exemplar labels: {e}"))?;
+    let labels = Labels::from_pairs(&mut pairs).map_err(|e| format!("exemplar labels: {e}"))?;
     Ok(Exemplar {
         labels,
         value: exemplar.value,
@@ -202,8 +231,8 @@ mod tests {
 
     fn label(name: &str, value: &str) -> pb::Label {
         pb::Label {
-            name: name.into(),
-            value: value.into(),
+            name: bytes::Bytes::copy_from_slice(name.as_bytes()),
+            value: bytes::Bytes::copy_from_slice(value.as_bytes()),
         }
     }
 
@@ -361,6 +390,24 @@ mod tests {
         };
         let too_many = convert(request, &small).unwrap_err();
         assert!(too_many.to_string().contains("10 series"), "{too_many}");
+    }
+
+    #[test]
+    fn labels_that_are_not_utf8_refuse_their_series_only() {
+        let mut bad = series(vec![label("__name__", "up")], 1);
+        bad.labels.push(pb::Label {
+            name: bytes::Bytes::from_static(b"job"),
+            value: bytes::Bytes::from_static(&[0xff, 0xfe]),
+        });
+        let request = pb::WriteRequest {
+            timeseries: vec![bad, series(vec![label("__name__", "up")], 1)],
+            metadata: vec![],
+        };
+        let decoded = decode(&encode(&request), &Limits::default()).unwrap();
+        let (batch, outcome) = convert(decoded, &Limits::default()).unwrap();
+        assert_eq!(batch.series.len(), 1);
+        assert_eq!(outcome.rejected, vec![("invalid_utf8", 1)]);
+        assert!(outcome.first_rejection.unwrap().contains("UTF-8"));
     }
 
     #[test]

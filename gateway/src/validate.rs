@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use model::{Label, Labels};
+use model::Labels;
 
 use crate::config::Limits;
 
@@ -56,30 +56,39 @@ pub fn describe_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -
 }
 
 /// Builds the label set of a series, enforcing the tenant's limits and Prometheus's rules.
-///
-/// The strings are moved, never copied: this runs for every series of every request.
 pub fn series_labels(pairs: Vec<(String, String)>, limits: &Limits) -> Result<Labels, Rejection> {
-    let describe = |pairs: &[(String, String)]| {
-        describe_pairs(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())))
-    };
+    let mut refs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    labels_from_refs(&mut refs, limits)
+}
+
+/// The fast form of [`series_labels`]: borrowed pairs (straight out of the request buffer)
+/// are copied once, into the packed label set.
+pub fn labels_from_refs(
+    pairs: &mut Vec<(&str, &str)>,
+    limits: &Limits,
+) -> Result<Labels, Rejection> {
+    let describe = |pairs: &[(&str, &str)]| describe_pairs(pairs.iter().copied());
     if pairs.len() as u64 > limits.max_labels_per_series {
         return Err(Rejection::new(
             "too_many_labels",
             format!(
                 "series {} has {} labels, more than the limit of {}",
-                describe(&pairs),
+                describe(pairs),
                 pairs.len(),
                 limits.max_labels_per_series
             ),
         ));
     }
-    for (name, value) in &pairs {
+    for (name, value) in pairs.iter() {
         if name.len() as u64 > limits.max_label_name_bytes {
             return Err(Rejection::new(
                 "label_name_too_long",
                 format!(
                     "series {}: label name of {} bytes is longer than the limit of {}",
-                    describe(&pairs),
+                    describe(pairs),
                     name.len(),
                     limits.max_label_name_bytes
                 ),
@@ -90,25 +99,20 @@ pub fn series_labels(pairs: Vec<(String, String)>, limits: &Limits) -> Result<La
                 "label_value_too_long",
                 format!(
                     "series {}: value of label {name} is {} bytes, longer than the limit of {}",
-                    describe(&pairs),
+                    describe(pairs),
                     value.len(),
                     limits.max_label_value_bytes
                 ),
             ));
         }
     }
-    let labels = pairs
-        .into_iter()
-        .map(|(name, value)| Label { name, value })
-        .collect();
-    let labels = Labels::from_labels_or_return(labels).map_err(|(error, refused)| {
+    let labels = Labels::from_pairs(pairs).map_err(|error| {
         let reason = match error {
             model::ModelError::DuplicateLabel { .. } => "duplicate_label",
             model::ModelError::InvalidMetricName { .. } => "invalid_metric_name",
             _ => "invalid_label",
         };
-        let described = describe_pairs(refused.iter().map(|l| (l.name.as_str(), l.value.as_str())));
-        Rejection::new(reason, format!("series {described}: {error}"))
+        Rejection::new(reason, format!("series {}: {error}", describe(pairs)))
     })?;
     if labels.metric_name().is_none() {
         return Err(Rejection::new(

@@ -25,8 +25,8 @@ fn write_request(series: &[(&[(&str, &str)], f64)]) -> Vec<u8> {
                 labels: labels
                     .iter()
                     .map(|(n, v)| pb::Label {
-                        name: n.to_string(),
-                        value: v.to_string(),
+                        name: n.to_string().into(),
+                        value: v.to_string().into(),
                     })
                     .collect(),
                 samples: vec![pb::Sample {

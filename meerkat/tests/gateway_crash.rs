@@ -27,11 +27,11 @@ fn request_body(id: u64) -> Vec<u8> {
                     },
                     pb::Label {
                         name: "request".into(),
-                        value: id.to_string(),
+                        value: id.to_string().into(),
                     },
                     pb::Label {
                         name: "series".into(),
-                        value: i.to_string(),
+                        value: i.to_string().into(),
                     },
                 ],
                 samples: vec![pb::Sample {

@@ -51,7 +51,7 @@ async fn bus_contents(
                     let labels: LabelMap = s
                         .labels
                         .iter()
-                        .map(|l| (l.name.clone(), l.value.clone()))
+                        .map(|l| (l.name.to_owned(), l.value.to_owned()))
                         .collect();
                     let samples = series.entry(labels).or_default();
                     for sample in s.samples {

@@ -36,22 +36,37 @@ impl Label {
 /// The invariants are checked on every way in (constructors and deserialization), so code
 /// holding a `Labels` never re-checks them, and a corrupted bus record cannot smuggle an
 /// invalid set into storage.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(try_from = "Vec<Label>")]
-pub struct Labels(Vec<Label>);
+///
+/// Stored packed: all names and values in one string, plus their end offsets — two
+/// allocations per series instead of two per label (the representation Prometheus's
+/// `stringlabels` build uses, for the same reason: ingest creates one of these for every
+/// series of every request, and allocation dominated its profile). Serialized in the same
+/// packed form, so encoding is a copy.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Labels {
+    /// `name₀ value₀ name₁ value₁ …`, concatenated.
+    text: Box<str>,
+    /// End offset in `text` of each name and each value, in that order.
+    ends: Box<[u32]>,
+}
 
-/// Serialized as the plain list of labels. Written by hand because serde's `into` would
-/// clone every label string on every encode — the gateway's hottest path.
-impl Serialize for Labels {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+/// A borrowed view of one label of a [`Labels`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LabelRef<'a> {
+    pub name: &'a str,
+    pub value: &'a str,
+}
+
+impl LabelRef<'_> {
+    pub fn to_owned(self) -> Label {
+        Label::new(self.name, self.value)
     }
 }
 
 impl Labels {
     /// The empty label set.
     pub fn empty() -> Self {
-        Self(Vec::new())
+        Self::default()
     }
 
     /// Builds a label set from pairs in any order.
@@ -64,38 +79,86 @@ impl Labels {
         N: Into<String>,
         V: Into<String>,
     {
-        let labels = pairs
+        let owned: Vec<(String, String)> = pairs
             .into_iter()
-            .map(|(name, value)| Label::new(name, value))
+            .map(|(n, v)| (n.into(), v.into()))
             .collect();
-        Self::from_labels(labels)
+        let mut refs: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        Self::from_pairs(&mut refs)
     }
 
     /// Like [`Labels::new`], taking already-built [`Label`]s.
     pub fn from_labels(labels: Vec<Label>) -> Result<Self, ModelError> {
-        Self::from_labels_or_return(labels).map_err(|(error, _)| error)
+        let mut refs: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|l| (l.name.as_str(), l.value.as_str()))
+            .collect();
+        Self::from_pairs(&mut refs)
     }
 
-    /// Like [`Labels::from_labels`], but a refused set is handed back (sorted, without empty
-    /// values) with the error, so the caller can describe it without having kept a copy:
-    /// the ingest hot path never clones label strings.
-    pub fn from_labels_or_return(mut labels: Vec<Label>) -> Result<Self, (ModelError, Vec<Label>)> {
-        labels.retain(|label| !label.value.is_empty());
-        if !labels.is_sorted_by(|a, b| a.name <= b.name) {
-            labels.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    /// The fast way in: builds from borrowed pairs (for example straight out of a request
+    /// buffer), copying each string exactly once, into the packed form.
+    ///
+    /// `pairs` is left sorted and without empty values, so on error the caller can still
+    /// describe what it sent.
+    pub fn from_pairs(pairs: &mut Vec<(&str, &str)>) -> Result<Self, ModelError> {
+        pairs.retain(|(_, value)| !value.is_empty());
+        if !pairs.is_sorted_by(|a, b| a.0 <= b.0) {
+            pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
         }
-        match validate_sorted(&labels) {
-            Ok(()) => Ok(Self(labels)),
-            Err(error) => Err((error, labels)),
+        validate_sorted(pairs.iter().copied())?;
+        let total: usize = pairs.iter().map(|(n, v)| n.len() + v.len()).sum();
+        let Ok(total_u32) = u32::try_from(total) else {
+            return Err(ModelError::InvalidLabelName {
+                name: format!("(label set of {total} bytes is larger than 4 GiB)"),
+            });
+        };
+        let mut text = String::with_capacity(total);
+        let mut ends = Vec::with_capacity(pairs.len() * 2);
+        for (name, value) in pairs.iter() {
+            text.push_str(name);
+            ends.push(text.len() as u32);
+            text.push_str(value);
+            ends.push(text.len() as u32);
+        }
+        debug_assert_eq!(text.len() as u32, total_u32);
+        Ok(Self {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        })
+    }
+
+    /// Label `index` (in name order).
+    fn label(&self, index: usize) -> LabelRef<'_> {
+        let start = if index == 0 {
+            0
+        } else {
+            self.ends[index * 2 - 1] as usize
+        };
+        let name_end = self.ends[index * 2] as usize;
+        let value_end = self.ends[index * 2 + 1] as usize;
+        LabelRef {
+            name: &self.text[start..name_end],
+            value: &self.text[name_end..value_end],
         }
     }
 
     /// The value of label `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .binary_search_by(|label| label.name.as_str().cmp(name))
-            .ok()
-            .map(|index| self.0[index].value.as_str())
+        let (mut low, mut high) = (0, self.len());
+        while low < high {
+            let middle = (low + high) / 2;
+            let label = self.label(middle);
+            match label.name.cmp(name) {
+                std::cmp::Ordering::Equal => return Some(label.value),
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+            }
+        }
+        None
     }
 
     /// The metric name (`__name__`), if the set has one.
@@ -103,20 +166,22 @@ impl Labels {
         self.get(METRIC_NAME_LABEL)
     }
 
-    pub fn iter(&self) -> std::slice::Iter<'_, Label> {
-        self.0.iter()
+    /// The labels in name order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = LabelRef<'_>> + DoubleEndedIterator + '_ {
+        (0..self.len()).map(|i| self.label(i))
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.ends.len() / 2
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.ends.is_empty()
     }
 
-    pub fn as_slice(&self) -> &[Label] {
-        &self.0
+    /// The labels as owned pairs.
+    pub fn to_vec(&self) -> Vec<Label> {
+        self.iter().map(|l| l.to_owned()).collect()
     }
 
     /// A stable 64-bit identity of the label set.
@@ -127,7 +192,7 @@ impl Labels {
     pub fn fingerprint(&self) -> u64 {
         const SEPARATOR: [u8; 1] = [0xff];
         let mut hasher = Xxh64::new(0);
-        for label in &self.0 {
+        for label in self.iter() {
             hasher.update(label.name.as_bytes());
             hasher.update(&SEPARATOR);
             hasher.update(label.value.as_bytes());
@@ -137,11 +202,111 @@ impl Labels {
     }
 }
 
+impl Ord for Labels {
+    /// Label by label, name then value: the order Prometheus sorts series in.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.iter().cmp(other.iter())
+    }
+}
+
+impl PartialOrd for Labels {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Labels({self})")
+    }
+}
+
+impl fmt::Display for Labels {
+    /// Prometheus's notation: `name{a="1", b="2"}`, with `__name__` pulled out front.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(name) = self.metric_name() {
+            f.write_str(name)?;
+        }
+        f.write_str("{")?;
+        let mut first = true;
+        for label in self.iter().filter(|l| l.name != METRIC_NAME_LABEL) {
+            if !first {
+                f.write_str(", ")?;
+            }
+            first = false;
+            write!(f, "{}={:?}", label.name, label.value)?;
+        }
+        f.write_str("}")
+    }
+}
+
+impl Serialize for Labels {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (&*self.text, &*self.ends).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Labels {
+    /// Accepts only a set that already satisfies every invariant (the decoding path: a
+    /// well-formed record never needs fixing, so anything that does is corrupt). The text
+    /// is borrowed from the input where the format allows, so decoding copies it once.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (text, ends): (std::borrow::Cow<'de, str>, Vec<u32>) =
+            Deserialize::deserialize(deserializer)?;
+        Labels::from_packed(text.into_owned(), ends).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Labels {
+    /// Checks a packed set from outside (a decoded record) before trusting it.
+    fn from_packed(text: String, ends: Vec<u32>) -> Result<Self, ModelError> {
+        let corrupt = |reason: &str| ModelError::Decode {
+            reason: format!("label set: {reason}"),
+        };
+        if !ends.len().is_multiple_of(2) {
+            return Err(corrupt("odd number of offsets"));
+        }
+        let mut previous = 0usize;
+        for end in &ends {
+            let end = *end as usize;
+            if end < previous || end > text.len() || !text.is_char_boundary(end) {
+                return Err(corrupt("offsets out of order or out of bounds"));
+            }
+            previous = end;
+        }
+        if previous != text.len() {
+            return Err(corrupt("text longer than its labels"));
+        }
+        let labels = Self {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        };
+        for label in labels.iter() {
+            if label.value.is_empty() {
+                return Err(ModelError::EmptyLabelValue {
+                    name: label.name.to_owned(),
+                });
+            }
+        }
+        if let Some((a, b)) = labels
+            .iter()
+            .zip(labels.iter().skip(1))
+            .find(|(a, b)| a.name > b.name)
+        {
+            return Err(ModelError::UnsortedLabels {
+                first: a.name.to_owned(),
+                second: b.name.to_owned(),
+            });
+        }
+        validate_sorted(labels.iter().map(|l| (l.name, l.value)))?;
+        Ok(labels)
+    }
+}
+
 impl TryFrom<Vec<Label>> for Labels {
     type Error = ModelError;
 
-    /// Accepts only a set that already satisfies every invariant (the decoding path: a
-    /// well-formed record never needs fixing, so anything that does is corrupt).
+    /// Accepts only a set that already satisfies every invariant.
     fn try_from(labels: Vec<Label>) -> Result<Self, Self::Error> {
         if let Some(label) = labels.iter().find(|label| label.value.is_empty()) {
             return Err(ModelError::EmptyLabelValue {
@@ -154,63 +319,30 @@ impl TryFrom<Vec<Label>> for Labels {
                 second: pair[1].name.clone(),
             });
         }
-        validate_sorted(&labels)?;
-        Ok(Self(labels))
+        Self::from_labels(labels)
     }
 }
 
-impl From<Labels> for Vec<Label> {
-    fn from(labels: Labels) -> Self {
-        labels.0
-    }
-}
-
-impl<'a> IntoIterator for &'a Labels {
-    type Item = &'a Label;
-    type IntoIter = std::slice::Iter<'a, Label>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
-    }
-}
-
-impl fmt::Display for Labels {
-    /// Prometheus's notation: `name{a="1", b="2"}`, with `__name__` pulled out front.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(name) = self.metric_name() {
-            f.write_str(name)?;
-        }
-        f.write_str("{")?;
-        let mut first = true;
-        for label in self.0.iter().filter(|l| l.name != METRIC_NAME_LABEL) {
-            if !first {
-                f.write_str(", ")?;
-            }
-            first = false;
-            write!(f, "{}={:?}", label.name, label.value)?;
-        }
-        f.write_str("}")
-    }
-}
-
-/// Checks names and uniqueness of a set already sorted by name.
-fn validate_sorted(labels: &[Label]) -> Result<(), ModelError> {
-    for label in labels {
-        if !is_valid_label_name(&label.name) {
+/// Checks names and uniqueness of pairs already sorted by name.
+fn validate_sorted<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Result<(), ModelError> {
+    let mut previous: Option<&str> = None;
+    for (name, value) in pairs {
+        if !is_valid_label_name(name) {
             return Err(ModelError::InvalidLabelName {
-                name: label.name.clone(),
+                name: name.to_owned(),
             });
         }
-        if label.name == METRIC_NAME_LABEL && !is_valid_metric_name(&label.value) {
+        if name == METRIC_NAME_LABEL && !is_valid_metric_name(value) {
             return Err(ModelError::InvalidMetricName {
-                name: label.value.clone(),
+                name: value.to_owned(),
             });
         }
-    }
-    if let Some(pair) = labels.windows(2).find(|pair| pair[0].name == pair[1].name) {
-        return Err(ModelError::DuplicateLabel {
-            name: pair[0].name.clone(),
-        });
+        if previous == Some(name) {
+            return Err(ModelError::DuplicateLabel {
+                name: name.to_owned(),
+            });
+        }
+        previous = Some(name);
     }
     Ok(())
 }
@@ -244,7 +376,7 @@ mod tests {
     fn sorts_drops_empty_values_and_finds_by_name() {
         let labels =
             Labels::new([("job", "api"), ("__name__", "up"), ("zone", ""), ("a", "1")]).unwrap();
-        let names: Vec<&str> = labels.iter().map(|l| l.name.as_str()).collect();
+        let names: Vec<&str> = labels.iter().map(|l| l.name).collect();
         assert_eq!(names, ["__name__", "a", "job"]);
         assert_eq!(labels.get("job"), Some("api"));
         assert_eq!(labels.get("zone"), None);
@@ -318,6 +450,45 @@ mod tests {
             Labels::try_from(duplicate),
             Err(ModelError::DuplicateLabel { .. })
         ));
+    }
+
+    #[test]
+    fn packed_form_round_trips_and_corrupt_packings_are_refused() {
+        let labels = Labels::new([("job", "api"), ("__name__", "up"), ("zone", "ü-1")]).unwrap();
+        let bytes = postcard::to_stdvec(&labels).unwrap();
+        let back: Labels = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, labels);
+        assert_eq!(back.fingerprint(), labels.fingerprint());
+        assert_eq!(back.get("zone"), Some("ü-1"));
+
+        let packed = |text: &str, ends: &[u32]| postcard::to_stdvec(&(text, ends)).unwrap();
+        let cases: [(&str, Vec<u8>); 7] = [
+            ("odd offsets", packed("ab", &[1])),
+            ("out of bounds", packed("ab", &[1, 5])),
+            ("backwards", packed("abcd", &[3, 2, 3, 4])),
+            ("not all text used", packed("abcdef", &[1, 2])),
+            ("unsorted", packed("b1a2", &[1, 2, 3, 4])),
+            ("empty value", packed("a", &[1, 1])),
+            ("bad name", packed("1a", &[1, 2])),
+        ];
+        for (what, bytes) in cases {
+            assert!(
+                postcard::from_bytes::<Labels>(&bytes).is_err(),
+                "{what} was accepted"
+            );
+        }
+        // An offset inside a multi-byte character.
+        assert!(postcard::from_bytes::<Labels>(&packed("aü", &[1, 2])).is_err());
+    }
+
+    #[test]
+    fn ordering_is_label_by_label() {
+        let a = Labels::new([("a", "bc")]).unwrap();
+        let b = Labels::new([("ab", "c")]).unwrap();
+        // Same concatenated text, different labels: "a" < "ab" decides.
+        assert!(a < b);
+        assert_ne!(a, b);
+        assert_ne!(a.fingerprint(), b.fingerprint());
     }
 
     proptest! {

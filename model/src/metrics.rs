@@ -228,7 +228,7 @@ impl ClassicHistogram {
             let mut set: Vec<Label> = labels
                 .iter()
                 .filter(|l| l.name != crate::METRIC_NAME_LABEL)
-                .cloned()
+                .map(|l| l.to_owned())
                 .collect();
             set.push(Label::new(
                 crate::METRIC_NAME_LABEL,
