@@ -295,6 +295,7 @@ fn payload_is_empty(payload: &Payload) -> bool {
         Payload::Spans(batch) => batch.resource_spans.is_empty(),
         Payload::Logs(batch) => batch.resource_logs.is_empty(),
         Payload::Events(events) => events.is_empty(),
+        Payload::RemoteWrite(body) => body.snappy.is_empty(),
     }
 }
 
@@ -321,7 +322,24 @@ async fn remote_write_handler(
                         encoding.unwrap_or_default()
                     )));
                 }
-                let request = remote_write::decode(&body, limits)?;
+                let raw = http::snappy_decompress(&body, limits.max_decompressed_body_bytes)?;
+                // The common case: every series valid as sent. The body goes on the bus as it
+                // arrived, with nothing decoded into objects or re-encoded.
+                if !raw.is_empty()
+                    && let Ok((samples, affinity)) = remote_write::check_in_place(&raw, limits)
+                {
+                    let outcome = validate::Outcome {
+                        accepted: samples,
+                        ..validate::Outcome::default()
+                    };
+                    let payload = Payload::RemoteWrite(model::RemoteWriteBody {
+                        snappy: body.to_vec(),
+                        samples,
+                        affinity,
+                    });
+                    return Ok((payload, outcome));
+                }
+                let request = remote_write::decode_raw(raw)?;
                 let (batch, outcome) = remote_write::convert(request, limits)?;
                 Ok((Payload::Metrics(batch), outcome))
             },

@@ -18,14 +18,18 @@ use crate::{GatewayError, http};
 /// OpenMetrics' limit on the combined length of an exemplar's label names and values.
 pub const MAX_EXEMPLAR_LABEL_RUNES: usize = 128;
 
-/// Decompresses and decodes a request body. Label names and values stay slices of the
-/// decompressed buffer (no allocation per string).
+/// Decompresses and decodes a request body with the full decoder.
 pub fn decode(body: &[u8], limits: &Limits) -> Result<pb::WriteRequest, GatewayError> {
-    let raw = bytes::Bytes::from(http::snappy_decompress(
+    decode_raw(http::snappy_decompress(
         body,
         limits.max_decompressed_body_bytes,
-    )?);
-    prost::Message::decode(raw).map_err(|e| {
+    )?)
+}
+
+/// Decodes a decompressed body. Label names and values stay slices of the buffer (no
+/// allocation per string).
+pub fn decode_raw(raw: Vec<u8>) -> Result<pb::WriteRequest, GatewayError> {
+    prost::Message::decode(bytes::Bytes::from(raw)).map_err(|e| {
         GatewayError::BadRequest(format!(
             "body is not a valid remote-write WriteRequest protobuf: {e}"
         ))
@@ -56,6 +60,72 @@ fn label_refs<'a>(
         }
     }
     Ok(())
+}
+
+/// Why a request cannot take the fast path: it needs the full decoder (exemplars, native
+/// histograms, unsorted or empty labels) or has problems the full decoder will name.
+#[derive(Debug)]
+pub struct NeedsFullDecode;
+
+impl From<model::remote_write::WireError> for NeedsFullDecode {
+    fn from(_: model::remote_write::WireError) -> Self {
+        Self
+    }
+}
+
+/// The fast path: checks a decompressed body in place, without building anything. When
+/// every series is valid as it stands (labels sorted, valid, within the tenant's limits;
+/// float samples only) the body can go on the bus as it arrived. Returns the number of
+/// samples and a hash of the first series' labels.
+pub fn check_in_place(raw: &[u8], limits: &Limits) -> Result<(u64, u64), NeedsFullDecode> {
+    let reader = model::remote_write::WriteRequestReader::new(raw);
+    let mut series_count: u64 = 0;
+    let mut samples: u64 = 0;
+    let mut affinity: Option<u64> = None;
+    reader.for_each_series(|view| -> Result<(), NeedsFullDecode> {
+        series_count += 1;
+        if series_count > limits.max_series_per_request || view.exemplars_and_histograms()? > 0 {
+            return Err(NeedsFullDecode);
+        }
+        let mut labels: u64 = 0;
+        let mut previous: Option<&[u8]> = None;
+        let mut has_name = false;
+        let mut valid = true;
+        let mut hasher = affinity.is_none().then(xxhash_rust::xxh3::Xxh3::new);
+        view.for_each_label(|(name, value)| {
+            labels += 1;
+            valid &= name.len() as u64 <= limits.max_label_name_bytes
+                && value.len() as u64 <= limits.max_label_value_bytes
+                && !value.is_empty()
+                && previous.is_none_or(|p| p < name)
+                && std::str::from_utf8(value).is_ok()
+                && std::str::from_utf8(name).is_ok_and(model::is_valid_label_name);
+            if name == model::METRIC_NAME_LABEL.as_bytes() {
+                has_name = true;
+                valid &= std::str::from_utf8(value).is_ok_and(model::is_valid_metric_name);
+            }
+            if let Some(hasher) = hasher.as_mut() {
+                hasher.update(name);
+                hasher.update(&[0xff]);
+                hasher.update(value);
+                hasher.update(&[0xff]);
+            }
+            previous = Some(name);
+        })?;
+        if !valid || !has_name || labels > limits.max_labels_per_series {
+            return Err(NeedsFullDecode);
+        }
+        if let Some(hasher) = hasher {
+            affinity = Some(hasher.digest());
+        }
+        let mut count = 0;
+        view.for_each_sample(|_| count += 1)?;
+        samples += count;
+        Ok(())
+    })?;
+    // Metadata must decode too (UTF-8 text), or the full decoder names the problem.
+    reader.metadata()?;
+    Ok((samples, affinity.unwrap_or(0)))
 }
 
 /// Converts a decoded request into a batch of valid series, refusing bad series one by one.
@@ -433,7 +503,98 @@ mod tests {
         ));
     }
 
+    /// The fast path and the full decoder must agree on every request the fast path takes.
+    fn both_paths(request: &pb::WriteRequest) -> Option<(MetricBatch, MetricBatch)> {
+        let raw = prost::Message::encode_to_vec(request);
+        let limits = Limits::default();
+        let (samples, _) = check_in_place(&raw, &limits).ok()?;
+        let fast = model::remote_write::decode_metric_batch(&raw).unwrap();
+        let (slow, outcome) = convert(decode_raw(raw).unwrap(), &limits).unwrap();
+        assert_eq!(samples, outcome.accepted);
+        assert!(
+            outcome.first_rejection.is_none(),
+            "the fast path took a request with problems"
+        );
+        Some((fast, slow))
+    }
+
+    #[test]
+    fn the_fast_path_takes_plain_valid_requests_only() {
+        let plain = pb::WriteRequest {
+            timeseries: vec![series(vec![label("__name__", "up"), label("job", "a")], 3)],
+            metadata: vec![],
+        };
+        let (fast, slow) = both_paths(&plain).expect("plain and sorted: fast path");
+        assert_eq!(fast.series[0].labels, slow.series[0].labels);
+        assert_eq!(fast.series[0].samples, slow.series[0].samples);
+
+        let limits = Limits::default();
+        let check = |request: &pb::WriteRequest| {
+            check_in_place(&prost::Message::encode_to_vec(request), &limits).is_ok()
+        };
+        let unsorted = pb::WriteRequest {
+            timeseries: vec![series(vec![label("job", "a"), label("__name__", "up")], 1)],
+            metadata: vec![],
+        };
+        assert!(
+            !check(&unsorted),
+            "unsorted labels need the full decoder (which sorts)"
+        );
+        let mut with_exemplar = plain.clone();
+        with_exemplar.timeseries[0]
+            .exemplars
+            .push(pb::Exemplar::default());
+        assert!(!check(&with_exemplar));
+        let duplicate = pb::WriteRequest {
+            timeseries: vec![series(
+                vec![label("__name__", "up"), label("a", "1"), label("a", "2")],
+                1,
+            )],
+            metadata: vec![],
+        };
+        assert!(!check(&duplicate));
+        let empty_value = pb::WriteRequest {
+            timeseries: vec![series(vec![label("__name__", "up"), label("a", "")], 1)],
+            metadata: vec![],
+        };
+        assert!(!check(&empty_value));
+        let no_name = pb::WriteRequest {
+            timeseries: vec![series(vec![label("job", "a")], 1)],
+            metadata: vec![],
+        };
+        assert!(!check(&no_name));
+        let long = Limits {
+            max_label_value_bytes: 1,
+            ..Limits::default()
+        };
+        assert!(check_in_place(&prost::Message::encode_to_vec(&plain), &long).is_err());
+    }
+
     proptest! {
+        #[test]
+        fn fast_and_full_paths_agree(
+            names in proptest::collection::btree_set("[a-z_][a-z0-9_]{0,5}", 0..5),
+            values in proptest::collection::vec("[ -~]{0,6}", 5),
+            samples in proptest::collection::vec((any::<f64>(), any::<i64>()), 0..4),
+        ) {
+            let mut labels = vec![label("__name__", "m")];
+            labels.extend(names.iter().zip(&values).map(|(n, v)| label(n, v)));
+            labels.sort_by(|a, b| a.name.cmp(&b.name));
+            let request = pb::WriteRequest {
+                timeseries: vec![pb::TimeSeries {
+                    labels,
+                    samples: samples.iter().map(|(v, t)| pb::Sample { value: *v, timestamp: *t }).collect(),
+                    ..Default::default()
+                }],
+                metadata: vec![],
+            };
+            if let Some((fast, slow)) = both_paths(&request) {
+                prop_assert_eq!(&fast.series[0].labels, &slow.series[0].labels);
+                let bits = |b: &MetricBatch| b.series[0].samples.iter().map(|s| (s.value.to_bits(), s.timestamp_ms)).collect::<Vec<_>>();
+                prop_assert_eq!(bits(&fast), bits(&slow));
+            }
+        }
+
         #[test]
         fn the_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let limits = Limits::default();
@@ -441,6 +602,7 @@ mod tests {
                 let _ = convert(request, &limits);
             }
             // Also as the payload of valid snappy framing.
+            let _ = check_in_place(&bytes, &limits);
             let framed = snap::raw::Encoder::new().compress_vec(&bytes).unwrap();
             if let Ok(request) = decode(&framed, &limits) {
                 let _ = convert(request, &limits);

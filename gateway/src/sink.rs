@@ -85,6 +85,7 @@ impl RecordPlan {
             Payload::Spans(batch) => Ok((topics::SPANS, self.span_records(batch)?)),
             Payload::Logs(batch) => Ok((topics::LOGS, self.log_records(batch)?)),
             Payload::Events(events) => Ok((topics::EVENTS, self.event_records(events)?)),
+            Payload::RemoteWrite(body) => Ok((topics::METRICS, self.remote_write_records(body)?)),
         }
     }
 
@@ -110,6 +111,27 @@ impl RecordPlan {
             }
             self.encode_split(Payload::Metrics(share), partition as u32, &mut records)?;
         }
+        Ok(records)
+    }
+
+    /// A whole valid remote-write body is one record, on the partition of its first
+    /// series; one too large for a record is split through the decoded batch instead.
+    fn remote_write_records(
+        &self,
+        body: model::RemoteWriteBody,
+    ) -> Result<Vec<ProduceRecord>, GatewayError> {
+        if body.snappy.len() + 64 > self.max_record_bytes {
+            let batch = body
+                .decode()
+                .map_err(|e| GatewayError::BadRequest(format!("remote-write body: {e}")))?;
+            return self.metric_records(batch);
+        }
+        let partition = partition_for_key(
+            &key(&self.tenant, &body.affinity.to_le_bytes()),
+            self.metric_partitions,
+        );
+        let mut records = Vec::with_capacity(1);
+        self.encode_split(Payload::RemoteWrite(body), partition, &mut records)?;
         Ok(records)
     }
 
@@ -278,6 +300,8 @@ fn split(payload: Payload) -> Option<(Payload, Payload)> {
         Payload::Events(events) => {
             halves(events).map(|(a, b)| (Payload::Events(a), Payload::Events(b)))
         }
+        // Sized before encoding (see `remote_write_records`): never split here.
+        Payload::RemoteWrite(_) => None,
     }
 }
 

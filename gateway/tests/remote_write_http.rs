@@ -431,3 +431,55 @@ async fn a_slow_bus_makes_the_gateway_shed_with_503_not_buffer() {
         "the budget is returned"
     );
 }
+
+#[tokio::test]
+async fn valid_requests_travel_as_received_and_big_ones_are_split() {
+    let h = Harness::new(GatewayConfig::default()).await;
+    let body = write_request(&[(&[("__name__", "up"), ("job", "api")], 1.0)]);
+    assert_eq!(
+        write(&h, post(vec![]), body.clone()).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let envelopes = h.envelopes(bus::topics::METRICS).await;
+    assert_eq!(envelopes.len(), 1);
+    match &envelopes[0].payload {
+        model::Payload::RemoteWrite(stored) => {
+            assert_eq!(
+                stored.snappy, body,
+                "the body is stored exactly as it arrived"
+            );
+            assert_eq!(stored.samples, 1);
+        }
+        other => panic!("expected the raw body, got {other:?}"),
+    }
+
+    // About 1.5 MB compressed: more than one bus record may hold, so it is split by series.
+    let names: Vec<String> = (0..60_000)
+        .map(|i: u64| {
+            format!(
+                "{:016x}{:016x}",
+                i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                i.wrapping_mul(31)
+            )
+        })
+        .collect();
+    let labels: Vec<[(&str, &str); 2]> = names
+        .iter()
+        .map(|n| [("__name__", "big"), ("id", n.as_str())])
+        .collect();
+    let series: Vec<(&[(&str, &str)], f64)> = labels.iter().map(|l| (&l[..], 1.0)).collect();
+    let big = write_request(&series);
+    assert!(big.len() > 1_000_000, "{} bytes", big.len());
+    let answer = write(&h, post(vec![]), big).await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.text());
+    let stored = h.series().await;
+    assert_eq!(
+        stored
+            .iter()
+            .filter(|(_, l, _)| l.starts_with("big{"))
+            .count(),
+        60_000
+    );
+    let envelopes = h.envelopes(bus::topics::METRICS).await;
+    assert!(envelopes.len() > 2, "split into several records");
+}

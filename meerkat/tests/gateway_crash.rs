@@ -14,7 +14,7 @@ use bus::Bus;
 use bus::embedded::{EmbeddedBus, EmbeddedBusConfig};
 use common::{Server, post};
 use gateway::proto::prometheus as pb;
-use model::{Envelope, Payload};
+use model::Envelope;
 
 fn request_body(id: u64) -> Vec<u8> {
     let request = pb::WriteRequest {
@@ -66,8 +66,8 @@ async fn complete_requests(dir: &std::path::Path) -> HashSet<u64> {
                 .unwrap();
             next = records.last().unwrap().offset + 1;
             for record in records {
-                let Payload::Metrics(batch) = Envelope::decode(&record.value).unwrap().payload
-                else {
+                let payload = Envelope::decode(&record.value).unwrap().payload;
+                let Some(batch) = payload.into_metric_batch().unwrap() else {
                     continue;
                 };
                 for series in batch.series {

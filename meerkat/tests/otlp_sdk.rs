@@ -82,7 +82,7 @@ async fn read_bus(dir: &std::path::Path, tenant: &str) -> Received {
                                 received.series.insert(series.labels.to_string(), series);
                             }
                         }
-                        Payload::Events(_) => {}
+                        Payload::Events(_) | Payload::RemoteWrite(_) => {}
                     }
                 }
             }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bus::Bus;
 use bus::embedded::{EmbeddedBus, EmbeddedBusConfig};
 use common::{NodeExporter, Prometheus, Server, get, url_encode};
-use model::{Envelope, MetricType, Payload};
+use model::{Envelope, MetricType};
 
 type LabelMap = BTreeMap<String, String>;
 
@@ -44,7 +44,7 @@ async fn bus_contents(
             for record in records {
                 let envelope = Envelope::decode(&record.value).unwrap();
                 assert_eq!(envelope.tenant.as_str(), "default");
-                let Payload::Metrics(batch) = envelope.payload else {
+                let Some(batch) = envelope.payload.into_metric_batch().unwrap() else {
                     panic!("a non-metrics payload on the metrics topic")
                 };
                 for s in batch.series {

@@ -88,6 +88,47 @@ pub enum Payload {
     Spans(SpanBatch),
     Logs(LogBatch),
     Events(Vec<PlatformEvent>),
+    /// A remote-write request that the gateway found entirely valid, kept as it arrived
+    /// (snappy-compressed protobuf): a fraction of the bytes of a [`MetricBatch`], and no
+    /// re-encoding on the hottest path. [`RemoteWriteBody::decode`] gives the batch.
+    RemoteWrite(RemoteWriteBody),
+}
+
+impl Payload {
+    /// The metric batch this payload carries, whichever form it travels in (`None` for
+    /// spans, logs and events): what every metrics consumer reads.
+    pub fn into_metric_batch(self) -> Result<Option<MetricBatch>, ModelError> {
+        match self {
+            Self::Metrics(batch) => Ok(Some(batch)),
+            Self::RemoteWrite(body) => body.decode().map(Some),
+            Self::Spans(_) | Self::Logs(_) | Self::Events(_) => Ok(None),
+        }
+    }
+}
+
+/// A validated remote-write body (series with labels and float samples, and metadata; no
+/// exemplars or native histograms, which travel as a [`MetricBatch`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RemoteWriteBody {
+    #[serde(with = "serde_bytes")]
+    pub snappy: Vec<u8>,
+    /// Float samples in the body, known from validation (for metrics and limits downstream).
+    pub samples: u64,
+    /// A hash of the first series' labels. Prometheus shards its sending by series, so
+    /// partitioning by this keeps one sender shard's series in one partition.
+    pub affinity: u64,
+}
+
+impl RemoteWriteBody {
+    /// The body as a metric batch.
+    pub fn decode(&self) -> Result<MetricBatch, ModelError> {
+        let raw = snap::raw::Decoder::new()
+            .decompress_vec(&self.snappy)
+            .map_err(|e| ModelError::Decode {
+                reason: format!("remote-write body is not valid snappy: {e}"),
+            })?;
+        crate::remote_write::decode_metric_batch(&raw)
+    }
 }
 
 /// A bus record's value: whose data it is, and the data.

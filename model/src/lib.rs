@@ -11,9 +11,11 @@ mod events;
 mod labels;
 mod metrics;
 mod otel;
+pub mod remote_write;
 
 pub use envelope::{
-    DEFAULT_TENANT, ENVELOPE_FORMAT_VERSION, Envelope, MAX_TENANT_ID_BYTES, Payload, TenantId,
+    DEFAULT_TENANT, ENVELOPE_FORMAT_VERSION, Envelope, MAX_TENANT_ID_BYTES, Payload,
+    RemoteWriteBody, TenantId,
 };
 pub use error::ModelError;
 pub use events::{

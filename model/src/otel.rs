@@ -15,7 +15,7 @@ pub enum AnyValue {
     Bool(bool),
     Int(i64),
     Double(f64),
-    Bytes(Vec<u8>),
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
     Array(Vec<AnyValue>),
     KeyValueList(Vec<KeyValue>),
 }

@@ -11,7 +11,7 @@ use axum::http::{Request, StatusCode};
 use bus::Bus;
 use bus::embedded::{EmbeddedBus, EmbeddedBusConfig};
 use gateway::{Gateway, GatewayConfig};
-use model::{Envelope, Payload};
+use model::Envelope;
 use tempfile::TempDir;
 use tower::ServiceExt;
 
@@ -82,7 +82,7 @@ impl Harness {
     pub async fn series(&self) -> Vec<(String, String, Vec<f64>)> {
         let mut out = Vec::new();
         for envelope in self.envelopes(bus::topics::METRICS).await {
-            if let Payload::Metrics(batch) = envelope.payload {
+            if let Some(batch) = envelope.payload.into_metric_batch().unwrap() {
                 for s in batch.series {
                     out.push((
                         envelope.tenant.to_string(),
