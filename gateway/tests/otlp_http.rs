@@ -169,3 +169,36 @@ async fn delta_metrics_are_refused_by_name_and_cumulative_ones_kept() {
     assert_eq!(series[0].1, r#"errors_total{job="api"}"#);
     assert_eq!(series[0].2, vec![2.0]);
 }
+
+#[tokio::test]
+async fn nan_and_infinite_timestamps_are_bad_requests_not_panics() {
+    let h = Harness::new(GatewayConfig::default()).await;
+    let otlp = h.gateway.otlp_http_routes();
+    for timestamp in [r#""NaN""#, r#""Infinity""#, "1e400", r#""-1""#] {
+        let body = format!(
+            r#"{{"resourceSpans": [{{"scopeSpans": [{{"spans": [{{"traceId": "5b8efff798038103d269b633813fc60c",
+               "spanId": "eee19b7ec3c1b174", "name": "x", "startTimeUnixNano": {timestamp}}}]}}]}}]}}"#
+        );
+        let answer = send(&otlp, post("/v1/traces", "application/json", body)).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{timestamp}: {}",
+            answer.text()
+        );
+    }
+    // Zipkin (JSON numbers) and Influx (line protocol) refuse them too.
+    let main = h.router();
+    let zipkin =
+        r#"[{"traceId": "5982fe77008310cc", "id": "bd7a977555f6b982", "timestamp": 1e400}]"#;
+    let answer = send(&main, post("/api/v2/spans", "application/json", zipkin)).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text());
+    let influx = Request::post("/api/v2/write")
+        .body(Body::from("m v=1 NaN\nm v=2 +Inf\n"))
+        .unwrap();
+    let answer = send(&main, influx).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text());
+    assert!(answer.text().contains("line 1"), "{}", answer.text());
+    assert!(h.envelopes(bus::topics::SPANS).await.is_empty());
+    assert!(h.series().await.is_empty());
+}
