@@ -187,6 +187,123 @@ pub fn convert(
     Ok((batch, outcome))
 }
 
+// ---------------------------------------------------------------------------------------
+// HTTP
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use model::Payload;
+
+use crate::metrics::{Protocol, Signal};
+use crate::{Gateway, http};
+
+/// Query parameters of Influx writes; `org`, `bucket` and `db` are accepted and ignored
+/// (the tenant comes from auth, the store is Meerkat's).
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct InfluxParams {
+    precision: Option<String>,
+}
+
+async fn write(
+    gateway: Gateway,
+    headers: HeaderMap,
+    body: Body,
+    params: InfluxParams,
+    v1: bool,
+) -> Response {
+    let precision = match Precision::parse(params.precision.as_deref()) {
+        Ok(precision) => precision,
+        Err(error) => return error_response(error, v1),
+    };
+    let encoding = http::header_str(&headers, "content-encoding").map(str::to_owned);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let result = gateway
+        .handle_http(
+            Protocol::Influx,
+            Signal::Samples,
+            &headers,
+            body,
+            move |body, limits| {
+                let raw = http::decode_content(
+                    body,
+                    encoding.as_deref(),
+                    limits.max_decompressed_body_bytes,
+                )?;
+                let (batch, outcome) = convert(&raw, precision, now_ms, limits)?;
+                Ok((Payload::Metrics(batch), outcome))
+            },
+        )
+        .await;
+    match result {
+        Ok(outcome) => match &outcome.first_rejection {
+            None => StatusCode::NO_CONTENT.into_response(),
+            Some(first) => error_response(
+                GatewayError::BadRequest(format!(
+                    "partial write: {} values refused, {} accepted; first problem: {first}",
+                    outcome.rejected_total(),
+                    outcome.accepted
+                )),
+                v1,
+            ),
+        },
+        Err(error) => error_response(error, v1),
+    }
+}
+
+/// Errors in the JSON shapes InfluxDB uses (v2: `code` + `message`; v1: `error`), so
+/// Telegraf logs them properly.
+fn error_response(error: GatewayError, v1: bool) -> Response {
+    let code = match error.status() {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::PAYLOAD_TOO_LARGE => "request too large",
+        StatusCode::TOO_MANY_REQUESTS => "too many requests",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "invalid",
+    };
+    let body = if v1 {
+        serde_json::json!({ "error": error.to_string() })
+    } else {
+        serde_json::json!({ "code": code, "message": error.to_string() })
+    };
+    let mut response = (error.status(), axum::Json(body)).into_response();
+    if let Some(seconds) = error.retry_after_seconds() {
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(seconds),
+        );
+    }
+    response
+}
+
+/// `POST /api/v2/write`.
+pub(crate) async fn v2_handler(
+    State(gateway): State<Gateway>,
+    Query(params): Query<InfluxParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    write(gateway, headers, body, params, false).await
+}
+
+/// `POST /write`.
+pub(crate) async fn v1_handler(
+    State(gateway): State<Gateway>,
+    Query(params): Query<InfluxParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    write(gateway, headers, body, params, true).await
+}
+
+/// InfluxDB's liveness endpoint, which Influx clients call before writing.
+pub(crate) async fn ping() -> Response {
+    (StatusCode::NO_CONTENT, [("X-Influxdb-Version", "meerkat")]).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

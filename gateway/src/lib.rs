@@ -38,10 +38,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::Query;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use bus::Bus;
 use model::{Payload, TenantId};
@@ -126,11 +123,11 @@ impl Gateway {
     /// The routes served on the main HTTP port.
     pub fn http_routes(&self) -> Router {
         Router::new()
-            .route("/api/v1/write", post(remote_write_handler))
-            .route("/api/v2/write", post(influx_v2_handler))
-            .route("/write", post(influx_v1_handler))
-            .route("/ping", get(influx_ping).head(influx_ping))
-            .route("/api/v2/spans", post(zipkin_handler))
+            .route("/api/v1/write", post(remote_write::handler))
+            .route("/api/v2/write", post(influx::v2_handler))
+            .route("/write", post(influx::v1_handler))
+            .route("/ping", get(influx::ping).head(influx::ping))
+            .route("/api/v2/spans", post(zipkin::handler))
             .with_state(self.clone())
     }
 
@@ -237,12 +234,11 @@ impl Gateway {
         let result = self
             .handle_http_inner(protocol, signal, headers, body, decode)
             .await;
-        let outcome = match &result {
-            Ok(outcome) if outcome.rejected_total() > 0 => "partial",
-            Ok(_) => "ok",
-            Err(error) => error.reason(),
-        };
-        self.request_done(protocol, outcome, started.elapsed().as_secs_f64());
+        self.request_done(
+            protocol,
+            outcome_label(&result),
+            started.elapsed().as_secs_f64(),
+        );
         result
     }
 
@@ -289,6 +285,15 @@ impl Gateway {
     }
 }
 
+/// How a request ended, as the `outcome` label of the request metrics.
+fn outcome_label(result: &Result<Outcome, GatewayError>) -> &'static str {
+    match result {
+        Ok(outcome) if outcome.rejected_total() > 0 => "partial",
+        Ok(_) => "ok",
+        Err(error) => error.reason(),
+    }
+}
+
 fn payload_is_empty(payload: &Payload) -> bool {
     match payload {
         Payload::Metrics(batch) => batch.series.is_empty() && batch.metadata.is_empty(),
@@ -296,222 +301,5 @@ fn payload_is_empty(payload: &Payload) -> bool {
         Payload::Logs(batch) => batch.resource_logs.is_empty(),
         Payload::Events(events) => events.is_empty(),
         Payload::RemoteWrite(body) => body.snappy.is_empty(),
-    }
-}
-
-async fn remote_write_handler(
-    State(gateway): State<Gateway>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let encoding = http::header_str(&headers, "content-encoding").map(str::to_owned);
-    let result = gateway
-        .handle_http(
-            Protocol::RemoteWrite,
-            Signal::Samples,
-            &headers,
-            body,
-            move |body, limits| {
-                // Remote-write bodies are snappy whatever the header says (the spec requires it).
-                if encoding
-                    .as_deref()
-                    .is_some_and(|e| !e.eq_ignore_ascii_case("snappy"))
-                {
-                    return Err(GatewayError::UnsupportedMediaType(format!(
-                        "Content-Encoding {}: remote-write bodies must be snappy-compressed",
-                        encoding.unwrap_or_default()
-                    )));
-                }
-                let raw = http::snappy_decompress(&body, limits.max_decompressed_body_bytes)?;
-                // The common case: every series valid as sent. The body goes on the bus as it
-                // arrived, with nothing decoded into objects or re-encoded.
-                if !raw.is_empty()
-                    && let Ok((samples, affinity)) = remote_write::check_in_place(&raw, limits)
-                {
-                    let outcome = validate::Outcome {
-                        accepted: samples,
-                        ..validate::Outcome::default()
-                    };
-                    let payload = Payload::RemoteWrite(model::RemoteWriteBody {
-                        snappy: body.to_vec(),
-                        samples,
-                        affinity,
-                    });
-                    return Ok((payload, outcome));
-                }
-                let request = remote_write::decode_raw(raw)?;
-                let (batch, outcome) = remote_write::convert(request, limits)?;
-                Ok((Payload::Metrics(batch), outcome))
-            },
-        )
-        .await;
-    match result {
-        Ok(outcome) => match outcome.first_rejection {
-            None => StatusCode::NO_CONTENT.into_response(),
-            Some(first) => (
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "{} samples refused, {} accepted; first problem: {first}\n",
-                    outcome.rejected.iter().map(|(_, n)| n).sum::<u64>(),
-                    outcome.accepted
-                ),
-            )
-                .into_response(),
-        },
-        Err(error) => error.into_response(),
-    }
-}
-
-/// Query parameters of Influx writes; `org`, `bucket` and `db` are accepted and ignored
-/// (the tenant comes from auth, the store is Meerkat's).
-#[derive(Debug, Default, serde::Deserialize)]
-struct InfluxParams {
-    precision: Option<String>,
-}
-
-async fn influx_write(
-    gateway: Gateway,
-    headers: HeaderMap,
-    body: Body,
-    params: InfluxParams,
-    v1: bool,
-) -> Response {
-    let precision = match influx::Precision::parse(params.precision.as_deref()) {
-        Ok(precision) => precision,
-        Err(error) => return influx_error(error, v1),
-    };
-    let encoding = http::header_str(&headers, "content-encoding").map(str::to_owned);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let result = gateway
-        .handle_http(
-            Protocol::Influx,
-            Signal::Samples,
-            &headers,
-            body,
-            move |body, limits| {
-                let raw = http::decode_content(
-                    body,
-                    encoding.as_deref(),
-                    limits.max_decompressed_body_bytes,
-                )?;
-                let (batch, outcome) = influx::convert(&raw, precision, now_ms, limits)?;
-                Ok((Payload::Metrics(batch), outcome))
-            },
-        )
-        .await;
-    match result {
-        Ok(outcome) => match &outcome.first_rejection {
-            None => StatusCode::NO_CONTENT.into_response(),
-            Some(first) => influx_error(
-                GatewayError::BadRequest(format!(
-                    "partial write: {} values refused, {} accepted; first problem: {first}",
-                    outcome.rejected_total(),
-                    outcome.accepted
-                )),
-                v1,
-            ),
-        },
-        Err(error) => influx_error(error, v1),
-    }
-}
-
-/// Errors in the JSON shapes InfluxDB uses (v2: `code` + `message`; v1: `error`), so
-/// Telegraf logs them properly.
-fn influx_error(error: GatewayError, v1: bool) -> Response {
-    let code = match error.status() {
-        StatusCode::UNAUTHORIZED => "unauthorized",
-        StatusCode::PAYLOAD_TOO_LARGE => "request too large",
-        StatusCode::TOO_MANY_REQUESTS => "too many requests",
-        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-        _ => "invalid",
-    };
-    let body = if v1 {
-        serde_json::json!({ "error": error.to_string() })
-    } else {
-        serde_json::json!({ "code": code, "message": error.to_string() })
-    };
-    let mut response = (error.status(), axum::Json(body)).into_response();
-    if let Some(seconds) = error.retry_after_seconds() {
-        response.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from(seconds),
-        );
-    }
-    response
-}
-
-async fn influx_v2_handler(
-    State(gateway): State<Gateway>,
-    Query(params): Query<InfluxParams>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    influx_write(gateway, headers, body, params, false).await
-}
-
-async fn influx_v1_handler(
-    State(gateway): State<Gateway>,
-    Query(params): Query<InfluxParams>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    influx_write(gateway, headers, body, params, true).await
-}
-
-/// InfluxDB's liveness endpoint, which Influx clients call before writing.
-async fn influx_ping() -> Response {
-    (StatusCode::NO_CONTENT, [("X-Influxdb-Version", "meerkat")]).into_response()
-}
-
-async fn zipkin_handler(
-    State(gateway): State<Gateway>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let encoding = http::header_str(&headers, "content-encoding").map(str::to_owned);
-    let content_type = http::header_str(&headers, "content-type").unwrap_or("application/json");
-    if !content_type
-        .to_ascii_lowercase()
-        .starts_with("application/json")
-    {
-        return GatewayError::UnsupportedMediaType(format!(
-            "Content-Type {content_type}: Zipkin spans are accepted as application/json (v2)"
-        ))
-        .into_response();
-    }
-    let result = gateway
-        .handle_http(
-            Protocol::Zipkin,
-            Signal::Spans,
-            &headers,
-            body,
-            move |body, limits| {
-                let raw = http::decode_content(
-                    body,
-                    encoding.as_deref(),
-                    limits.max_decompressed_body_bytes,
-                )?;
-                let (batch, outcome) = zipkin::convert(&raw, limits)?;
-                Ok((Payload::Spans(batch), outcome))
-            },
-        )
-        .await;
-    match result {
-        // Zipkin's collector answers 202 Accepted.
-        Ok(outcome) => match &outcome.first_rejection {
-            None => StatusCode::ACCEPTED.into_response(),
-            Some(first) => (
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "{} spans refused, {} accepted; first problem: {first}\n",
-                    outcome.rejected_total(),
-                    outcome.accepted
-                ),
-            )
-                .into_response(),
-        },
-        Err(error) => error.into_response(),
     }
 }

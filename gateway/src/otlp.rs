@@ -379,13 +379,11 @@ impl Grpc {
     ) -> Result<E::Response, tonic::Status> {
         let started = Instant::now();
         let result = self.export_inner::<E>(request).await;
-        let outcome = match &result {
-            Ok(outcome) if outcome.rejected_total() > 0 => "partial",
-            Ok(_) => "ok",
-            Err(error) => error.reason(),
-        };
-        self.gateway
-            .request_done(Protocol::OtlpGrpc, outcome, started.elapsed().as_secs_f64());
+        self.gateway.request_done(
+            Protocol::OtlpGrpc,
+            crate::outcome_label(&result),
+            started.elapsed().as_secs_f64(),
+        );
         result
             .map(|outcome| E::respond(&outcome))
             .map_err(grpc_status)

@@ -294,6 +294,82 @@ fn native_histogram(h: pb::Histogram) -> Result<NativeHistogram, String> {
     Ok(histogram)
 }
 
+// ---------------------------------------------------------------------------------------
+// HTTP
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use model::Payload;
+
+use crate::metrics::{Protocol, Signal};
+use crate::{Gateway, validate};
+
+/// `POST /api/v1/write`.
+pub(crate) async fn handler(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let encoding = http::header_str(&headers, "content-encoding").map(str::to_owned);
+    let result = gateway
+        .handle_http(
+            Protocol::RemoteWrite,
+            Signal::Samples,
+            &headers,
+            body,
+            move |body, limits| {
+                // Remote-write bodies are snappy whatever the header says (the spec requires it).
+                if encoding
+                    .as_deref()
+                    .is_some_and(|e| !e.eq_ignore_ascii_case("snappy"))
+                {
+                    return Err(GatewayError::UnsupportedMediaType(format!(
+                        "Content-Encoding {}: remote-write bodies must be snappy-compressed",
+                        encoding.unwrap_or_default()
+                    )));
+                }
+                let raw = http::snappy_decompress(&body, limits.max_decompressed_body_bytes)?;
+                // The common case: every series valid as sent. The body goes on the bus as it
+                // arrived, with nothing decoded into objects or re-encoded.
+                if !raw.is_empty()
+                    && let Ok((samples, affinity)) = check_in_place(&raw, limits)
+                {
+                    let outcome = validate::Outcome {
+                        accepted: samples,
+                        ..validate::Outcome::default()
+                    };
+                    let payload = Payload::RemoteWrite(model::RemoteWriteBody {
+                        snappy: body.to_vec(),
+                        samples,
+                        affinity,
+                    });
+                    return Ok((payload, outcome));
+                }
+                let request = decode_raw(raw)?;
+                let (batch, outcome) = convert(request, limits)?;
+                Ok((Payload::Metrics(batch), outcome))
+            },
+        )
+        .await;
+    match result {
+        Ok(outcome) => match outcome.first_rejection {
+            None => StatusCode::NO_CONTENT.into_response(),
+            Some(first) => (
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{} samples refused, {} accepted; first problem: {first}\n",
+                    outcome.rejected.iter().map(|(_, n)| n).sum::<u64>(),
+                    outcome.accepted
+                ),
+            )
+                .into_response(),
+        },
+        Err(error) => error.into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

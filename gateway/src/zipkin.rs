@@ -276,6 +276,70 @@ pub fn convert(body: &[u8], limits: &Limits) -> Result<(SpanBatch, Outcome), Gat
     Ok((batch, outcome))
 }
 
+// ---------------------------------------------------------------------------------------
+// HTTP
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use model::Payload;
+
+use crate::metrics::{Protocol, Signal};
+use crate::{Gateway, http};
+
+/// `POST /api/v2/spans`.
+pub(crate) async fn handler(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let encoding = http::header_str(&headers, "content-encoding").map(str::to_owned);
+    let content_type = http::header_str(&headers, "content-type").unwrap_or("application/json");
+    if !content_type
+        .to_ascii_lowercase()
+        .starts_with("application/json")
+    {
+        return GatewayError::UnsupportedMediaType(format!(
+            "Content-Type {content_type}: Zipkin spans are accepted as application/json (v2)"
+        ))
+        .into_response();
+    }
+    let result = gateway
+        .handle_http(
+            Protocol::Zipkin,
+            Signal::Spans,
+            &headers,
+            body,
+            move |body, limits| {
+                let raw = http::decode_content(
+                    body,
+                    encoding.as_deref(),
+                    limits.max_decompressed_body_bytes,
+                )?;
+                let (batch, outcome) = convert(&raw, limits)?;
+                Ok((Payload::Spans(batch), outcome))
+            },
+        )
+        .await;
+    match result {
+        // Zipkin's collector answers 202 Accepted.
+        Ok(outcome) => match &outcome.first_rejection {
+            None => axum::http::StatusCode::ACCEPTED.into_response(),
+            Some(first) => (
+                axum::http::StatusCode::BAD_REQUEST,
+                format!(
+                    "{} spans refused, {} accepted; first problem: {first}\n",
+                    outcome.rejected_total(),
+                    outcome.accepted
+                ),
+            )
+                .into_response(),
+        },
+        Err(error) => error.into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
