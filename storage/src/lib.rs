@@ -1,10 +1,107 @@
 //! Where telemetry comes to rest.
 //!
-//! This crate will own the storage trait and its two engines: the embedded columnar store of
-//! standalone mode (Arrow in memory for the recent window, Parquet parts on disk, a series
-//! index for label matchers) and ClickHouse for distributed mode, each read through DataFusion
-//! `TableProvider`s with filter and projection pushdown. Durability of the embedded store
-//! comes from the bus (it records the bus offset it has persisted and replays from there), so
-//! it keeps no write-ahead log of its own.
+//! The [`Storage`] trait is the one contract between the ingest role (which writes what it
+//! consumes from the bus) and the query role (which reads it), with two engines behind it:
 //!
-//! Nothing is implemented yet; see issue 4.
+//! - [`embedded::EmbeddedStore`], the default of standalone mode: a series index in memory
+//!   (label postings for matcher lookups, regexes included), recent samples and rows in
+//!   memory, and Parquet parts on disk partitioned by day and sorted by series then time.
+//!   Its durability comes from the bus: every flush records the bus offsets it covers, and
+//!   after a restart ingest replays from there. It keeps no write-ahead log of its own.
+//! - ClickHouse, for distributed mode (to come).
+//!
+//! Reads come two ways: [`Storage::select`] hands series with their samples to the PromQL
+//! engine, and [`Storage::session`] gives a DataFusion session with the tenant's tables
+//! (`samples`, `series`, `spans`, `logs`, `events`) for SQL.
+
+pub mod embedded;
+mod error;
+mod matcher;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use model::{Labels, Payload, Sample, TenantId};
+
+pub use error::StorageError;
+pub use matcher::{MatchOp, Matcher};
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Where a record came from on the bus.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BusPosition {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// For each bus partition, the next offset that storage does not yet hold durably: where
+/// ingest resumes after a restart.
+pub type DurableOffsets = BTreeMap<(String, u32), u64>;
+
+/// What one write did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteSummary {
+    /// Samples, spans, log records or events stored.
+    pub accepted: u64,
+    /// Samples too far behind their series (out-of-order window) or older than retention.
+    pub too_old: u64,
+}
+
+/// One series with its samples in a time range, as the query engine wants them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeriesSamples {
+    pub labels: Labels,
+    /// Sorted by timestamp, one sample per timestamp.
+    pub samples: Vec<Sample>,
+}
+
+/// A storage engine.
+#[async_trait]
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Takes the data of one bus record for `tenant`. Idempotent: writing the same record
+    /// again (a replay after a crash) changes nothing — samples are keyed by series and
+    /// timestamp, spans by trace and span id, log records and events by their bus position.
+    /// Not durable until [`Storage::flush`] says so.
+    async fn write(
+        &self,
+        tenant: &TenantId,
+        payload: Payload,
+        position: &BusPosition,
+    ) -> Result<WriteSummary>;
+
+    /// Makes everything written so far durable and returns the offsets it now covers.
+    async fn flush(&self) -> Result<DurableOffsets>;
+
+    /// The offsets covered by durable data: where to resume consuming after a restart.
+    async fn durable_offsets(&self) -> Result<DurableOffsets>;
+
+    /// Series of `tenant` matching every matcher, with their samples in `[start_ms, end_ms]`.
+    /// Series without samples in the range are left out.
+    async fn select(
+        &self,
+        tenant: &TenantId,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<SeriesSamples>>;
+
+    /// Label names of the series matching `matchers` (all series when empty), sorted.
+    async fn label_names(&self, tenant: &TenantId, matchers: &[Matcher]) -> Result<Vec<String>>;
+
+    /// Values of label `name` among the series matching `matchers`, sorted.
+    async fn label_values(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>>;
+
+    /// Removes data older than the retention period.
+    async fn enforce_retention(&self, now_ms: i64) -> Result<()>;
+
+    /// Flushes and releases resources.
+    async fn close(&self) -> Result<()>;
+}

@@ -1,0 +1,675 @@
+//! The embedded store: standalone mode's storage engine.
+//!
+//! Per tenant: a series index in memory (rebuilt at start from the series catalog files), a
+//! head of samples not yet flushed, and Parquet parts on disk, one directory per day:
+//!
+//! ```text
+//! <dir>/manifest.json                          parts, series files, durable bus offsets
+//! <dir>/tenants/<tenant>/series/series-N.parquet
+//! <dir>/tenants/<tenant>/metrics/<day>/part-N.parquet
+//! ```
+//!
+//! **Durability comes from the bus.** A flush writes the head as new parts (fsync'd), then
+//! the manifest (atomically, by rename), which lists the parts and the bus offsets they
+//! cover; only then does ingest commit those offsets. After a crash the head is gone, the
+//! manifest says where the durable data ends, and ingest replays the bus from there. Files a
+//! crash left out of the manifest are removed at start. Samples are keyed by series and
+//! timestamp (the last written wins), so a replay never double-counts.
+//!
+//! Reads see the head, heads being flushed, and the parts, merged per series.
+
+mod index;
+mod parts;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use model::{Labels, Payload, Sample, TenantId};
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+
+use self::index::SeriesIndex;
+use self::parts::{PartMeta, day_of};
+use crate::{
+    BusPosition, DurableOffsets, Matcher, Result, SeriesSamples, Storage, StorageError,
+    WriteSummary,
+};
+
+/// Tuning of the embedded store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedStoreConfig {
+    /// A sample more than this far behind the newest sample of its series is refused.
+    pub out_of_order_window_seconds: u64,
+    /// Data older than this is removed, a whole day at a time.
+    pub retention_seconds: u64,
+}
+
+impl Default for EmbeddedStoreConfig {
+    fn default() -> Self {
+        Self {
+            out_of_order_window_seconds: 3600,
+            retention_seconds: 15 * 24 * 3600,
+        }
+    }
+}
+
+impl EmbeddedStoreConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.retention_seconds < 86_400 {
+            return Err(StorageError::Config(format!(
+                "retention_seconds is {}; it must be at least 86400 (retention removes whole days)",
+                self.retention_seconds
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What the manifest records.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    version: u32,
+    /// `(topic, partition, next offset)` covered by durable data.
+    durable_offsets: Vec<(String, u32, u64)>,
+    tenants: BTreeMap<String, TenantManifest>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantManifest {
+    series_files: Vec<String>,
+    parts: Vec<PartMeta>,
+    /// Next number for a file name.
+    next_file: u64,
+}
+
+const MANIFEST_VERSION: u32 = 1;
+
+/// Samples of one series not yet in a part.
+#[derive(Debug, Default, Clone)]
+struct SeriesHead {
+    samples: Vec<Sample>,
+}
+
+type Head = HashMap<u32, SeriesHead>;
+
+#[derive(Debug)]
+struct TenantState {
+    index: SeriesIndex,
+    /// Newest timestamp seen per series (for the out-of-order window).
+    newest: HashMap<u32, i64>,
+    /// Series created since the last flush.
+    new_series: Vec<u32>,
+    head: Head,
+    /// Heads being written (or whose write failed): still visible to reads.
+    frozen: Vec<Arc<Head>>,
+    frozen_series: Vec<u32>,
+    manifest: TenantManifest,
+}
+
+#[derive(Debug)]
+struct Tenant {
+    dir: PathBuf,
+    state: RwLock<TenantState>,
+}
+
+/// The embedded store. Share it as `Arc<dyn Storage>`.
+#[derive(Debug)]
+pub struct EmbeddedStore {
+    root: PathBuf,
+    config: EmbeddedStoreConfig,
+    tenants: RwLock<HashMap<TenantId, Arc<Tenant>>>,
+    /// Next offsets of everything written, durable or not.
+    pending: Mutex<DurableOffsets>,
+    durable: Mutex<DurableOffsets>,
+    /// One flush (or retention pass) at a time.
+    flush_lock: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+}
+
+fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io("syncing directory", dir, e))
+}
+
+/// Runs blocking file work off the async reactor.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| {
+        StorageError::io(
+            "running storage task",
+            PathBuf::new(),
+            std::io::Error::other(e),
+        )
+    })?
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir`: reads the manifest, rebuilds each tenant's
+    /// series index, and removes files a crash left out of the manifest. Blocking.
+    pub fn open(dir: impl AsRef<Path>, config: EmbeddedStoreConfig) -> Result<Self> {
+        config.validate()?;
+        let root = dir.as_ref().to_path_buf();
+        fs::create_dir_all(root.join("tenants"))
+            .map_err(|e| StorageError::io("creating", &root, e))?;
+        let manifest_path = root.join("manifest.json");
+        let manifest: Manifest = match fs::read(&manifest_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt {
+                path: manifest_path.clone(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
+            Err(e) => return Err(StorageError::io("reading", &manifest_path, e)),
+        };
+        if manifest.version > MANIFEST_VERSION {
+            return Err(StorageError::Corrupt {
+                path: manifest_path,
+                reason: format!(
+                    "manifest version {} is newer than this build reads",
+                    manifest.version
+                ),
+            });
+        }
+        let durable: DurableOffsets = manifest
+            .durable_offsets
+            .iter()
+            .map(|(topic, partition, offset)| ((topic.clone(), *partition), *offset))
+            .collect();
+        let mut tenants = HashMap::new();
+        for (name, tenant_manifest) in manifest.tenants {
+            let id = TenantId::new(name.clone()).map_err(|e| StorageError::Corrupt {
+                path: root.join("manifest.json"),
+                reason: e.to_string(),
+            })?;
+            let dir = root.join("tenants").join(&name);
+            let mut index = SeriesIndex::default();
+            for file in &tenant_manifest.series_files {
+                for (series_id, labels) in parts::read_series(&dir.join(file))? {
+                    let fingerprint = labels.fingerprint();
+                    index.insert(series_id, labels, fingerprint);
+                }
+            }
+            remove_orphans(&dir, &tenant_manifest)?;
+            tracing::info!(tenant = %id, series = index.len(), parts = tenant_manifest.parts.len(), "tenant store opened");
+            tenants.insert(
+                id,
+                Arc::new(Tenant {
+                    dir,
+                    state: RwLock::new(TenantState {
+                        index,
+                        newest: HashMap::new(),
+                        new_series: Vec::new(),
+                        head: Head::new(),
+                        frozen: Vec::new(),
+                        frozen_series: Vec::new(),
+                        manifest: tenant_manifest,
+                    }),
+                }),
+            );
+        }
+        Ok(Self {
+            root,
+            config,
+            tenants: RwLock::new(tenants),
+            pending: Mutex::new(durable.clone()),
+            durable: Mutex::new(durable),
+            flush_lock: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn tenant(&self, id: &TenantId) -> Option<Arc<Tenant>> {
+        read_lock(&self.tenants).get(id).cloned()
+    }
+
+    fn tenant_or_create(&self, id: &TenantId) -> Arc<Tenant> {
+        if let Some(tenant) = self.tenant(id) {
+            return tenant;
+        }
+        write_lock(&self.tenants)
+            .entry(id.clone())
+            .or_insert_with(|| {
+                Arc::new(Tenant {
+                    dir: self.root.join("tenants").join(id.as_str()),
+                    state: RwLock::new(TenantState {
+                        index: SeriesIndex::default(),
+                        newest: HashMap::new(),
+                        new_series: Vec::new(),
+                        head: Head::new(),
+                        frozen: Vec::new(),
+                        frozen_series: Vec::new(),
+                        manifest: TenantManifest::default(),
+                    }),
+                })
+            })
+            .clone()
+    }
+
+    fn write_metrics(&self, tenant: &Tenant, batch: model::MetricBatch) -> WriteSummary {
+        let window_ms = (self.config.out_of_order_window_seconds as i64).saturating_mul(1000);
+        let mut summary = WriteSummary::default();
+        let mut state = write_lock(&tenant.state);
+        for series in batch.series {
+            if series.samples.is_empty() {
+                continue;
+            }
+            let (id, created) = state.index.get_or_create(&series.labels);
+            if created {
+                state.new_series.push(id);
+            }
+            let newest = state.newest.get(&id).copied().unwrap_or(i64::MIN);
+            let mut kept = Vec::with_capacity(series.samples.len());
+            let mut max = newest;
+            for sample in series.samples {
+                if sample.timestamp_ms < newest.saturating_sub(window_ms) {
+                    summary.too_old += 1;
+                    continue;
+                }
+                max = max.max(sample.timestamp_ms);
+                kept.push(sample);
+            }
+            summary.accepted += kept.len() as u64;
+            state.newest.insert(id, max);
+            state.head.entry(id).or_default().samples.extend(kept);
+        }
+        summary
+    }
+
+    /// Writes one tenant's frozen heads and new series as files; returns the new manifest.
+    fn write_tenant_files(
+        dir: &Path,
+        mut manifest: TenantManifest,
+        heads: &[Arc<Head>],
+        new_series: &[(u32, Labels)],
+    ) -> Result<TenantManifest> {
+        if !new_series.is_empty() {
+            let series_dir = dir.join("series");
+            fs::create_dir_all(&series_dir)
+                .map_err(|e| StorageError::io("creating", &series_dir, e))?;
+            let name = format!("series/series-{:08}.parquet", manifest.next_file);
+            manifest.next_file += 1;
+            parts::write_series(&dir.join(&name), new_series)?;
+            manifest.series_files.push(name);
+        }
+        // Gather every sample by day, then by series and time; later writes win.
+        let mut by_day: BTreeMap<i64, Vec<(u32, Sample)>> = BTreeMap::new();
+        for head in heads {
+            for (id, series) in head.iter() {
+                for sample in &series.samples {
+                    by_day
+                        .entry(day_of(sample.timestamp_ms))
+                        .or_default()
+                        .push((*id, *sample));
+                }
+            }
+        }
+        for (day, mut rows) in by_day {
+            rows.sort_by_key(|(id, sample)| (*id, sample.timestamp_ms));
+            dedup_last(&mut rows);
+            let day_dir = dir.join("metrics").join(day.to_string());
+            fs::create_dir_all(&day_dir).map_err(|e| StorageError::io("creating", &day_dir, e))?;
+            let name = format!("metrics/{day}/part-{:08}.parquet", manifest.next_file);
+            manifest.next_file += 1;
+            let bytes = parts::write_samples(&dir.join(&name), &rows)?;
+            manifest.parts.push(PartMeta {
+                file: name,
+                day,
+                min_ts: rows.iter().map(|(_, s)| s.timestamp_ms).min().unwrap_or(0),
+                max_ts: rows.iter().map(|(_, s)| s.timestamp_ms).max().unwrap_or(0),
+                rows: rows.len() as u64,
+                bytes,
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// The manifest as the state stands, with `durable` as the covered offsets.
+    fn manifest(&self, durable: &DurableOffsets) -> Manifest {
+        let tenants: BTreeMap<String, TenantManifest> = read_lock(&self.tenants)
+            .iter()
+            .map(|(id, tenant)| (id.to_string(), read_lock(&tenant.state).manifest.clone()))
+            .collect();
+        Manifest {
+            version: MANIFEST_VERSION,
+            durable_offsets: durable
+                .iter()
+                .map(|((topic, partition), offset)| (topic.clone(), *partition, *offset))
+                .collect(),
+            tenants,
+        }
+    }
+
+    async fn save_manifest(&self, durable: &DurableOffsets) -> Result<()> {
+        let manifest = self.manifest(durable);
+        let root = self.root.clone();
+        blocking(move || write_manifest(&root, &manifest)).await
+    }
+
+    /// Bytes of sample parts on disk (for benchmarks and metrics).
+    pub fn sample_bytes(&self) -> u64 {
+        read_lock(&self.tenants)
+            .values()
+            .map(|t| {
+                read_lock(&t.state)
+                    .manifest
+                    .parts
+                    .iter()
+                    .map(|p| p.bytes)
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
+    /// Sample parts on disk, all tenants.
+    pub fn part_count(&self) -> usize {
+        read_lock(&self.tenants)
+            .values()
+            .map(|t| read_lock(&t.state).manifest.parts.len())
+            .sum()
+    }
+}
+
+/// Writes the manifest atomically: temporary file, fsync, rename, fsync of the directory.
+fn write_manifest(root: &Path, manifest: &Manifest) -> Result<()> {
+    let path = root.join("manifest.json");
+    let temp = root.join("manifest.json.tmp");
+    let bytes =
+        serde_json::to_vec_pretty(manifest).map_err(|e| StorageError::Decode(e.to_string()))?;
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&temp)?;
+        std::io::Write::write_all(&mut file, &bytes)?;
+        file.sync_all()?;
+        fs::rename(&temp, &path)
+    };
+    write().map_err(|e| StorageError::io("writing", &path, e))?;
+    sync_dir(root)
+}
+
+/// Keeps the last of each run of equal `(series, timestamp)` in rows sorted stably by them.
+fn dedup_last(rows: &mut Vec<(u32, Sample)>) {
+    let mut write = 0;
+    for read in 0..rows.len() {
+        if write > 0
+            && rows[write - 1].0 == rows[read].0
+            && rows[write - 1].1.timestamp_ms == rows[read].1.timestamp_ms
+        {
+            rows[write - 1] = rows[read];
+        } else {
+            rows[write] = rows[read];
+            write += 1;
+        }
+    }
+    rows.truncate(write);
+}
+
+/// Removes files under a tenant's directory that the manifest does not list (left by a
+/// crash between writing a file and the manifest).
+fn remove_orphans(dir: &Path, manifest: &TenantManifest) -> Result<()> {
+    let listed: std::collections::HashSet<PathBuf> = manifest
+        .parts
+        .iter()
+        .map(|p| dir.join(&p.file))
+        .chain(manifest.series_files.iter().map(|f| dir.join(f)))
+        .collect();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if !listed.contains(&path) {
+                tracing::warn!(path = %path.display(), "removing a file the manifest does not list (left by a crash)");
+                fs::remove_file(&path)
+                    .map_err(|e| StorageError::io("removing orphan", &path, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Storage for EmbeddedStore {
+    async fn write(
+        &self,
+        tenant: &TenantId,
+        payload: Payload,
+        position: &BusPosition,
+    ) -> Result<WriteSummary> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
+        }
+        let summary = match payload.into_metric_batch() {
+            Ok(Some(batch)) => {
+                let tenant = self.tenant_or_create(tenant);
+                self.write_metrics(&tenant, batch)
+            }
+            Ok(None) => WriteSummary::default(),
+            Err(error) => return Err(StorageError::Decode(error.to_string())),
+        };
+        let mut pending = lock(&self.pending);
+        let next = pending
+            .entry((position.topic.clone(), position.partition))
+            .or_insert(0);
+        *next = (*next).max(position.offset + 1);
+        Ok(summary)
+    }
+
+    async fn flush(&self) -> Result<DurableOffsets> {
+        let _flushing = self.flush_lock.lock().await;
+        // Everything written before this point is in the heads frozen below.
+        let offsets = lock(&self.pending).clone();
+        let tenants: Vec<Arc<Tenant>> = read_lock(&self.tenants).values().cloned().collect();
+        let mut work = Vec::new();
+        for tenant in &tenants {
+            let mut state = write_lock(&tenant.state);
+            if !state.head.is_empty() {
+                let head = std::mem::take(&mut state.head);
+                state.frozen.push(Arc::new(head));
+            }
+            let created = std::mem::take(&mut state.new_series);
+            state.frozen_series.extend(created);
+            if state.frozen.is_empty() && state.frozen_series.is_empty() {
+                continue;
+            }
+            let new_series: Vec<(u32, Labels)> = state
+                .frozen_series
+                .iter()
+                .filter_map(|id| state.index.labels(*id).map(|l| (*id, l.clone())))
+                .collect();
+            work.push((
+                tenant.clone(),
+                state.frozen.clone(),
+                new_series,
+                state.manifest.clone(),
+            ));
+        }
+        let written = blocking(move || {
+            let mut out = Vec::new();
+            for (tenant, heads, new_series, manifest) in work {
+                let manifest =
+                    Self::write_tenant_files(&tenant.dir, manifest, &heads, &new_series)?;
+                out.push((tenant, heads.len(), manifest));
+            }
+            Ok(out)
+        })
+        .await?;
+        for (tenant, flushed_heads, manifest) in written {
+            let mut state = write_lock(&tenant.state);
+            state.manifest = manifest;
+            state.frozen.drain(..flushed_heads);
+            state.frozen_series.clear();
+        }
+        // The manifest makes the new files and the offsets they cover durable together.
+        self.save_manifest(&offsets).await?;
+        *lock(&self.durable) = offsets.clone();
+        Ok(offsets)
+    }
+
+    async fn durable_offsets(&self) -> Result<DurableOffsets> {
+        Ok(lock(&self.durable).clone())
+    }
+
+    async fn select(
+        &self,
+        tenant: &TenantId,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<SeriesSamples>> {
+        let Some(tenant) = self.tenant(tenant) else {
+            return Ok(Vec::new());
+        };
+        let (ids, memory, parts) = {
+            let state = read_lock(&tenant.state);
+            let ids = state.index.select(matchers);
+            let parts: Vec<PartMeta> = state
+                .manifest
+                .parts
+                .iter()
+                .filter(|p| p.min_ts <= end_ms && p.max_ts >= start_ms)
+                .cloned()
+                .collect();
+            let mut memory: Vec<(u32, Sample)> = Vec::new();
+            // Frozen heads, then the head: the order in which later writes win.
+            for head in state
+                .frozen
+                .iter()
+                .map(|h| h.as_ref())
+                .chain(std::iter::once(&state.head))
+            {
+                for id in ids.iter() {
+                    if let Some(series) = head.get(&id) {
+                        memory.extend(
+                            series
+                                .samples
+                                .iter()
+                                .filter(|s| s.timestamp_ms >= start_ms && s.timestamp_ms <= end_ms)
+                                .map(|s| (id, *s)),
+                        );
+                    }
+                }
+            }
+            (ids, memory, parts)
+        };
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dir = tenant.dir.clone();
+        let mut rows = blocking(move || {
+            let mut rows: Vec<(u32, Sample)> = Vec::new();
+            for part in &parts {
+                parts::read_samples(&dir.join(&part.file), &ids, start_ms, end_ms, |id, s| {
+                    rows.push((id, s))
+                })?;
+            }
+            Ok(rows)
+        })
+        .await?;
+        // Parts are older than anything in memory: on equal timestamps memory wins.
+        rows.extend(memory);
+        rows.sort_by_key(|(id, s)| (*id, s.timestamp_ms));
+        dedup_last(&mut rows);
+        let state = read_lock(&tenant.state);
+        let mut out: Vec<SeriesSamples> = Vec::new();
+        let mut current: Option<u32> = None;
+        for (id, sample) in rows {
+            if current == Some(id) {
+                if let Some(last) = out.last_mut() {
+                    last.samples.push(sample);
+                }
+                continue;
+            }
+            current = Some(id);
+            if let Some(labels) = state.index.labels(id) {
+                out.push(SeriesSamples {
+                    labels: labels.clone(),
+                    samples: vec![sample],
+                });
+            }
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
+    }
+
+    async fn label_names(&self, tenant: &TenantId, matchers: &[Matcher]) -> Result<Vec<String>> {
+        let Some(tenant) = self.tenant(tenant) else {
+            return Ok(Vec::new());
+        };
+        let state = read_lock(&tenant.state);
+        let ids: RoaringBitmap = state.index.select(matchers);
+        Ok(state.index.label_names(&ids))
+    }
+
+    async fn label_values(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>> {
+        let Some(tenant) = self.tenant(tenant) else {
+            return Ok(Vec::new());
+        };
+        let state = read_lock(&tenant.state);
+        let ids = state.index.select(matchers);
+        Ok(state.index.label_values(name, &ids))
+    }
+
+    async fn enforce_retention(&self, now_ms: i64) -> Result<()> {
+        let _flushing = self.flush_lock.lock().await;
+        let cutoff_day = day_of(
+            now_ms.saturating_sub((self.config.retention_seconds as i64).saturating_mul(1000)),
+        );
+        let tenants: Vec<Arc<Tenant>> = read_lock(&self.tenants).values().cloned().collect();
+        let mut doomed = Vec::new();
+        for tenant in &tenants {
+            let mut state = write_lock(&tenant.state);
+            let (old, kept): (Vec<PartMeta>, Vec<PartMeta>) = state
+                .manifest
+                .parts
+                .drain(..)
+                .partition(|p| p.day < cutoff_day);
+            state.manifest.parts = kept;
+            doomed.extend(old.into_iter().map(|p| tenant.dir.join(p.file)));
+        }
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let durable = lock(&self.durable).clone();
+        self.save_manifest(&durable).await?;
+        for path in doomed {
+            if let Err(error) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), %error, "cannot remove a part dropped by retention");
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.flush().await?;
+        self.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
