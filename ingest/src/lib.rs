@@ -1,7 +1,307 @@
 //! Moves telemetry from the bus into storage.
 //!
-//! This crate will own the ingest workers: a consumer group on the bus that batches by size
-//! and age, writes to storage idempotently, and commits bus offsets only after storage holds
-//! the batch durably.
-//!
-//! Nothing is implemented yet; see issue 4.
+//! An ingest worker is a member of the `ingest` consumer group on every telemetry topic. It
+//! writes each record's data to storage as it arrives (so it is visible to queries at
+//! once), and every `flush_interval_seconds` (or `flush_max_records`) asks storage to make
+//! it durable and commits to the bus exactly the offsets storage reports as durable. After a
+//! crash the group resumes at those offsets and replays what storage had not yet made
+//! durable; storage writes are idempotent (series + timestamp keys), so nothing is counted
+//! twice. A record that cannot be decoded is counted and skipped, never allowed to stop
+//! ingest.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bus::{Bus, Consumer, TopicPartition, topics};
+use model::Envelope;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use serde::{Deserialize, Serialize};
+use storage::{BusPosition, DurableOffsets, Storage};
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The consumer group of ingest workers.
+pub const INGEST_GROUP: &str = "ingest";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// How often written data is made durable and its bus offsets committed. The bus keeps
+    /// everything after the last flush, so this bounds what a restart replays.
+    pub flush_interval_seconds: u64,
+    /// Flush early once this many records were written since the last flush.
+    pub flush_max_records: u64,
+    /// Most records taken from the bus per poll.
+    pub poll_max_records: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval_seconds: 60,
+            flush_max_records: 200_000,
+            poll_max_records: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum IngestError {
+    #[error("bus: {0}")]
+    Bus(#[from] bus::BusError),
+    #[error("storage: {0}")]
+    Storage(#[from] storage::StorageError),
+    #[error("the ingest task failed: {0}")]
+    Task(String),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    topic: String,
+    partition: String,
+}
+
+/// Ingest's own metrics.
+#[derive(Clone, Debug)]
+pub struct IngestMetrics {
+    records: Family<TopicLabels, Counter>,
+    items: Family<TopicLabels, Counter>,
+    too_old: Family<TopicLabels, Counter>,
+    undecodable: Family<TopicLabels, Counter>,
+    lag: Family<PartitionLabels, Gauge>,
+    batch_records: Histogram,
+    flush_seconds: Histogram,
+}
+
+impl IngestMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            records: Family::default(),
+            items: Family::default(),
+            too_old: Family::default(),
+            undecodable: Family::default(),
+            lag: Family::default(),
+            batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            flush_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        };
+        let registry = registry.sub_registry_with_prefix("meerkat_ingest");
+        registry.register(
+            "records",
+            "Bus records written to storage",
+            metrics.records.clone(),
+        );
+        registry.register(
+            "items",
+            "Samples, spans, log records and events written to storage",
+            metrics.items.clone(),
+        );
+        registry.register(
+            "too_old",
+            "Samples refused by storage as too far behind their series",
+            metrics.too_old.clone(),
+        );
+        registry.register(
+            "undecodable_records",
+            "Bus records that could not be decoded and were skipped",
+            metrics.undecodable.clone(),
+        );
+        registry.register(
+            "lag_records",
+            "Records on the bus not yet written to storage, per partition",
+            metrics.lag.clone(),
+        );
+        registry.register(
+            "batch_records",
+            "Records per poll",
+            metrics.batch_records.clone(),
+        );
+        registry.register_with_unit(
+            "flush_duration",
+            "Time to make written data durable",
+            Unit::Seconds,
+            metrics.flush_seconds.clone(),
+        );
+        metrics
+    }
+}
+
+/// A running ingest worker.
+#[derive(Debug)]
+pub struct IngestWorker {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), IngestError>>,
+}
+
+struct Loop {
+    bus: Arc<dyn Bus>,
+    storage: Arc<dyn Storage>,
+    consumer: Box<dyn Consumer>,
+    config: IngestConfig,
+    metrics: IngestMetrics,
+    written_since_flush: u64,
+    last_flush: Instant,
+}
+
+impl IngestWorker {
+    /// Joins the ingest group and starts consuming.
+    pub async fn start(
+        bus: Arc<dyn Bus>,
+        storage: Arc<dyn Storage>,
+        config: IngestConfig,
+        metrics: IngestMetrics,
+    ) -> Result<Self, IngestError> {
+        let consumer = bus.subscribe(INGEST_GROUP, &topics::ALL).await?;
+        let (stop, stopped) = watch::channel(false);
+        let mut work = Loop {
+            bus,
+            storage,
+            consumer,
+            config,
+            metrics,
+            written_since_flush: 0,
+            last_flush: Instant::now(),
+        };
+        let task = tokio::spawn(async move { work.run(stopped).await });
+        Ok(Self { stop, task })
+    }
+
+    /// Stops consuming, makes everything written durable, commits, and returns.
+    pub async fn stop(self) -> Result<(), IngestError> {
+        let _ = self.stop.send(true);
+        self.task
+            .await
+            .map_err(|e| IngestError::Task(e.to_string()))?
+    }
+}
+
+impl Loop {
+    async fn run(&mut self, mut stopped: watch::Receiver<bool>) -> Result<(), IngestError> {
+        let interval = Duration::from_secs(self.config.flush_interval_seconds.max(1));
+        loop {
+            let poll_timeout = interval
+                .saturating_sub(self.last_flush.elapsed())
+                .min(Duration::from_millis(500));
+            let records = tokio::select! {
+                _ = stopped.wait_for(|stop| *stop) => break,
+                records = self.consumer.poll(self.config.poll_max_records, poll_timeout) => records,
+            };
+            match records {
+                Ok(records) => {
+                    if !records.is_empty() {
+                        self.metrics.batch_records.observe(records.len() as f64);
+                    }
+                    for record in records {
+                        self.write(record).await?;
+                    }
+                }
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(%error, "bus poll failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+            if self.last_flush.elapsed() >= interval
+                || self.written_since_flush >= self.config.flush_max_records
+            {
+                self.flush().await?;
+            }
+        }
+        self.flush().await
+    }
+
+    async fn write(&mut self, record: bus::ConsumedRecord) -> Result<(), IngestError> {
+        let topic = TopicLabels {
+            topic: record.topic.to_string(),
+        };
+        let position = BusPosition {
+            topic: record.topic.to_string(),
+            partition: record.partition,
+            offset: record.offset,
+        };
+        let envelope = match Envelope::decode(&record.value) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, %error, "skipping a bus record that cannot be decoded");
+                self.metrics.undecodable.get_or_create(&topic).inc();
+                return Ok(());
+            }
+        };
+        match self
+            .storage
+            .write(&envelope.tenant, envelope.payload, &position)
+            .await
+        {
+            Ok(summary) => {
+                self.metrics
+                    .items
+                    .get_or_create(&topic)
+                    .inc_by(summary.accepted);
+                self.metrics
+                    .too_old
+                    .get_or_create(&topic)
+                    .inc_by(summary.too_old);
+            }
+            Err(storage::StorageError::Decode(reason)) => {
+                tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "skipping a bus record whose payload cannot be decoded");
+                self.metrics.undecodable.get_or_create(&topic).inc();
+            }
+            Err(error) => return Err(error.into()),
+        }
+        self.metrics.records.get_or_create(&topic).inc();
+        self.written_since_flush += 1;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), IngestError> {
+        let started = Instant::now();
+        let durable: DurableOffsets = self.storage.flush().await?;
+        self.metrics
+            .flush_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let assigned = self.consumer.assignment();
+        let commits: Vec<(TopicPartition, u64)> = durable
+            .iter()
+            .map(|((topic, partition), offset)| (TopicPartition::new(topic, *partition), *offset))
+            .filter(|(tp, _)| assigned.contains(tp))
+            .collect();
+        if !commits.is_empty() {
+            match self.consumer.commit(&commits).await {
+                Ok(()) => {}
+                // Lost in a rebalance: the new owner resumes from the last commit and replays.
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(%error, "offset commit refused; the data stays durable")
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        for tp in &assigned {
+            if let Ok(watermarks) = self.bus.watermarks(&tp.topic, tp.partition).await {
+                let done = durable
+                    .get(&(tp.topic.to_string(), tp.partition))
+                    .copied()
+                    .unwrap_or(watermarks.log_start);
+                self.metrics
+                    .lag
+                    .get_or_create(&PartitionLabels {
+                        topic: tp.topic.to_string(),
+                        partition: tp.partition.to_string(),
+                    })
+                    .set(watermarks.high_watermark.saturating_sub(done) as i64);
+            }
+        }
+        self.written_since_flush = 0;
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+}

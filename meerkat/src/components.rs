@@ -96,3 +96,94 @@ impl Component for GatewayComponent {
         Ok(())
     }
 }
+
+/// The embedded store, opened (index rebuilt from disk), with retention running hourly.
+#[derive(Debug)]
+pub struct EmbeddedStoreComponent {
+    pub store: Arc<storage::embedded::EmbeddedStore>,
+    retention: tokio::task::JoinHandle<()>,
+}
+
+impl EmbeddedStoreComponent {
+    pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        let dir = config.store_dir();
+        let store_config = config.storage.embedded.clone();
+        let opened_in = dir.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            storage::embedded::EmbeddedStore::open(&opened_in, store_config)
+        })
+        .await
+        .context("store start-up task failed")?
+        .with_context(|| format!("cannot open the embedded store in {}", dir.display()))?;
+        let store = Arc::new(store);
+        let retention = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+                loop {
+                    tick.tick().await;
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    if let Err(error) =
+                        storage::Storage::enforce_retention(store.as_ref(), now).await
+                    {
+                        tracing::error!(%error, "store retention failed");
+                    }
+                }
+            }
+        });
+        tracing::info!(dir = %dir.display(), "embedded store ready");
+        Ok(Self { store, retention })
+    }
+}
+
+#[async_trait]
+impl Component for EmbeddedStoreComponent {
+    fn name(&self) -> &'static str {
+        "embedded store"
+    }
+
+    async fn stop(self: Box<Self>) -> anyhow::Result<()> {
+        self.retention.abort();
+        storage::Storage::close(self.store.as_ref())
+            .await
+            .context("cannot close the embedded store")
+    }
+}
+
+/// The ingest worker: bus → storage.
+#[derive(Debug)]
+pub struct IngestComponent {
+    worker: ingest::IngestWorker,
+}
+
+impl IngestComponent {
+    pub async fn start(
+        config: &Config,
+        bus: Arc<dyn Bus>,
+        store: Arc<dyn storage::Storage>,
+        registry: &SharedRegistry,
+    ) -> anyhow::Result<Self> {
+        let metrics =
+            ingest::IngestMetrics::new(&mut registry.write().unwrap_or_else(|e| e.into_inner()));
+        let worker = ingest::IngestWorker::start(bus, store, config.ingest.clone(), metrics)
+            .await
+            .context("cannot start ingest")?;
+        Ok(Self { worker })
+    }
+}
+
+#[async_trait]
+impl Component for IngestComponent {
+    fn name(&self) -> &'static str {
+        "ingest"
+    }
+
+    async fn stop(self: Box<Self>) -> anyhow::Result<()> {
+        self.worker
+            .stop()
+            .await
+            .context("ingest did not stop cleanly")
+    }
+}

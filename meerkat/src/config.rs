@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 use bus::embedded::EmbeddedBusConfig;
 use gateway::GatewayConfig;
+use ingest::IngestConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use storage::embedded::EmbeddedStoreConfig;
 
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "meerkat.yaml";
@@ -39,6 +41,8 @@ pub struct Config {
     pub log: LogConfig,
     pub bus: BusConfig,
     pub gateway: GatewayConfig,
+    pub ingest: IngestConfig,
+    pub storage: StorageConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -52,6 +56,8 @@ impl Default for Config {
             log: LogConfig::default(),
             bus: BusConfig::default(),
             gateway: GatewayConfig::default(),
+            ingest: IngestConfig::default(),
+            storage: StorageConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -101,6 +107,13 @@ impl Default for BusConfig {
             embedded: EmbeddedBusConfig::default(),
         }
     }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The embedded columnar store of standalone mode (under `<data_dir>/store`).
+    pub embedded: EmbeddedStoreConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,6 +302,19 @@ impl Config {
             .validate()
             .map_err(|e| anyhow!("bus.embedded: {e}"))?;
         self.gateway.validate().map_err(|e| anyhow!("{e}"))?;
+        self.storage
+            .embedded
+            .validate()
+            .map_err(|e| anyhow!("storage.embedded: {e}"))?;
+        if let Some(retention) = self.bus.embedded.retention_seconds
+            && retention < self.ingest.flush_interval_seconds.saturating_mul(10)
+        {
+            bail!(
+                "bus.embedded.retention_seconds ({retention}) must be at least ten ingest flush intervals \
+                 (ingest.flush_interval_seconds = {}): the bus keeps what storage has not made durable yet",
+                self.ingest.flush_interval_seconds
+            );
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| anyhow!("log.level {:?} is not a valid filter: {e}", self.log.level))?;
         Ok(())
@@ -302,6 +328,11 @@ impl Config {
     /// Where the embedded bus lives.
     pub fn bus_dir(&self) -> PathBuf {
         self.data_dir.join("bus")
+    }
+
+    /// Where the embedded store lives.
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("store")
     }
 }
 

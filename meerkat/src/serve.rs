@@ -1,9 +1,10 @@
 //! Running a server role: `meerkat serve` (standalone mode, every server role in one
 //! process) and `meerkat gateway`.
 //!
-//! Today `serve` is the HTTP server (`/health`, `/metrics`), the embedded bus and the
-//! gateway; ingest, query and alerting join it as they are built, in start order, and stop in
-//! reverse. `gateway` is the same minus those later roles. Until the Kafka bus exists
+//! Today `serve` is the HTTP server (`/health`, `/metrics`), the embedded bus, the embedded
+//! store, ingest and the gateway, started in that order and stopped in reverse (so the
+//! gateway stops accepting first, ingest flushes, then the store and the bus close); query
+//! and alerting join as they are built. `gateway` is the bus and the gateway alone. Until the Kafka bus exists
 //! (issue 4) a lone gateway writes to its own embedded bus: a durable buffer on local disk.
 
 use std::sync::{Arc, RwLock};
@@ -11,7 +12,9 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 
-use crate::components::{EmbeddedBusComponent, GatewayComponent};
+use crate::components::{
+    EmbeddedBusComponent, EmbeddedStoreComponent, GatewayComponent, IngestComponent,
+};
 use crate::config::{Config, Sources};
 use crate::http::{HttpServer, Readiness, SharedRegistry};
 use crate::lifecycle::{Component, ShutdownSignals, stop_all};
@@ -50,6 +53,15 @@ pub async fn run(role: Role, config: Config, sources: Sources) -> anyhow::Result
         let bus = EmbeddedBusComponent::start(&config, &registry).await?;
         let shared_bus: Arc<dyn bus::Bus> = bus.bus.clone();
         components.push(Box::new(bus));
+        if role == Role::Serve {
+            let store = EmbeddedStoreComponent::start(&config).await?;
+            let shared_store: Arc<dyn storage::Storage> = store.store.clone();
+            components.push(Box::new(store));
+            let ingest =
+                IngestComponent::start(&config, shared_bus.clone(), shared_store, &registry)
+                    .await?;
+            components.push(Box::new(ingest));
+        }
         let gateway = GatewayComponent::start(&config, shared_bus, &registry).await?;
         http.set_routes(gateway.gateway.http_routes());
         components.push(Box::new(gateway));
