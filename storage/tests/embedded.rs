@@ -323,3 +323,167 @@ async fn retention_drops_whole_old_days() {
     assert_eq!(kept, [1.0, 2.0, 3.0], "the day older than two days is gone");
     assert_eq!(store.part_count(), 3);
 }
+
+fn span(trace: u8, id: u8, start_ns: u64, name: &str) -> model::Span {
+    model::Span {
+        trace_id: model::TraceId([trace; 16]),
+        span_id: model::SpanId([id; 8]),
+        trace_state: String::new(),
+        parent_span_id: None,
+        flags: 0,
+        name: name.to_owned(),
+        kind: model::SpanKind::Server,
+        start_time_unix_nano: start_ns,
+        end_time_unix_nano: start_ns + 1_000_000,
+        attributes: vec![model::KeyValue::new(
+            "http.status_code",
+            model::AnyValue::Int(500),
+        )],
+        dropped_attributes_count: 0,
+        events: vec![],
+        dropped_events_count: 0,
+        links: vec![],
+        dropped_links_count: 0,
+        status: model::SpanStatus::default(),
+    }
+}
+
+fn spans(list: Vec<model::Span>) -> Payload {
+    Payload::Spans(model::SpanBatch {
+        resource_spans: vec![model::ResourceSpans {
+            resource: model::Resource {
+                attributes: vec![model::KeyValue::string("service.name", "checkout")],
+                dropped_attributes_count: 0,
+            },
+            schema_url: String::new(),
+            scope_spans: vec![model::ScopeSpans {
+                scope: model::InstrumentationScope::default(),
+                schema_url: String::new(),
+                spans: list,
+            }],
+        }],
+    })
+}
+
+fn strings(batches: &[datafusion::arrow::array::RecordBatch], column: &str) -> Vec<String> {
+    use datafusion::arrow::array::{Array, StringArray};
+    let mut out = Vec::new();
+    for batch in batches {
+        let array = batch
+            .column_by_name(column)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        out.extend((0..array.len()).map(|i| array.value(i).to_owned()));
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn spans_logs_and_events_are_stored_once_across_flushes_and_restarts() {
+    let dir = TempDir::new().unwrap();
+    let start = (T0 as u64) * 1_000_000;
+    {
+        let store = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap();
+        store
+            .write(
+                &tenant("a"),
+                spans(vec![span(1, 1, start, "GET /"), span(1, 2, start, "db")]),
+                &at(0),
+            )
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        // The same span again (a re-delivery), with a later version of its name.
+        store
+            .write(
+                &tenant("a"),
+                spans(vec![span(1, 2, start, "db query")]),
+                &at(1),
+            )
+            .await
+            .unwrap();
+        let logs = Payload::Logs(model::LogBatch {
+            resource_logs: vec![model::ResourceLogs {
+                resource: model::Resource::default(),
+                schema_url: String::new(),
+                scope_logs: vec![model::ScopeLogs {
+                    scope: model::InstrumentationScope::default(),
+                    schema_url: String::new(),
+                    log_records: vec![model::LogRecord {
+                        time_unix_nano: start,
+                        body: model::AnyValue::String("disk full".into()),
+                        severity_text: "ERROR".into(),
+                        ..model::LogRecord::default()
+                    }],
+                }],
+            }],
+        });
+        let logs_position = BusPosition {
+            topic: "logs".into(),
+            partition: 0,
+            offset: 7,
+        };
+        store
+            .write(&tenant("a"), logs.clone(), &logs_position)
+            .await
+            .unwrap();
+        store
+            .write(&tenant("a"), logs, &logs_position)
+            .await
+            .unwrap();
+        let events = Payload::Events(vec![model::PlatformEvent {
+            timestamp_ms: T0,
+            source: "pipeline-core".into(),
+            attributes: vec![],
+            kind: model::EventKind::Deploy(model::DeployEvent {
+                service: "checkout".into(),
+                version: "1.2.3".into(),
+                environment: "prod".into(),
+                cluster: "eu".into(),
+                namespace: "shop".into(),
+                phase: model::DeployPhase::Succeeded,
+                actor: "ci".into(),
+                message: String::new(),
+            }),
+        }]);
+        store
+            .write(
+                &tenant("a"),
+                events,
+                &BusPosition {
+                    topic: "events".into(),
+                    partition: 0,
+                    offset: 0,
+                },
+            )
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap();
+    let stored_spans = store.rows(&tenant("a"), "spans").await.unwrap();
+    assert_eq!(
+        strings(&stored_spans, "name"),
+        ["GET /", "db", "db query"],
+        "one row per flush until compaction merges them"
+    );
+    assert_eq!(strings(&stored_spans, "service_name"), ["checkout"; 3]);
+    assert_eq!(
+        strings(&stored_spans, "attributes")[0],
+        r#"{"http.status_code":500}"#
+    );
+    let logs = store.rows(&tenant("a"), "logs").await.unwrap();
+    assert_eq!(
+        strings(&logs, "body"),
+        ["disk full"],
+        "a re-delivered log record is stored once"
+    );
+    let events = store.rows(&tenant("a"), "events").await.unwrap();
+    assert_eq!(strings(&events, "kind"), ["deploy"]);
+    assert!(strings(&events, "details")[0].contains("1.2.3"));
+    assert!(store.rows(&tenant("b"), "spans").await.unwrap().is_empty());
+    assert!(store.rows(&tenant("a"), "nope").await.is_err());
+}

@@ -20,6 +20,7 @@
 
 mod index;
 mod parts;
+mod rows;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use self::index::SeriesIndex;
 use self::parts::{PartMeta, day_of};
+use self::rows::{DayRows, RowKind};
 use crate::{
     BusPosition, DurableOffsets, Matcher, Result, SeriesSamples, Storage, StorageError,
     WriteSummary,
@@ -85,8 +87,21 @@ struct Manifest {
 struct TenantManifest {
     series_files: Vec<String>,
     parts: Vec<PartMeta>,
+    /// Parts of the row tables (`spans`, `logs`, `events`) by table name.
+    #[serde(default)]
+    row_parts: BTreeMap<String, Vec<RowPartMeta>>,
     /// Next number for a file name.
     next_file: u64,
+}
+
+/// A part of a row table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RowPartMeta {
+    pub file: String,
+    pub day: i64,
+    pub rows: u64,
+    pub bytes: u64,
 }
 
 const MANIFEST_VERSION: u32 = 1;
@@ -110,7 +125,26 @@ struct TenantState {
     /// Heads being written (or whose write failed): still visible to reads.
     frozen: Vec<Arc<Head>>,
     frozen_series: Vec<u32>,
+    /// Rows of the row tables not yet in a part (frozen ones included until written).
+    rows: BTreeMap<RowKind, Vec<Arc<DayRows>>>,
+    frozen_rows: BTreeMap<RowKind, Vec<Arc<DayRows>>>,
     manifest: TenantManifest,
+}
+
+impl TenantState {
+    fn new(index: SeriesIndex, manifest: TenantManifest) -> Self {
+        Self {
+            index,
+            newest: HashMap::new(),
+            new_series: Vec::new(),
+            head: Head::new(),
+            frozen: Vec::new(),
+            frozen_series: Vec::new(),
+            rows: BTreeMap::new(),
+            frozen_rows: BTreeMap::new(),
+            manifest,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -215,15 +249,7 @@ impl EmbeddedStore {
                 id,
                 Arc::new(Tenant {
                     dir,
-                    state: RwLock::new(TenantState {
-                        index,
-                        newest: HashMap::new(),
-                        new_series: Vec::new(),
-                        head: Head::new(),
-                        frozen: Vec::new(),
-                        frozen_series: Vec::new(),
-                        manifest: tenant_manifest,
-                    }),
+                    state: RwLock::new(TenantState::new(index, tenant_manifest)),
                 }),
             );
         }
@@ -251,15 +277,10 @@ impl EmbeddedStore {
             .or_insert_with(|| {
                 Arc::new(Tenant {
                     dir: self.root.join("tenants").join(id.as_str()),
-                    state: RwLock::new(TenantState {
-                        index: SeriesIndex::default(),
-                        newest: HashMap::new(),
-                        new_series: Vec::new(),
-                        head: Head::new(),
-                        frozen: Vec::new(),
-                        frozen_series: Vec::new(),
-                        manifest: TenantManifest::default(),
-                    }),
+                    state: RwLock::new(TenantState::new(
+                        SeriesIndex::default(),
+                        TenantManifest::default(),
+                    )),
                 })
             })
             .clone()
@@ -293,6 +314,56 @@ impl EmbeddedStore {
             state.head.entry(id).or_default().samples.extend(kept);
         }
         summary
+    }
+
+    /// Notes that everything up to `position` has been written.
+    fn advance(&self, position: &BusPosition) {
+        let mut pending = lock(&self.pending);
+        let next = pending
+            .entry((position.topic.clone(), position.partition))
+            .or_insert(0);
+        *next = (*next).max(position.offset + 1);
+    }
+
+    /// Writes one tenant's frozen row-table rows as parts, one per table and day.
+    fn write_row_files(
+        dir: &Path,
+        manifest: &mut TenantManifest,
+        rows: &BTreeMap<RowKind, Vec<Arc<DayRows>>>,
+    ) -> Result<()> {
+        for (kind, days) in rows {
+            let mut by_day: BTreeMap<i64, Vec<datafusion::arrow::array::RecordBatch>> =
+                BTreeMap::new();
+            for day in days {
+                by_day.entry(day.day).or_default().push(day.batch.clone());
+            }
+            for (day, batches) in by_day {
+                let batch = rows::dedup(*kind, &batches)?;
+                let name = format!(
+                    "{}/{day}/part-{:08}.parquet",
+                    kind.name(),
+                    manifest.next_file
+                );
+                manifest.next_file += 1;
+                let path = dir.join(&name);
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent)
+                        .map_err(|e| StorageError::io("creating", parent, e))?;
+                }
+                let bytes = parts::write_rows(&path, &batch)?;
+                manifest
+                    .row_parts
+                    .entry(kind.name().to_owned())
+                    .or_default()
+                    .push(RowPartMeta {
+                        file: name,
+                        day,
+                        rows: batch.num_rows() as u64,
+                        bytes,
+                    });
+            }
+        }
+        Ok(())
     }
 
     /// Writes one tenant's frozen heads and new series as files; returns the new manifest.
@@ -380,6 +451,51 @@ impl EmbeddedStore {
             .sum()
     }
 
+    /// Every row of a row table (`spans`, `logs`, `events`) of a tenant: parts, then rows
+    /// not yet flushed. For tests and tools; queries go through SQL.
+    pub async fn rows(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+    ) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+        let Some(kind) = RowKind::ALL.into_iter().find(|k| k.name() == table) else {
+            return Err(StorageError::Config(format!("no row table {table:?}")));
+        };
+        let Some(tenant) = self.tenant(tenant) else {
+            return Ok(Vec::new());
+        };
+        let (files, memory): (Vec<PathBuf>, Vec<datafusion::arrow::array::RecordBatch>) = {
+            let state = read_lock(&tenant.state);
+            let files = state
+                .manifest
+                .row_parts
+                .get(kind.name())
+                .into_iter()
+                .flatten()
+                .map(|p| tenant.dir.join(&p.file))
+                .collect();
+            let memory = state
+                .frozen_rows
+                .get(&kind)
+                .into_iter()
+                .chain(state.rows.get(&kind))
+                .flatten()
+                .map(|d| d.batch.clone())
+                .collect();
+            (files, memory)
+        };
+        let mut batches = blocking(move || {
+            let mut out = Vec::new();
+            for file in files {
+                out.extend(parts::read_rows(&file)?);
+            }
+            Ok(out)
+        })
+        .await?;
+        batches.extend(memory);
+        Ok(batches)
+    }
+
     /// Sample parts on disk, all tenants.
     pub fn part_count(&self) -> usize {
         read_lock(&self.tenants)
@@ -430,6 +546,13 @@ fn remove_orphans(dir: &Path, manifest: &TenantManifest) -> Result<()> {
         .iter()
         .map(|p| dir.join(&p.file))
         .chain(manifest.series_files.iter().map(|f| dir.join(f)))
+        .chain(
+            manifest
+                .row_parts
+                .values()
+                .flatten()
+                .map(|p| dir.join(&p.file)),
+        )
         .collect();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(current) = stack.pop() {
@@ -461,19 +584,33 @@ impl Storage for EmbeddedStore {
         if self.closed.load(Ordering::Acquire) {
             return Err(StorageError::Closed);
         }
-        let summary = match payload.into_metric_batch() {
-            Ok(Some(batch)) => {
+        let rows = match payload {
+            Payload::Spans(batch) => Some((RowKind::Spans, rows::span_rows(batch)?)),
+            Payload::Logs(batch) => Some((RowKind::Logs, rows::log_rows(batch, position)?)),
+            Payload::Events(events) => Some((RowKind::Events, rows::event_rows(events, position)?)),
+            metrics => {
+                let batch = metrics
+                    .into_metric_batch()
+                    .map_err(|e| StorageError::Decode(e.to_string()))?
+                    .unwrap_or_default();
                 let tenant = self.tenant_or_create(tenant);
-                self.write_metrics(&tenant, batch)
+                let summary = self.write_metrics(&tenant, batch);
+                self.advance(position);
+                return Ok(summary);
             }
-            Ok(None) => WriteSummary::default(),
-            Err(error) => return Err(StorageError::Decode(error.to_string())),
         };
-        let mut pending = lock(&self.pending);
-        let next = pending
-            .entry((position.topic.clone(), position.partition))
-            .or_insert(0);
-        *next = (*next).max(position.offset + 1);
+        let mut summary = WriteSummary::default();
+        if let Some((kind, days)) = rows {
+            summary.accepted = days.iter().map(|d| d.batch.num_rows() as u64).sum();
+            let tenant = self.tenant_or_create(tenant);
+            let mut state = write_lock(&tenant.state);
+            state
+                .rows
+                .entry(kind)
+                .or_default()
+                .extend(days.into_iter().map(Arc::new));
+        }
+        self.advance(position);
         Ok(summary)
     }
 
@@ -491,7 +628,14 @@ impl Storage for EmbeddedStore {
             }
             let created = std::mem::take(&mut state.new_series);
             state.frozen_series.extend(created);
-            if state.frozen.is_empty() && state.frozen_series.is_empty() {
+            let fresh_rows = std::mem::take(&mut state.rows);
+            for (kind, days) in fresh_rows {
+                state.frozen_rows.entry(kind).or_default().extend(days);
+            }
+            if state.frozen.is_empty()
+                && state.frozen_series.is_empty()
+                && state.frozen_rows.is_empty()
+            {
                 continue;
             }
             let new_series: Vec<(u32, Labels)> = state
@@ -503,24 +647,36 @@ impl Storage for EmbeddedStore {
                 tenant.clone(),
                 state.frozen.clone(),
                 new_series,
+                state.frozen_rows.clone(),
                 state.manifest.clone(),
             ));
         }
         let written = blocking(move || {
             let mut out = Vec::new();
-            for (tenant, heads, new_series, manifest) in work {
-                let manifest =
+            for (tenant, heads, new_series, frozen_rows, manifest) in work {
+                let mut manifest =
                     Self::write_tenant_files(&tenant.dir, manifest, &heads, &new_series)?;
-                out.push((tenant, heads.len(), manifest));
+                Self::write_row_files(&tenant.dir, &mut manifest, &frozen_rows)?;
+                let flushed_rows: BTreeMap<RowKind, usize> = frozen_rows
+                    .iter()
+                    .map(|(kind, days)| (*kind, days.len()))
+                    .collect();
+                out.push((tenant, heads.len(), flushed_rows, manifest));
             }
             Ok(out)
         })
         .await?;
-        for (tenant, flushed_heads, manifest) in written {
+        for (tenant, flushed_heads, flushed_rows, manifest) in written {
             let mut state = write_lock(&tenant.state);
             state.manifest = manifest;
             state.frozen.drain(..flushed_heads);
             state.frozen_series.clear();
+            for (kind, count) in flushed_rows {
+                if let Some(days) = state.frozen_rows.get_mut(&kind) {
+                    days.drain(..count);
+                }
+            }
+            state.frozen_rows.retain(|_, days| !days.is_empty());
         }
         // The manifest makes the new files and the offsets they cover durable together.
         self.save_manifest(&offsets).await?;

@@ -178,6 +178,22 @@ pub(crate) fn read_samples(
     Ok(())
 }
 
+/// Writes a row-table part.
+pub(crate) fn write_rows(path: &Path, batch: &RecordBatch) -> Result<u64> {
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build();
+    write_durably(path, batch, properties)
+}
+
+/// Reads a whole row-table part.
+pub(crate) fn read_rows(path: &Path) -> Result<Vec<RecordBatch>> {
+    let file = File::open(path).map_err(|e| StorageError::io("opening part", path, e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
+    Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
+}
+
 /// Writes series created since the last flush.
 pub(crate) fn write_series(path: &Path, series: &[(u32, Labels)]) -> Result<u64> {
     let ids = UInt32Array::from_iter_values(series.iter().map(|(id, _)| *id));
