@@ -20,6 +20,8 @@ pub enum StorageError {
     Decode(String),
     #[error("parquet: {0}")]
     Parquet(String),
+    #[error("query: {0}")]
+    Query(String),
     #[error("invalid storage configuration: {0}")]
     Config(String),
     #[error("the store is closed")]

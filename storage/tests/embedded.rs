@@ -487,3 +487,97 @@ async fn spans_logs_and_events_are_stored_once_across_flushes_and_restarts() {
     assert!(store.rows(&tenant("b"), "spans").await.unwrap().is_empty());
     assert!(store.rows(&tenant("a"), "nope").await.is_err());
 }
+
+async fn sql(store: &EmbeddedStore, tenant_name: &str, query: &str) -> Vec<String> {
+    let context = store.session(&tenant(tenant_name)).await.unwrap();
+    let batches = context.sql(query).await.unwrap().collect().await.unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    text.lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(|l| {
+            l.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn sql_sees_parts_and_recent_rows_of_one_tenant_only() {
+    let dir = TempDir::new().unwrap();
+    let store = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap();
+    let api: &[(&str, &str)] = &[("__name__", "up"), ("job", "api")];
+    let db: &[(&str, &str)] = &[("__name__", "up"), ("job", "db")];
+    store
+        .write(
+            &tenant("a"),
+            batch(&[(api, &[(T0, 1.0)]), (db, &[(T0, 0.0)])]),
+            &at(0),
+        )
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    store
+        .write(&tenant("a"), batch(&[(api, &[(T0 + 15_000, 1.0)])]), &at(1))
+        .await
+        .unwrap();
+    store
+        .write(&tenant("other"), batch(&[(api, &[(T0, 42.0)])]), &at(2))
+        .await
+        .unwrap();
+    store
+        .write(
+            &tenant("a"),
+            spans(vec![span(3, 1, (T0 as u64) * 1_000_000, "GET /")]),
+            &BusPosition {
+                topic: "spans".into(),
+                partition: 0,
+                offset: 0,
+            },
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(
+        sql(&store, "a", "SELECT count(*) FROM samples").await,
+        ["3"],
+        "a part and the head"
+    );
+    assert_eq!(
+        sql(
+            &store,
+            "a",
+            "SELECT s.metric_name, s.labels, sum(x.value) FROM samples x JOIN series s USING (series_id) \
+             GROUP BY s.metric_name, s.labels ORDER BY s.labels"
+        )
+        .await,
+        [r#"up,{"__name__":"up","job":"api"},2.0"#, r#"up,{"__name__":"up","job":"db"},0.0"#]
+    );
+    assert_eq!(
+        sql(
+            &store,
+            "a",
+            &format!("SELECT count(*) FROM samples WHERE timestamp_ms > {T0}")
+        )
+        .await,
+        ["1"]
+    );
+    assert_eq!(
+        sql(&store, "a", "SELECT name, service_name, kind FROM spans").await,
+        ["GET /,checkout,server"]
+    );
+    assert_eq!(
+        sql(&store, "other", "SELECT max(value) FROM samples").await,
+        ["42.0"],
+        "tenants never mix"
+    );
+    assert_eq!(
+        sql(&store, "nobody", "SELECT count(*) FROM logs").await,
+        ["0"]
+    );
+}

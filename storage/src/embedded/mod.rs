@@ -21,6 +21,7 @@
 mod index;
 mod parts;
 mod rows;
+mod sql;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
