@@ -97,7 +97,8 @@ impl Component for GatewayComponent {
     }
 }
 
-/// The embedded store, opened (index rebuilt from disk), with retention running hourly.
+/// The embedded store, opened (index rebuilt from disk), with retention and compaction
+/// running every ten minutes.
 #[derive(Debug)]
 pub struct EmbeddedStoreComponent {
     pub store: Arc<storage::embedded::EmbeddedStore>,

@@ -581,3 +581,79 @@ async fn sql_sees_parts_and_recent_rows_of_one_tenant_only() {
         ["0"]
     );
 }
+
+#[tokio::test]
+async fn compaction_merges_a_days_parts_and_keeps_the_latest_writes() {
+    let dir = TempDir::new().unwrap();
+    let store = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap();
+    // Three flushes into the same (past) day; the third overwrites one sample.
+    for round in 0..3i64 {
+        for pod in 0..5000 {
+            let pod_name = format!("pod-{pod}");
+            let labels: &[(&str, &str)] = &[("__name__", "cpu"), ("pod", &pod_name)];
+            let value = if round == 2 && pod == 7 {
+                99.0
+            } else {
+                (round * 10 + pod) as f64
+            };
+            let ts = if round == 2 && pod == 7 {
+                T0
+            } else {
+                T0 + round * 15_000
+            };
+            store
+                .write(
+                    &tenant("a"),
+                    batch(&[(labels, &[(ts, value)])]),
+                    &at(round as u64),
+                )
+                .await
+                .unwrap();
+        }
+        store.flush().await.unwrap();
+    }
+    assert_eq!(store.part_count(), 3);
+    let before = values(&store, "a", &[Matcher::equal("pod", "pod-7")]).await;
+    assert_eq!(
+        before[0].1,
+        vec![(T0, 99.0), (T0 + 15_000, 17.0)],
+        "the later write of T0 wins"
+    );
+
+    let removed = store.compact(T0 + 2 * DAY).await.unwrap();
+    assert_eq!(removed, 3);
+    assert_eq!(store.part_count(), 1);
+    assert_eq!(
+        values(&store, "a", &[Matcher::equal("pod", "pod-7")]).await,
+        before
+    );
+    let all = store
+        .select(&tenant("a"), &[], i64::MIN, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 5000);
+    assert_eq!(
+        all.iter().map(|s| s.samples.len()).sum::<usize>(),
+        5000 * 3 - 1
+    );
+    drop(store);
+    let reopened = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap();
+    assert_eq!(reopened.part_count(), 1);
+    assert_eq!(
+        values(&reopened, "a", &[Matcher::equal("pod", "pod-7")]).await,
+        before
+    );
+    let files = std::fs::read_dir(
+        dir.path()
+            .join("tenants/a/metrics")
+            .read_dir()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    )
+    .unwrap()
+    .count();
+    assert_eq!(files, 1, "the merged parts' files are gone");
+}

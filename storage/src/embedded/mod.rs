@@ -497,6 +497,80 @@ impl EmbeddedStore {
         Ok(batches)
     }
 
+    /// Merges the sample parts of a day into one: every day before `now_ms`'s with two or
+    /// more parts, and the current day once it has [`COMPACT_TODAY_AT`] parts. The merge
+    /// streams through the day a range of series at a time (parts are sorted by series, so
+    /// each range reads only its row groups), drops samples overwritten by later writes, and
+    /// swaps the parts in the manifest. Returns the number of parts removed.
+    pub async fn compact(&self, now_ms: i64) -> Result<usize> {
+        let _flushing = self.flush_lock.lock().await;
+        let today = day_of(now_ms);
+        let tenants: Vec<Arc<Tenant>> = read_lock(&self.tenants).values().cloned().collect();
+        let mut removed_total = 0;
+        for tenant in tenants {
+            let plans: Vec<(i64, Vec<PartMeta>, u32, String)> = {
+                let mut state = write_lock(&tenant.state);
+                let mut by_day: BTreeMap<i64, Vec<PartMeta>> = BTreeMap::new();
+                for part in &state.manifest.parts {
+                    by_day.entry(part.day).or_default().push(part.clone());
+                }
+                let series = state.index.len() as u32;
+                let mut plans = Vec::new();
+                for (day, parts) in by_day {
+                    let due = if day < today {
+                        parts.len() >= 2
+                    } else {
+                        parts.len() >= COMPACT_TODAY_AT
+                    };
+                    if due {
+                        let name =
+                            format!("metrics/{day}/part-{:08}.parquet", state.manifest.next_file);
+                        state.manifest.next_file += 1;
+                        plans.push((day, parts, series, name));
+                    }
+                }
+                plans
+            };
+            for (day, parts, series, name) in plans {
+                let dir = tenant.dir.clone();
+                let inputs: Vec<PathBuf> = parts.iter().map(|p| dir.join(&p.file)).collect();
+                let output = dir.join(&name);
+                let merged = blocking(move || merge_parts(&inputs, &output, series)).await?;
+                let Some((rows, bytes, min_ts, max_ts)) = merged else {
+                    continue;
+                };
+                {
+                    let mut state = write_lock(&tenant.state);
+                    let old: std::collections::HashSet<&str> =
+                        parts.iter().map(|p| p.file.as_str()).collect();
+                    state
+                        .manifest
+                        .parts
+                        .retain(|p| !old.contains(p.file.as_str()));
+                    state.manifest.parts.push(PartMeta {
+                        file: name,
+                        day,
+                        min_ts,
+                        max_ts,
+                        rows,
+                        bytes,
+                    });
+                }
+                let durable = lock(&self.durable).clone();
+                self.save_manifest(&durable).await?;
+                for part in &parts {
+                    let path = tenant.dir.join(&part.file);
+                    if let Err(error) = fs::remove_file(&path) {
+                        tracing::warn!(path = %path.display(), %error, "cannot remove a compacted part");
+                    }
+                }
+                removed_total += parts.len();
+                tracing::debug!(day, parts = parts.len(), rows, "compacted a day");
+            }
+        }
+        Ok(removed_total)
+    }
+
     /// Sample parts on disk, all tenants.
     pub fn part_count(&self) -> usize {
         read_lock(&self.tenants)
@@ -504,6 +578,50 @@ impl EmbeddedStore {
             .map(|t| read_lock(&t.state).manifest.parts.len())
             .sum()
     }
+}
+
+/// A day's parts are merged at once when the day is over; the current day's only once it
+/// has this many (flushes keep adding to it).
+pub const COMPACT_TODAY_AT: usize = 8;
+
+/// Series merged per step of a compaction: bounds its memory.
+const COMPACTION_SERIES_PER_STEP: u32 = 2048;
+
+/// Merges sample parts (oldest first) into `output`; `None` if they held no rows.
+fn merge_parts(
+    inputs: &[PathBuf],
+    output: &Path,
+    series: u32,
+) -> Result<Option<(u64, u64, i64, i64)>> {
+    let mut writer = parts::PartWriter::create(output)?;
+    let (mut rows_total, mut min_ts, mut max_ts) = (0u64, i64::MAX, i64::MIN);
+    let mut start = 0u32;
+    while start < series.max(1) {
+        let end = start.saturating_add(COMPACTION_SERIES_PER_STEP);
+        let mut ids = RoaringBitmap::new();
+        ids.insert_range(start..end);
+        let mut rows: Vec<(u32, Sample)> = Vec::new();
+        for input in inputs {
+            parts::read_samples(input, &ids, i64::MIN, i64::MAX, |id, sample| {
+                rows.push((id, sample))
+            })?;
+        }
+        rows.sort_by_key(|(id, s)| (*id, s.timestamp_ms));
+        dedup_last(&mut rows);
+        for (_, sample) in &rows {
+            min_ts = min_ts.min(sample.timestamp_ms);
+            max_ts = max_ts.max(sample.timestamp_ms);
+        }
+        rows_total += rows.len() as u64;
+        writer.write(&rows)?;
+        start = end;
+    }
+    let bytes = writer.finish()?;
+    if rows_total == 0 {
+        let _ = fs::remove_file(output);
+        return Ok(None);
+    }
+    Ok(Some((rows_total, bytes, min_ts, max_ts)))
 }
 
 /// Writes the manifest atomically: temporary file, fsync, rename, fsync of the directory.

@@ -98,14 +98,68 @@ fn write_durably(path: &Path, batch: &RecordBatch, properties: WriterProperties)
 
 /// Writes sorted `(series, timestamp, value)` rows as a part.
 pub(crate) fn write_samples(path: &Path, rows: &[(u32, Sample)]) -> Result<u64> {
+    let mut writer = PartWriter::create(path)?;
+    writer.write(rows)?;
+    writer.finish()
+}
+
+fn samples_batch(rows: &[(u32, Sample)]) -> Result<RecordBatch> {
     let series = UInt32Array::from_iter_values(rows.iter().map(|(id, _)| *id));
     let timestamps = Int64Array::from_iter_values(rows.iter().map(|(_, s)| s.timestamp_ms));
     let values = Float64Array::from_iter_values(rows.iter().map(|(_, s)| s.value));
-    let batch = RecordBatch::try_new(
+    Ok(RecordBatch::try_new(
         samples_schema(),
         vec![Arc::new(series), Arc::new(timestamps), Arc::new(values)],
-    )?;
-    write_durably(path, &batch, writer_properties())
+    )?)
+}
+
+/// A sample part written in pieces (compaction streams through a day series range by
+/// series range), made durable at `finish`.
+pub(crate) struct PartWriter {
+    path: std::path::PathBuf,
+    temp: std::path::PathBuf,
+    writer: ArrowWriter<File>,
+}
+
+impl PartWriter {
+    pub fn create(path: &Path) -> Result<Self> {
+        let temp = path.with_extension("parquet.tmp");
+        let file = File::create(&temp).map_err(|e| StorageError::io("creating", &temp, e))?;
+        let writer = ArrowWriter::try_new(file, samples_schema(), Some(writer_properties()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            temp,
+            writer,
+        })
+    }
+
+    /// Appends rows, which must continue the order of the rows before them.
+    pub fn write(&mut self, rows: &[(u32, Sample)]) -> Result<()> {
+        if !rows.is_empty() {
+            self.writer.write(&samples_batch(rows)?)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the file, fsyncs it, renames it into place, fsyncs the directory; returns
+    /// its size.
+    pub fn finish(self) -> Result<u64> {
+        let file = self.writer.into_inner()?;
+        file.sync_all()
+            .map_err(|e| StorageError::io("syncing", &self.temp, e))?;
+        let bytes = file
+            .metadata()
+            .map_err(|e| StorageError::io("reading size of", &self.temp, e))?
+            .len();
+        fs::rename(&self.temp, &self.path)
+            .map_err(|e| StorageError::io("renaming into", &self.path, e))?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StorageError::io("syncing directory", dir, e))?;
+        }
+        Ok(bytes)
+    }
 }
 
 /// Reads the samples of the series in `ids` within `[start, end]` from a part, skipping
