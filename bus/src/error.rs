@@ -74,6 +74,14 @@ pub enum BusError {
     Closed,
     #[error("invalid bus configuration: {0}")]
     Config(String),
+    /// A failure reported by Kafka (the broker or the client library) that no variant above
+    /// describes. `retryable` is decided from Kafka's error code when the error is made.
+    #[error("kafka: {action}: {reason}")]
+    Kafka {
+        action: &'static str,
+        reason: String,
+        retryable: bool,
+    },
 }
 
 impl BusError {
@@ -88,14 +96,42 @@ impl BusError {
     /// Whether the same request may succeed later (disk full, shutting down, broker away),
     /// as opposed to a request that is wrong and will always fail.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::Io { .. }
-                | Self::PartitionFailed { .. }
-                | Self::Closed
-                | Self::NotAssigned { .. }
-        )
+        match self {
+            Self::Kafka { retryable, .. } => *retryable,
+            _ => matches!(
+                self,
+                Self::Io { .. }
+                    | Self::PartitionFailed { .. }
+                    | Self::Closed
+                    | Self::NotAssigned { .. }
+            ),
+        }
     }
 }
 
 pub type Result<T, E = BusError> = std::result::Result<T, E>;
+
+/// Kafka's rule for topic names, used by both engines for topics and consumer groups (the
+/// embedded bus makes both into file names; Kafka refuses other topic names).
+pub(crate) fn validate_name(what: &'static str, name: &str) -> Result<()> {
+    let invalid = |reason| {
+        Err(BusError::InvalidName {
+            what,
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() || name.len() > 249 {
+        return invalid("must be 1 to 249 characters long");
+    }
+    if name == "." || name == ".." {
+        return invalid("must not be \".\" or \"..\"");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return invalid("may only contain ASCII letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}

@@ -8,13 +8,15 @@
 //!
 //! - [`embedded::EmbeddedBus`], a segmented append-only log on local disk. In standalone
 //!   mode it is the write-ahead log of the whole system: nothing else keeps a second one.
-//! - Kafka, for distributed mode (issue 4).
+//! - [`kafka::KafkaBus`], on a Kafka cluster (or any broker speaking Kafka's protocol), for
+//!   distributed mode.
 //!
 //! Records are opaque bytes here; what they mean (`model::Envelope`) is for the producer and
 //! the consumer to agree on.
 
 pub mod embedded;
 mod error;
+pub mod kafka;
 mod partitioner;
 
 use std::fmt;
@@ -24,6 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub(crate) use error::validate_name;
 pub use error::{BusError, Result};
 pub use partitioner::{murmur2, partition_for_key};
 

@@ -41,7 +41,7 @@ use self::partition::{Partition, PartitionLog, batch_len};
 use self::segment::sync_dir;
 use crate::{
     Bus, BusError, ConsumedRecord, Consumer, ProduceRecord, RecordPosition, Result, TopicPartition,
-    Watermarks, partition_for_key,
+    Watermarks, partition_for_key, validate_name,
 };
 
 const KIB: u64 = 1024;
@@ -165,30 +165,6 @@ struct Topic {
 #[serde(deny_unknown_fields)]
 struct TopicMeta {
     partitions: u32,
-}
-
-/// Kafka's rule for topic names, reused for consumer group names (both become file names).
-fn validate_name(what: &'static str, name: &str) -> Result<()> {
-    let invalid = |reason| {
-        Err(BusError::InvalidName {
-            what,
-            name: name.to_owned(),
-            reason,
-        })
-    };
-    if name.is_empty() || name.len() > 249 {
-        return invalid("must be 1 to 249 characters long");
-    }
-    if name == "." || name == ".." {
-        return invalid("must not be \".\" or \"..\"");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
-        return invalid("may only contain ASCII letters, digits, '.', '_' and '-'");
-    }
-    Ok(())
 }
 
 /// Takes the exclusive lock on `<dir>/LOCK`, or says who is in the way.

@@ -2,6 +2,11 @@
 //!
 //! Each check takes a fresh bus (from a factory the engine's test file provides) and uses
 //! only the `Bus` and `Consumer` traits, so the Kafka engine runs the very same checks.
+//!
+//! Group membership is asynchronous on Kafka: a member learns its share of the partitions
+//! only by polling, and a rebalance completes only once every member has polled. The checks
+//! therefore wait for an assignment by polling ([`poll_until_assigned`]) where the embedded
+//! engine assigns at once (there the wait returns before polling at all).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -38,10 +43,14 @@ pub async fn read_all(
     out
 }
 
+/// How long a check waits for records or a rebalance before failing. Generous: Kafka
+/// members heartbeat every 3 s, and a cooperative rebalance takes two rounds.
+const PATIENCE: Duration = Duration::from_secs(60);
+
 /// Polls until `count` records arrived (or fails after a generous timeout).
 pub async fn poll_exactly(consumer: &mut dyn bus::Consumer, count: usize) -> Vec<ConsumedRecord> {
     let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     while out.len() < count {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -57,6 +66,32 @@ pub async fn poll_exactly(consumer: &mut dyn bus::Consumer, count: usize) -> Vec
     }
     assert_eq!(out.len(), count);
     out
+}
+
+/// Polls every member in turn until member `i` owns `shares[i]` partitions, and returns
+/// what each member received meanwhile (each poll takes at most one record, so a member
+/// receives at most one record after its share arrives). Checks the assignment before
+/// every round, so an engine that assigns at once is never polled here.
+pub async fn poll_until_assigned(
+    members: &mut [&mut dyn bus::Consumer],
+    shares: &[usize],
+) -> Vec<Vec<ConsumedRecord>> {
+    assert_eq!(members.len(), shares.len());
+    let mut received = vec![Vec::new(); members.len()];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let owned: Vec<usize> = members.iter().map(|m| m.assignment().len()).collect();
+        if owned == shares {
+            return received;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the group did not settle: members own {owned:?} partitions, expected {shares:?}"
+        );
+        for (member, got) in members.iter_mut().zip(&mut received) {
+            got.extend(member.poll(1, Duration::from_millis(100)).await.unwrap());
+        }
+    }
 }
 
 pub async fn produce_then_fetch_keeps_order_keys_and_timestamps(bus: Arc<dyn Bus>) {
@@ -172,6 +207,9 @@ pub async fn consumer_group_commits_and_resumes(make: impl Fn() -> BoxFuture<Arc
     bus.produce("events", records.collect()).await.unwrap();
 
     let mut consumer = bus.subscribe("ingest", &["events"]).await.unwrap();
+    let mut first = poll_until_assigned(&mut [consumer.as_mut()], &[2])
+        .await
+        .remove(0);
     let mut assigned = consumer.assignment();
     assigned.sort();
     assert_eq!(
@@ -181,7 +219,8 @@ pub async fn consumer_group_commits_and_resumes(make: impl Fn() -> BoxFuture<Arc
             TopicPartition::new("events", 1)
         ]
     );
-    let first = poll_exactly(consumer.as_mut(), 30).await;
+    assert!(first.len() <= 1);
+    first.extend(poll_exactly(consumer.as_mut(), 30 - first.len()).await);
     consumer.commit(&next_offsets(&first)).await.unwrap();
     let mut committed = 0;
     for partition in [0, 1] {
@@ -238,8 +277,12 @@ pub async fn consumer_group_commits_and_resumes(make: impl Fn() -> BoxFuture<Arc
 pub async fn group_members_share_partitions(bus: Arc<dyn Bus>) {
     bus.ensure_topic("shared", 4).await.unwrap();
     let mut a = bus.subscribe("workers", &["shared"]).await.unwrap();
+    let during = poll_until_assigned(&mut [a.as_mut()], &[4]).await;
+    assert!(during.iter().all(Vec::is_empty), "nothing was produced yet");
     assert_eq!(a.assignment().len(), 4);
     let mut b = bus.subscribe("workers", &["shared"]).await.unwrap();
+    let during = poll_until_assigned(&mut [a.as_mut(), b.as_mut()], &[2, 2]).await;
+    assert!(during.iter().all(Vec::is_empty), "nothing was produced yet");
     let (mut on_a, mut on_b) = (a.assignment(), b.assignment());
     assert_eq!(on_a.len() + on_b.len(), 4);
     assert_eq!(on_a.len(), 2);
@@ -262,9 +305,15 @@ pub async fn group_members_share_partitions(bus: Arc<dyn Bus>) {
     let err = a.commit(&[(foreign, 1)]).await.unwrap_err();
     assert!(matches!(err, BusError::NotAssigned { .. }), "{err}");
 
-    // When b leaves, a takes over everything, resuming b's partitions at their commits.
+    // When b leaves, a takes over everything, resuming b's partitions at their commits
+    // (and its own where it was: it keeps them through the rebalance).
     b.commit(&next_offsets(&from_b)).await.unwrap();
     drop(b);
+    let during = poll_until_assigned(&mut [a.as_mut()], &[4]).await;
+    assert!(
+        during.iter().all(Vec::is_empty),
+        "records were redelivered after b left: {during:?}"
+    );
     assert_eq!(a.assignment().len(), 4);
     bus.produce(
         "shared",
