@@ -104,6 +104,18 @@ impl Payload {
             Self::Spans(_) | Self::Logs(_) | Self::Events(_) => Ok(None),
         }
     }
+
+    /// Samples (float and histogram), spans, log records or events in the payload.
+    pub fn record_count(&self) -> u64 {
+        let count = match self {
+            Self::Metrics(batch) => batch.sample_count(),
+            Self::RemoteWrite(body) => return body.samples,
+            Self::Spans(batch) => batch.span_count(),
+            Self::Logs(batch) => batch.record_count(),
+            Self::Events(events) => events.len(),
+        };
+        count as u64
+    }
 }
 
 /// A validated remote-write body (series with labels and float samples, and metadata; no

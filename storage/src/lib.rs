@@ -14,6 +14,7 @@
 //! engine, and [`Storage::session`] gives a DataFusion session with the tenant's tables
 //! (`samples`, `series`, `spans`, `logs`, `events`) for SQL.
 
+pub mod clickhouse;
 pub mod embedded;
 mod error;
 mod matcher;

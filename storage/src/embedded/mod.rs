@@ -317,6 +317,12 @@ impl EmbeddedStore {
         summary
     }
 
+    fn is_durable(&self, position: &BusPosition) -> bool {
+        lock(&self.durable)
+            .get(&(position.topic.clone(), position.partition))
+            .is_some_and(|next| position.offset < *next)
+    }
+
     /// Notes that everything up to `position` has been written.
     fn advance(&self, position: &BusPosition) {
         let mut pending = lock(&self.pending);
@@ -567,6 +573,88 @@ impl EmbeddedStore {
                 removed_total += parts.len();
                 tracing::debug!(day, parts = parts.len(), rows, "compacted a day");
             }
+            removed_total += self.compact_rows(&tenant, today).await?;
+        }
+        Ok(removed_total)
+    }
+
+    /// Merges the parts of each row table's days as [`Self::compact`] does sample parts,
+    /// keeping one row per key (the last written): a span sent again by its client is then
+    /// stored once. A day's rows are merged in memory.
+    async fn compact_rows(&self, tenant: &Tenant, today: i64) -> Result<usize> {
+        let mut removed_total = 0;
+        for kind in RowKind::ALL {
+            let plans: Vec<(i64, Vec<RowPartMeta>, String)> = {
+                let mut state = write_lock(&tenant.state);
+                let mut by_day: BTreeMap<i64, Vec<RowPartMeta>> = BTreeMap::new();
+                for part in state
+                    .manifest
+                    .row_parts
+                    .get(kind.name())
+                    .into_iter()
+                    .flatten()
+                {
+                    by_day.entry(part.day).or_default().push(part.clone());
+                }
+                let mut plans = Vec::new();
+                for (day, parts) in by_day {
+                    let due = if day < today {
+                        parts.len() >= 2
+                    } else {
+                        parts.len() >= COMPACT_TODAY_AT
+                    };
+                    if due {
+                        let name = format!(
+                            "{}/{day}/part-{:08}.parquet",
+                            kind.name(),
+                            state.manifest.next_file
+                        );
+                        state.manifest.next_file += 1;
+                        plans.push((day, parts, name));
+                    }
+                }
+                plans
+            };
+            for (day, parts, name) in plans {
+                let inputs: Vec<PathBuf> = parts.iter().map(|p| tenant.dir.join(&p.file)).collect();
+                let output = tenant.dir.join(&name);
+                let (rows, bytes) = blocking(move || {
+                    let mut batches = Vec::new();
+                    for input in &inputs {
+                        batches.extend(parts::read_rows(input)?);
+                    }
+                    let merged = rows::dedup(kind, &batches)?;
+                    let bytes = parts::write_rows(&output, &merged)?;
+                    Ok((merged.num_rows() as u64, bytes))
+                })
+                .await?;
+                {
+                    let mut state = write_lock(&tenant.state);
+                    let old: std::collections::HashSet<&str> =
+                        parts.iter().map(|p| p.file.as_str()).collect();
+                    let table = state
+                        .manifest
+                        .row_parts
+                        .entry(kind.name().to_owned())
+                        .or_default();
+                    table.retain(|p| !old.contains(p.file.as_str()));
+                    table.push(RowPartMeta {
+                        file: name,
+                        day,
+                        rows,
+                        bytes,
+                    });
+                }
+                let durable = lock(&self.durable).clone();
+                self.save_manifest(&durable).await?;
+                for part in &parts {
+                    let path = tenant.dir.join(&part.file);
+                    if let Err(error) = fs::remove_file(&path) {
+                        tracing::warn!(path = %path.display(), %error, "cannot remove a compacted part");
+                    }
+                }
+                removed_total += parts.len();
+            }
         }
         Ok(removed_total)
     }
@@ -702,6 +790,15 @@ impl Storage for EmbeddedStore {
     ) -> Result<WriteSummary> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StorageError::Closed);
+        }
+        // A record below the durable offset of its partition is already in a part: ingest
+        // writes each partition in order, so this is a replay (a restart, a rebalance) and
+        // storing it again would count it twice. It is reported as accepted, as it is stored.
+        if self.is_durable(position) {
+            return Ok(WriteSummary {
+                accepted: payload.record_count(),
+                too_old: 0,
+            });
         }
         let rows = match payload {
             Payload::Spans(batch) => Some((RowKind::Spans, rows::span_rows(batch)?)),
@@ -928,6 +1025,12 @@ impl Storage for EmbeddedStore {
                 .partition(|p| p.day < cutoff_day);
             state.manifest.parts = kept;
             doomed.extend(old.into_iter().map(|p| tenant.dir.join(p.file)));
+            for parts in state.manifest.row_parts.values_mut() {
+                let (old, kept): (Vec<RowPartMeta>, Vec<RowPartMeta>) =
+                    parts.drain(..).partition(|p| p.day < cutoff_day);
+                *parts = kept;
+                doomed.extend(old.into_iter().map(|p| tenant.dir.join(p.file)));
+            }
         }
         if doomed.is_empty() {
             return Ok(());

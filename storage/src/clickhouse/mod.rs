@@ -1,0 +1,845 @@
+//! The ClickHouse engine: distributed mode's storage, over ClickHouse's HTTP interface.
+//!
+//! **Schema**: versioned migrations ([`schema`]) applied at open, written for ClickHouse
+//! 18.16 and using `LowCardinality` and column codecs only when `SELECT version()` says the
+//! server has them. Tables: `series` (labels as parallel name/value arrays, keyed by
+//! fingerprint), `samples`, `spans`, `logs`, `events` (partitioned by UTC day, so retention
+//! drops whole partitions), `bus_offsets` (what is durable) and `schema_migrations`. The
+//! tenant leads every sorting key and every query filters on it.
+//!
+//! **Writes** are buffered in memory and inserted in batches (one `INSERT ... FORMAT
+//! RowBinary` per table, through the `clickhouse` crate with schema validation off, which
+//! 18.16 needs): by [`Storage::flush`], or by a write that fills the buffer to
+//! [`ClickHouseConfig::insert_batch_rows`]. ClickHouse answers an insert once its data is
+//! written, so after a flush's inserts succeed the store records the bus offsets they
+//! cover in `bus_offsets` and returns them. Rows only in the buffer are not yet visible to
+//! reads (in distributed mode the query role is another process anyway), and a crash loses
+//! them: ingest replays from the durable offsets.
+//!
+//! **Idempotence**: every table is a `ReplacingMergeTree` whose sorting key is the record's
+//! identity: (tenant, series, timestamp) for samples, (tenant, trace id, span id) for spans,
+//! the bus position for log records and events. Rows carry a `version` (a clock reading, so
+//! the latest write wins, as in the embedded store). Background merges collapse duplicates
+//! eventually; until then reads collapse them themselves: samples are read sorted by
+//! (series, timestamp, version) and the store keeps the last of each (series, timestamp);
+//! row counts use `FINAL`; series are deduplicated by fingerprint in the store.
+//!
+//! That sample read was chosen by measurement on 18.16 (2,000 series x 2,000 samples,
+//! every sample inserted twice and not merged; best of five, 2 cores): for 100 series over
+//! all time `FINAL` took 0.88 s, `argMax(value, version) ... GROUP BY` 0.47 s, the sorted
+//! read 0.22 s; for all series over one hour 0.31 s, 0.65 s and 0.38 s. Once merged: 0.26,
+//! 0.27 and 0.10 s; 0.45, 0.65 and 0.28 s. The sorted read sends unmerged duplicates and
+//! 8 bytes of version per sample over the wire, and needs no hash table on the server.
+//!
+//! **Reads**: [`Storage::select`] asks `series` for the matching series (matchers pushed
+//! down where ClickHouse evaluates them exactly, see `pushdown`), checks each against the
+//! matchers with Prometheus's semantics, then reads their samples by fingerprint.
+//!
+//! Not done here: the out-of-order window of the embedded store (ClickHouse takes samples
+//! in any order), and fingerprint collisions (two label sets with the same 64-bit hash in
+//! one tenant would share samples).
+
+mod pushdown;
+mod rows;
+pub mod schema;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use clickhouse::Client;
+use model::{Labels, Payload, Sample, TenantId};
+use serde::{Deserialize, Serialize};
+
+use self::rows::{
+    BufferedSample, EventRow, LogRow, OffsetRow, SampleRow, SeriesRow, SpanRow, event_rows,
+    log_rows, span_rows,
+};
+pub use self::schema::{Features, ServerVersion};
+use crate::{
+    BusPosition, DurableOffsets, Matcher, Result, SeriesSamples, Storage, StorageError,
+    WriteSummary,
+};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Fingerprints per sample query (keeps the query text well under ClickHouse's 256 KiB).
+const FINGERPRINTS_PER_QUERY: usize = 2000;
+
+/// Where and how to reach ClickHouse.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// The HTTP interface (`http://host:8123`).
+    pub url: String,
+    /// Created if missing; letters, digits and `_`.
+    pub database: String,
+    pub user: String,
+    pub password: String,
+    /// Rows buffered by writes before they are inserted without waiting for a flush.
+    pub insert_batch_rows: usize,
+    /// Data older than this is removed, a whole day (partition) at a time.
+    pub retention_seconds: u64,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".to_owned(),
+            database: "meerkat".to_owned(),
+            user: "default".to_owned(),
+            password: String::new(),
+            insert_batch_rows: 100_000,
+            retention_seconds: 15 * 24 * 3600,
+        }
+    }
+}
+
+impl fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field(
+                "password",
+                &if self.password.is_empty() { "" } else { "***" },
+            )
+            .field("insert_batch_rows", &self.insert_batch_rows)
+            .field("retention_seconds", &self.retention_seconds)
+            .finish()
+    }
+}
+
+impl ClickHouseConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !self.url.starts_with("http://") {
+            return Err(StorageError::Config(format!(
+                "url is {:?}; it must start with http:// (ClickHouse's HTTP interface; TLS is not built in)",
+                self.url
+            )));
+        }
+        let valid_name = self
+            .database
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && self
+                .database
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name {
+            return Err(StorageError::Config(format!(
+                "database is {:?}; use letters, digits and _ (not starting with a digit)",
+                self.database
+            )));
+        }
+        if self.insert_batch_rows == 0 {
+            return Err(StorageError::Config(
+                "insert_batch_rows must be at least 1".to_owned(),
+            ));
+        }
+        if self.retention_seconds < 86_400 {
+            return Err(StorageError::Config(format!(
+                "retention_seconds is {}; it must be at least 86400 (retention removes whole days)",
+                self.retention_seconds
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A ClickHouse error as a storage error: network trouble and the server's transient
+/// refusals (too many parts or queries, memory) are retryable I/O errors.
+pub(crate) fn ch_error(action: &'static str, error: clickhouse::error::Error) -> StorageError {
+    use clickhouse::error::Error as E;
+    const TRANSIENT_CODES: [&str; 7] = [
+        "Code: 202,", // TOO_MANY_SIMULTANEOUS_QUERIES
+        "Code: 209,", // SOCKET_TIMEOUT
+        "Code: 210,", // NETWORK_ERROR
+        "Code: 241,", // MEMORY_LIMIT_EXCEEDED
+        "Code: 252,", // TOO_MANY_PARTS
+        "Code: 159,", // TIMEOUT_EXCEEDED
+        "Code: 319,", // UNKNOWN_STATUS_OF_INSERT
+    ];
+    let transient = match &error {
+        E::Network(_) | E::TimedOut => true,
+        E::BadResponse(text) => TRANSIENT_CODES.iter().any(|code| text.contains(code)),
+        _ => false,
+    };
+    if transient {
+        StorageError::io(
+            action,
+            PathBuf::from("ClickHouse"),
+            std::io::Error::other(error),
+        )
+    } else {
+        StorageError::Query(format!("{action} ClickHouse: {error}"))
+    }
+}
+
+/// Written but not yet inserted.
+#[derive(Debug, Default)]
+struct Buffer {
+    series: Vec<SeriesRow>,
+    series_keys: HashMap<TenantId, HashSet<u64>>,
+    samples: HashMap<TenantId, Vec<BufferedSample>>,
+    spans: Vec<SpanRow>,
+    logs: Vec<LogRow>,
+    events: Vec<EventRow>,
+    rows: usize,
+}
+
+impl Buffer {
+    /// Adds rows taken out earlier (an insert that failed). Versions order the writes, so
+    /// where they go in the buffer does not matter.
+    fn absorb(&mut self, other: Buffer) {
+        // A series row twice is harmless: the table collapses it.
+        self.series.extend(other.series);
+        for (tenant, fingerprints) in other.series_keys {
+            self.series_keys
+                .entry(tenant)
+                .or_default()
+                .extend(fingerprints);
+        }
+        for (tenant, samples) in other.samples {
+            self.samples.entry(tenant).or_default().extend(samples);
+        }
+        self.spans.extend(other.spans);
+        self.logs.extend(other.logs);
+        self.events.extend(other.events);
+        self.rows += other.rows;
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    buffer: Buffer,
+    /// Next offsets of everything written, inserted or not.
+    pending: DurableOffsets,
+    /// Series this process has inserted (no need to insert them again).
+    known_series: HashMap<TenantId, HashSet<u64>>,
+}
+
+/// The ClickHouse store. Share it as `Arc<dyn Storage>`.
+pub struct ClickHouseStore {
+    config: ClickHouseConfig,
+    client: Client,
+    version: ServerVersion,
+    features: Features,
+    state: Mutex<State>,
+    /// Offsets recorded in `bus_offsets` by this process.
+    durable: Mutex<DurableOffsets>,
+    /// One insert of the buffer at a time, so a flush covers every insert before it.
+    insert_lock: tokio::sync::Mutex<()>,
+    last_version: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl fmt::Debug for ClickHouseStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClickHouseStore")
+            .field("config", &self.config)
+            .field("version", &self.version)
+            .field("features", &self.features)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct SeriesLabels {
+    fingerprint: u64,
+    label_names: Vec<String>,
+    label_values: Vec<String>,
+}
+
+/// SQL text with `?` placeholders and the strings bound to them.
+#[derive(Debug, Default)]
+struct Sql {
+    text: String,
+    binds: Vec<String>,
+}
+
+impl Sql {
+    fn new(text: &str, binds: &[&str]) -> Self {
+        Self {
+            text: text.to_owned(),
+            binds: binds.iter().map(|b| (*b).to_owned()).collect(),
+        }
+    }
+
+    fn and(&mut self, condition: pushdown::Condition) {
+        self.text.push_str(" AND ");
+        self.text.push_str(&condition.sql);
+        self.binds.extend(condition.binds);
+    }
+
+    fn query(&self, client: &Client) -> clickhouse::query::Query {
+        self.binds
+            .iter()
+            .fold(client.query(&self.text), |q, b| q.bind(b.as_str()))
+    }
+}
+
+impl ClickHouseStore {
+    /// Connects, creates the database if needed and applies the schema migrations it
+    /// lacks.
+    pub async fn open(config: ClickHouseConfig) -> Result<Self> {
+        config.validate()?;
+        let mut base = Client::default()
+            .with_url(&config.url)
+            .with_user(&config.user)
+            .with_validation(false);
+        if !config.password.is_empty() {
+            base = base.with_password(&config.password);
+        }
+        let version_text: String = base
+            .query("SELECT version()")
+            .fetch_one()
+            .await
+            .map_err(|e| ch_error("asking the version of", e))?;
+        let version = ServerVersion::parse(&version_text).ok_or_else(|| {
+            StorageError::Config(format!(
+                "ClickHouse reports version {version_text:?}, which Meerkat cannot read"
+            ))
+        })?;
+        let features = Features::of(version);
+        base.query(&format!(
+            "CREATE DATABASE IF NOT EXISTS {}",
+            config.database
+        ))
+        .execute()
+        .await
+        .map_err(|e| ch_error("creating the database in", e))?;
+        let client = base.with_database(&config.database);
+        schema::migrate(&client, features).await?;
+        let durable = read_offsets(&client).await?;
+        tracing::info!(url = %config.url, database = %config.database, %version, ?features, "ClickHouse store opened");
+        Ok(Self {
+            config,
+            client,
+            version,
+            features,
+            state: Mutex::new(State {
+                pending: durable.clone(),
+                ..State::default()
+            }),
+            durable: Mutex::new(durable),
+            insert_lock: tokio::sync::Mutex::new(()),
+            last_version: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// The server's version, as `SELECT version()` reported it at open.
+    pub fn server_version(&self) -> ServerVersion {
+        self.version
+    }
+
+    /// The schema features used for that version.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// The HTTP client, set to the store's database (for SQL over the tables).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Rows of `tenant` in `table` (`series`, `samples`, `spans`, `logs`, `events`), each
+    /// record once however often it was written.
+    pub async fn row_count(&self, tenant: &TenantId, table: &str) -> Result<u64> {
+        if !["series", "samples", "spans", "logs", "events"].contains(&table) {
+            return Err(StorageError::Config(format!("no table {table:?}")));
+        }
+        self.client
+            .query(&format!(
+                "SELECT count() FROM {table} FINAL WHERE tenant = ?"
+            ))
+            .bind(tenant.as_str())
+            .fetch_one()
+            .await
+            .map_err(|e| ch_error("counting rows in", e))
+    }
+
+    /// `count` distinct row versions, each later than any handed out before.
+    fn reserve_versions(&self, count: u64) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let mut base = 0;
+        let _ = self
+            .last_version
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                base = now.max(last.saturating_add(1));
+                Some(base.saturating_add(count.saturating_sub(1)))
+            });
+        base
+    }
+
+    fn write_metrics(&self, tenant: &TenantId, batch: model::MetricBatch) -> WriteSummary {
+        let count: usize = batch.series.iter().map(|s| s.samples.len()).sum();
+        let mut version = self.reserve_versions(count as u64);
+        let mut summary = WriteSummary::default();
+        let mut state = lock(&self.state);
+        let State {
+            buffer,
+            known_series,
+            ..
+        } = &mut *state;
+        let known = known_series.get(tenant);
+        let Buffer {
+            series: series_rows,
+            series_keys,
+            samples: buffered,
+            rows,
+            ..
+        } = buffer;
+        let keys = series_keys.entry(tenant.clone()).or_default();
+        let samples = buffered.entry(tenant.clone()).or_default();
+        for series in batch.series {
+            if series.samples.is_empty() {
+                continue;
+            }
+            let fingerprint = series.labels.fingerprint();
+            if !known.is_some_and(|k| k.contains(&fingerprint)) && keys.insert(fingerprint) {
+                let (label_names, label_values) = series
+                    .labels
+                    .iter()
+                    .map(|l| (l.name.to_owned(), l.value.to_owned()))
+                    .unzip();
+                series_rows.push(SeriesRow {
+                    tenant: tenant.as_str().to_owned(),
+                    metric_name: series.labels.metric_name().unwrap_or_default().to_owned(),
+                    fingerprint,
+                    label_names,
+                    label_values,
+                });
+                *rows += 1;
+            }
+            for sample in &series.samples {
+                samples.push(BufferedSample {
+                    fingerprint,
+                    timestamp_ms: sample.timestamp_ms,
+                    value: sample.value,
+                    version,
+                });
+                version += 1;
+            }
+            *rows += series.samples.len();
+            summary.accepted += series.samples.len() as u64;
+        }
+        summary
+    }
+
+    /// Inserts what is buffered; with `record_offsets`, then records the offsets that the
+    /// inserts made durable and returns them.
+    async fn insert_buffered(&self, record_offsets: bool) -> Result<DurableOffsets> {
+        let _inserting = self.insert_lock.lock().await;
+        let (buffer, offsets) = {
+            let mut state = lock(&self.state);
+            (std::mem::take(&mut state.buffer), state.pending.clone())
+        };
+        if let Err(error) = self.insert(&buffer).await {
+            lock(&self.state).buffer.absorb(buffer);
+            return Err(error);
+        }
+        {
+            let mut state = lock(&self.state);
+            for (tenant, fingerprints) in buffer.series_keys {
+                state
+                    .known_series
+                    .entry(tenant)
+                    .or_default()
+                    .extend(fingerprints);
+            }
+        }
+        if !record_offsets {
+            return Ok(lock(&self.durable).clone());
+        }
+        let durable = lock(&self.durable).clone();
+        let advanced: Vec<OffsetRow> = offsets
+            .iter()
+            .filter(|(key, next)| durable.get(*key).is_none_or(|d| d < *next))
+            .map(|((topic, partition), next)| OffsetRow {
+                topic: topic.clone(),
+                partition: *partition,
+                next_offset: *next,
+            })
+            .collect();
+        if !advanced.is_empty() {
+            self.insert_rows::<OffsetRow>("bus_offsets", &advanced)
+                .await?;
+        }
+        let mut durable = lock(&self.durable);
+        for (key, next) in offsets {
+            let entry = durable.entry(key).or_insert(0);
+            *entry = (*entry).max(next);
+        }
+        Ok(durable.clone())
+    }
+
+    async fn insert(&self, buffer: &Buffer) -> Result<()> {
+        // Series first: a reader finds samples through their series.
+        self.insert_rows::<SeriesRow>("series", &buffer.series)
+            .await?;
+        if buffer.samples.values().any(|s| !s.is_empty()) {
+            let mut insert = self
+                .client
+                .insert::<SampleRow<'_>>("samples")
+                .await
+                .map_err(|e| ch_error("inserting samples into", e))?;
+            for (tenant, samples) in &buffer.samples {
+                for sample in samples {
+                    insert
+                        .write(&SampleRow {
+                            tenant: tenant.as_str(),
+                            fingerprint: sample.fingerprint,
+                            timestamp_ms: sample.timestamp_ms,
+                            value: sample.value,
+                            version: sample.version,
+                        })
+                        .await
+                        .map_err(|e| ch_error("inserting samples into", e))?;
+                }
+            }
+            insert
+                .end()
+                .await
+                .map_err(|e| ch_error("inserting samples into", e))?;
+        }
+        self.insert_rows::<SpanRow>("spans", &buffer.spans).await?;
+        self.insert_rows::<LogRow>("logs", &buffer.logs).await?;
+        self.insert_rows::<EventRow>("events", &buffer.events)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_rows<R>(&self, table: &'static str, rows: &[R]) -> Result<()>
+    where
+        R: clickhouse::RowOwned + clickhouse::RowWrite,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self
+            .client
+            .insert::<R>(table)
+            .await
+            .map_err(|e| ch_error("inserting into", e))?;
+        for row in rows {
+            insert
+                .write(row)
+                .await
+                .map_err(|e| ch_error("inserting into", e))?;
+        }
+        insert
+            .end()
+            .await
+            .map_err(|e| ch_error("inserting into", e))
+    }
+
+    /// The series of `tenant` matching every matcher, by fingerprint.
+    async fn matching_series(
+        &self,
+        tenant: &TenantId,
+        matchers: &[Matcher],
+    ) -> Result<BTreeMap<u64, Labels>> {
+        let mut sql = Sql::new(
+            "SELECT fingerprint, label_names, label_values FROM series WHERE tenant = ?",
+            &[tenant.as_str()],
+        );
+        for condition in matchers.iter().filter_map(pushdown::condition) {
+            sql.and(condition);
+        }
+        let rows: Vec<SeriesLabels> = sql
+            .query(&self.client)
+            .fetch_all()
+            .await
+            .map_err(|e| ch_error("reading series from", e))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            if out.contains_key(&row.fingerprint) {
+                continue; // a duplicate not merged yet
+            }
+            let labels =
+                Labels::new(row.label_names.into_iter().zip(row.label_values)).map_err(|e| {
+                    StorageError::Decode(format!(
+                        "series {} of tenant {tenant} in ClickHouse: {e}",
+                        row.fingerprint
+                    ))
+                })?;
+            if matchers
+                .iter()
+                .all(|m| m.matches(labels.get(&m.name).unwrap_or("")))
+            {
+                out.insert(row.fingerprint, labels);
+            }
+        }
+        Ok(out)
+    }
+}
+
+async fn read_offsets(client: &Client) -> Result<DurableOffsets> {
+    let rows: Vec<(String, u32, u64)> = client
+        .query(
+            "SELECT topic, partition, max(next_offset) FROM bus_offsets GROUP BY topic, partition",
+        )
+        .fetch_all()
+        .await
+        .map_err(|e| ch_error("reading bus offsets from", e))?;
+    Ok(rows
+        .into_iter()
+        .map(|(topic, partition, next)| ((topic, partition), next))
+        .collect())
+}
+
+#[async_trait]
+impl Storage for ClickHouseStore {
+    async fn write(
+        &self,
+        tenant: &TenantId,
+        payload: Payload,
+        position: &BusPosition,
+    ) -> Result<WriteSummary> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
+        }
+        let mut summary = WriteSummary::default();
+        match payload {
+            Payload::Spans(batch) => {
+                let base = self.reserve_versions(batch.span_count() as u64);
+                let mut next = base;
+                let rows = span_rows(tenant.as_str(), batch, || {
+                    next += 1;
+                    next - 1
+                });
+                summary.accepted = rows.len() as u64;
+                let mut state = lock(&self.state);
+                state.buffer.rows += rows.len();
+                state.buffer.spans.extend(rows);
+            }
+            Payload::Logs(batch) => {
+                let mut next = self.reserve_versions(batch.record_count() as u64);
+                let rows = log_rows(tenant.as_str(), batch, position, || {
+                    next += 1;
+                    next - 1
+                });
+                summary.accepted = rows.len() as u64;
+                let mut state = lock(&self.state);
+                state.buffer.rows += rows.len();
+                state.buffer.logs.extend(rows);
+            }
+            Payload::Events(events) => {
+                let mut next = self.reserve_versions(events.len() as u64);
+                let rows = event_rows(tenant.as_str(), events, position, || {
+                    next += 1;
+                    next - 1
+                });
+                summary.accepted = rows.len() as u64;
+                let mut state = lock(&self.state);
+                state.buffer.rows += rows.len();
+                state.buffer.events.extend(rows);
+            }
+            metrics => {
+                let batch = metrics
+                    .into_metric_batch()
+                    .map_err(|e| StorageError::Decode(e.to_string()))?
+                    .unwrap_or_default();
+                summary = self.write_metrics(tenant, batch);
+            }
+        }
+        let full = {
+            let mut state = lock(&self.state);
+            let next = state
+                .pending
+                .entry((position.topic.clone(), position.partition))
+                .or_insert(0);
+            *next = (*next).max(position.offset + 1);
+            state.buffer.rows >= self.config.insert_batch_rows
+        };
+        if full {
+            self.insert_buffered(false).await?;
+        }
+        Ok(summary)
+    }
+
+    async fn flush(&self) -> Result<DurableOffsets> {
+        self.insert_buffered(true).await
+    }
+
+    async fn durable_offsets(&self) -> Result<DurableOffsets> {
+        let stored = read_offsets(&self.client).await?;
+        let mut durable = lock(&self.durable);
+        for (key, next) in stored {
+            let entry = durable.entry(key).or_insert(0);
+            *entry = (*entry).max(next);
+        }
+        Ok(durable.clone())
+    }
+
+    async fn select(
+        &self,
+        tenant: &TenantId,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<SeriesSamples>> {
+        let series = self.matching_series(tenant, matchers).await?;
+        let fingerprints: Vec<u64> = series.keys().copied().collect();
+        let mut samples: HashMap<u64, Vec<Sample>> = HashMap::new();
+        for chunk in fingerprints.chunks(FINGERPRINTS_PER_QUERY) {
+            let list = chunk
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            // Duplicates not merged yet come sorted by version, and the last one of each
+            // (series, timestamp) is kept: the latest write. Measured on 18.16 against
+            // `FINAL` and `argMax(value, version) ... GROUP BY` (see the module doc).
+            let rows: Vec<(u64, i64, f64, u64)> = self
+                .client
+                .query(&format!(
+                    "SELECT fingerprint, timestamp_ms, value, version FROM samples \
+                     WHERE tenant = ? AND fingerprint IN ({list}) \
+                     AND timestamp_ms >= ? AND timestamp_ms <= ? \
+                     ORDER BY fingerprint, timestamp_ms, version"
+                ))
+                .bind(tenant.as_str())
+                .bind(start_ms)
+                .bind(end_ms)
+                .fetch_all()
+                .await
+                .map_err(|e| ch_error("reading samples from", e))?;
+            for (fingerprint, timestamp_ms, value, _) in rows {
+                let series = samples.entry(fingerprint).or_default();
+                match series.last_mut() {
+                    Some(last) if last.timestamp_ms == timestamp_ms => last.value = value,
+                    _ => series.push(Sample {
+                        timestamp_ms,
+                        value,
+                    }),
+                }
+            }
+        }
+        let mut out: Vec<SeriesSamples> = series
+            .into_iter()
+            .filter_map(|(fingerprint, labels)| {
+                samples
+                    .remove(&fingerprint)
+                    .map(|samples| SeriesSamples { labels, samples })
+            })
+            .collect();
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
+    }
+
+    async fn label_names(&self, tenant: &TenantId, matchers: &[Matcher]) -> Result<Vec<String>> {
+        let conditions: Option<Vec<_>> = matchers.iter().map(pushdown::condition).collect();
+        let Some(conditions) = conditions else {
+            // Some matcher is checked in Rust only.
+            let series = self.matching_series(tenant, matchers).await?;
+            let names: BTreeSet<String> = series
+                .values()
+                .flat_map(|labels| labels.iter().map(|l| l.name.to_owned()))
+                .collect();
+            return Ok(names.into_iter().collect());
+        };
+        let mut sql = Sql::new(
+            "SELECT DISTINCT arrayJoin(label_names) FROM series WHERE tenant = ?",
+            &[tenant.as_str()],
+        );
+        for condition in conditions {
+            sql.and(condition);
+        }
+        let mut names: Vec<String> = sql
+            .query(&self.client)
+            .fetch_all()
+            .await
+            .map_err(|e| ch_error("reading label names from", e))?;
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    async fn label_values(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>> {
+        let conditions: Option<Vec<_>> = matchers.iter().map(pushdown::condition).collect();
+        let Some(conditions) = conditions else {
+            let series = self.matching_series(tenant, matchers).await?;
+            let values: BTreeSet<String> = series
+                .values()
+                .filter_map(|labels| labels.get(name).map(str::to_owned))
+                .collect();
+            return Ok(values.into_iter().collect());
+        };
+        let mut sql = Sql::new(
+            "SELECT DISTINCT label_values[indexOf(label_names, ?)] FROM series \
+             WHERE tenant = ? AND has(label_names, ?)",
+            &[name, tenant.as_str(), name],
+        );
+        for condition in conditions {
+            sql.and(condition);
+        }
+        let mut values: Vec<String> = sql
+            .query(&self.client)
+            .fetch_all()
+            .await
+            .map_err(|e| ch_error("reading label values from", e))?;
+        values.sort_unstable();
+        Ok(values)
+    }
+
+    async fn enforce_retention(&self, now_ms: i64) -> Result<()> {
+        let retention_ms = i64::try_from(self.config.retention_seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
+        let cutoff_day = now_ms.saturating_sub(retention_ms).div_euclid(DAY_MS);
+        for table in schema::DAY_PARTITIONED {
+            let partitions: Vec<String> = self
+                .client
+                .query(
+                    "SELECT DISTINCT partition FROM system.parts \
+                     WHERE database = ? AND table = ? AND active",
+                )
+                .bind(self.config.database.as_str())
+                .bind(table)
+                .fetch_all()
+                .await
+                .map_err(|e| ch_error("listing partitions in", e))?;
+            for partition in partitions {
+                let Ok(day) = partition.trim_matches('\'').parse::<i64>() else {
+                    tracing::warn!(table, partition, "a partition that is not a day number");
+                    continue;
+                };
+                if day >= cutoff_day {
+                    continue;
+                }
+                self.client
+                    .query(&format!("ALTER TABLE {table} DROP PARTITION {day}"))
+                    .execute()
+                    .await
+                    .map_err(|e| ch_error("dropping a partition in", e))?;
+                tracing::info!(table, day, "retention dropped a day");
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.flush().await?;
+        self.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}

@@ -1,0 +1,334 @@
+//! Rows of the ClickHouse tables, and their making from bus payloads.
+//!
+//! Spans, log records and events become the same columns as the embedded store's row tables
+//! (`embedded/rows.rs`): nested OTLP data (attributes of every type, span events and links)
+//! as JSON text, lossless for every attribute type (bytes as base64, non-finite floats as
+//! strings). Times are Int64 nanoseconds (spans, logs) or milliseconds (events).
+
+use model::{
+    AnyValue, KeyValue, LogBatch, PlatformEvent, Resource, SpanBatch, SpanKind, StatusCode,
+    attribute,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::BusPosition;
+
+#[derive(Clone, Debug, clickhouse::Row, Serialize, Deserialize)]
+pub(super) struct SeriesRow {
+    pub tenant: String,
+    pub metric_name: String,
+    pub fingerprint: u64,
+    pub label_names: Vec<String>,
+    pub label_values: Vec<String>,
+}
+
+/// A sample in the buffer; the tenant is the buffer's key.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct BufferedSample {
+    pub fingerprint: u64,
+    pub timestamp_ms: i64,
+    pub value: f64,
+    pub version: u64,
+}
+
+#[derive(Debug, clickhouse::Row, Serialize)]
+pub(super) struct SampleRow<'a> {
+    pub tenant: &'a str,
+    pub fingerprint: u64,
+    pub timestamp_ms: i64,
+    pub value: f64,
+    pub version: u64,
+}
+
+#[derive(Clone, Debug, clickhouse::Row, Serialize, Deserialize)]
+pub(super) struct SpanRow {
+    pub tenant: String,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub service_name: String,
+    pub name: String,
+    pub kind: String,
+    pub start_time_ns: i64,
+    pub end_time_ns: i64,
+    pub duration_ns: i64,
+    pub status_code: String,
+    pub status_message: String,
+    pub attributes: String,
+    pub resource_attributes: String,
+    pub scope_name: String,
+    pub scope_version: String,
+    pub events: String,
+    pub links: String,
+    pub trace_state: String,
+    pub flags: u32,
+    pub version: u64,
+}
+
+#[derive(Clone, Debug, clickhouse::Row, Serialize, Deserialize)]
+pub(super) struct LogRow {
+    pub tenant: String,
+    pub timestamp_ns: i64,
+    pub observed_timestamp_ns: i64,
+    pub service_name: String,
+    pub severity_number: i32,
+    pub severity_text: String,
+    pub body: String,
+    pub attributes: String,
+    pub resource_attributes: String,
+    pub scope_name: String,
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    pub event_name: String,
+    pub flags: u32,
+    pub bus_partition: u32,
+    pub bus_offset: u64,
+    pub bus_index: u32,
+    pub version: u64,
+}
+
+#[derive(Clone, Debug, clickhouse::Row, Serialize, Deserialize)]
+pub(super) struct EventRow {
+    pub tenant: String,
+    pub timestamp_ms: i64,
+    pub kind: String,
+    pub source: String,
+    pub details: String,
+    pub attributes: String,
+    pub bus_partition: u32,
+    pub bus_offset: u64,
+    pub bus_index: u32,
+    pub version: u64,
+}
+
+#[derive(Clone, Debug, clickhouse::Row, Serialize, Deserialize)]
+pub(super) struct OffsetRow {
+    pub topic: String,
+    pub partition: u32,
+    pub next_offset: u64,
+}
+
+/// An attribute value as JSON.
+fn json_value(value: &AnyValue) -> Value {
+    match value {
+        AnyValue::Empty => Value::Null,
+        AnyValue::String(s) => Value::String(s.clone()),
+        AnyValue::Bool(b) => Value::Bool(*b),
+        AnyValue::Int(i) => json!(i),
+        AnyValue::Double(d) if d.is_finite() => json!(d),
+        AnyValue::Double(d) => Value::String(d.to_string()),
+        AnyValue::Bytes(b) => Value::String(base64(b)),
+        AnyValue::Array(items) => Value::Array(items.iter().map(json_value).collect()),
+        AnyValue::KeyValueList(list) => Value::Object(json_object(list)),
+    }
+}
+
+fn json_object(list: &[KeyValue]) -> Map<String, Value> {
+    list.iter()
+        .map(|kv| (kv.key.clone(), json_value(&kv.value)))
+        .collect()
+}
+
+fn attributes_json(list: &[KeyValue]) -> String {
+    Value::Object(json_object(list)).to_string()
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn service_name(resource: &Resource) -> String {
+    match attribute(&resource.attributes, "service.name") {
+        Some(AnyValue::String(name)) => name.clone(),
+        _ => "unknown_service".to_owned(),
+    }
+}
+
+/// The rows of a span batch; `versions` gives each row its version.
+pub(super) fn span_rows(
+    tenant: &str,
+    batch: SpanBatch,
+    mut versions: impl FnMut() -> u64,
+) -> Vec<SpanRow> {
+    let mut rows = Vec::new();
+    for resource_spans in batch.resource_spans {
+        let service = service_name(&resource_spans.resource);
+        let resource_attributes = attributes_json(&resource_spans.resource.attributes);
+        for scope_spans in resource_spans.scope_spans {
+            for span in scope_spans.spans {
+                let start = i64::try_from(span.start_time_unix_nano).unwrap_or(i64::MAX);
+                let end = i64::try_from(span.end_time_unix_nano).unwrap_or(i64::MAX);
+                let events = Value::Array(
+                    span.events
+                        .iter()
+                        .map(|e| json!({"time_unix_nano": e.time_unix_nano, "name": e.name, "attributes": json_object(&e.attributes)}))
+                        .collect(),
+                );
+                let links = Value::Array(
+                    span.links
+                        .iter()
+                        .map(|l| json!({"trace_id": l.trace_id.to_string(), "span_id": l.span_id.to_string(), "trace_state": l.trace_state, "attributes": json_object(&l.attributes)}))
+                        .collect(),
+                );
+                rows.push(SpanRow {
+                    tenant: tenant.to_owned(),
+                    trace_id: span.trace_id.to_string(),
+                    span_id: span.span_id.to_string(),
+                    parent_span_id: span.parent_span_id.map(|p| p.to_string()),
+                    service_name: service.clone(),
+                    name: span.name,
+                    kind: match span.kind {
+                        SpanKind::Unspecified => "unspecified",
+                        SpanKind::Internal => "internal",
+                        SpanKind::Server => "server",
+                        SpanKind::Client => "client",
+                        SpanKind::Producer => "producer",
+                        SpanKind::Consumer => "consumer",
+                    }
+                    .to_owned(),
+                    start_time_ns: start,
+                    end_time_ns: end,
+                    duration_ns: end.saturating_sub(start),
+                    status_code: match span.status.code {
+                        StatusCode::Unset => "unset",
+                        StatusCode::Ok => "ok",
+                        StatusCode::Error => "error",
+                    }
+                    .to_owned(),
+                    status_message: span.status.message,
+                    attributes: attributes_json(&span.attributes),
+                    resource_attributes: resource_attributes.clone(),
+                    scope_name: scope_spans.scope.name.clone(),
+                    scope_version: scope_spans.scope.version.clone(),
+                    events: events.to_string(),
+                    links: links.to_string(),
+                    trace_state: span.trace_state,
+                    flags: span.flags,
+                    version: versions(),
+                });
+            }
+        }
+    }
+    rows
+}
+
+/// The rows of a log batch, keyed by `position` and their index in the batch.
+pub(super) fn log_rows(
+    tenant: &str,
+    batch: LogBatch,
+    position: &BusPosition,
+    mut versions: impl FnMut() -> u64,
+) -> Vec<LogRow> {
+    let mut rows = Vec::new();
+    let mut index = 0u32;
+    for resource_logs in batch.resource_logs {
+        let service = service_name(&resource_logs.resource);
+        let resource_attributes = attributes_json(&resource_logs.resource.attributes);
+        for scope_logs in resource_logs.scope_logs {
+            for record in scope_logs.log_records {
+                let observed = i64::try_from(record.observed_time_unix_nano).unwrap_or(i64::MAX);
+                // OTLP: a record without a time is placed at its observed time.
+                let time = match record.time_unix_nano {
+                    0 => observed,
+                    t => i64::try_from(t).unwrap_or(i64::MAX),
+                };
+                let body = match &record.body {
+                    AnyValue::String(text) => text.clone(),
+                    other => json_value(other).to_string(),
+                };
+                rows.push(LogRow {
+                    tenant: tenant.to_owned(),
+                    timestamp_ns: time,
+                    observed_timestamp_ns: observed,
+                    service_name: service.clone(),
+                    severity_number: record.severity_number,
+                    severity_text: record.severity_text,
+                    body,
+                    attributes: attributes_json(&record.attributes),
+                    resource_attributes: resource_attributes.clone(),
+                    scope_name: scope_logs.scope.name.clone(),
+                    trace_id: record.trace_id.map(|t| t.to_string()),
+                    span_id: record.span_id.map(|s| s.to_string()),
+                    event_name: record.event_name,
+                    flags: record.flags,
+                    bus_partition: position.partition,
+                    bus_offset: position.offset,
+                    bus_index: index,
+                    version: versions(),
+                });
+                index += 1;
+            }
+        }
+    }
+    rows
+}
+
+/// The rows of a batch of platform events, keyed by `position` and their index.
+pub(super) fn event_rows(
+    tenant: &str,
+    events: Vec<PlatformEvent>,
+    position: &BusPosition,
+    mut versions: impl FnMut() -> u64,
+) -> Vec<EventRow> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(index, event)| EventRow {
+            tenant: tenant.to_owned(),
+            timestamp_ms: event.timestamp_ms,
+            kind: event.kind.name().to_owned(),
+            source: event.source.clone(),
+            details: serde_json::to_value(&event.kind)
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            attributes: attributes_json(&event.attributes),
+            bus_partition: position.partition,
+            bus_offset: position.offset,
+            bus_index: u32::try_from(index).unwrap_or(u32::MAX),
+            version: versions(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attribute_values_become_json_as_in_the_embedded_store() {
+        let value = AnyValue::KeyValueList(vec![
+            KeyValue::new("s", AnyValue::String("x".into())),
+            KeyValue::new("b", AnyValue::Bytes(vec![0, 1, 2, 255])),
+            KeyValue::new("nan", AnyValue::Double(f64::NAN)),
+            KeyValue::new(
+                "a",
+                AnyValue::Array(vec![
+                    AnyValue::Int(i64::MAX),
+                    AnyValue::Bool(false),
+                    AnyValue::Empty,
+                ]),
+            ),
+        ]);
+        assert_eq!(
+            json_value(&value).to_string(),
+            r#"{"a":[9223372036854775807,false,null],"b":"AAEC/w==","nan":"NaN","s":"x"}"#
+        );
+        assert_eq!(base64(b"hello"), "aGVsbG8=");
+    }
+}

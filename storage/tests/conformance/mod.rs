@@ -1,0 +1,891 @@
+//! The storage conformance suite: what every engine behind [`Storage`] must do, checked the
+//! same way for each (`embedded_conformance.rs`, `clickhouse.rs` run it).
+//!
+//! An engine comes as an [`Engine`]: a way to open (and reopen, over the same data) its
+//! store, and to count the rows of a row table the way its own query path reads them (the
+//! trait has no read for spans, logs and events, so each engine answers that with its SQL).
+//!
+//! Reads are checked after a flush: that is when every engine must show the data (the
+//! embedded store also shows it before; ClickHouse rows wait in a buffer until a flush or
+//! a full batch).
+
+#![allow(dead_code)] // each test file uses the checks it runs
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use model::{Labels, MetricBatch, Payload, Sample, Series, TenantId};
+use storage::{BusPosition, DurableOffsets, MatchOp, Matcher, Storage};
+
+/// Retention every engine is opened with.
+pub const RETENTION_DAYS: i64 = 2;
+pub const DAY: i64 = 86_400_000;
+/// 2023-11-14T22:13:20Z: less than two hours before the end of a UTC day.
+pub const T0: i64 = 1_700_000_000_000;
+
+/// An engine under test.
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// Opens the store over this engine's data (the same data every call: a second call is
+    /// a restart), with a retention of [`RETENTION_DAYS`] days.
+    async fn open(&self) -> Arc<dyn Storage>;
+
+    /// Rows of `tenant` in `table` (`spans`, `logs`, `events`) in the store opened last,
+    /// counted as the engine's queries read them.
+    async fn row_count(&self, tenant: &TenantId, table: &str) -> u64;
+
+    /// Runs the background maintenance that folds rewritten records together, as if every
+    /// day written so far were over (the embedded store's compaction; ClickHouse's reads
+    /// already collapse them).
+    async fn settle(&self);
+}
+
+pub fn tenant(name: &str) -> TenantId {
+    TenantId::new(name).unwrap()
+}
+
+pub fn at(topic: &str, partition: u32, offset: u64) -> BusPosition {
+    BusPosition {
+        topic: topic.into(),
+        partition,
+        offset,
+    }
+}
+
+fn metrics_at(offset: u64) -> BusPosition {
+    at("metrics", 0, offset)
+}
+
+/// Label pairs and `(timestamp, value)` samples of one series.
+pub type SeriesSpec<'a> = (&'a [(&'a str, &'a str)], &'a [(i64, f64)]);
+
+/// A metric batch.
+pub fn metrics(series: &[SeriesSpec]) -> Payload {
+    Payload::Metrics(MetricBatch {
+        series: series
+            .iter()
+            .map(|(labels, samples)| {
+                Series::with_samples(
+                    Labels::new(labels.iter().copied()).unwrap(),
+                    samples
+                        .iter()
+                        .map(|(t, v)| Sample {
+                            timestamp_ms: *t,
+                            value: *v,
+                        })
+                        .collect(),
+                )
+            })
+            .collect(),
+        metadata: vec![],
+    })
+}
+
+/// Every series of `tenant` as `(labels, samples)`, over all time.
+pub async fn everything(store: &dyn Storage, tenant_name: &str) -> Vec<(String, Vec<(i64, f64)>)> {
+    select(store, tenant_name, &[], i64::MIN, i64::MAX).await
+}
+
+pub async fn select(
+    store: &dyn Storage,
+    tenant_name: &str,
+    matchers: &[Matcher],
+    start_ms: i64,
+    end_ms: i64,
+) -> Vec<(String, Vec<(i64, f64)>)> {
+    store
+        .select(&tenant(tenant_name), matchers, start_ms, end_ms)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| {
+            (
+                s.labels.to_string(),
+                s.samples
+                    .iter()
+                    .map(|x| (x.timestamp_ms, x.value))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn matcher(name: &str, op: MatchOp, value: &str) -> Matcher {
+    Matcher::new(name, op, value).unwrap()
+}
+
+pub fn span(trace: u8, id: u8, start_ns: u64, name: &str) -> model::Span {
+    model::Span {
+        trace_id: model::TraceId([trace; 16]),
+        span_id: model::SpanId([id; 8]),
+        trace_state: String::new(),
+        parent_span_id: None,
+        flags: 0,
+        name: name.to_owned(),
+        kind: model::SpanKind::Server,
+        start_time_unix_nano: start_ns,
+        end_time_unix_nano: start_ns + 1_000_000,
+        attributes: vec![model::KeyValue::new(
+            "http.status_code",
+            model::AnyValue::Int(500),
+        )],
+        dropped_attributes_count: 0,
+        events: vec![],
+        dropped_events_count: 0,
+        links: vec![],
+        dropped_links_count: 0,
+        status: model::SpanStatus::default(),
+    }
+}
+
+pub fn spans(list: Vec<model::Span>) -> Payload {
+    Payload::Spans(model::SpanBatch {
+        resource_spans: vec![model::ResourceSpans {
+            resource: model::Resource {
+                attributes: vec![model::KeyValue::string("service.name", "checkout")],
+                dropped_attributes_count: 0,
+            },
+            schema_url: String::new(),
+            scope_spans: vec![model::ScopeSpans {
+                scope: model::InstrumentationScope::default(),
+                schema_url: String::new(),
+                spans: list,
+            }],
+        }],
+    })
+}
+
+/// Log records with these bodies, at `time_ns`.
+pub fn logs(bodies: &[&str], time_ns: u64) -> Payload {
+    Payload::Logs(model::LogBatch {
+        resource_logs: vec![model::ResourceLogs {
+            resource: model::Resource::default(),
+            schema_url: String::new(),
+            scope_logs: vec![model::ScopeLogs {
+                scope: model::InstrumentationScope::default(),
+                schema_url: String::new(),
+                log_records: bodies
+                    .iter()
+                    .map(|body| model::LogRecord {
+                        time_unix_nano: time_ns,
+                        body: model::AnyValue::String((*body).into()),
+                        severity_text: "ERROR".into(),
+                        ..model::LogRecord::default()
+                    })
+                    .collect(),
+            }],
+        }],
+    })
+}
+
+/// Deploy events, one per version, at `timestamp_ms`.
+pub fn events(versions: &[&str], timestamp_ms: i64) -> Payload {
+    Payload::Events(
+        versions
+            .iter()
+            .map(|version| model::PlatformEvent {
+                timestamp_ms,
+                source: "pipeline-core".into(),
+                attributes: vec![],
+                kind: model::EventKind::Deploy(model::DeployEvent {
+                    service: "checkout".into(),
+                    version: (*version).into(),
+                    environment: "prod".into(),
+                    cluster: "eu".into(),
+                    namespace: "shop".into(),
+                    phase: model::DeployPhase::Succeeded,
+                    actor: "ci".into(),
+                    message: String::new(),
+                }),
+            })
+            .collect(),
+    )
+}
+
+const HTTP: &str = "http_requests_total";
+
+/// Series for the matcher checks: (job, instance, code, extra label).
+const SERIES: [(&str, &str, &str, (&str, &str)); 6] = [
+    ("api", "a:1", "200", ("path", "/")),
+    ("api", "a:2", "500", ("path", "/café")),
+    ("db", "d:1", "", ("msg", "a\nb")),
+    ("cache", "c:1", "200", ("path", "/x")),
+    ("apiserver", "k:1", "404", ("path", "/api")),
+    ("", "n:1", "", ("path", "/orphan")),
+];
+
+async fn write_matcher_series(store: &dyn Storage, tenant_name: &str) {
+    let mut written = 0;
+    for (i, (job, instance, code, extra)) in SERIES.iter().enumerate() {
+        let labels = [
+            ("__name__", HTTP),
+            ("job", *job),
+            ("instance", *instance),
+            ("code", *code),
+            *extra,
+        ];
+        let value = i as f64;
+        let summary = store
+            .write(
+                &tenant(tenant_name),
+                metrics(&[(&labels, &[(T0, value), (T0 + 15_000, value + 0.5)])]),
+                &metrics_at(i as u64),
+            )
+            .await
+            .unwrap();
+        assert_eq!(summary.accepted, 2);
+        written += 2;
+    }
+    assert_eq!(written, 12);
+}
+
+/// The instances of the series selected by `matchers`.
+async fn instances(store: &dyn Storage, matchers: &[Matcher]) -> Vec<String> {
+    let mut out: Vec<String> = store
+        .select(&tenant("a"), matchers, i64::MIN, i64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.labels.get("instance").unwrap_or_default().to_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// `select` with every matcher type and Prometheus's rules: anchored regexes, an absent
+/// label matches as the empty string, regexes mean what Prometheus means (Unicode classes,
+/// `.` matching a newline and any code point), time ranges are inclusive, and series
+/// without samples in the range are left out.
+pub async fn select_with_every_matcher(engine: &dyn Engine) {
+    use MatchOp::*;
+    let store = engine.open().await;
+    write_matcher_series(store.as_ref(), "a").await;
+    store.flush().await.unwrap();
+
+    let cases: Vec<(Vec<Matcher>, Vec<&str>)> = vec![
+        (vec![Matcher::equal("job", "api")], vec!["a:1", "a:2"]),
+        (
+            vec![matcher("job", Regex, "api|db")],
+            vec!["a:1", "a:2", "d:1"],
+        ),
+        (vec![matcher("job", Regex, "ap")], vec![]),
+        (
+            vec![matcher("job", Regex, "api.*")],
+            vec!["a:1", "a:2", "k:1"],
+        ),
+        (
+            vec![matcher("job", NotEqual, "api")],
+            vec!["c:1", "d:1", "k:1", "n:1"],
+        ),
+        (
+            vec![matcher("job", NotRegex, "a.*")],
+            vec!["c:1", "d:1", "n:1"],
+        ),
+        (vec![Matcher::equal("job", "")], vec!["n:1"]),
+        (vec![Matcher::equal("code", "")], vec!["d:1", "n:1"]),
+        (
+            vec![matcher("code", NotEqual, "")],
+            vec!["a:1", "a:2", "c:1", "k:1"],
+        ),
+        (
+            vec![matcher("code", Regex, "2.*|")],
+            vec!["a:1", "c:1", "d:1", "n:1"],
+        ),
+        (
+            vec![Matcher::equal("job", "api"), Matcher::equal("code", "500")],
+            vec!["a:2"],
+        ),
+        (vec![Matcher::equal("missing", "x")], vec![]),
+        (
+            vec![matcher("missing", NotEqual, "x")],
+            vec!["a:1", "a:2", "c:1", "d:1", "k:1", "n:1"],
+        ),
+        (
+            vec![matcher("__name__", Regex, ".+")],
+            vec!["a:1", "a:2", "c:1", "d:1", "k:1", "n:1"],
+        ),
+        (vec![Matcher::equal("__name__", "up")], vec![]),
+        (vec![matcher("__name__", NotEqual, HTTP)], vec![]),
+        (vec![matcher("job", Regex, "(?i)API")], vec!["a:1", "a:2"]),
+        (
+            vec![matcher("instance", Regex, r"a:\d")],
+            vec!["a:1", "a:2"],
+        ),
+        (vec![matcher("path", Regex, "/caf.")], vec!["a:2"]),
+        (vec![matcher("msg", Regex, "a.b")], vec!["d:1"]),
+        (vec![matcher("job", Regex, r"\bapi\b")], vec!["a:1", "a:2"]),
+        (
+            vec![
+                matcher("job", NotRegex, r"\bapi\b"),
+                matcher("code", Regex, ".+"),
+            ],
+            vec!["c:1", "k:1"],
+        ),
+        (
+            vec![
+                matcher("path", Regex, "/(api|x)"),
+                matcher("job", NotEqual, ""),
+            ],
+            vec!["c:1", "k:1"],
+        ),
+    ];
+    for (matchers, expected) in cases {
+        assert_eq!(
+            instances(store.as_ref(), &matchers).await,
+            expected,
+            "matchers {}",
+            matchers
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    let api = [Matcher::equal("job", "api")];
+    let all = select(store.as_ref(), "a", &api, i64::MIN, i64::MAX).await;
+    assert_eq!(
+        all,
+        [
+            (
+                r#"http_requests_total{code="200", instance="a:1", job="api", path="/"}"#
+                    .to_owned(),
+                vec![(T0, 0.0), (T0 + 15_000, 0.5)]
+            ),
+            (
+                r#"http_requests_total{code="500", instance="a:2", job="api", path="/café"}"#
+                    .to_owned(),
+                vec![(T0, 1.0), (T0 + 15_000, 1.5)]
+            ),
+        ],
+        "sorted by labels, samples by time"
+    );
+    assert_eq!(
+        select(store.as_ref(), "a", &api, T0 + 15_000, T0 + 15_000).await[1].1,
+        vec![(T0 + 15_000, 1.5)],
+        "both ends of the range are inclusive"
+    );
+    assert_eq!(
+        select(store.as_ref(), "a", &api, T0, T0 + 14_999)
+            .await
+            .len(),
+        2
+    );
+    assert!(
+        select(store.as_ref(), "a", &api, T0 + 1, T0 + 14_999)
+            .await
+            .is_empty(),
+        "series without samples in the range are left out"
+    );
+}
+
+/// Label names and values, of all series or of those matching.
+pub async fn label_names_and_values(engine: &dyn Engine) {
+    let store = engine.open().await;
+    write_matcher_series(store.as_ref(), "a").await;
+    store.flush().await.unwrap();
+    let a = tenant("a");
+    assert_eq!(
+        store.label_names(&a, &[]).await.unwrap(),
+        ["__name__", "code", "instance", "job", "msg", "path"]
+    );
+    assert_eq!(
+        store
+            .label_names(&a, &[Matcher::equal("job", "db")])
+            .await
+            .unwrap(),
+        ["__name__", "instance", "job", "msg"]
+    );
+    assert_eq!(
+        store
+            .label_names(&a, &[matcher("job", MatchOp::Regex, r"\bapi\b")])
+            .await
+            .unwrap(),
+        ["__name__", "code", "instance", "job", "path"],
+        "a matcher only the engine itself can check"
+    );
+    assert_eq!(
+        store.label_values(&a, "job", &[]).await.unwrap(),
+        ["api", "apiserver", "cache", "db"],
+        "an absent label has no value"
+    );
+    assert_eq!(
+        store
+            .label_values(&a, "code", &[matcher("job", MatchOp::Regex, "api.*")])
+            .await
+            .unwrap(),
+        ["200", "404", "500"]
+    );
+    assert_eq!(
+        store
+            .label_values(&a, "instance", &[Matcher::equal("code", "")])
+            .await
+            .unwrap(),
+        ["d:1", "n:1"]
+    );
+    assert_eq!(
+        store
+            .label_values(&a, "path", &[matcher("job", MatchOp::NotRegex, r"\bapi\b")])
+            .await
+            .unwrap(),
+        ["/api", "/orphan", "/x"]
+    );
+    assert!(
+        store
+            .label_values(&a, "nope", &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .label_names(&tenant("nobody"), &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .label_values(&tenant("nobody"), "job", &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Writing the same metric record again — before a flush, after it, after a restart —
+/// changes nothing; a later write of the same series and timestamp wins.
+pub async fn metric_rewrites_count_once(engine: &dyn Engine) {
+    let series: &[(&str, &str)] = &[("__name__", "m"), ("pod", "p1")];
+    let record = || metrics(&[(series, &[(T0, 1.0), (T0 + 15_000, 2.0)])]);
+    let expected = vec![(
+        "m{pod=\"p1\"}".to_owned(),
+        vec![(T0, 1.0), (T0 + 15_000, 2.0)],
+    )];
+    let store = engine.open().await;
+    let a = tenant("a");
+    store.write(&a, record(), &metrics_at(0)).await.unwrap();
+    store.write(&a, record(), &metrics_at(0)).await.unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(everything(store.as_ref(), "a").await, expected);
+    store.write(&a, record(), &metrics_at(0)).await.unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(everything(store.as_ref(), "a").await, expected);
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = engine.open().await;
+    store.write(&a, record(), &metrics_at(0)).await.unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(everything(store.as_ref(), "a").await, expected);
+    assert_eq!(
+        store.label_values(&a, "pod", &[]).await.unwrap(),
+        ["p1"],
+        "one series"
+    );
+
+    // The same sample written later with another value: the later write wins.
+    store
+        .write(&a, metrics(&[(series, &[(T0, 9.0)])]), &metrics_at(1))
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(
+        everything(store.as_ref(), "a").await[0].1,
+        vec![(T0, 9.0), (T0 + 15_000, 2.0)]
+    );
+    // Within one record the last sample of a timestamp wins too.
+    store
+        .write(
+            &a,
+            metrics(&[(series, &[(T0, 10.0), (T0, 11.0)])]),
+            &metrics_at(2),
+        )
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(
+        everything(store.as_ref(), "a").await[0].1,
+        vec![(T0, 11.0), (T0 + 15_000, 2.0)]
+    );
+    store.close().await.unwrap();
+}
+
+/// Two spans (of trace `offset + 1`), three log records and an event, each at bus
+/// position `offset` of its topic.
+async fn write_rows(store: &dyn Storage, tenant_name: &str, start_ns: u64, offset: u64) {
+    let t = tenant(tenant_name);
+    let trace = offset as u8 + 1;
+    let summary = store
+        .write(
+            &t,
+            spans(vec![
+                span(trace, 1, start_ns, "GET /"),
+                span(trace, 2, start_ns, "db"),
+            ]),
+            &at("spans", 0, offset),
+        )
+        .await
+        .unwrap();
+    assert_eq!(summary.accepted, 2);
+    let summary = store
+        .write(
+            &t,
+            logs(&["disk full", "disk still full", "ok"], start_ns),
+            &at("logs", 0, offset),
+        )
+        .await
+        .unwrap();
+    assert_eq!(summary.accepted, 3);
+    let summary = store
+        .write(
+            &t,
+            events(&["1.2.3"], (start_ns / 1_000_000) as i64),
+            &at("events", 0, offset),
+        )
+        .await
+        .unwrap();
+    assert_eq!(summary.accepted, 1);
+}
+
+async fn row_counts(engine: &dyn Engine, tenant_name: &str) -> [u64; 3] {
+    let t = tenant(tenant_name);
+    [
+        engine.row_count(&t, "spans").await,
+        engine.row_count(&t, "logs").await,
+        engine.row_count(&t, "events").await,
+    ]
+}
+
+/// Spans (keyed by trace and span id), log records and events (keyed by bus position)
+/// written again — before a flush, after it, after a restart — are stored once.
+pub async fn row_rewrites_count_once(engine: &dyn Engine) {
+    let start = (T0 as u64) * 1_000_000;
+    let store = engine.open().await;
+    write_rows(store.as_ref(), "a", start, 0).await;
+    write_rows(store.as_ref(), "a", start, 0).await;
+    store.flush().await.unwrap();
+    assert_eq!(
+        row_counts(engine, "a").await,
+        [2, 3, 1],
+        "written twice before a flush"
+    );
+    write_rows(store.as_ref(), "a", start, 0).await;
+    store.flush().await.unwrap();
+    assert_eq!(
+        row_counts(engine, "a").await,
+        [2, 3, 1],
+        "written again after a flush"
+    );
+    store.close().await.unwrap();
+    drop(store);
+    let store = engine.open().await;
+    write_rows(store.as_ref(), "a", start, 0).await;
+    store.flush().await.unwrap();
+    assert_eq!(
+        row_counts(engine, "a").await,
+        [2, 3, 1],
+        "written again after a restart"
+    );
+    // Log records and events with the same content at another bus position are other
+    // records (and these spans are of another trace).
+    write_rows(store.as_ref(), "a", start, 1).await;
+    store.flush().await.unwrap();
+    assert_eq!(row_counts(engine, "a").await, [4, 6, 2]);
+    // A span sent again with changes (a later version of it, at another bus position)
+    // replaces the stored one once the engine has folded the versions together.
+    store
+        .write(
+            &tenant("a"),
+            spans(vec![span(1, 1, start, "GET / (renamed)")]),
+            &at("spans", 0, 9),
+        )
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    engine.settle().await;
+    assert_eq!(row_counts(engine, "a").await, [4, 6, 2]);
+    store.close().await.unwrap();
+}
+
+fn offsets(entries: &[(&str, u32, u64)]) -> DurableOffsets {
+    entries
+        .iter()
+        .map(|(topic, partition, next)| (((*topic).to_owned(), *partition), *next))
+        .collect::<BTreeMap<_, _>>()
+}
+
+/// A flush returns, per bus partition, the next offset after everything written, and
+/// `durable_offsets` says the same, also after a restart; offsets never go back.
+pub async fn flush_returns_durable_offsets(engine: &dyn Engine) {
+    let store = engine.open().await;
+    assert!(store.durable_offsets().await.unwrap().is_empty());
+    let a = tenant("a");
+    let series: &[(&str, &str)] = &[("__name__", "m")];
+    store
+        .write(&a, metrics(&[(series, &[(T0, 1.0)])]), &at("metrics", 0, 5))
+        .await
+        .unwrap();
+    store
+        .write(
+            &a,
+            metrics(&[(series, &[(T0 + 1, 1.0)])]),
+            &at("metrics", 1, 2),
+        )
+        .await
+        .unwrap();
+    // A record with nothing in it still moves its partition's offset.
+    store
+        .write(&a, metrics(&[]), &at("metrics", 2, 9))
+        .await
+        .unwrap();
+    let start = (T0 as u64) * 1_000_000;
+    store
+        .write(&a, spans(vec![span(7, 1, start, "x")]), &at("spans", 0, 0))
+        .await
+        .unwrap();
+    store
+        .write(&a, logs(&["hello"], start), &at("logs", 2, 7))
+        .await
+        .unwrap();
+    store
+        .write(&a, events(&["1"], T0), &at("events", 0, 3))
+        .await
+        .unwrap();
+    let expected = offsets(&[
+        ("events", 0, 4),
+        ("logs", 2, 8),
+        ("metrics", 0, 6),
+        ("metrics", 1, 3),
+        ("metrics", 2, 10),
+        ("spans", 0, 1),
+    ]);
+    assert_eq!(store.flush().await.unwrap(), expected);
+    assert_eq!(store.durable_offsets().await.unwrap(), expected);
+    // A replayed older record does not move an offset back.
+    store
+        .write(&a, metrics(&[(series, &[(T0, 1.0)])]), &at("metrics", 0, 3))
+        .await
+        .unwrap();
+    assert_eq!(store.flush().await.unwrap(), expected);
+    assert_eq!(store.flush().await.unwrap(), expected, "an empty flush");
+    store.close().await.unwrap();
+    drop(store);
+    let store = engine.open().await;
+    assert_eq!(store.durable_offsets().await.unwrap(), expected);
+    store
+        .write(
+            &a,
+            metrics(&[(series, &[(T0 + 2, 1.0)])]),
+            &at("metrics", 0, 6),
+        )
+        .await
+        .unwrap();
+    let mut later = expected.clone();
+    later.insert(("metrics".to_owned(), 0), 7);
+    assert_eq!(store.flush().await.unwrap(), later);
+    store.close().await.unwrap();
+}
+
+/// What a flush made durable survives a crash (the store dropped without closing); what
+/// came after is not promised, and the durable offsets say where to replay from. Replaying
+/// restores everything, once.
+pub async fn durable_across_restart(engine: &dyn Engine) {
+    let a = tenant("a");
+    let series: &[(&str, &str)] = &[("__name__", "m"), ("job", "api")];
+    let start = (T0 as u64) * 1_000_000;
+    let store = engine.open().await;
+    store
+        .write(&a, metrics(&[(series, &[(T0, 1.0)])]), &metrics_at(0))
+        .await
+        .unwrap();
+    write_rows(store.as_ref(), "a", start, 0).await;
+    let flushed = store.flush().await.unwrap();
+    store
+        .write(&a, metrics(&[(series, &[(T0 + 1, 2.0)])]), &metrics_at(1))
+        .await
+        .unwrap();
+    drop(store); // a crash: no flush, no close
+
+    let store = engine.open().await;
+    assert_eq!(store.durable_offsets().await.unwrap(), flushed);
+    assert_eq!(
+        flushed.get(&("metrics".to_owned(), 0)),
+        Some(&1),
+        "replay from offset 1"
+    );
+    let samples = &everything(store.as_ref(), "a").await[0].1;
+    assert_eq!(samples[0], (T0, 1.0), "the flushed sample survived");
+    assert_eq!(row_counts(engine, "a").await, [2, 3, 1]);
+    // Ingest replays from the durable offsets (and may repeat a record before them).
+    store
+        .write(&a, metrics(&[(series, &[(T0, 1.0)])]), &metrics_at(0))
+        .await
+        .unwrap();
+    store
+        .write(&a, metrics(&[(series, &[(T0 + 1, 2.0)])]), &metrics_at(1))
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = engine.open().await;
+    assert_eq!(
+        everything(store.as_ref(), "a").await,
+        [("m{job=\"api\"}".to_owned(), vec![(T0, 1.0), (T0 + 1, 2.0)])]
+    );
+    assert_eq!(
+        store
+            .durable_offsets()
+            .await
+            .unwrap()
+            .get(&("metrics".to_owned(), 0)),
+        Some(&2)
+    );
+    assert_eq!(row_counts(engine, "a").await, [2, 3, 1]);
+}
+
+/// No read of one tenant ever sees another tenant's data, even for the same series.
+pub async fn tenants_never_mix(engine: &dyn Engine) {
+    let store = engine.open().await;
+    let shared: &[(&str, &str)] = &[("__name__", "up"), ("job", "api")];
+    let only_b: &[(&str, &str)] = &[("__name__", "up"), ("job", "secret")];
+    store
+        .write(
+            &tenant("a"),
+            metrics(&[(shared, &[(T0, 1.0)])]),
+            &metrics_at(0),
+        )
+        .await
+        .unwrap();
+    store
+        .write(
+            &tenant("b"),
+            metrics(&[(shared, &[(T0, 42.0)]), (only_b, &[(T0, 7.0)])]),
+            &metrics_at(1),
+        )
+        .await
+        .unwrap();
+    let start = (T0 as u64) * 1_000_000;
+    write_rows(store.as_ref(), "b", start, 0).await;
+    store.flush().await.unwrap();
+
+    assert_eq!(
+        everything(store.as_ref(), "a").await,
+        [("up{job=\"api\"}".to_owned(), vec![(T0, 1.0)])]
+    );
+    assert_eq!(
+        everything(store.as_ref(), "b").await,
+        [
+            ("up{job=\"api\"}".to_owned(), vec![(T0, 42.0)]),
+            ("up{job=\"secret\"}".to_owned(), vec![(T0, 7.0)]),
+        ]
+    );
+    assert!(
+        select(
+            store.as_ref(),
+            "a",
+            &[Matcher::equal("job", "secret")],
+            i64::MIN,
+            i64::MAX
+        )
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        store.label_values(&tenant("a"), "job", &[]).await.unwrap(),
+        ["api"]
+    );
+    assert_eq!(
+        store
+            .label_values(
+                &tenant("a"),
+                "job",
+                &[matcher("job", MatchOp::Regex, r"\bsecret")]
+            )
+            .await
+            .unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        store.label_values(&tenant("b"), "job", &[]).await.unwrap(),
+        ["api", "secret"]
+    );
+    assert!(everything(store.as_ref(), "c").await.is_empty());
+    assert_eq!(row_counts(engine, "a").await, [0, 0, 0]);
+    assert_eq!(row_counts(engine, "b").await, [2, 3, 1]);
+    store.close().await.unwrap();
+}
+
+fn day_start(timestamp_ms: i64) -> i64 {
+    timestamp_ms.div_euclid(DAY) * DAY
+}
+
+/// Retention removes whole UTC days older than the retention period, of every series and
+/// tenant, and keeps the rest; it lasts across a restart.
+pub async fn retention_drops_whole_days(engine: &dyn Engine) {
+    let store = engine.open().await;
+    let s: &[(&str, &str)] = &[("__name__", "m")];
+    let day0 = day_start(T0);
+    // Day 0: two samples (its start and T0); days 1-3: one each, day 1's at its first ms.
+    let writes = [
+        (day0, 0.0),
+        (T0, 0.5),
+        (day0 + DAY, 1.0),
+        (T0 + 2 * DAY, 2.0),
+        (T0 + 3 * DAY, 3.0),
+    ];
+    for (i, (timestamp, value)) in writes.iter().enumerate() {
+        for name in ["a", "b"] {
+            store
+                .write(
+                    &tenant(name),
+                    metrics(&[(s, &[(*timestamp, *value)])]),
+                    &metrics_at(i as u64),
+                )
+                .await
+                .unwrap();
+        }
+        store.flush().await.unwrap();
+    }
+    // Now is day 3: with two days of retention, day 0 goes (cut-off in day 1).
+    store.enforce_retention(T0 + 3 * DAY).await.unwrap();
+    let kept = |rows: Vec<(String, Vec<(i64, f64)>)>| -> Vec<f64> {
+        rows.into_iter()
+            .flat_map(|(_, samples)| samples)
+            .map(|(_, v)| v)
+            .collect()
+    };
+    assert_eq!(
+        kept(everything(store.as_ref(), "a").await),
+        [1.0, 2.0, 3.0],
+        "the whole of day 0 is gone, the first millisecond of day 1 is kept"
+    );
+    assert_eq!(kept(everything(store.as_ref(), "b").await), [1.0, 2.0, 3.0]);
+    store.close().await.unwrap();
+    drop(store);
+    let store = engine.open().await;
+    assert_eq!(kept(everything(store.as_ref(), "a").await), [1.0, 2.0, 3.0]);
+    store.enforce_retention(T0 + 3 * DAY).await.unwrap();
+    assert_eq!(
+        kept(everything(store.as_ref(), "a").await),
+        [1.0, 2.0, 3.0],
+        "again: nothing more"
+    );
+}
+
+/// Retention removes whole days of spans, log records and events too.
+pub async fn retention_drops_whole_days_of_rows(engine: &dyn Engine) {
+    let store = engine.open().await;
+    for day in 0..4i64 {
+        let start_ns = ((T0 + day * DAY) as u64) * 1_000_000;
+        write_rows(store.as_ref(), "a", start_ns, day as u64).await;
+        store.flush().await.unwrap();
+    }
+    assert_eq!(row_counts(engine, "a").await, [8, 12, 4]);
+    store.enforce_retention(T0 + 3 * DAY).await.unwrap();
+    assert_eq!(row_counts(engine, "a").await, [6, 9, 3], "day 0 is gone");
+    store.close().await.unwrap();
+}
