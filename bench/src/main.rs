@@ -5,6 +5,7 @@
 
 mod encoding;
 mod remote_write;
+mod storage_size;
 
 use clap::{Parser, Subcommand};
 
@@ -21,11 +22,14 @@ enum Command {
     Encoding(encoding::Args),
     /// Remote-write ingest: Meerkat vs VictoriaMetrics vs Prometheus, samples per CPU-second
     RemoteWrite(remote_write::Args),
+    /// Bytes on disk per sample: the embedded store vs VictoriaMetrics, same data
+    StorageSize(storage_size::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Encoding(args) => encoding::run(&args),
         Command::RemoteWrite(args) => remote_write::run(&args),
+        Command::StorageSize(args) => storage_size::run(&args),
     }
 }

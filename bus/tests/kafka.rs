@@ -2,41 +2,25 @@
 //! has (librdkafka's limits, an unreachable cluster, concurrent idempotent producers).
 //!
 //! Each test starts its own Tansu broker (Kafka's wire protocol; storage in a temporary
-//! directory, see [`storage_engine`]) on a free port and kills it by PID when it ends. Tansu is installed by `./scripts/install-peers`;
-//! without it these tests fail, they never skip.
+//! directory) on a free port and kills it by PID when it ends (`test_peers::KafkaBroker`).
+//! Tansu is installed by `./scripts/install-peers`; without it these tests fail, they
+//! never skip.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod conformance;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bus::kafka::{KafkaBus, KafkaBusConfig};
 use bus::{Bus, BusError, ProduceRecord};
 use conformance::read_all;
-use tempfile::TempDir;
+use test_peers::KafkaBroker;
 
-/// Tansu's storage: SQLite in the broker's own temporary directory, unless
-/// `BUS_TANSU_STORAGE` says otherwise. Not `memory://`: Tansu 0.6's in-memory engine
-/// reports the high watermark of a partition whose last batch holds several records as that
-/// batch's base offset + 1 (10 records at offsets 0-9 give a high watermark of 1), and a fetch
-/// from an offset inside a batch skips that whole batch (from offset 3 it returns offset 10
-/// onwards), so replay from the middle and a group resuming at a commit inside a batch lose
-/// records. Its SQLite engine answers both as Kafka does.
-fn storage_engine() -> String {
-    std::env::var("BUS_TANSU_STORAGE").unwrap_or_else(|_| "sqlite://tansu.db".to_owned())
-}
-
-/// A Tansu broker on a free port of 127.0.0.1, killed (by its PID) when dropped.
+/// A Tansu broker of this test's own (see [`KafkaBroker`]), with the bus's logs shown.
 struct Broker {
-    child: Child,
-    address: SocketAddr,
-    log: PathBuf,
-    _dir: TempDir,
+    broker: KafkaBroker,
 }
 
 impl Broker {
@@ -52,75 +36,14 @@ impl Broker {
         } else {
             subscriber.with_test_writer().try_init()
         };
-        let dir = TempDir::new().unwrap();
-        let log = dir.path().join("tansu.log");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let output = std::fs::File::create(&log).unwrap();
-        let child = Command::new("tansu")
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", &storage_engine()])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(output.try_clone().unwrap())
-            .stderr(output)
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!(
-                    "cannot start the Kafka-compatible broker `tansu` ({error}): \
-                     run ./scripts/install-peers, which installs it \
-                     (cargo install tansu --locked --features dynostore,libsql)"
-                )
-            });
-        let mut broker = Self {
-            child,
-            address: SocketAddr::from(([127, 0, 0, 1], port)),
-            log,
-            _dir: dir,
-        };
-        broker.wait_until_listening();
-        broker
-    }
-
-    fn wait_until_listening(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "tansu exited ({status}) before listening:\n{}",
-                    self.output()
-                );
-            }
-            if TcpStream::connect_timeout(&self.address, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {} within 30 s:\n{}",
-                self.address,
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        Self {
+            broker: KafkaBroker::start(),
         }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn config(&self) -> KafkaBusConfig {
         let mut config = KafkaBusConfig {
-            brokers: self.address.to_string(),
+            brokers: self.broker.address().to_string(),
             client_id: "meerkat-bus-test".to_owned(),
             request_timeout_seconds: 10,
             delivery_timeout_seconds: 30,
@@ -134,14 +57,6 @@ impl Broker {
 
     fn bus(&self) -> Arc<dyn Bus> {
         Arc::new(KafkaBus::new(self.config()).unwrap())
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        // Child::kill signals this child's PID (SIGKILL); wait reaps it.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -324,11 +239,7 @@ async fn committed_offsets_of_unknown_groups_and_partitions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_cluster_is_a_retryable_error() {
     // A port nothing listens on: bind, note the port, close.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = test_peers::free_port();
     let bus = KafkaBus::new(KafkaBusConfig {
         brokers: format!("127.0.0.1:{port}"),
         request_timeout_seconds: 1,
@@ -355,4 +266,31 @@ fn bad_extra_properties_are_a_configuration_error() {
     let err = KafkaBus::new(config).unwrap_err();
     assert!(matches!(err, BusError::Config(_)), "{err}");
     assert!(err.to_string().contains("no.such.property"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_without_a_broker_fails_within_the_request_timeout() {
+    let broker = Broker::start();
+    let bus = KafkaBus::new(KafkaBusConfig {
+        request_timeout_seconds: 2,
+        ..broker.config()
+    })
+    .unwrap();
+    bus.ensure_topic("t", 1).await.unwrap();
+    let mut consumer = bus.subscribe("g", &["t"]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while consumer.assignment().is_empty() {
+        assert!(Instant::now() < deadline, "no assignment within 30 s");
+        consumer.poll(10, Duration::from_millis(200)).await.unwrap();
+    }
+    let partition = consumer.assignment()[0].clone();
+    drop(broker); // SIGKILL: no coordinator any more
+    let started = Instant::now();
+    let err = consumer.commit(&[(partition, 0)]).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the commit took {:?}",
+        started.elapsed()
+    );
 }

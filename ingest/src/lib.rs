@@ -214,10 +214,12 @@ impl Loop {
             if self.last_flush.elapsed() >= interval
                 || self.written_since_flush >= self.config.flush_max_records
             {
-                self.flush().await?;
+                self.flush(true).await?;
             }
         }
-        self.flush().await
+        // Stopping: the lag gauge is not worth a round of metadata calls to a cluster that
+        // may be going away too.
+        self.flush(false).await
     }
 
     async fn write(&mut self, record: bus::ConsumedRecord) -> Result<(), IngestError> {
@@ -263,7 +265,7 @@ impl Loop {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), IngestError> {
+    async fn flush(&mut self, update_lag: bool) -> Result<(), IngestError> {
         let started = Instant::now();
         let durable: DurableOffsets = self.storage.flush().await?;
         self.metrics
@@ -285,20 +287,26 @@ impl Loop {
                 Err(error) => return Err(error.into()),
             }
         }
-        for tp in &assigned {
-            if let Ok(watermarks) = self.bus.watermarks(&tp.topic, tp.partition).await {
-                let done = durable
-                    .get(&(tp.topic.to_string(), tp.partition))
-                    .copied()
-                    .unwrap_or(watermarks.log_start);
-                self.metrics
-                    .lag
-                    .get_or_create(&PartitionLabels {
-                        topic: tp.topic.to_string(),
-                        partition: tp.partition.to_string(),
-                    })
-                    .set(watermarks.high_watermark.saturating_sub(done) as i64);
-            }
+        for tp in assigned.iter().filter(|_| update_lag) {
+            let watermarks = match self.bus.watermarks(&tp.topic, tp.partition).await {
+                Ok(watermarks) => watermarks,
+                // The bus is away: the gauges keep their last values until it is back.
+                Err(error) => {
+                    tracing::debug!(%error, "cannot read the bus watermarks for the lag gauge");
+                    break;
+                }
+            };
+            let done = durable
+                .get(&(tp.topic.to_string(), tp.partition))
+                .copied()
+                .unwrap_or(watermarks.log_start);
+            self.metrics
+                .lag
+                .get_or_create(&PartitionLabels {
+                    topic: tp.topic.to_string(),
+                    partition: tp.partition.to_string(),
+                })
+                .set(watermarks.high_watermark.saturating_sub(done) as i64);
         }
         self.written_since_flush = 0;
         self.last_flush = Instant::now();

@@ -68,7 +68,7 @@ pub enum Command {
     Serve,
     /// The gateway role: accepts telemetry (remote-write, OTLP, Influx, Zipkin) onto the bus
     Gateway,
-    /// The ingest role: moves telemetry from the bus into storage
+    /// The ingest role: moves telemetry from the bus into storage (with `bus.engine: kafka`)
     Ingest,
     /// The query role: PromQL, SQL, trace and log queries over HTTP
     Query,

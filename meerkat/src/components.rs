@@ -6,49 +6,67 @@ use anyhow::Context;
 use async_trait::async_trait;
 use bus::Bus;
 use bus::embedded::EmbeddedBus;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use storage::Storage;
+use storage::clickhouse::ClickHouseStore;
+use storage::embedded::EmbeddedStore;
 
-use crate::config::Config;
+use crate::config::{BusEngine, Config, StorageEngine};
 use crate::http::SharedRegistry;
 use crate::lifecycle::Component;
 
-/// The embedded bus, opened (recovering its log) and with Meerkat's topics in place.
+/// The bus the configuration names (`bus.engine`), with Meerkat's topics in place.
 #[derive(Debug)]
-pub struct EmbeddedBusComponent {
-    pub bus: Arc<EmbeddedBus>,
+pub struct BusComponent {
+    pub bus: Arc<dyn Bus>,
 }
 
-impl EmbeddedBusComponent {
+impl BusComponent {
     pub async fn start(config: &Config, registry: &SharedRegistry) -> anyhow::Result<Self> {
-        let dir = config.bus_dir();
-        let bus_config = config.bus.embedded.clone();
-        let opened_in = dir.clone();
-        // Opening recovers every partition: file I/O that must not stall the reactor.
-        let bus = tokio::task::spawn_blocking(move || EmbeddedBus::open(&opened_in, bus_config))
-            .await
-            .context("bus start-up task failed")?
-            .with_context(|| format!("cannot open the embedded bus in {}", dir.display()))?;
-        bus.register_metrics(&mut registry.write().unwrap_or_else(|e| e.into_inner()));
+        let bus: Arc<dyn Bus> = match config.bus.engine {
+            BusEngine::Embedded => open_embedded_bus(config, registry).await?,
+            BusEngine::Kafka => {
+                let kafka = bus::kafka::KafkaBus::new(config.bus.kafka.clone())
+                    .context("cannot set up the Kafka bus")?;
+                tracing::info!(brokers = %config.bus.kafka.brokers, "Kafka bus");
+                Arc::new(kafka)
+            }
+        };
         for topic in bus::topics::ALL {
             bus.ensure_topic(topic, config.bus.partitions)
                 .await
                 .with_context(|| format!("cannot set up bus topic {topic}"))?;
         }
-        tracing::info!(dir = %dir.display(), "embedded bus ready");
-        Ok(Self { bus: Arc::new(bus) })
+        Ok(Self { bus })
     }
 }
 
+/// Opens the embedded bus, recovering its log.
+async fn open_embedded_bus(
+    config: &Config,
+    registry: &SharedRegistry,
+) -> anyhow::Result<Arc<dyn Bus>> {
+    let dir = config.bus_dir();
+    let bus_config = config.bus.embedded.clone();
+    let opened_in = dir.clone();
+    // Opening recovers every partition: file I/O that must not stall the reactor.
+    let bus = tokio::task::spawn_blocking(move || EmbeddedBus::open(&opened_in, bus_config))
+        .await
+        .context("bus start-up task failed")?
+        .with_context(|| format!("cannot open the embedded bus in {}", dir.display()))?;
+    bus.register_metrics(&mut registry.write().unwrap_or_else(|e| e.into_inner()));
+    tracing::info!(dir = %dir.display(), "embedded bus ready");
+    Ok(Arc::new(bus))
+}
+
 #[async_trait]
-impl Component for EmbeddedBusComponent {
+impl Component for BusComponent {
     fn name(&self) -> &'static str {
-        "embedded bus"
+        "bus"
     }
 
     async fn stop(self: Box<Self>) -> anyhow::Result<()> {
-        self.bus
-            .close()
-            .await
-            .context("cannot close the embedded bus")
+        self.bus.close().await.context("cannot close the bus")
     }
 }
 
@@ -97,59 +115,98 @@ impl Component for GatewayComponent {
     }
 }
 
-/// The embedded store, opened (index rebuilt from disk), with retention and compaction
-/// running every ten minutes.
+/// The store the configuration names (`storage.engine`), with its maintenance: retention
+/// (and, for the embedded store, compaction) every [`MAINTENANCE_INTERVAL`].
 #[derive(Debug)]
-pub struct EmbeddedStoreComponent {
-    pub store: Arc<storage::embedded::EmbeddedStore>,
-    retention: tokio::task::JoinHandle<()>,
+pub struct StoreComponent {
+    pub store: Arc<dyn Storage>,
+    maintenance: tokio::task::JoinHandle<()>,
 }
 
-impl EmbeddedStoreComponent {
+/// How often retention (and compaction) runs.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(600);
+
+impl StoreComponent {
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
-        let dir = config.store_dir();
-        let store_config = config.storage.embedded.clone();
-        let opened_in = dir.clone();
-        let store = tokio::task::spawn_blocking(move || {
-            storage::embedded::EmbeddedStore::open(&opened_in, store_config)
-        })
-        .await
-        .context("store start-up task failed")?
-        .with_context(|| format!("cannot open the embedded store in {}", dir.display()))?;
-        let store = Arc::new(store);
-        let retention = tokio::spawn({
-            let store = store.clone();
-            async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
-                loop {
-                    tick.tick().await;
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as i64);
-                    if let Err(error) =
-                        storage::Storage::enforce_retention(store.as_ref(), now).await
-                    {
-                        tracing::error!(%error, "store retention failed");
-                    }
-                }
+        let (store, maintenance): (Arc<dyn Storage>, _) = match config.storage.engine {
+            StorageEngine::Embedded => {
+                let dir = config.store_dir();
+                let store_config = config.storage.embedded.clone();
+                let opened_in = dir.clone();
+                let store = tokio::task::spawn_blocking(move || {
+                    EmbeddedStore::open(&opened_in, store_config)
+                })
+                .await
+                .context("store start-up task failed")?
+                .with_context(|| format!("cannot open the embedded store in {}", dir.display()))?;
+                let store = Arc::new(store);
+                tracing::info!(dir = %dir.display(), "embedded store ready");
+                let compacted = store.clone();
+                let maintenance = maintain(store.clone(), move |now| {
+                    let store = compacted.clone();
+                    async move { store.compact(now).await.map(|_| ()) }
+                });
+                (store, maintenance)
             }
-        });
-        tracing::info!(dir = %dir.display(), "embedded store ready");
-        Ok(Self { store, retention })
+            StorageEngine::Clickhouse => {
+                let clickhouse = &config.storage.clickhouse;
+                let store = ClickHouseStore::open(clickhouse.clone())
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot open ClickHouse database {} at {}",
+                            clickhouse.database, clickhouse.url
+                        )
+                    })?;
+                tracing::info!(url = %clickhouse.url, database = %clickhouse.database,
+                    version = %store.server_version(), "ClickHouse store ready");
+                let store = Arc::new(store);
+                let maintenance = maintain(store.clone(), |_| async { Ok(()) });
+                (store, maintenance)
+            }
+        };
+        Ok(Self { store, maintenance })
     }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Runs retention, then `extra` (compaction), every [`MAINTENANCE_INTERVAL`], logging
+/// failures: a failed pass is retried at the next one.
+fn maintain<F, Fut>(store: Arc<dyn Storage>, extra: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(i64) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = storage::Result<()>> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = now_ms();
+            if let Err(error) = store.enforce_retention(now).await {
+                tracing::error!(%error, "store retention failed");
+            }
+            if let Err(error) = extra(now).await {
+                tracing::error!(%error, "store compaction failed");
+            }
+        }
+    })
 }
 
 #[async_trait]
-impl Component for EmbeddedStoreComponent {
+impl Component for StoreComponent {
     fn name(&self) -> &'static str {
-        "embedded store"
+        "store"
     }
 
     async fn stop(self: Box<Self>) -> anyhow::Result<()> {
-        self.retention.abort();
-        storage::Storage::close(self.store.as_ref())
-            .await
-            .context("cannot close the embedded store")
+        self.maintenance.abort();
+        self.store.close().await.context("cannot close the store")
     }
 }
 

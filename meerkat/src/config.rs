@@ -13,10 +13,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
 use bus::embedded::EmbeddedBusConfig;
+use bus::kafka::KafkaBusConfig;
 use gateway::GatewayConfig;
 use ingest::IngestConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use storage::clickhouse::ClickHouseConfig;
 use storage::embedded::EmbeddedStoreConfig;
 
 /// The file read when `--config` is not given, if it exists.
@@ -90,30 +92,57 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BusConfig {
+    /// Which bus: `embedded` (standalone, one process) or `kafka` (distributed).
+    pub engine: BusEngine,
     /// Partitions of each telemetry topic (metrics, spans, logs, events) when created.
     /// Ingest parallelism is bounded by it; it cannot change once a topic exists.
     pub partitions: u32,
     /// The embedded log of standalone mode (under `<data_dir>/bus`).
     pub embedded: EmbeddedBusConfig,
+    /// Kafka, for distributed mode.
+    pub kafka: KafkaBusConfig,
 }
 
 impl Default for BusConfig {
     fn default() -> Self {
         Self {
+            engine: BusEngine::Embedded,
             partitions: 4,
             embedded: EmbeddedBusConfig::default(),
+            kafka: KafkaBusConfig::default(),
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusEngine {
+    #[default]
+    Embedded,
+    Kafka,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// The embedded columnar store of standalone mode (under `<data_dir>/store`).
+    /// Which store: `embedded` (standalone, under `<data_dir>/store`) or `clickhouse`
+    /// (distributed).
+    pub engine: StorageEngine,
+    /// The embedded columnar store of standalone mode.
     pub embedded: EmbeddedStoreConfig,
+    /// ClickHouse, for distributed mode.
+    pub clickhouse: ClickHouseConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageEngine {
+    #[default]
+    Embedded,
+    Clickhouse,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,11 +330,19 @@ impl Config {
             .embedded
             .validate()
             .map_err(|e| anyhow!("bus.embedded: {e}"))?;
+        self.bus
+            .kafka
+            .validate()
+            .map_err(|e| anyhow!("bus.kafka: {e}"))?;
         self.gateway.validate().map_err(|e| anyhow!("{e}"))?;
         self.storage
             .embedded
             .validate()
             .map_err(|e| anyhow!("storage.embedded: {e}"))?;
+        self.storage
+            .clickhouse
+            .validate()
+            .map_err(|e| anyhow!("storage.clickhouse: {e}"))?;
         if let Some(retention) = self.bus.embedded.retention_seconds
             && retention < self.ingest.flush_interval_seconds.saturating_mul(10)
         {

@@ -56,7 +56,11 @@ fn run_role(cli: &Cli, role: serve::Role) -> anyhow::Result<ExitCode> {
         .enable_all()
         .thread_name("meerkat")
         .build()?;
-    runtime.block_on(serve::run(role, config, sources))?;
+    let result = runtime.block_on(serve::run(role, config, sources));
+    // Every component has stopped (flushed, closed) by now; a blocking task still running
+    // is a client library waiting on a peer that went away, which must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -85,7 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve => run_role(&cli, serve::Role::Serve),
         Command::Gateway => run_role(&cli, serve::Role::Gateway),
-        Command::Ingest => unavailable("ingest", "issue 4"),
+        Command::Ingest => run_role(&cli, serve::Role::Ingest),
         Command::Query => unavailable("query", "issue 5"),
         Command::Alerting => unavailable("alerting", "issue 7"),
         Command::Agent(AgentCommand::Node) => unavailable("node agent", "issue 6"),

@@ -1,20 +1,20 @@
 //! Running a server role: `meerkat serve` (standalone mode, every server role in one
-//! process) and `meerkat gateway`.
+//! process), `meerkat gateway` and `meerkat ingest`.
 //!
-//! Today `serve` is the HTTP server (`/health`, `/metrics`), the embedded bus, the embedded
-//! store, ingest and the gateway, started in that order and stopped in reverse (so the
-//! gateway stops accepting first, ingest flushes, then the store and the bus close); query
-//! and alerting join as they are built. `gateway` is the bus and the gateway alone. Until the Kafka bus exists
-//! (issue 4) a lone gateway writes to its own embedded bus: a durable buffer on local disk.
+//! Today `serve` is the HTTP server (`/health`, `/metrics`), the bus, the store, ingest and
+//! the gateway, started in that order and stopped in reverse (so the gateway stops
+//! accepting first, ingest flushes, then the store and the bus close); query and alerting
+//! join as they are built. `gateway` is the bus and the gateway alone; `ingest` the bus,
+//! the store and ingest. The bus and the store are the configured engines: embedded by
+//! default, Kafka and ClickHouse in distributed mode (a lone gateway on the embedded bus
+//! is a gateway with a durable buffer on local disk that nothing reads).
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 
-use crate::components::{
-    EmbeddedBusComponent, EmbeddedStoreComponent, GatewayComponent, IngestComponent,
-};
+use crate::components::{BusComponent, GatewayComponent, IngestComponent, StoreComponent};
 use crate::config::{Config, Sources};
 use crate::http::{HttpServer, Readiness, SharedRegistry};
 use crate::lifecycle::{Component, ShutdownSignals, stop_all};
@@ -25,6 +25,7 @@ use crate::telemetry::register_process_metrics;
 pub enum Role {
     Serve,
     Gateway,
+    Ingest,
 }
 
 impl Role {
@@ -32,6 +33,7 @@ impl Role {
         match self {
             Self::Serve => "serve",
             Self::Gateway => "gateway",
+            Self::Ingest => "ingest",
         }
     }
 }
@@ -50,11 +52,11 @@ pub async fn run(role: Role, config: Config, sources: Sources) -> anyhow::Result
 
     let mut components: Vec<Box<dyn Component>> = Vec::new();
     let started: anyhow::Result<()> = async {
-        let bus = EmbeddedBusComponent::start(&config, &registry).await?;
+        let bus = BusComponent::start(&config, &registry).await?;
         let shared_bus: Arc<dyn bus::Bus> = bus.bus.clone();
         components.push(Box::new(bus));
-        if role == Role::Serve {
-            let store = EmbeddedStoreComponent::start(&config).await?;
+        if matches!(role, Role::Serve | Role::Ingest) {
+            let store = StoreComponent::start(&config).await?;
             let shared_store: Arc<dyn storage::Storage> = store.store.clone();
             components.push(Box::new(store));
             let ingest =
@@ -62,9 +64,11 @@ pub async fn run(role: Role, config: Config, sources: Sources) -> anyhow::Result
                     .await?;
             components.push(Box::new(ingest));
         }
-        let gateway = GatewayComponent::start(&config, shared_bus, &registry).await?;
-        http.set_routes(gateway.gateway.http_routes());
-        components.push(Box::new(gateway));
+        if matches!(role, Role::Serve | Role::Gateway) {
+            let gateway = GatewayComponent::start(&config, shared_bus, &registry).await?;
+            http.set_routes(gateway.gateway.http_routes());
+            components.push(Box::new(gateway));
+        }
         Ok(())
     }
     .await;

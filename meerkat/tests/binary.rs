@@ -126,8 +126,7 @@ fn a_port_in_use_is_a_clear_error() {
 fn roles_not_built_yet_fail_clearly() {
     let cwd = tempfile::tempdir().unwrap();
     for role in [
-        &["ingest"][..],
-        &["query"],
+        &["query"][..],
         &["alerting"],
         &["agent", "node"],
         &["agent", "cluster"],

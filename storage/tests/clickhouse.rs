@@ -10,170 +10,26 @@
 
 mod conformance;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use conformance::{DAY, Engine, RETENTION_DAYS, T0, at, metrics, tenant};
 use model::TenantId;
 use storage::clickhouse::{ClickHouseConfig, ClickHouseStore, Features, ServerVersion};
 use storage::{MatchOp, Matcher, Storage};
-use tempfile::TempDir;
+use test_peers::ClickHouseServer;
 
 /// A ClickHouse server of this test's own, stopped (by PID) when dropped.
-struct Server {
-    child: Child,
-    http_port: u16,
-    dir: TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn find_server() -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-            .map(|dir| dir.join("clickhouse-server"))
-            .find(|path| path.is_file())
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "clickhouse-server is not installed: run ./scripts/install-peers, which installs the \
-             Debian packages clickhouse-server and clickhouse-client (18.16)"
-        )
-    })
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
-}
+struct Server(ClickHouseServer);
 
 impl Server {
     fn start() -> Self {
-        let binary = find_server();
-        let dir = TempDir::new().unwrap();
-        let root = dir.path();
-        let (http_port, tcp_port) = (free_port(), free_port());
-        let data = root.join("data");
-        std::fs::create_dir_all(&data).unwrap();
-        std::fs::write(
-            root.join("config.xml"),
-            format!(
-                r#"<?xml version="1.0"?>
-<yandex>
-  <logger>
-    <level>warning</level>
-    <log>{root}/server.log</log>
-    <errorlog>{root}/server.err.log</errorlog>
-    <size>10M</size>
-    <count>1</count>
-  </logger>
-  <listen_host>127.0.0.1</listen_host>
-  <http_port>{http_port}</http_port>
-  <tcp_port>{tcp_port}</tcp_port>
-  <path>{data}/</path>
-  <tmp_path>{data}/tmp/</tmp_path>
-  <user_files_path>{data}/user_files/</user_files_path>
-  <format_schema_path>{data}/format_schemas/</format_schema_path>
-  <mark_cache_size>67108864</mark_cache_size>
-  <uncompressed_cache_size>67108864</uncompressed_cache_size>
-  <max_concurrent_queries>100</max_concurrent_queries>
-  <keep_alive_timeout>3</keep_alive_timeout>
-  <timezone>UTC</timezone>
-  <default_profile>default</default_profile>
-  <default_database>default</default_database>
-  <users_config>users.xml</users_config>
-</yandex>
-"#,
-                root = root.display(),
-                data = data.display(),
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            root.join("users.xml"),
-            r#"<?xml version="1.0"?>
-<yandex>
-  <profiles><default><max_memory_usage>2000000000</max_memory_usage></default></profiles>
-  <users>
-    <default>
-      <password></password>
-      <networks><ip>127.0.0.1</ip></networks>
-      <profile>default</profile>
-      <quota>default</quota>
-    </default>
-  </users>
-  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
-</yandex>
-"#,
-        )
-        .unwrap();
-        let stdout = std::fs::File::create(root.join("stdout.log")).unwrap();
-        let stderr = std::fs::File::create(root.join("stderr.log")).unwrap();
-        let child = Command::new(&binary)
-            .arg(format!(
-                "--config-file={}",
-                root.join("config.xml").display()
-            ))
-            .current_dir(root)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let mut server = Self {
-            child,
-            http_port,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if http_get(http_port, "/ping").is_some_and(|r| r.ends_with("Ok.\n")) {
-                return server;
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!(
-                    "clickhouse-server exited ({status}) before answering: {}",
-                    server.logs()
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "clickhouse-server did not answer /ping within 60 s: {}",
-                    server.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn logs(&self) -> String {
-        let read =
-            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-        format!(
-            "stderr: {}\nerror log: {}",
-            read("stderr.log"),
-            read("server.err.log")
-        )
+        Self(ClickHouseServer::start())
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        self.0.url()
     }
 
     fn client(&self) -> clickhouse::Client {
@@ -183,24 +39,7 @@ impl Server {
     }
 
     fn data_dir(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGTERM by PID, then SIGKILL if it lingers.
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.dir()
     }
 }
 

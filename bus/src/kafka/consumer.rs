@@ -15,9 +15,11 @@ use crate::{BusError, ConsumedRecord, Consumer, Result, TopicPartition};
 
 /// One member of a consumer group on Kafka: one librdkafka consumer, subscribed to the
 /// group's topics. Dropping it leaves the group (the others take over its partitions at
-/// once instead of after the session timeout); that waits for the broker's answer.
+/// once instead of after the session timeout); that waits for the broker's answer, up to
+/// the request timeout.
 pub struct KafkaConsumer {
-    consumer: Arc<BaseConsumer<BusContext>>,
+    /// `None` only while dropping.
+    consumer: Option<Arc<BaseConsumer<BusContext>>>,
     group: String,
     topics: Arc<[Arc<str>]>,
     closed: Arc<AtomicBool>,
@@ -48,12 +50,16 @@ impl KafkaConsumer {
             .subscribe(topics)
             .map_err(|e| kafka_error("subscribing", &e))?;
         Ok(Self {
-            consumer: Arc::new(consumer),
+            consumer: Some(Arc::new(consumer)),
             group: group.to_owned(),
             topics: topics.iter().map(|t| Arc::<str>::from(*t)).collect(),
             closed,
             timeout: config.request_timeout(),
         })
+    }
+
+    fn client(&self) -> Result<&Arc<BaseConsumer<BusContext>>> {
+        self.consumer.as_ref().ok_or(BusError::Closed)
     }
 
     fn check_assigned(&self, partition: &TopicPartition) -> Result<()> {
@@ -124,7 +130,10 @@ fn poll_records(
 #[async_trait]
 impl Consumer for KafkaConsumer {
     fn assignment(&self) -> Vec<TopicPartition> {
-        match self.consumer.assignment() {
+        let Ok(client) = self.client() else {
+            return Vec::new();
+        };
+        match client.assignment() {
             Ok(list) => list
                 .elements()
                 .iter()
@@ -139,7 +148,7 @@ impl Consumer for KafkaConsumer {
 
     async fn poll(&mut self, max_records: usize, timeout: Duration) -> Result<Vec<ConsumedRecord>> {
         self.check_open()?;
-        let consumer = self.consumer.clone();
+        let consumer = self.client()?.clone();
         let group = self.group.clone();
         let topics = self.topics.clone();
         let max_records = max_records.max(1);
@@ -162,18 +171,44 @@ impl Consumer for KafkaConsumer {
             )
             .map_err(|e| kafka_error("committing offsets", &e))?;
         }
-        let consumer = self.consumer.clone();
-        blocking(move || {
-            consumer
-                .commit(&list, CommitMode::Sync)
-                .map_err(|e| kafka_error("committing offsets", &e))
-        })
-        .await
+        let consumer = self.client()?.clone();
+        // librdkafka's synchronous commit waits for the group coordinator without end
+        // (while no broker answers, for ever); the caller gets an answer within the request
+        // timeout instead. The commit itself may still land later, which is harmless: an
+        // offset commit only ever covers data storage already holds.
+        // A thread of its own, not the runtime's blocking pool: a runtime shutting down
+        // waits for its blocking tasks, and this one may not end while the cluster is away.
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("kafka-commit".to_owned())
+            .spawn(move || {
+                let _ = answer.send(
+                    consumer
+                        .commit(&list, CommitMode::Sync)
+                        .map_err(|e| kafka_error("committing offsets", &e)),
+                );
+            })
+            .map_err(|e| BusError::Kafka {
+                action: "committing offsets",
+                reason: format!("cannot start a thread: {e}"),
+                retryable: true,
+            })?;
+        match tokio::time::timeout(self.timeout, answered).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) | Err(_) => Err(BusError::Kafka {
+                action: "committing offsets",
+                reason: format!(
+                    "no answer from the group coordinator within {} s",
+                    self.timeout.as_secs_f64()
+                ),
+                retryable: true,
+            }),
+        }
     }
 
     fn seek(&mut self, partition: &TopicPartition, offset: u64) -> Result<()> {
         self.check_assigned(partition)?;
-        self.consumer
+        self.client()?
             .seek(
                 &partition.topic,
                 partition.partition as i32,
@@ -181,5 +216,27 @@ impl Consumer for KafkaConsumer {
                 self.timeout,
             )
             .map_err(|e| kafka_error("seeking", &e))
+    }
+}
+
+impl Drop for KafkaConsumer {
+    /// librdkafka's close (leave the group, give back the partitions) waits for the group
+    /// coordinator, up to the session timeout when no broker answers; it runs on a thread
+    /// of its own and this waits for it only up to the request timeout, so that stopping
+    /// never hangs on an unreachable cluster.
+    fn drop(&mut self) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        let (closed, done) = std::sync::mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("kafka-consumer-close".to_owned())
+            .spawn(move || {
+                drop(consumer);
+                let _ = closed.send(());
+            });
+        if spawned.is_ok() && done.recv_timeout(self.timeout).is_err() {
+            tracing::warn!(group = %self.group, "the kafka consumer did not leave its group within the request timeout; it keeps trying in the background");
+        }
     }
 }

@@ -96,6 +96,14 @@ impl Server {
         }
     }
 
+    /// Every log line so far (waits a moment for lines still on their way).
+    pub fn log_lines(&mut self) -> &[String] {
+        while let Ok(line) = self.log.recv_timeout(Duration::from_millis(100)) {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
