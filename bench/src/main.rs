@@ -3,9 +3,11 @@
 //! Absolute numbers on shared machines are noise; ratios measured in the same run are not.
 //! Each subcommand says what it compares.
 
+mod clickhouse_ingest;
 mod encoding;
 mod remote_write;
 mod storage_size;
+mod visibility;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +26,10 @@ enum Command {
     RemoteWrite(remote_write::Args),
     /// Bytes on disk per sample: the embedded store vs VictoriaMetrics, same data
     StorageSize(storage_size::Args),
+    /// Acknowledged → visible to a read, under load: Meerkat vs VictoriaMetrics vs Prometheus
+    Visibility(visibility::Args),
+    /// Distributed mode's write path: Kafka → ingest → ClickHouse, samples per second
+    ClickhouseIngest(clickhouse_ingest::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +37,7 @@ fn main() -> anyhow::Result<()> {
         Command::Encoding(args) => encoding::run(&args),
         Command::RemoteWrite(args) => remote_write::run(&args),
         Command::StorageSize(args) => storage_size::run(&args),
+        Command::Visibility(args) => visibility::run(&args),
+        Command::ClickhouseIngest(args) => clickhouse_ingest::run(&args),
     }
 }

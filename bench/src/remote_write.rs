@@ -25,29 +25,29 @@ use gateway::proto::prometheus as pb;
 pub struct Args {
     /// Distinct series in the generated load
     #[arg(long, default_value_t = 100_000)]
-    series: usize,
+    pub series: usize,
     /// Samples (one per series) in each remote-write request
     #[arg(long, default_value_t = 2_000)]
-    samples_per_request: usize,
+    pub samples_per_request: usize,
     /// Requests in flight at once
     #[arg(long, default_value_t = 4)]
-    concurrency: usize,
+    pub concurrency: usize,
     /// Seconds of load per server
     #[arg(long, default_value_t = 30)]
-    duration_seconds: u64,
+    pub duration_seconds: u64,
     /// Simulated scrape interval: timestamps advance by this much per round
     #[arg(long, default_value_t = 10)]
-    scrape_interval_seconds: u64,
+    pub scrape_interval_seconds: u64,
     /// Servers to measure, in order
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "meerkat,victoriametrics,prometheus"
     )]
-    targets: Vec<String>,
+    pub targets: Vec<String>,
     /// The meerkat binary (default: next to this benchmark's binary)
     #[arg(long)]
-    meerkat: Option<PathBuf>,
+    pub meerkat: Option<PathBuf>,
 }
 
 /// A label name and the values it takes.
@@ -106,7 +106,7 @@ const FAMILIES: &[(&str, &[LabelValues])] = &[
 ];
 
 /// The label set of series `index`: a family, its own labels, and where it came from.
-fn series_labels(index: usize) -> Vec<pb::Label> {
+pub(crate) fn series_labels(index: usize) -> Vec<pb::Label> {
     let (family, extra) = FAMILIES[index % FAMILIES.len()];
     let mut rest = index / FAMILIES.len();
     let mut labels = vec![pb::Label {
@@ -199,10 +199,10 @@ fn generate(args: &Args, start_ms: i64, bodies: mpsc::SyncSender<Body>, stop: Ar
 }
 
 /// A server under test, started by this benchmark and stopped by its PID.
-struct Server {
-    name: &'static str,
-    child: Child,
-    write_url: String,
+pub(crate) struct Server {
+    pub name: &'static str,
+    pub child: Child,
+    pub write_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -224,7 +224,7 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn wait_ready(url: &str) -> anyhow::Result<()> {
+pub(crate) fn wait_ready(url: &str) -> anyhow::Result<()> {
     let agent = ureq::Agent::new_with_defaults();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
@@ -236,7 +236,7 @@ fn wait_ready(url: &str) -> anyhow::Result<()> {
     bail!("{url} never became ready")
 }
 
-fn start(target: &str, meerkat: &Path) -> anyhow::Result<Server> {
+pub(crate) fn start(target: &str, meerkat: &Path) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
     let addr = free_addr()?;
     let quiet = || Stdio::null();
@@ -320,74 +320,130 @@ struct Measurement {
     first_refusal: Option<String>,
 }
 
-fn measure(server: &Server, args: &Args) -> anyhow::Result<Measurement> {
-    let pid = server.child.id();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (bodies, receiver) = mpsc::sync_channel::<Body>(args.concurrency * 4);
-    let receiver = Arc::new(Mutex::new(receiver));
-    let start_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64
-        - 3_600_000;
-    let generator = {
-        let stop = stop.clone();
-        let args = Args {
-            targets: vec![],
-            meerkat: None,
-            ..*args
+/// The generated load running against one server: a generator thread and `concurrency`
+/// sender threads, until [`Load::finish`].
+pub(crate) struct Load {
+    stop: Arc<AtomicBool>,
+    generator: std::thread::JoinHandle<()>,
+    senders: Vec<std::thread::JoinHandle<()>>,
+    receiver: Arc<Mutex<mpsc::Receiver<Body>>>,
+    pub accepted: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+    first_refusal: Arc<Mutex<Option<String>>>,
+}
+
+/// What a load achieved.
+pub(crate) struct LoadTotals {
+    pub accepted: u64,
+    pub refused: u64,
+    pub first_refusal: Option<String>,
+}
+
+impl Load {
+    /// Starts sending `args`'s load to the remote-write endpoint `write_url`, with
+    /// timestamps from an hour ago onwards.
+    pub(crate) fn start(args: &Args, write_url: &str) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (bodies, receiver) = mpsc::sync_channel::<Body>(args.concurrency * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let start_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64
+            - 3_600_000;
+        let generator = {
+            let stop = stop.clone();
+            let args = Args {
+                targets: vec![],
+                meerkat: None,
+                ..*args
+            };
+            std::thread::spawn(move || generate(&args, start_ms, bodies, stop))
         };
-        std::thread::spawn(move || generate(&args, start_ms, bodies, stop))
-    };
-    let accepted = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
-    let first_refusal: Arc<Mutex<Option<String>>> = Arc::default();
-    let (cpu_before, _) = cpu_and_rss(pid)?;
-    let started = Instant::now();
-    let mut senders = Vec::new();
-    for _ in 0..args.concurrency {
-        let receiver = receiver.clone();
-        let url = server.write_url.clone();
-        let (accepted, refused, first_refusal, stop) = (
-            accepted.clone(),
-            refused.clone(),
-            first_refusal.clone(),
-            stop.clone(),
-        );
-        senders.push(std::thread::spawn(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into();
-            while !stop.load(Ordering::Relaxed) {
-                let body = match receiver.lock().map(|r| r.recv()) {
-                    Ok(Ok(body)) => body,
-                    _ => return,
-                };
-                let response = agent
-                    .post(&url)
-                    .header("Content-Encoding", "snappy")
-                    .header("Content-Type", "application/x-protobuf")
-                    .header("X-Prometheus-Remote-Write-Version", "0.1.0")
-                    .send(&body.bytes[..]);
-                match response {
-                    Ok(r) if r.status().is_success() => {
-                        accepted.fetch_add(body.samples, Ordering::Relaxed);
-                    }
-                    Ok(mut r) => {
-                        refused.fetch_add(body.samples, Ordering::Relaxed);
-                        let text = r.body_mut().read_to_string().unwrap_or_default();
-                        let mut first = first_refusal.lock().unwrap_or_else(|e| e.into_inner());
-                        first.get_or_insert_with(|| format!("{}: {}", r.status(), text.trim()));
-                    }
-                    Err(error) => {
-                        refused.fetch_add(body.samples, Ordering::Relaxed);
-                        let mut first = first_refusal.lock().unwrap_or_else(|e| e.into_inner());
-                        first.get_or_insert_with(|| error.to_string());
+        let accepted = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
+        let first_refusal: Arc<Mutex<Option<String>>> = Arc::default();
+        let mut senders = Vec::new();
+        for _ in 0..args.concurrency {
+            let receiver = receiver.clone();
+            let url = write_url.to_owned();
+            let (accepted, refused, first_refusal, stop) = (
+                accepted.clone(),
+                refused.clone(),
+                first_refusal.clone(),
+                stop.clone(),
+            );
+            senders.push(std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                while !stop.load(Ordering::Relaxed) {
+                    let body = match receiver.lock().map(|r| r.recv()) {
+                        Ok(Ok(body)) => body,
+                        _ => return,
+                    };
+                    let response = agent
+                        .post(&url)
+                        .header("Content-Encoding", "snappy")
+                        .header("Content-Type", "application/x-protobuf")
+                        .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+                        .send(&body.bytes[..]);
+                    match response {
+                        Ok(r) if r.status().is_success() => {
+                            accepted.fetch_add(body.samples, Ordering::Relaxed);
+                        }
+                        Ok(mut r) => {
+                            refused.fetch_add(body.samples, Ordering::Relaxed);
+                            let text = r.body_mut().read_to_string().unwrap_or_default();
+                            let mut first = first_refusal.lock().unwrap_or_else(|e| e.into_inner());
+                            first.get_or_insert_with(|| format!("{}: {}", r.status(), text.trim()));
+                        }
+                        Err(error) => {
+                            refused.fetch_add(body.samples, Ordering::Relaxed);
+                            let mut first = first_refusal.lock().unwrap_or_else(|e| e.into_inner());
+                            first.get_or_insert_with(|| error.to_string());
+                        }
                     }
                 }
-            }
-        }));
+            }));
+        }
+        Ok(Self {
+            stop,
+            generator,
+            senders,
+            receiver,
+            accepted,
+            refused,
+            first_refusal,
+        })
     }
+
+    /// Stops the load and waits for its threads.
+    pub(crate) fn finish(self) -> LoadTotals {
+        self.stop.store(true, Ordering::Relaxed);
+        for sender in self.senders {
+            let _ = sender.join();
+        }
+        drop(self.receiver);
+        let _ = self.generator.join();
+        let first_refusal = self
+            .first_refusal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        LoadTotals {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            first_refusal,
+        }
+    }
+}
+
+fn measure(server: &Server, args: &Args) -> anyhow::Result<Measurement> {
+    let pid = server.child.id();
+    let (cpu_before, _) = cpu_and_rss(pid)?;
+    let started = Instant::now();
+    let load = Load::start(args, &server.write_url)?;
     let mut peak_rss = 0;
     let deadline = started + Duration::from_secs(args.duration_seconds);
     while Instant::now() < deadline {
@@ -397,30 +453,21 @@ fn measure(server: &Server, args: &Args) -> anyhow::Result<Measurement> {
             "\r  {:<16} {:>5.1}s  {:>12} samples accepted",
             server.name,
             started.elapsed().as_secs_f64(),
-            accepted.load(Ordering::Relaxed)
+            load.accepted.load(Ordering::Relaxed)
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    for sender in senders {
-        let _ = sender.join();
-    }
+    let totals = load.finish();
     let seconds = started.elapsed().as_secs_f64();
     let (cpu_after, rss) = cpu_and_rss(pid)?;
-    drop(receiver);
-    let _ = generator.join();
     eprintln!();
-    let first_refusal = first_refusal
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
     Ok(Measurement {
         name: server.name,
-        samples: accepted.load(Ordering::Relaxed),
+        samples: totals.accepted,
         seconds,
         cpu_seconds: cpu_after - cpu_before,
         peak_rss: peak_rss.max(rss),
-        refused: refused.load(Ordering::Relaxed),
-        first_refusal,
+        refused: totals.refused,
+        first_refusal: totals.first_refusal,
     })
 }
 

@@ -144,6 +144,11 @@ impl ClickHouseServer {
         self.http_port
     }
 
+    /// The server's process id (for CPU accounting in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's directory (configuration, logs, `data/`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -320,6 +325,11 @@ impl KafkaBroker {
     /// `host:port` of its listener: the bootstrap broker list.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The broker's process id (for CPU accounting in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// What the broker printed.
