@@ -8,7 +8,8 @@
 //!   memory, and Parquet parts on disk partitioned by day and sorted by series then time.
 //!   Its durability comes from the bus: every flush records the bus offsets it covers, and
 //!   after a restart ingest replays from there. It keeps no write-ahead log of its own.
-//! - ClickHouse, for distributed mode (to come).
+//! - [`clickhouse::ClickHouseStore`], for distributed mode: the same tables in ClickHouse
+//!   (18.16 and later), written in batches, read with SQL pushed down into ClickHouse.
 //!
 //! Reads come two ways: [`Storage::select`] hands series with their samples to the PromQL
 //! engine, and [`Storage::session`] gives a DataFusion session with the tenant's tables
@@ -99,6 +100,14 @@ pub trait Storage: Send + Sync + fmt::Debug {
         name: &str,
         matchers: &[Matcher],
     ) -> Result<Vec<String>>;
+
+    /// A DataFusion session over `tenant`'s tables `samples(series_id, timestamp_ms,
+    /// value)`, `series(series_id, metric_name, labels)` (labels as a JSON object), `spans`,
+    /// `logs` and `events`, with the same columns on every engine except the type of
+    /// `series_id`, an opaque key joining `samples` to `series` (`UInt32` in the embedded
+    /// store, the series fingerprint as `UInt64` in ClickHouse). Another tenant's data is
+    /// never visible in it.
+    async fn session(&self, tenant: &TenantId) -> Result<datafusion::prelude::SessionContext>;
 
     /// Removes data older than the retention period.
     async fn enforce_retention(&self, now_ms: i64) -> Result<()>;

@@ -109,3 +109,13 @@ async fn retention_drops_whole_days() {
 async fn retention_drops_whole_days_of_rows() {
     conformance::retention_drops_whole_days_of_rows(&Embedded::new()).await;
 }
+
+#[tokio::test]
+async fn sql_reads_the_same_on_every_engine() {
+    conformance::sql_reads_the_same_on_every_engine(&Embedded::new()).await;
+}
+
+#[tokio::test]
+async fn sql_sees_one_tenant_only() {
+    conformance::sql_sees_one_tenant_only(&Embedded::new()).await;
+}

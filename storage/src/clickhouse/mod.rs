@@ -34,11 +34,15 @@
 //! **Reads**: [`Storage::select`] asks `series` for the matching series (matchers pushed
 //! down where ClickHouse evaluates them exactly, see `pushdown`), checks each against the
 //! matchers with Prometheus's semantics, then reads their samples by fingerprint.
+//! [`ClickHouseStore::session`] gives a DataFusion session over a tenant's tables, each a
+//! [`ClickHouseTable`] that pushes filters, projections, limits and `count(*)` into one
+//! ClickHouse query per scan (see `provider`).
 //!
 //! Not done here: the out-of-order window of the embedded store (ClickHouse takes samples
 //! in any order), and fingerprint collisions (two label sets with the same 64-bit hash in
 //! one tenant would share samples).
 
+mod provider;
 mod pushdown;
 mod rows;
 pub mod schema;
@@ -52,9 +56,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use clickhouse::Client;
+use datafusion::prelude::SessionContext;
 use model::{Labels, Payload, Sample, TenantId};
 use serde::{Deserialize, Serialize};
 
+pub use self::provider::{ClickHouseTable, Scan};
 use self::rows::{
     BufferedSample, EventRow, LogRow, OffsetRow, SampleRow, SeriesRow, SpanRow, event_rows,
     log_rows, span_rows,
@@ -352,6 +358,14 @@ impl ClickHouseStore {
     /// The HTTP client, set to the store's database (for SQL over the tables).
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// A DataFusion session over `tenant`'s tables (`samples`, `series`, `spans`, `logs`,
+    /// `events`, with the embedded store's columns), read from ClickHouse when a query
+    /// runs: rows inserted so far are visible, buffered ones are not. Another tenant's rows
+    /// are never read.
+    pub async fn session(&self, tenant: &TenantId) -> Result<SessionContext> {
+        provider::session(&self.client, tenant)
     }
 
     /// Rows of `tenant` in `table` (`series`, `samples`, `spans`, `logs`, `events`), each
@@ -799,6 +813,10 @@ impl Storage for ClickHouseStore {
             .map_err(|e| ch_error("reading label values from", e))?;
         values.sort_unstable();
         Ok(values)
+    }
+
+    async fn session(&self, tenant: &TenantId) -> Result<SessionContext> {
+        ClickHouseStore::session(self, tenant).await
     }
 
     async fn enforce_retention(&self, now_ms: i64) -> Result<()> {

@@ -36,7 +36,8 @@ use serde::{Deserialize, Serialize};
 
 use self::index::SeriesIndex;
 use self::parts::{PartMeta, day_of};
-use self::rows::{DayRows, RowKind};
+use self::rows::DayRows;
+pub(crate) use self::rows::RowKind;
 use crate::{
     BusPosition, DurableOffsets, Matcher, Result, SeriesSamples, Storage, StorageError,
     WriteSummary,
@@ -1007,6 +1008,10 @@ impl Storage for EmbeddedStore {
         let state = read_lock(&tenant.state);
         let ids = state.index.select(matchers);
         Ok(state.index.label_values(name, &ids))
+    }
+
+    async fn session(&self, tenant: &TenantId) -> Result<datafusion::prelude::SessionContext> {
+        EmbeddedStore::session(self, tenant).await
     }
 
     async fn enforce_retention(&self, now_ms: i64) -> Result<()> {

@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::util::display::array_value_to_string;
 use model::{Labels, MetricBatch, Payload, Sample, Series, TenantId};
 use storage::{BusPosition, DurableOffsets, MatchOp, Matcher, Storage};
 
@@ -141,10 +143,15 @@ pub fn span(trace: u8, id: u8, start_ns: u64, name: &str) -> model::Span {
 }
 
 pub fn spans(list: Vec<model::Span>) -> Payload {
+    spans_of("checkout", list)
+}
+
+/// Spans of the service `service`.
+pub fn spans_of(service: &str, list: Vec<model::Span>) -> Payload {
     Payload::Spans(model::SpanBatch {
         resource_spans: vec![model::ResourceSpans {
             resource: model::Resource {
-                attributes: vec![model::KeyValue::string("service.name", "checkout")],
+                attributes: vec![model::KeyValue::string("service.name", service)],
                 dropped_attributes_count: 0,
             },
             schema_url: String::new(),
@@ -152,6 +159,41 @@ pub fn spans(list: Vec<model::Span>) -> Payload {
                 scope: model::InstrumentationScope::default(),
                 schema_url: String::new(),
                 spans: list,
+            }],
+        }],
+    })
+}
+
+/// A log record of `severity_number` at `time_ns`.
+pub fn log_record(body: &str, severity_number: i32, time_ns: u64) -> model::LogRecord {
+    model::LogRecord {
+        time_unix_nano: time_ns,
+        observed_time_unix_nano: time_ns,
+        body: model::AnyValue::String(body.into()),
+        severity_number,
+        severity_text: if severity_number >= 17 {
+            "ERROR"
+        } else {
+            "INFO"
+        }
+        .into(),
+        ..model::LogRecord::default()
+    }
+}
+
+/// These log records, of the service `checkout`.
+pub fn log_batch(records: Vec<model::LogRecord>) -> Payload {
+    Payload::Logs(model::LogBatch {
+        resource_logs: vec![model::ResourceLogs {
+            resource: model::Resource {
+                attributes: vec![model::KeyValue::string("service.name", "checkout")],
+                dropped_attributes_count: 0,
+            },
+            schema_url: String::new(),
+            scope_logs: vec![model::ScopeLogs {
+                scope: model::InstrumentationScope::default(),
+                schema_url: String::new(),
+                log_records: records,
             }],
         }],
     })
@@ -887,5 +929,361 @@ pub async fn retention_drops_whole_days_of_rows(engine: &dyn Engine) {
     assert_eq!(row_counts(engine, "a").await, [8, 12, 4]);
     store.enforce_retention(T0 + 3 * DAY).await.unwrap();
     assert_eq!(row_counts(engine, "a").await, [6, 9, 3], "day 0 is gone");
+    store.close().await.unwrap();
+}
+
+/// Rows as text: cells joined by `,`, NULL as `NULL`.
+pub fn rows_text(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out = Vec::new();
+    for batch in batches {
+        for row in 0..batch.num_rows() {
+            let cells: Vec<String> = batch
+                .columns()
+                .iter()
+                .map(|column| {
+                    if column.is_null(row) {
+                        "NULL".to_owned()
+                    } else {
+                        array_value_to_string(column, row).unwrap()
+                    }
+                })
+                .collect();
+            out.push(cells.join(","));
+        }
+    }
+    out
+}
+
+/// The rows `query` returns in `tenant_name`'s SQL session, as text.
+pub async fn sql(store: &dyn Storage, tenant_name: &str, query: &str) -> Vec<String> {
+    let context = store.session(&tenant(tenant_name)).await.unwrap();
+    let frame = context
+        .sql(query)
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e}"));
+    let batches = frame
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e}"));
+    rows_text(&batches)
+}
+
+/// The columns of each SQL table, as `name: type`, NULL-able ones marked `?`; `series_id`
+/// as `series_id: key`, its type being the engine's (checked to be an unsigned integer).
+async fn sql_schemas(store: &dyn Storage) -> BTreeMap<String, Vec<String>> {
+    use datafusion::arrow::datatypes::DataType;
+    let context = store.session(&tenant("a")).await.unwrap();
+    let mut out = BTreeMap::new();
+    for table in ["samples", "series", "spans", "logs", "events"] {
+        let frame = context.table(table).await.unwrap();
+        let columns = frame
+            .schema()
+            .fields()
+            .iter()
+            .map(|field| {
+                if field.name() == "series_id" {
+                    assert!(
+                        matches!(field.data_type(), DataType::UInt32 | DataType::UInt64),
+                        "{table}.series_id is {}",
+                        field.data_type()
+                    );
+                    return "series_id: key".to_owned();
+                }
+                let nullable = if field.is_nullable() { "?" } else { "" };
+                format!("{}: {}{nullable}", field.name(), field.data_type())
+            })
+            .collect();
+        out.insert(table.to_owned(), columns);
+    }
+    out
+}
+
+/// Metrics, spans of two services, log records of several severities and times, and two
+/// events, all of tenant `a`, flushed.
+async fn write_sql_data(store: &dyn Storage) {
+    let a = tenant("a");
+    let api: &[(&str, &str)] = &[("__name__", HTTP), ("job", "api"), ("code", "200")];
+    let db: &[(&str, &str)] = &[("__name__", HTTP), ("job", "db")];
+    let up: &[(&str, &str)] = &[("__name__", "up"), ("job", "api")];
+    store
+        .write(
+            &a,
+            metrics(&[
+                (api, &[(T0, 1.0), (T0 + 15_000, 2.0), (T0 + 30_000, 4.0)]),
+                (db, &[(T0, 10.0), (T0 + 15_000, 20.0)]),
+                (up, &[(T0, 1.0)]),
+            ]),
+            &metrics_at(0),
+        )
+        .await
+        .unwrap();
+    let start = (T0 as u64) * 1_000_000;
+    let mut child = span(1, 2, start + 1_000_000, "db");
+    child.parent_span_id = Some(model::SpanId([1; 8]));
+    store
+        .write(
+            &a,
+            spans_of("checkout", vec![span(1, 1, start, "GET /"), child]),
+            &at("spans", 0, 0),
+        )
+        .await
+        .unwrap();
+    store
+        .write(
+            &a,
+            spans_of(
+                "cart",
+                vec![
+                    span(2, 1, start, "POST /cart"),
+                    span(2, 2, start, "db"),
+                    span(2, 3, start, "cache"),
+                ],
+            ),
+            &at("spans", 0, 1),
+        )
+        .await
+        .unwrap();
+    let minute = 60_000_000_000;
+    let mut traced = log_record("it's", 13, start + minute);
+    traced.trace_id = Some(model::TraceId([1; 16]));
+    store
+        .write(
+            &a,
+            log_batch(vec![
+                log_record("disk full", 17, start),
+                log_record("disk still full", 17, start + minute),
+                log_record("ok", 9, start + minute),
+                log_record("late error", 17, start + 60 * minute),
+                traced,
+            ]),
+            &at("logs", 0, 0),
+        )
+        .await
+        .unwrap();
+    store
+        .write(
+            &a,
+            events(&["1.2.3", "1.2.4"], T0 + 60_000),
+            &at("events", 0, 0),
+        )
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+}
+
+/// The same SQL gives the same rows on every engine: the tables have the same columns
+/// (but for the type of the `series_id` key), filters mean the same (NULLs included),
+/// joins of samples to series, timestamps, limits and filters DataFusion applies itself.
+pub async fn sql_reads_the_same_on_every_engine(engine: &dyn Engine) {
+    let store = engine.open().await;
+    write_sql_data(store.as_ref()).await;
+    let store = store.as_ref();
+    let schemas = sql_schemas(store).await;
+    let expected_schemas: BTreeMap<String, Vec<String>> = [
+        (
+            "samples",
+            "series_id: key|timestamp_ms: Int64|value: Float64",
+        ),
+        ("series", "series_id: key|metric_name: Utf8|labels: Utf8"),
+        (
+            "spans",
+            "trace_id: Utf8|span_id: Utf8|parent_span_id: Utf8?|service_name: Utf8|name: Utf8|\
+             kind: Utf8|start_time: Timestamp(ns, \"UTC\")|end_time: Timestamp(ns, \"UTC\")|\
+             duration_ns: Int64|status_code: Utf8|status_message: Utf8|attributes: Utf8|\
+             resource_attributes: Utf8|scope_name: Utf8|scope_version: Utf8|events: Utf8|\
+             links: Utf8|trace_state: Utf8|flags: UInt32",
+        ),
+        (
+            "logs",
+            "timestamp: Timestamp(ns, \"UTC\")|observed_timestamp: Timestamp(ns, \"UTC\")|\
+             service_name: Utf8|severity_number: Int32|severity_text: Utf8|body: Utf8|\
+             attributes: Utf8|resource_attributes: Utf8|scope_name: Utf8|trace_id: Utf8?|\
+             span_id: Utf8?|event_name: Utf8|flags: UInt32|bus_partition: UInt32|\
+             bus_offset: UInt64|bus_index: UInt32",
+        ),
+        (
+            "events",
+            "timestamp: Timestamp(ms, \"UTC\")|kind: Utf8|source: Utf8|details: Utf8|\
+             attributes: Utf8|bus_partition: UInt32|bus_offset: UInt64|bus_index: UInt32",
+        ),
+    ]
+    .into_iter()
+    .map(|(table, columns)| {
+        (
+            table.to_owned(),
+            columns.split('|').map(str::to_owned).collect(),
+        )
+    })
+    .collect();
+    assert_eq!(schemas, expected_schemas);
+
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            "SELECT service_name, count(*) FROM spans GROUP BY service_name ORDER BY service_name"
+                .into(),
+            vec!["cart,3", "checkout,2"],
+        ),
+        (
+            // Severity and a time range: T0 + 10 s up to (not including) T0 + 1 h.
+            "SELECT body FROM logs WHERE severity_number >= 17 \
+             AND timestamp >= TIMESTAMP '2023-11-14T22:13:30Z' \
+             AND timestamp < TIMESTAMP '2023-11-14T23:13:20Z' ORDER BY body"
+                .into(),
+            vec!["disk still full"],
+        ),
+        (
+            "SELECT timestamp, severity_text, body, trace_id FROM logs \
+             WHERE body IN ('ok', 'it''s') ORDER BY body"
+                .into(),
+            vec![
+                "2023-11-14T22:14:20Z,INFO,it's,01010101010101010101010101010101",
+                "2023-11-14T22:14:20Z,INFO,ok,NULL",
+            ],
+        ),
+        (
+            format!(
+                "SELECT s.metric_name, count(*), sum(x.value) FROM samples x \
+                 JOIN series s USING (series_id) \
+                 WHERE x.timestamp_ms BETWEEN {T0} AND {} \
+                 GROUP BY s.metric_name ORDER BY s.metric_name",
+                T0 + 15_000
+            ),
+            vec!["http_requests_total,4,33.0", "up,1,1.0"],
+        ),
+        (
+            "SELECT labels FROM series WHERE metric_name = 'http_requests_total' ORDER BY labels"
+                .into(),
+            vec![
+                r#"{"__name__":"http_requests_total","code":"200","job":"api"}"#,
+                r#"{"__name__":"http_requests_total","job":"db"}"#,
+            ],
+        ),
+        (
+            "SELECT max(timestamp_ms), count(*) FROM samples \
+             WHERE series_id IN (SELECT series_id FROM series WHERE metric_name = 'up')"
+                .into(),
+            vec!["1700000000000,1"],
+        ),
+        (
+            "SELECT count(*) FROM spans WHERE parent_span_id IS NULL".into(),
+            vec!["4"],
+        ),
+        (
+            // NULL = '...' is NULL, and so is its negation: no row.
+            "SELECT name FROM spans WHERE NOT (parent_span_id = '0101010101010101')".into(),
+            vec![],
+        ),
+        (
+            "SELECT service_name, name FROM spans WHERE parent_span_id NOT IN ('ffffffffffffffff')"
+                .into(),
+            vec!["checkout,db"],
+        ),
+        (
+            "SELECT count(*) FROM logs WHERE trace_id IS NULL OR severity_number > 16".into(),
+            vec!["4"],
+        ),
+        (
+            "SELECT body FROM logs WHERE NOT (trace_id != '01010101010101010101010101010101')"
+                .into(),
+            vec!["it's"],
+        ),
+        (
+            "SELECT kind, source, count(*) FROM events \
+             WHERE timestamp >= TIMESTAMP '2023-11-14T22:14:20Z' GROUP BY kind, source"
+                .into(),
+            vec!["deploy,pipeline-core,2"],
+        ),
+        (
+            // A filter no engine pushes anywhere: DataFusion applies it.
+            "SELECT service_name, name FROM spans WHERE upper(name) = 'DB' ORDER BY service_name"
+                .into(),
+            vec!["cart,db", "checkout,db"],
+        ),
+        (
+            "SELECT body FROM logs WHERE body LIKE 'disk%' ORDER BY body".into(),
+            vec!["disk full", "disk still full"],
+        ),
+        (
+            "SELECT count(*) FROM (SELECT body FROM logs LIMIT 2)".into(),
+            vec!["2"],
+        ),
+        (
+            format!("SELECT count(*) FROM samples WHERE timestamp_ms > {T0}"),
+            vec!["3"],
+        ),
+    ];
+    for (query, expected) in cases {
+        assert_eq!(sql(store, "a", &query).await, expected, "{query}");
+    }
+    store.close().await.unwrap();
+}
+
+/// SQL in one tenant's session never sees another tenant's rows, in any table.
+pub async fn sql_sees_one_tenant_only(engine: &dyn Engine) {
+    let store = engine.open().await;
+    let only_a: &[(&str, &str)] = &[("__name__", "up"), ("job", "api")];
+    let only_b: &[(&str, &str)] = &[("__name__", "up"), ("job", "secret")];
+    store
+        .write(
+            &tenant("a"),
+            metrics(&[(only_a, &[(T0, 1.0)])]),
+            &metrics_at(0),
+        )
+        .await
+        .unwrap();
+    store
+        .write(
+            &tenant("b"),
+            metrics(&[(only_b, &[(T0, 7.0), (T0 + 1, 8.0)])]),
+            &metrics_at(1),
+        )
+        .await
+        .unwrap();
+    let start = (T0 as u64) * 1_000_000;
+    write_rows(store.as_ref(), "a", start, 0).await;
+    write_rows(store.as_ref(), "b", start, 1).await;
+    write_rows(store.as_ref(), "b", start, 2).await;
+    store.flush().await.unwrap();
+    let store = store.as_ref();
+
+    let counts = |tenant_name: &'static str| async move {
+        let mut out = Vec::new();
+        for table in ["samples", "series", "spans", "logs", "events"] {
+            let rows = sql(store, tenant_name, &format!("SELECT count(*) FROM {table}")).await;
+            out.push(rows.join(""));
+        }
+        out
+    };
+    assert_eq!(counts("a").await, ["1", "1", "2", "3", "1"]);
+    assert_eq!(counts("b").await, ["2", "1", "4", "6", "2"]);
+    assert_eq!(counts("nobody").await, ["0", "0", "0", "0", "0"]);
+    assert_eq!(
+        sql(store, "a", "SELECT labels FROM series").await,
+        [r#"{"__name__":"up","job":"api"}"#]
+    );
+    assert!(
+        sql(store, "a", "SELECT value FROM samples WHERE value > 1")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        sql(
+            store,
+            "a",
+            "SELECT DISTINCT trace_id FROM spans ORDER BY trace_id"
+        )
+        .await,
+        ["01010101010101010101010101010101"],
+        "only a's trace"
+    );
+    assert!(
+        sql(
+            store,
+            "b",
+            "SELECT s.labels FROM samples x JOIN series s USING (series_id) WHERE s.labels LIKE '%api%'"
+        )
+        .await
+        .is_empty()
+    );
     store.close().await.unwrap();
 }
