@@ -11,6 +11,10 @@ mod visibility;
 
 use clap::{Parser, Subcommand};
 
+/// The allocator `meerkat` itself uses, for the parts of Meerkat that run in-process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "bench", about = "Meerkat benchmarks (run with --release)")]
 struct Cli {

@@ -38,6 +38,9 @@ pub struct Args {
     /// Simulated scrape interval: timestamps advance by this much per round
     #[arg(long, default_value_t = 10)]
     pub scrape_interval_seconds: u64,
+    /// Cap on the load, samples per second in total (0: as fast as the server answers)
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
     /// Servers to measure, in order
     #[arg(
         long,
@@ -372,12 +375,20 @@ impl Load {
                 first_refusal.clone(),
                 stop.clone(),
             );
+            let per_sender_rate = args.rate as f64 / args.concurrency.max(1) as f64;
             senders.push(std::thread::spawn(move || {
                 let agent: ureq::Agent = ureq::Agent::config_builder()
                     .http_status_as_error(false)
                     .build()
                     .into();
+                let (began, mut sent) = (Instant::now(), 0u64);
                 while !stop.load(Ordering::Relaxed) {
+                    if per_sender_rate > 0.0 {
+                        let due = Duration::from_secs_f64(sent as f64 / per_sender_rate);
+                        if let Some(wait) = due.checked_sub(began.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
                     let body = match receiver.lock().map(|r| r.recv()) {
                         Ok(Ok(body)) => body,
                         _ => return,
@@ -388,6 +399,7 @@ impl Load {
                         .header("Content-Type", "application/x-protobuf")
                         .header("X-Prometheus-Remote-Write-Version", "0.1.0")
                         .send(&body.bytes[..]);
+                    sent += body.samples;
                     match response {
                         Ok(r) if r.status().is_success() => {
                             accepted.fetch_add(body.samples, Ordering::Relaxed);

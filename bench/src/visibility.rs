@@ -38,6 +38,9 @@ pub struct Args {
     /// Load requests in flight at once
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Cap on the load, samples per second (0: as fast as each server answers)
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Seconds of probing per server (after 5 s of load alone)
     #[arg(long, default_value_t = 30)]
     duration_seconds: u64,
@@ -288,14 +291,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         duration_seconds: args.duration_seconds,
         scrape_interval_seconds: 10,
+        rate: args.rate,
         targets: vec![],
         meerkat: None,
     };
     println!(
-        "Acknowledged → visible under load: {} series in the load, {} samples/request, {} concurrent, {} s of probes per server, {} cores.\n",
+        "Acknowledged → visible under load: {} series in the load, {} samples/request, {} concurrent, rate cap {}, {} s of probes per server, {} cores.\n",
         args.series,
         args.samples_per_request,
         args.concurrency,
+        if args.rate == 0 {
+            "none".to_owned()
+        } else {
+            format!("{} samples/s", args.rate)
+        },
         args.duration_seconds,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
