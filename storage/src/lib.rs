@@ -19,6 +19,7 @@ pub mod clickhouse;
 pub mod embedded;
 mod error;
 mod matcher;
+mod otel_json;
 
 use std::collections::BTreeMap;
 use std::fmt;

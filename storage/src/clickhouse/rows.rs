@@ -5,12 +5,11 @@
 //! as JSON text, lossless for every attribute type (bytes as base64, non-finite floats as
 //! strings). Times are Int64 nanoseconds (spans, logs) or milliseconds (events).
 
-use model::{
-    AnyValue, KeyValue, LogBatch, PlatformEvent, Resource, SpanBatch, SpanKind, StatusCode,
-    attribute,
-};
+use model::{AnyValue, LogBatch, PlatformEvent, SpanBatch, SpanKind, StatusCode};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
+
+use crate::otel_json::{attributes_json, json_object, json_value, service_name};
 
 use crate::BusPosition;
 
@@ -107,57 +106,6 @@ pub(super) struct OffsetRow {
     pub topic: String,
     pub partition: u32,
     pub next_offset: u64,
-}
-
-/// An attribute value as JSON.
-fn json_value(value: &AnyValue) -> Value {
-    match value {
-        AnyValue::Empty => Value::Null,
-        AnyValue::String(s) => Value::String(s.clone()),
-        AnyValue::Bool(b) => Value::Bool(*b),
-        AnyValue::Int(i) => json!(i),
-        AnyValue::Double(d) if d.is_finite() => json!(d),
-        AnyValue::Double(d) => Value::String(d.to_string()),
-        AnyValue::Bytes(b) => Value::String(base64(b)),
-        AnyValue::Array(items) => Value::Array(items.iter().map(json_value).collect()),
-        AnyValue::KeyValueList(list) => Value::Object(json_object(list)),
-    }
-}
-
-fn json_object(list: &[KeyValue]) -> Map<String, Value> {
-    list.iter()
-        .map(|kv| (kv.key.clone(), json_value(&kv.value)))
-        .collect()
-}
-
-fn attributes_json(list: &[KeyValue]) -> String {
-    Value::Object(json_object(list)).to_string()
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn service_name(resource: &Resource) -> String {
-    match attribute(&resource.attributes, "service.name") {
-        Some(AnyValue::String(name)) => name.clone(),
-        _ => "unknown_service".to_owned(),
-    }
 }
 
 /// The rows of a span batch; `versions` gives each row its version.
@@ -304,31 +252,4 @@ pub(super) fn event_rows(
             version: versions(),
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn attribute_values_become_json_as_in_the_embedded_store() {
-        let value = AnyValue::KeyValueList(vec![
-            KeyValue::new("s", AnyValue::String("x".into())),
-            KeyValue::new("b", AnyValue::Bytes(vec![0, 1, 2, 255])),
-            KeyValue::new("nan", AnyValue::Double(f64::NAN)),
-            KeyValue::new(
-                "a",
-                AnyValue::Array(vec![
-                    AnyValue::Int(i64::MAX),
-                    AnyValue::Bool(false),
-                    AnyValue::Empty,
-                ]),
-            ),
-        ]);
-        assert_eq!(
-            json_value(&value).to_string(),
-            r#"{"a":[9223372036854775807,false,null],"b":"AAEC/w==","nan":"NaN","s":"x"}"#
-        );
-        assert_eq!(base64(b"hello"), "aGVsbG8=");
-    }
 }

@@ -563,14 +563,8 @@ impl EmbeddedStore {
                         bytes,
                     });
                 }
-                let durable = lock(&self.durable).clone();
-                self.save_manifest(&durable).await?;
-                for part in &parts {
-                    let path = tenant.dir.join(&part.file);
-                    if let Err(error) = fs::remove_file(&path) {
-                        tracing::warn!(path = %path.display(), %error, "cannot remove a compacted part");
-                    }
-                }
+                self.replace_parts(&tenant.dir, parts.iter().map(|p| p.file.as_str()))
+                    .await?;
                 removed_total += parts.len();
                 tracing::debug!(day, parts = parts.len(), rows, "compacted a day");
             }
@@ -646,18 +640,30 @@ impl EmbeddedStore {
                         bytes,
                     });
                 }
-                let durable = lock(&self.durable).clone();
-                self.save_manifest(&durable).await?;
-                for part in &parts {
-                    let path = tenant.dir.join(&part.file);
-                    if let Err(error) = fs::remove_file(&path) {
-                        tracing::warn!(path = %path.display(), %error, "cannot remove a compacted part");
-                    }
-                }
+                self.replace_parts(&tenant.dir, parts.iter().map(|p| p.file.as_str()))
+                    .await?;
                 removed_total += parts.len();
             }
         }
         Ok(removed_total)
+    }
+
+    /// Makes a compaction's manifest (already updated in memory) durable, then removes the
+    /// parts it replaced: a crash in between leaves orphans that the next start removes.
+    async fn replace_parts<'a>(
+        &self,
+        dir: &Path,
+        replaced: impl Iterator<Item = &'a str>,
+    ) -> Result<()> {
+        let durable = lock(&self.durable).clone();
+        self.save_manifest(&durable).await?;
+        for file in replaced {
+            let path = dir.join(file);
+            if let Err(error) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), %error, "cannot remove a compacted part");
+            }
+        }
+        Ok(())
     }
 
     /// Sample parts on disk, all tenants.

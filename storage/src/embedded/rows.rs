@@ -12,11 +12,10 @@ use datafusion::arrow::array::{
     TimestampNanosecondArray, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use model::{
-    AnyValue, KeyValue, LogBatch, PlatformEvent, Resource, SpanBatch, SpanKind, StatusCode,
-    attribute,
-};
-use serde_json::{Map, Value, json};
+use model::{AnyValue, LogBatch, PlatformEvent, SpanBatch, SpanKind, StatusCode};
+use serde_json::{Value, json};
+
+use crate::otel_json::{attributes_json, json_object, json_value, service_name};
 
 use super::parts::day_of;
 use crate::{BusPosition, Result};
@@ -109,57 +108,6 @@ impl RowKind {
             }
         };
         Arc::new(Schema::new(fields))
-    }
-}
-
-/// An attribute value as JSON.
-pub(crate) fn json_value(value: &AnyValue) -> Value {
-    match value {
-        AnyValue::Empty => Value::Null,
-        AnyValue::String(s) => Value::String(s.clone()),
-        AnyValue::Bool(b) => Value::Bool(*b),
-        AnyValue::Int(i) => json!(i),
-        AnyValue::Double(d) if d.is_finite() => json!(d),
-        AnyValue::Double(d) => Value::String(d.to_string()),
-        AnyValue::Bytes(b) => Value::String(base64(b)),
-        AnyValue::Array(items) => Value::Array(items.iter().map(json_value).collect()),
-        AnyValue::KeyValueList(list) => Value::Object(json_object(list)),
-    }
-}
-
-fn json_object(list: &[KeyValue]) -> Map<String, Value> {
-    list.iter()
-        .map(|kv| (kv.key.clone(), json_value(&kv.value)))
-        .collect()
-}
-
-fn attributes_json(list: &[KeyValue]) -> String {
-    Value::Object(json_object(list)).to_string()
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn service_name(resource: &Resource) -> String {
-    match attribute(&resource.attributes, "service.name") {
-        Some(AnyValue::String(name)) => name.clone(),
-        _ => "unknown_service".to_owned(),
     }
 }
 
@@ -516,32 +464,4 @@ pub(crate) fn dedup(kind: RowKind, batches: &[RecordBatch]) -> Result<RecordBatc
     let mut indices = UInt64Builder::with_capacity(keep.len());
     indices.append_slice(&keep);
     Ok(take_record_batch(&batch, &indices.finish())?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn attribute_values_become_json_losslessly() {
-        let value = AnyValue::KeyValueList(vec![
-            KeyValue::new("s", AnyValue::String("x".into())),
-            KeyValue::new("b", AnyValue::Bytes(vec![0, 1, 2, 255])),
-            KeyValue::new("nan", AnyValue::Double(f64::NAN)),
-            KeyValue::new(
-                "a",
-                AnyValue::Array(vec![
-                    AnyValue::Int(i64::MAX),
-                    AnyValue::Bool(false),
-                    AnyValue::Empty,
-                ]),
-            ),
-        ]);
-        assert_eq!(
-            json_value(&value).to_string(),
-            r#"{"a":[9223372036854775807,false,null],"b":"AAEC/w==","nan":"NaN","s":"x"}"#
-        );
-        assert_eq!(base64(b"hello"), "aGVsbG8=");
-        assert_eq!(base64(b""), "");
-    }
 }
