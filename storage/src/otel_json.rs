@@ -2,7 +2,7 @@
 //! type losslessly (bytes as base64, non-finite floats as strings), so SQL's JSON and
 //! string functions can read them and both engines answer the same.
 
-use model::{AnyValue, KeyValue, Resource, attribute};
+use model::{AnyValue, KeyValue, Resource, Span, attribute};
 use serde_json::{Map, Value, json};
 
 /// An attribute value as JSON.
@@ -54,6 +54,28 @@ pub(crate) fn service_name(resource: &Resource) -> String {
         Some(AnyValue::String(name)) => name.clone(),
         _ => "unknown_service".to_owned(),
     }
+}
+
+/// A span's events as a JSON array.
+pub(crate) fn span_events_json(span: &Span) -> String {
+    Value::Array(
+        span.events
+            .iter()
+            .map(|e| json!({"time_unix_nano": e.time_unix_nano, "name": e.name, "attributes": json_object(&e.attributes)}))
+            .collect(),
+    )
+    .to_string()
+}
+
+/// A span's links as a JSON array.
+pub(crate) fn span_links_json(span: &Span) -> String {
+    Value::Array(
+        span.links
+            .iter()
+            .map(|l| json!({"trace_id": l.trace_id.to_string(), "span_id": l.span_id.to_string(), "trace_state": l.trace_state, "attributes": json_object(&l.attributes)}))
+            .collect(),
+    )
+    .to_string()
 }
 
 #[cfg(test)]

@@ -13,9 +13,10 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use model::{AnyValue, LogBatch, PlatformEvent, SpanBatch, SpanKind, StatusCode};
-use serde_json::{Value, json};
 
-use crate::otel_json::{attributes_json, json_object, json_value, service_name};
+use crate::otel_json::{
+    attributes_json, json_value, service_name, span_events_json, span_links_json,
+};
 
 use super::parts::day_of;
 use crate::{BusPosition, Result};
@@ -171,18 +172,7 @@ pub(crate) fn span_rows(batch: SpanBatch) -> Result<Vec<DayRows>> {
             for span in scope_spans.spans {
                 let start = i64::try_from(span.start_time_unix_nano).unwrap_or(i64::MAX);
                 let end = i64::try_from(span.end_time_unix_nano).unwrap_or(i64::MAX);
-                let events = Value::Array(
-                    span.events
-                        .iter()
-                        .map(|e| json!({"time_unix_nano": e.time_unix_nano, "name": e.name, "attributes": json_object(&e.attributes)}))
-                        .collect(),
-                );
-                let links = Value::Array(
-                    span.links
-                        .iter()
-                        .map(|l| json!({"trace_id": l.trace_id.to_string(), "span_id": l.span_id.to_string(), "trace_state": l.trace_state, "attributes": json_object(&l.attributes)}))
-                        .collect(),
-                );
+                let (events, links) = (span_events_json(&span), span_links_json(&span));
                 rows.push((
                     day_of(start / 1_000_000),
                     SpanRow {
@@ -211,8 +201,8 @@ pub(crate) fn span_rows(batch: SpanBatch) -> Result<Vec<DayRows>> {
                         resource_attributes: resource_attributes.clone(),
                         scope_name: scope_spans.scope.name.clone(),
                         scope_version: scope_spans.scope.version.clone(),
-                        events: events.to_string(),
-                        links: links.to_string(),
+                        events,
+                        links,
                         trace_state: span.trace_state,
                         flags: span.flags,
                     },
