@@ -657,3 +657,250 @@ async fn compaction_merges_a_days_parts_and_keeps_the_latest_writes() {
     .count();
     assert_eq!(files, 1, "the merged parts' files are gone");
 }
+
+/// A series' labels and samples, owned and borrowed.
+type OwnedSpec = (Vec<(String, String)>, Vec<(i64, f64)>);
+type BorrowedSpec<'a> = (Vec<(&'a str, &'a str)>, &'a [(i64, f64)]);
+
+/// Values that exercise every way a part stores a value: integers, short and long
+/// decimals (each decimal scale), values no decimal mantissa holds, and the special
+/// floats, including the staleness marker's NaN bits.
+fn awkward_values() -> Vec<f64> {
+    let mut values = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -17.0,
+        9_007_199_254_740_993.0,
+        -4.0e18,
+        1.0e300,
+        f64::MIN_POSITIVE,
+        5e-324,
+        f64::MAX,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+        model::stale_nan(),
+        1.0 / 3.0,
+        std::f64::consts::PI,
+        0.1 + 0.2,
+    ];
+    // One decimal of each scale, both signs.
+    for scale in 0..=14 {
+        let text = format!("{}.{}7", 12_345, "0".repeat(scale));
+        values.push(text.parse().unwrap());
+        values.push(-text.parse::<f64>().unwrap());
+    }
+    values
+}
+
+#[tokio::test]
+async fn every_value_comes_back_bit_for_bit_from_parts_and_sql() {
+    let dir = TempDir::new().unwrap();
+    let store = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap();
+    let values = awkward_values();
+    // Each value alone in a series (so it decides that series' encoding), and all of them
+    // in one series (which then cannot use integer mantissas).
+    let mut specs: Vec<OwnedSpec> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            (
+                vec![
+                    ("__name__".into(), "v".into()),
+                    ("i".into(), format!("{i:02}")),
+                ],
+                vec![(T0, *v), (T0 + 15_000, *v)],
+            )
+        })
+        .collect();
+    specs.push((
+        vec![("__name__".into(), "all".into())],
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (T0 + i as i64 * 1_000, *v))
+            .collect(),
+    ));
+    let borrowed: Vec<BorrowedSpec> = specs
+        .iter()
+        .map(|(labels, samples)| {
+            (
+                labels
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect(),
+                samples.as_slice(),
+            )
+        })
+        .collect();
+    let specs: Vec<SeriesSpec> = borrowed.iter().map(|(l, s)| (l.as_slice(), *s)).collect();
+    // Two flushed parts, then compacted into one.
+    let (first, second) = specs.split_at(specs.len() / 2);
+    store
+        .write(&tenant("a"), batch(first), &at(0))
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    store
+        .write(&tenant("a"), batch(second), &at(1))
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+
+    let bits = |samples: &[(i64, f64)]| {
+        samples
+            .iter()
+            .map(|(t, v)| (*t, v.to_bits()))
+            .collect::<Vec<_>>()
+    };
+    let check = |read: Vec<(String, Vec<(i64, f64)>)>, when: &str| {
+        assert_eq!(read.len(), specs.len(), "{when}");
+        for (labels, samples) in &read {
+            let written = specs
+                .iter()
+                .find(|(l, _)| Labels::new(l.iter().copied()).unwrap().to_string() == *labels)
+                .unwrap();
+            assert_eq!(bits(samples), bits(written.1), "{when}: {labels}");
+        }
+    };
+    check(values_of(&store).await, "flushed parts");
+    assert!(store.compact(T0 + 10 * DAY).await.unwrap() > 0);
+    assert_eq!(store.part_count(), 1);
+    check(values_of(&store).await, "after compaction");
+
+    // SQL computes the value from the same columns with the same float operations.
+    let context = store.session(&tenant("a")).await.unwrap();
+    let batches = context
+        .sql("SELECT s.labels, x.timestamp_ms, x.value FROM samples x JOIN series s USING (series_id)")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut compared = 0;
+    for batch in &batches {
+        use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
+        let labels = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let times = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        let sql_values = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        for row in 0..batch.num_rows() {
+            let object: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(labels.value(row)).unwrap();
+            let written = specs
+                .iter()
+                .find(|(l, _)| {
+                    l.len() == object.len()
+                        && l.iter()
+                            .all(|(n, v)| object.get(*n).and_then(|x| x.as_str()) == Some(*v))
+                })
+                .unwrap();
+            let (_, value) = written
+                .1
+                .iter()
+                .find(|(t, _)| *t == times.value(row))
+                .unwrap();
+            assert!(!sql_values.is_null(row));
+            assert_eq!(
+                sql_values.value(row).to_bits(),
+                value.to_bits(),
+                "{}",
+                labels.value(row)
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, specs.iter().map(|(_, s)| s.len()).sum::<usize>());
+}
+
+async fn values_of(store: &EmbeddedStore) -> Vec<(String, Vec<(i64, f64)>)> {
+    values(store, "a", &[]).await
+}
+
+#[tokio::test]
+async fn parts_of_the_first_layout_are_rewritten_at_open_and_read_the_same() {
+    use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, UInt32Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    let dir = TempDir::new().unwrap();
+    let up: &[(&str, &str)] = &[("__name__", "up"), ("job", "api")];
+    let written = [(T0, 1.5), (T0 + 15_000, f64::NAN), (T0 + 30_000, 3.0)];
+    {
+        let store = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap();
+        store
+            .write(&tenant("a"), batch(&[(up, &written)]), &at(0))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        store.close().await.unwrap();
+    }
+    // Turn the store into what the first layout wrote: a float64 `value` column only, and
+    // a version 1 manifest.
+    let manifest_path = dir.path().join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["version"] = 1.into();
+    let part = manifest["tenants"]["a"]["parts"][0]["file"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let part_path = dir.path().join("tenants/a").join(&part);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("series_id", DataType::UInt32, false),
+        Field::new("timestamp_ms", DataType::Int64, false),
+        Field::new("value", DataType::Float64, false),
+    ]));
+    let old = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(UInt32Array::from(vec![0u32; 3])),
+            Arc::new(Int64Array::from_iter_values(
+                written.iter().map(|(t, _)| *t),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                written.iter().map(|(_, v)| *v),
+            )),
+        ],
+    )
+    .unwrap();
+    let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&part_path).unwrap(),
+        schema,
+        None,
+    )
+    .unwrap();
+    writer.write(&old).unwrap();
+    writer.close().unwrap();
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+
+    let store = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap();
+    let read = values(&store, "a", &[]).await;
+    assert_eq!(read.len(), 1);
+    let bits = |s: &[(i64, f64)]| s.iter().map(|(t, v)| (*t, v.to_bits())).collect::<Vec<_>>();
+    assert_eq!(bits(&read[0].1), bits(&written));
+    assert!(!part_path.exists(), "the old part is replaced");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert_eq!(manifest["version"], 2);
+    assert_eq!(
+        sql(
+            &store,
+            "a",
+            "SELECT value FROM samples ORDER BY timestamp_ms"
+        )
+        .await,
+        ["1.5", "NaN", "3.0"]
+    );
+}

@@ -106,7 +106,9 @@ pub(crate) struct RowPartMeta {
     pub bytes: u64,
 }
 
-const MANIFEST_VERSION: u32 = 1;
+/// 2: sample parts store integer mantissas (see `parts`); version 1's parts are rewritten
+/// at open.
+const MANIFEST_VERSION: u32 = 2;
 
 /// Samples of one series not yet in a part.
 #[derive(Debug, Default, Clone)]
@@ -231,8 +233,10 @@ impl EmbeddedStore {
             .iter()
             .map(|(topic, partition, offset)| ((topic.clone(), *partition), *offset))
             .collect();
+        let rewrite_parts = manifest.version < 2;
+        let mut replaced = Vec::new();
         let mut tenants = HashMap::new();
-        for (name, tenant_manifest) in manifest.tenants {
+        for (name, mut tenant_manifest) in manifest.tenants {
             let id = TenantId::new(name.clone()).map_err(|e| StorageError::Corrupt {
                 path: root.join("manifest.json"),
                 reason: e.to_string(),
@@ -246,6 +250,13 @@ impl EmbeddedStore {
                 }
             }
             remove_orphans(&dir, &tenant_manifest)?;
+            if rewrite_parts {
+                replaced.extend(
+                    rewrite_sample_parts(&dir, &mut tenant_manifest, index.len() as u32)?
+                        .into_iter()
+                        .map(|file| dir.join(file)),
+                );
+            }
             tracing::info!(tenant = %id, series = index.len(), parts = tenant_manifest.parts.len(), "tenant store opened");
             tenants.insert(
                 id,
@@ -255,7 +266,7 @@ impl EmbeddedStore {
                 }),
             );
         }
-        Ok(Self {
+        let store = Self {
             root,
             config,
             tenants: RwLock::new(tenants),
@@ -263,7 +274,18 @@ impl EmbeddedStore {
             durable: Mutex::new(durable),
             flush_lock: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
-        })
+        };
+        if !replaced.is_empty() {
+            // The rewritten parts are in the manifest before the old ones go: a crash in
+            // between leaves orphans, which the next open removes.
+            write_manifest(&store.root, &store.manifest(&lock(&store.durable).clone()))?;
+            for path in replaced {
+                if let Err(error) = fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove a rewritten part");
+                }
+            }
+        }
+        Ok(store)
     }
 
     fn tenant(&self, id: &TenantId) -> Option<Arc<Tenant>> {
@@ -688,7 +710,7 @@ fn merge_parts(
     output: &Path,
     series: u32,
 ) -> Result<Option<(u64, u64, i64, i64)>> {
-    let mut writer = parts::PartWriter::create(output)?;
+    let mut writer = parts::PartWriter::create(output, parts::PartKind::Compacted)?;
     let (mut rows_total, mut min_ts, mut max_ts) = (0u64, i64::MAX, i64::MIN);
     let mut start = 0u32;
     while start < series.max(1) {
@@ -717,6 +739,31 @@ fn merge_parts(
         return Ok(None);
     }
     Ok(Some((rows_total, bytes, min_ts, max_ts)))
+}
+
+/// Rewrites a tenant's sample parts of manifest version 1 in the current layout, updating
+/// `manifest`; returns the replaced files.
+fn rewrite_sample_parts(
+    dir: &Path,
+    manifest: &mut TenantManifest,
+    series: u32,
+) -> Result<Vec<String>> {
+    let mut replaced = Vec::new();
+    for part in &mut manifest.parts {
+        let name = format!(
+            "metrics/{}/part-{:08}.parquet",
+            part.day, manifest.next_file
+        );
+        manifest.next_file += 1;
+        let merged = merge_parts(&[dir.join(&part.file)], &dir.join(&name), series)?;
+        if let Some((rows, bytes, _, _)) = merged {
+            replaced.push(std::mem::replace(&mut part.file, name));
+            part.rows = rows;
+            part.bytes = bytes;
+        }
+    }
+    tracing::info!(dir = %dir.display(), parts = replaced.len(), "sample parts rewritten with integer mantissas");
+    Ok(replaced)
 }
 
 /// Writes the manifest atomically: temporary file, fsync, rename, fsync of the directory.

@@ -1,16 +1,27 @@
 //! Parquet files of the embedded store: sample parts and series catalogs.
 //!
-//! A sample part holds `(series_id, timestamp_ms, value)` rows of one tenant and one day,
-//! sorted by series then time, so row-group statistics prune by both. Timestamps and series
-//! ids are delta-encoded, values byte-stream-split, everything zstd-compressed: regular
-//! scrape data then costs a few bytes per sample.
+//! A sample part holds the samples of one tenant and one day, sorted by series then time,
+//! so row-group statistics prune by both. Timestamps and series ids are delta-encoded and
+//! everything is zstd-compressed.
+//!
+//! Values are stored the way they are usually born: most scraped values are integers
+//! (counts, bytes) or short decimals (CPU seconds at 10 ms), whose float64 bits look random
+//! to a compressor but whose decimal mantissas move by small steps. So each series' run in
+//! a part picks the smallest decimal scale at which every one of its values survives
+//! `mantissa / 10^scale` bit for bit; such runs are stored as delta-encoded integer
+//! mantissas (`value_int`, `value_scale`), the others (NaN, staleness markers, binary
+//! fractions) as float64 in `value` with the scale [`FLOAT_SCALE`]. Reading computes
+//! `mantissa / 10^scale`, the same operation the writer checked, so every value comes back
+//! with its exact bits. Every column is non-null (the unused one of a row holds zero, which
+//! costs next to nothing in a run), so SQL's `value` stays non-null.
 
 use std::fs::{self, File};
 use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, BinaryArray, Float64Array, Int64Array, RecordBatch, UInt32Array,
+    Array, BinaryArray, Float64Array, Float64Builder, Int64Array, Int64Builder, RecordBatch,
+    UInt8Array, UInt8Builder, UInt32Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::parquet::arrow::ArrowWriter;
@@ -44,12 +55,79 @@ pub(crate) fn day_of(timestamp_ms: i64) -> i64 {
     timestamp_ms.div_euclid(DAY_MS)
 }
 
+/// Samples as queries see them: one float64 value per row.
 pub(crate) fn samples_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("series_id", DataType::UInt32, false),
         Field::new("timestamp_ms", DataType::Int64, false),
         Field::new("value", DataType::Float64, false),
     ]))
+}
+
+/// Samples as a part stores them. Parts written before integer mantissas (store manifest
+/// version 1) have only the first three columns; opening the store rewrites them.
+pub(crate) fn sample_part_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("series_id", DataType::UInt32, false),
+        Field::new("timestamp_ms", DataType::Int64, false),
+        Field::new("value", DataType::Float64, false),
+        Field::new("value_int", DataType::Int64, false),
+        Field::new("value_scale", DataType::UInt8, false),
+    ]))
+}
+
+/// The `value_scale` of a row whose value is in the float64 column.
+const FLOAT_SCALE: u8 = u8::MAX;
+
+/// Largest decimal scale whose values are stored as integer mantissas.
+const MAX_SCALE: u8 = 12;
+
+/// `10^scale` for every scale up to [`MAX_SCALE`]: all exact in float64.
+const POWERS_OF_TEN: [f64; MAX_SCALE as usize + 1] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12,
+];
+
+/// The value a stored mantissa stands for.
+fn from_mantissa(mantissa: i64, scale: u8) -> f64 {
+    mantissa as f64 / POWERS_OF_TEN[usize::from(scale.min(MAX_SCALE))]
+}
+
+/// The mantissa of `value` at `scale`, if it gives `value` back bit for bit.
+fn mantissa(value: f64, scale: u8) -> Option<i64> {
+    let scaled = (value * POWERS_OF_TEN[usize::from(scale)]).round();
+    // Within i64 with room to spare; NaN and the infinities fail here.
+    if scaled.is_nan() || scaled.abs() >= 9.0e18 {
+        return None;
+    }
+    let mantissa = scaled as i64;
+    (from_mantissa(mantissa, scale).to_bits() == value.to_bits()).then_some(mantissa)
+}
+
+/// The SQL expression turning a part's columns back into the value (what
+/// [`from_mantissa`] computes, with the same float64 operations).
+pub(crate) fn value_sql() -> String {
+    let scales: String = POWERS_OF_TEN
+        .iter()
+        .enumerate()
+        .map(|(scale, power)| {
+            format!(" WHEN {scale} THEN CAST(value_int AS DOUBLE) / CAST({power:.1} AS DOUBLE)")
+        })
+        .collect();
+    format!("CASE value_scale{scales} ELSE value END")
+}
+
+/// The scale at which every value of a series' run is stored exactly, if there is one.
+fn run_scale(run: &[(u32, Sample)]) -> Option<u8> {
+    let mut scale = 0u8;
+    for (_, sample) in run {
+        while mantissa(sample.value, scale).is_none() {
+            if scale == MAX_SCALE {
+                return None;
+            }
+            scale += 1;
+        }
+    }
+    Some(scale)
 }
 
 fn series_schema() -> SchemaRef {
@@ -59,9 +137,23 @@ fn series_schema() -> SchemaRef {
     ]))
 }
 
-fn writer_properties() -> WriterProperties {
+/// How hard zstd works on a part: a flush's parts live until the next compaction, a
+/// compaction's for the retention period.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PartKind {
+    Flushed,
+    Compacted,
+}
+
+fn writer_properties(kind: PartKind) -> WriterProperties {
+    let level = match kind {
+        PartKind::Flushed => 3,
+        PartKind::Compacted => 9,
+    };
     WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(level).unwrap_or_default(),
+        ))
         .set_dictionary_enabled(false)
         .set_column_encoding(ColumnPath::from("series_id"), Encoding::DELTA_BINARY_PACKED)
         .set_column_encoding(
@@ -69,6 +161,11 @@ fn writer_properties() -> WriterProperties {
             Encoding::DELTA_BINARY_PACKED,
         )
         .set_column_encoding(ColumnPath::from("value"), Encoding::BYTE_STREAM_SPLIT)
+        .set_column_encoding(ColumnPath::from("value_int"), Encoding::DELTA_BINARY_PACKED)
+        .set_column_encoding(
+            ColumnPath::from("value_scale"),
+            Encoding::DELTA_BINARY_PACKED,
+        )
         .set_max_row_group_row_count(Some(1 << 20))
         .set_statistics_enabled(EnabledStatistics::Page)
         .build()
@@ -98,7 +195,7 @@ fn write_durably(path: &Path, batch: &RecordBatch, properties: WriterProperties)
 
 /// Writes sorted `(series, timestamp, value)` rows as a part.
 pub(crate) fn write_samples(path: &Path, rows: &[(u32, Sample)]) -> Result<u64> {
-    let mut writer = PartWriter::create(path)?;
+    let mut writer = PartWriter::create(path, PartKind::Flushed)?;
     writer.write(rows)?;
     writer.finish()
 }
@@ -106,10 +203,39 @@ pub(crate) fn write_samples(path: &Path, rows: &[(u32, Sample)]) -> Result<u64> 
 fn samples_batch(rows: &[(u32, Sample)]) -> Result<RecordBatch> {
     let series = UInt32Array::from_iter_values(rows.iter().map(|(id, _)| *id));
     let timestamps = Int64Array::from_iter_values(rows.iter().map(|(_, s)| s.timestamp_ms));
-    let values = Float64Array::from_iter_values(rows.iter().map(|(_, s)| s.value));
+    let mut floats = Float64Builder::with_capacity(rows.len());
+    let mut mantissas = Int64Builder::with_capacity(rows.len());
+    let mut scales = UInt8Builder::with_capacity(rows.len());
+    for run in rows.chunk_by(|a, b| a.0 == b.0) {
+        let exact: Option<(u8, Vec<i64>)> = run_scale(run).and_then(|scale| {
+            let mantissas: Option<Vec<i64>> =
+                run.iter().map(|(_, s)| mantissa(s.value, scale)).collect();
+            mantissas.map(|m| (scale, m))
+        });
+        match exact {
+            Some((scale, run_mantissas)) => {
+                floats.append_value_n(0.0, run.len());
+                mantissas.append_slice(&run_mantissas);
+                scales.append_value_n(scale, run.len());
+            }
+            None => {
+                for (_, sample) in run {
+                    floats.append_value(sample.value);
+                }
+                mantissas.append_value_n(0, run.len());
+                scales.append_value_n(FLOAT_SCALE, run.len());
+            }
+        }
+    }
     Ok(RecordBatch::try_new(
-        samples_schema(),
-        vec![Arc::new(series), Arc::new(timestamps), Arc::new(values)],
+        sample_part_schema(),
+        vec![
+            Arc::new(series),
+            Arc::new(timestamps),
+            Arc::new(floats.finish()),
+            Arc::new(mantissas.finish()),
+            Arc::new(scales.finish()),
+        ],
     )?)
 }
 
@@ -122,10 +248,11 @@ pub(crate) struct PartWriter {
 }
 
 impl PartWriter {
-    pub fn create(path: &Path) -> Result<Self> {
+    pub fn create(path: &Path, kind: PartKind) -> Result<Self> {
         let temp = path.with_extension("parquet.tmp");
         let file = File::create(&temp).map_err(|e| StorageError::io("creating", &temp, e))?;
-        let writer = ArrowWriter::try_new(file, samples_schema(), Some(writer_properties()))?;
+        let writer =
+            ArrowWriter::try_new(file, sample_part_schema(), Some(writer_properties(kind)))?;
         Ok(Self {
             path: path.to_path_buf(),
             temp,
@@ -205,25 +332,43 @@ pub(crate) fn read_samples(
         .build()?;
     for batch in reader {
         let batch = batch?;
-        let (Some(series), Some(timestamps), Some(values)) = (
-            batch.column(0).as_any().downcast_ref::<UInt32Array>(),
-            batch.column(1).as_any().downcast_ref::<Int64Array>(),
-            batch.column(2).as_any().downcast_ref::<Float64Array>(),
+        let column = |name: &str| batch.column_by_name(name).map(|c| c.as_any());
+        let corrupt = || StorageError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "unexpected columns in a sample part".to_owned(),
+        };
+        let (Some(series), Some(timestamps), Some(floats)) = (
+            column("series_id").and_then(|c| c.downcast_ref::<UInt32Array>()),
+            column("timestamp_ms").and_then(|c| c.downcast_ref::<Int64Array>()),
+            column("value").and_then(|c| c.downcast_ref::<Float64Array>()),
         ) else {
-            return Err(StorageError::Corrupt {
-                path: path.to_path_buf(),
-                reason: "unexpected column types".to_owned(),
-            });
+            return Err(corrupt());
+        };
+        // Absent from parts written before integer mantissas.
+        let mantissas = match (column("value_int"), column("value_scale")) {
+            (Some(m), Some(s)) => Some(
+                m.downcast_ref::<Int64Array>()
+                    .zip(s.downcast_ref::<UInt8Array>())
+                    .ok_or_else(corrupt)?,
+            ),
+            (None, None) => None,
+            _ => return Err(corrupt()),
         };
         for row in 0..batch.num_rows() {
             let id = series.value(row);
             let timestamp_ms = timestamps.value(row);
             if timestamp_ms >= start && timestamp_ms <= end && ids.contains(id) {
+                let value = match mantissas {
+                    Some((m, s)) if s.value(row) != FLOAT_SCALE => {
+                        from_mantissa(m.value(row), s.value(row))
+                    }
+                    _ => floats.value(row),
+                };
                 sink(
                     id,
                     Sample {
                         timestamp_ms,
-                        value: values.value(row),
+                        value,
                     },
                 );
             }
@@ -291,4 +436,76 @@ pub(crate) fn read_series(path: &Path) -> Result<Vec<(u32, Labels)>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn run(id: u32, values: &[f64]) -> Vec<(u32, Sample)> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, value)| {
+                (
+                    id,
+                    Sample {
+                        timestamp_ms: i as i64,
+                        value: *value,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The scale of each row.
+    fn encodings(rows: &[(u32, Sample)]) -> Vec<u8> {
+        let batch = samples_batch(rows).unwrap();
+        let scales = batch
+            .column(4)
+            .as_any()
+            .downcast_ref::<UInt8Array>()
+            .unwrap();
+        scales.values().to_vec()
+    }
+
+    #[test]
+    fn each_series_takes_the_smallest_exact_scale_or_stays_float() {
+        let mut rows = run(0, &[3.0, 1_000_000.0]);
+        rows.extend(run(1, &[0.25, 12.5, 7.0]));
+        rows.extend(run(2, &[1.0, f64::NAN]));
+        rows.extend(run(3, &[1.0 / 3.0]));
+        rows.extend(run(4, &[-0.0]));
+        assert_eq!(
+            encodings(&rows),
+            [
+                0,
+                0,
+                2,
+                2,
+                2,
+                FLOAT_SCALE,
+                FLOAT_SCALE,
+                FLOAT_SCALE,
+                FLOAT_SCALE
+            ]
+        );
+    }
+
+    #[test]
+    fn mantissas_give_the_value_back_exactly_or_are_refused() {
+        assert_eq!(mantissa(0.3, 1), Some(3));
+        assert_eq!(
+            mantissa(0.1 + 0.2, 12),
+            None,
+            "0.30000000000000004 needs 17 digits"
+        );
+        assert_eq!(mantissa(1e300, 0), None);
+        assert_eq!(mantissa(f64::INFINITY, 0), None);
+        assert_eq!(mantissa(123.456, 2), None);
+        assert_eq!(mantissa(123.456, 3), Some(123_456));
+        assert_eq!(from_mantissa(123_456, 3), 123.456);
+    }
 }

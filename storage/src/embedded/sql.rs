@@ -21,7 +21,7 @@ use datafusion::datasource::listing::{
 use datafusion::prelude::SessionContext;
 use model::TenantId;
 
-use super::parts::samples_schema;
+use super::parts::{sample_part_schema, samples_schema, value_sql};
 use super::rows::RowKind;
 use super::{EmbeddedStore, read_lock};
 use crate::{Result, StorageError};
@@ -38,11 +38,29 @@ fn series_schema() -> SchemaRef {
     ]))
 }
 
+/// How a table's parts are read: their schema and the columns that make a row of the
+/// table from them.
+struct PartLayout {
+    schema: SchemaRef,
+    select: String,
+}
+
+impl PartLayout {
+    /// Parts whose rows are the table's rows.
+    fn same_as(schema: &SchemaRef) -> Self {
+        Self {
+            schema: schema.clone(),
+            select: "*".to_owned(),
+        }
+    }
+}
+
 /// Registers `name` as the union of its parts and its in-memory rows.
 async fn register(
     context: &SessionContext,
     name: &str,
     schema: SchemaRef,
+    parts: PartLayout,
     files: Vec<PathBuf>,
     memory: Vec<RecordBatch>,
 ) -> Result<()> {
@@ -57,12 +75,12 @@ async fn register(
             ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(options)
-            .with_schema(schema.clone());
+            .with_schema(parts.schema);
         let table = ListingTable::try_new(config).map_err(query_error)?;
         context
             .register_table(format!("{name}_parts"), Arc::new(table))
             .map_err(query_error)?;
-        sources.push(format!("SELECT * FROM {name}_parts"));
+        sources.push(format!("SELECT {} FROM {name}_parts", parts.select));
     }
     let recent = MemTable::try_new(schema, vec![memory]).map_err(query_error)?;
     context
@@ -181,20 +199,37 @@ impl EmbeddedStore {
                 )
             }
         };
+        let sample_parts = PartLayout {
+            schema: sample_part_schema(),
+            select: format!("series_id, timestamp_ms, {} AS value", value_sql()),
+        };
         register(
             &context,
             "samples",
             samples_schema(),
+            sample_parts,
             sample_files,
             sample_rows,
         )
         .await?;
-        register(&context, "series", series_schema(), Vec::new(), series_rows).await?;
+        let series = series_schema();
+        let series_parts = PartLayout::same_as(&series);
+        register(
+            &context,
+            "series",
+            series,
+            series_parts,
+            Vec::new(),
+            series_rows,
+        )
+        .await?;
         for (i, kind) in RowKind::ALL.into_iter().enumerate() {
+            let schema = kind.schema();
             register(
                 &context,
                 kind.name(),
-                kind.schema(),
+                schema.clone(),
+                PartLayout::same_as(&schema),
                 row_files.get(i).cloned().unwrap_or_default(),
                 row_memory.get(i).cloned().unwrap_or_default(),
             )
