@@ -134,12 +134,17 @@ pub struct RemoteWriteBody {
 impl RemoteWriteBody {
     /// The body as a metric batch.
     pub fn decode(&self) -> Result<MetricBatch, ModelError> {
-        let raw = snap::raw::Decoder::new()
+        crate::remote_write::decode_metric_batch(&self.decompress()?)
+    }
+
+    /// The protobuf `WriteRequest`, for reading in place with
+    /// [`crate::remote_write::WriteRequestReader`].
+    pub fn decompress(&self) -> Result<Vec<u8>, ModelError> {
+        snap::raw::Decoder::new()
             .decompress_vec(&self.snappy)
             .map_err(|e| ModelError::Decode {
                 reason: format!("remote-write body is not valid snappy: {e}"),
-            })?;
-        crate::remote_write::decode_metric_batch(&raw)
+            })
     }
 }
 

@@ -190,16 +190,32 @@ impl Labels {
     /// `name 0xff value 0xff` for each label in order), so fingerprints agree with
     /// Prometheus's and never change between Meerkat versions: they may be persisted.
     pub fn fingerprint(&self) -> u64 {
-        const SEPARATOR: [u8; 1] = [0xff];
-        let mut hasher = Xxh64::new(0);
-        for label in self.iter() {
-            hasher.update(label.name.as_bytes());
-            hasher.update(&SEPARATOR);
-            hasher.update(label.value.as_bytes());
-            hasher.update(&SEPARATOR);
-        }
-        hasher.digest()
+        fingerprint_of(self.iter().map(|l| (l.name.as_bytes(), l.value.as_bytes())))
     }
+
+    /// Whether these are exactly `raw`'s labels, in `raw`'s order (which for a valid set
+    /// as sent by Prometheus is name order).
+    pub fn equals_raw(&self, raw: &[(&[u8], &[u8])]) -> bool {
+        self.len() == raw.len()
+            && self.iter().zip(raw).all(|(l, (name, value))| {
+                l.name.as_bytes() == *name && l.value.as_bytes() == *value
+            })
+    }
+}
+
+/// [`Labels::fingerprint`] of name/value pairs that are a valid label set as they stand
+/// (sorted by name, no empty values), such as a remote-write series accepted by the
+/// gateway's fast path: a series can be looked up by it before any `Labels` is built.
+pub fn fingerprint_of<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> u64 {
+    const SEPARATOR: [u8; 1] = [0xff];
+    let mut hasher = Xxh64::new(0);
+    for (name, value) in pairs {
+        hasher.update(name);
+        hasher.update(&SEPARATOR);
+        hasher.update(value);
+        hasher.update(&SEPARATOR);
+    }
+    hasher.digest()
 }
 
 impl Ord for Labels {

@@ -22,7 +22,9 @@ pub use events::{
     AlertEvent, AlertState, DeployEvent, DeployPhase, EventKind, KubernetesEvent,
     KubernetesEventType, PipelineEvent, PipelinePhase, PlatformEvent,
 };
-pub use labels::{Label, Labels, METRIC_NAME_LABEL, is_valid_label_name, is_valid_metric_name};
+pub use labels::{
+    Label, Labels, METRIC_NAME_LABEL, fingerprint_of, is_valid_label_name, is_valid_metric_name,
+};
 pub use metrics::{
     BucketSpan, ClassicBucket, ClassicHistogram, Exemplar, HistogramCounts, MetricBatch,
     MetricMetadata, MetricType, NATIVE_HISTOGRAM_SCHEMAS, NativeHistogram, ResetHint,

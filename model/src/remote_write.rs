@@ -256,6 +256,23 @@ impl From<WireError> for ModelError {
     }
 }
 
+/// The label set of a series' raw labels; an error if they are not UTF-8 or not a valid
+/// set.
+pub fn labels_from_raw(raw: &[RawLabel]) -> Result<Labels, ModelError> {
+    let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(raw.len());
+    for (name, value) in raw {
+        match (std::str::from_utf8(name), std::str::from_utf8(value)) {
+            (Ok(name), Ok(value)) => pairs.push((name, value)),
+            _ => {
+                return Err(ModelError::Decode {
+                    reason: "label is not UTF-8".to_owned(),
+                });
+            }
+        }
+    }
+    Labels::from_pairs(&mut pairs)
+}
+
 /// Turns a decompressed remote-write body that was validated when it was accepted (labels,
 /// no exemplars or native histograms) into a metric batch. A series that does not form a
 /// valid label set after all is an error: the body is not what the gateway accepted.
@@ -265,22 +282,11 @@ pub fn decode_metric_batch(body: &[u8]) -> Result<MetricBatch, ModelError> {
         series: Vec::new(),
         metadata: reader.metadata()?,
     };
-    let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(16);
+    let mut raw: Vec<RawLabel> = Vec::with_capacity(16);
     reader.for_each_series(|view| -> Result<(), ModelError> {
-        pairs.clear();
-        let mut utf8 = Ok(());
-        view.for_each_label(|(name, value)| {
-            match (std::str::from_utf8(name), std::str::from_utf8(value)) {
-                (Ok(name), Ok(value)) => pairs.push((name, value)),
-                _ => {
-                    utf8 = Err(ModelError::Decode {
-                        reason: "label is not UTF-8".to_owned(),
-                    })
-                }
-            }
-        })?;
-        utf8?;
-        let labels = Labels::from_pairs(&mut pairs)?;
+        raw.clear();
+        view.for_each_label(|label| raw.push(label))?;
+        let labels = labels_from_raw(&raw)?;
         let mut samples = Vec::new();
         view.for_each_sample(|s| samples.push(s))?;
         batch.series.push(Series::with_samples(labels, samples));

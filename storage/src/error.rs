@@ -54,3 +54,9 @@ impl From<datafusion::arrow::error::ArrowError> for StorageError {
         Self::Parquet(error.to_string())
     }
 }
+
+impl From<model::remote_write::WireError> for StorageError {
+    fn from(error: model::remote_write::WireError) -> Self {
+        Self::Decode(error.to_string())
+    }
+}

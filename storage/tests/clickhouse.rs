@@ -103,6 +103,14 @@ async fn label_names_and_values() {
 }
 
 #[tokio::test]
+async fn remote_write_bodies_are_stored_like_batches() {
+    conformance::remote_write_bodies_are_stored_like_batches(&ClickHouse::new(
+        "remote_write_bodies_are_stored_like_batches",
+    ))
+    .await;
+}
+
+#[tokio::test]
 async fn metric_rewrites_count_once() {
     conformance::metric_rewrites_count_once(&ClickHouse::new("metric_rewrites_count_once")).await;
 }

@@ -119,3 +119,8 @@ async fn sql_reads_the_same_on_every_engine() {
 async fn sql_sees_one_tenant_only() {
     conformance::sql_sees_one_tenant_only(&Embedded::new()).await;
 }
+
+#[tokio::test]
+async fn remote_write_bodies_are_stored_like_batches() {
+    conformance::remote_write_bodies_are_stored_like_batches(&Embedded::new()).await;
+}

@@ -38,6 +38,16 @@ impl SeriesIndex {
             .find(|id| self.labels[*id as usize] == *labels)
     }
 
+    /// The id of the series whose labels are exactly `raw` (see [`Labels::equals_raw`]),
+    /// `fingerprint` being [`model::fingerprint_of`] them.
+    pub fn find_raw(&self, raw: &[(&[u8], &[u8])], fingerprint: u64) -> Option<u32> {
+        self.by_fingerprint
+            .get(&fingerprint)?
+            .iter()
+            .copied()
+            .find(|id| self.labels[*id as usize].equals_raw(raw))
+    }
+
     /// The id of `labels`, creating the series if needed; `true` when it was created.
     pub fn get_or_create(&mut self, labels: &Labels) -> (u32, bool) {
         let fingerprint = labels.fingerprint();

@@ -136,6 +136,34 @@ struct TenantState {
 }
 
 impl TenantState {
+    /// The id of `labels`, creating the series if it is new.
+    fn series_id(&mut self, labels: &Labels) -> u32 {
+        let (id, created) = self.index.get_or_create(labels);
+        if created {
+            self.new_series.push(id);
+        }
+        id
+    }
+
+    /// Appends samples to a series' head, refusing those further behind its newest sample
+    /// than the out-of-order window.
+    fn append(&mut self, id: u32, samples: &[Sample], window_ms: i64, summary: &mut WriteSummary) {
+        let newest = self.newest.get(&id).copied().unwrap_or(i64::MIN);
+        let oldest_allowed = newest.saturating_sub(window_ms);
+        let head = &mut self.head.entry(id).or_default().samples;
+        let mut max = newest;
+        for sample in samples {
+            if sample.timestamp_ms < oldest_allowed {
+                summary.too_old += 1;
+                continue;
+            }
+            max = max.max(sample.timestamp_ms);
+            head.push(*sample);
+            summary.accepted += 1;
+        }
+        self.newest.insert(id, max);
+    }
+
     fn new(index: SeriesIndex, manifest: TenantManifest) -> Self {
         Self {
             index,
@@ -310,34 +338,55 @@ impl EmbeddedStore {
             .clone()
     }
 
+    fn out_of_order_window_ms(&self) -> i64 {
+        (self.config.out_of_order_window_seconds as i64).saturating_mul(1000)
+    }
+
     fn write_metrics(&self, tenant: &Tenant, batch: model::MetricBatch) -> WriteSummary {
-        let window_ms = (self.config.out_of_order_window_seconds as i64).saturating_mul(1000);
+        let window_ms = self.out_of_order_window_ms();
         let mut summary = WriteSummary::default();
         let mut state = write_lock(&tenant.state);
         for series in batch.series {
             if series.samples.is_empty() {
                 continue;
             }
-            let (id, created) = state.index.get_or_create(&series.labels);
-            if created {
-                state.new_series.push(id);
-            }
-            let newest = state.newest.get(&id).copied().unwrap_or(i64::MIN);
-            let mut kept = Vec::with_capacity(series.samples.len());
-            let mut max = newest;
-            for sample in series.samples {
-                if sample.timestamp_ms < newest.saturating_sub(window_ms) {
-                    summary.too_old += 1;
-                    continue;
-                }
-                max = max.max(sample.timestamp_ms);
-                kept.push(sample);
-            }
-            summary.accepted += kept.len() as u64;
-            state.newest.insert(id, max);
-            state.head.entry(id).or_default().samples.extend(kept);
+            let id = state.series_id(&series.labels);
+            state.append(id, &series.samples, window_ms, &mut summary);
         }
         summary
+    }
+
+    /// Writes a remote-write body as the gateway accepted it (every series a valid label
+    /// set as sent), reading it in place: a series already known is found by the
+    /// fingerprint of its raw labels, so the common case builds no `Labels` at all.
+    fn write_remote_write(&self, tenant: &Tenant, body: &[u8]) -> Result<WriteSummary> {
+        let window_ms = self.out_of_order_window_ms();
+        let mut summary = WriteSummary::default();
+        let reader = model::remote_write::WriteRequestReader::new(body);
+        let mut raw: Vec<model::remote_write::RawLabel> = Vec::with_capacity(16);
+        let mut samples: Vec<Sample> = Vec::with_capacity(16);
+        let mut state = write_lock(&tenant.state);
+        let decode = |e: model::ModelError| StorageError::Decode(e.to_string());
+        reader.for_each_series(|view| -> Result<()> {
+            raw.clear();
+            samples.clear();
+            view.for_each_label(|label| raw.push(label))?;
+            view.for_each_sample(|sample| samples.push(sample))?;
+            if samples.is_empty() {
+                return Ok(());
+            }
+            let fingerprint = model::fingerprint_of(raw.iter().copied());
+            let id = match state.index.find_raw(&raw, fingerprint) {
+                Some(id) => id,
+                None => {
+                    let labels = model::remote_write::labels_from_raw(&raw).map_err(decode)?;
+                    state.series_id(&labels)
+                }
+            };
+            state.append(id, &samples, window_ms, &mut summary);
+            Ok(())
+        })?;
+        Ok(summary)
     }
 
     fn is_durable(&self, position: &BusPosition) -> bool {
@@ -858,6 +907,15 @@ impl Storage for EmbeddedStore {
             Payload::Spans(batch) => Some((RowKind::Spans, rows::span_rows(batch)?)),
             Payload::Logs(batch) => Some((RowKind::Logs, rows::log_rows(batch, position)?)),
             Payload::Events(events) => Some((RowKind::Events, rows::event_rows(events, position)?)),
+            Payload::RemoteWrite(body) => {
+                let raw = body
+                    .decompress()
+                    .map_err(|e| StorageError::Decode(e.to_string()))?;
+                let tenant = self.tenant_or_create(tenant);
+                let summary = self.write_remote_write(&tenant, &raw)?;
+                self.advance(position);
+                return Ok(summary);
+            }
             metrics => {
                 let batch = metrics
                     .into_metric_batch()
