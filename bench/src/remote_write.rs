@@ -320,6 +320,7 @@ struct Measurement {
     cpu_seconds: f64,
     peak_rss: u64,
     refused: u64,
+    retried: u64,
     first_refusal: Option<String>,
 }
 
@@ -332,6 +333,8 @@ pub(crate) struct Load {
     receiver: Arc<Mutex<mpsc::Receiver<Body>>>,
     pub accepted: Arc<AtomicU64>,
     refused: Arc<AtomicU64>,
+    /// Requests answered 429/5xx and sent again.
+    retried: Arc<AtomicU64>,
     first_refusal: Arc<Mutex<Option<String>>>,
 }
 
@@ -339,6 +342,7 @@ pub(crate) struct Load {
 pub(crate) struct LoadTotals {
     pub accepted: u64,
     pub refused: u64,
+    pub retried: u64,
     pub first_refusal: Option<String>,
 }
 
@@ -364,14 +368,16 @@ impl Load {
         };
         let accepted = Arc::new(AtomicU64::new(0));
         let refused = Arc::new(AtomicU64::new(0));
+        let retried = Arc::new(AtomicU64::new(0));
         let first_refusal: Arc<Mutex<Option<String>>> = Arc::default();
         let mut senders = Vec::new();
         for _ in 0..args.concurrency {
             let receiver = receiver.clone();
             let url = write_url.to_owned();
-            let (accepted, refused, first_refusal, stop) = (
+            let (accepted, refused, retried, first_refusal, stop) = (
                 accepted.clone(),
                 refused.clone(),
+                retried.clone(),
                 first_refusal.clone(),
                 stop.clone(),
             );
@@ -393,12 +399,24 @@ impl Load {
                         Ok(Ok(body)) => body,
                         _ => return,
                     };
-                    let response = agent
-                        .post(&url)
-                        .header("Content-Encoding", "snappy")
-                        .header("Content-Type", "application/x-protobuf")
-                        .header("X-Prometheus-Remote-Write-Version", "0.1.0")
-                        .send(&body.bytes[..]);
+                    // Like Prometheus's remote-write queue: a 429 or 5xx is retried with
+                    // the same body after a backoff doubling from 30 ms to 5 s.
+                    let mut backoff = Duration::from_millis(30);
+                    let response = loop {
+                        let response = agent
+                            .post(&url)
+                            .header("Content-Encoding", "snappy")
+                            .header("Content-Type", "application/x-protobuf")
+                            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+                            .send(&body.bytes[..]);
+                        let retry = matches!(&response, Ok(r) if r.status() == 429 || r.status().is_server_error());
+                        if !retry || stop.load(Ordering::Relaxed) {
+                            break response;
+                        }
+                        retried.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    };
                     sent += body.samples;
                     match response {
                         Ok(r) if r.status().is_success() => {
@@ -426,6 +444,7 @@ impl Load {
             receiver,
             accepted,
             refused,
+            retried,
             first_refusal,
         })
     }
@@ -446,6 +465,7 @@ impl Load {
         LoadTotals {
             accepted: self.accepted.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
             first_refusal,
         }
     }
@@ -479,6 +499,7 @@ fn measure(server: &Server, args: &Args) -> anyhow::Result<Measurement> {
         cpu_seconds: cpu_after - cpu_before,
         peak_rss: peak_rss.max(rss),
         refused: totals.refused,
+        retried: totals.retried,
         first_refusal: totals.first_refusal,
     })
 }
@@ -509,13 +530,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .find(|m| m.name == "victoriametrics")
         .map(|m| m.samples as f64 / m.cpu_seconds.max(1e-9));
     println!(
-        "| server | accepted samples/s | server CPU s | samples per CPU-second | vs VictoriaMetrics | peak RSS MiB | refused |"
+        "| server | accepted samples/s | server CPU s | samples per CPU-second | vs VictoriaMetrics | peak RSS MiB | refused | retried requests |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for m in &results {
         let per_cpu = m.samples as f64 / m.cpu_seconds.max(1e-9);
         println!(
-            "| {} | {:.0} | {:.1} | {:.0} | {} | {:.0} | {} |",
+            "| {} | {:.0} | {:.1} | {:.0} | {} | {:.0} | {} | {} |",
             m.name,
             m.samples as f64 / m.seconds,
             m.cpu_seconds,
@@ -523,6 +544,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             baseline.map_or("-".to_owned(), |b| format!("{:.2}x", per_cpu / b)),
             m.peak_rss as f64 / (1 << 20) as f64,
             m.refused,
+            m.retried,
         );
     }
     for m in &results {

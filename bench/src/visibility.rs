@@ -175,6 +175,9 @@ impl Pipeline {
                 gateway::metrics::GatewayMetrics::new(&mut registry),
             )
             .await?;
+            // As `meerkat serve` wires them: writes wait while ingest is behind.
+            let delay = ingest.delay();
+            gateway.set_backlog(Arc::new(move || delay.get()));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             let routes = gateway.http_routes();
@@ -229,14 +232,25 @@ fn probe(
     while started.elapsed() < Duration::from_secs(args.duration_seconds) {
         seq += 1;
         let timestamp = now_ms();
-        let response = agent
-            .post(write_url)
-            .header("Content-Encoding", "snappy")
-            .header("Content-Type", "application/x-protobuf")
-            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
-            .send(&probe_body(seq, timestamp)?[..])?;
-        if !response.status().is_success() {
-            bail!("{name} refused a probe: {}", response.status());
+        let body = probe_body(seq, timestamp)?;
+        // Sent until accepted, backing off on 429/503 as the load does.
+        let mut backoff = Duration::from_millis(30);
+        loop {
+            let response = agent
+                .post(write_url)
+                .header("Content-Encoding", "snappy")
+                .header("Content-Type", "application/x-protobuf")
+                .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+                .send(&body[..])?;
+            let status = response.status();
+            if status.is_success() {
+                break;
+            }
+            if status != 429 && status != 503 {
+                bail!("{name} refused a probe: {status}");
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         let acknowledged = Instant::now();
         loop {

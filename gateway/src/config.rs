@@ -16,6 +16,13 @@ pub struct GatewayConfig {
     /// all tenants. Past it the gateway answers 503 with Retry-After instead of buffering:
     /// this is what keeps memory bounded when the bus is slower than the input.
     pub max_inflight_bytes: u64,
+    /// Standalone mode: while ingest is further behind the bus than this many seconds
+    /// (its data that old is only now becoming queryable), writes are answered 503 with
+    /// Retry-After. It keeps acknowledged data quick to query and stops the bus from
+    /// filling faster than ingest empties it, which bus retention would end by dropping
+    /// data. 0 turns it off. Without ingest in the process (distributed mode) there is
+    /// nothing to measure and it has no effect.
+    pub max_backlog_seconds: f64,
     pub otlp: OtlpConfig,
 }
 
@@ -26,6 +33,7 @@ impl Default for GatewayConfig {
             limits: Limits::default(),
             tenant_limits: BTreeMap::new(),
             max_inflight_bytes: 256 << 20,
+            max_backlog_seconds: 1.0,
             otlp: OtlpConfig::default(),
         }
     }
@@ -166,6 +174,12 @@ pub struct OtlpConfig {
 impl GatewayConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.limits.validate("gateway.limits")?;
+        if !(self.max_backlog_seconds.is_finite() && self.max_backlog_seconds >= 0.0) {
+            return Err(format!(
+                "gateway.max_backlog_seconds must be a number of seconds, 0 or more (got {})",
+                self.max_backlog_seconds
+            ));
+        }
         for (tenant, overrides) in &self.tenant_limits {
             model::TenantId::new(tenant.clone())
                 .map_err(|e| format!("gateway.tenant_limits: {e}"))?;

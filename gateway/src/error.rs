@@ -29,6 +29,13 @@ pub enum GatewayError {
     },
     #[error("the gateway is overloaded (the bus is slower than the input); retry later")]
     Overloaded,
+    #[error(
+        "ingest is {behind_seconds:.1} s behind the accepted data (gateway.max_backlog_seconds is {limit_seconds}); retry later"
+    )]
+    Backlogged {
+        behind_seconds: f64,
+        limit_seconds: f64,
+    },
     #[error("cannot store the data: {0}")]
     Unavailable(String),
 }
@@ -41,7 +48,9 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Overloaded | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::Backlogged { .. } | Self::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -52,7 +61,7 @@ impl GatewayError {
                 retry_after_seconds,
                 ..
             } => Some(*retry_after_seconds),
-            Self::Overloaded | Self::Unavailable(_) => Some(1),
+            Self::Overloaded | Self::Backlogged { .. } | Self::Unavailable(_) => Some(1),
             _ => None,
         }
     }
@@ -67,6 +76,7 @@ impl GatewayError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::RateLimited { .. } => "rate_limited",
             Self::Overloaded => "overloaded",
+            Self::Backlogged { .. } => "backlogged",
             Self::Unavailable(_) => "unavailable",
         }
     }

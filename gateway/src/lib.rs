@@ -59,6 +59,33 @@ use crate::sink::Sink;
 use crate::tenant::TenantResolver;
 use crate::validate::Outcome;
 
+/// How far behind the gateway's data its consumer is: in standalone mode, ingest. The
+/// gateway refuses writes while it is more than `gateway.max_backlog_seconds` behind.
+pub trait Backlog: Send + Sync {
+    /// How long data accepted now would wait before it is stored.
+    fn delay(&self) -> std::time::Duration;
+}
+
+impl<F: Fn() -> std::time::Duration + Send + Sync> Backlog for F {
+    fn delay(&self) -> std::time::Duration {
+        self()
+    }
+}
+
+/// Where the gateway reads its [`Backlog`], once one is set.
+#[derive(Default)]
+struct BacklogSource(std::sync::OnceLock<Arc<dyn Backlog>>);
+
+impl std::fmt::Debug for BacklogSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "set"
+        } else {
+            "unset"
+        })
+    }
+}
+
 /// The gateway: shared by every protocol's handlers.
 #[derive(Clone, Debug)]
 pub struct Gateway {
@@ -76,6 +103,8 @@ struct Shared {
     otlp: OtlpConfig,
     /// The largest decompressed body any tenant may send (bounds gRPC message decoding).
     max_message_bytes: u64,
+    backlog: BacklogSource,
+    max_backlog_seconds: f64,
 }
 
 /// A request's share of the in-flight budget, released when the request is answered.
@@ -116,6 +145,8 @@ impl Gateway {
                     .values()
                     .map(|o| config.limits.with(o).max_decompressed_body_bytes)
                     .fold(config.limits.max_decompressed_body_bytes, u64::max),
+                backlog: BacklogSource::default(),
+                max_backlog_seconds: config.max_backlog_seconds,
             }),
         })
     }
@@ -158,9 +189,26 @@ impl Gateway {
         self.shared.limits.for_tenant(tenant)
     }
 
+    /// Makes writes wait for `backlog` (see [`Backlog`]); once, at start.
+    pub fn set_backlog(&self, backlog: Arc<dyn Backlog>) {
+        if self.shared.backlog.0.set(backlog).is_err() {
+            tracing::warn!("the gateway's backlog source was already set; keeping the first");
+        }
+    }
+
     /// Reserves room for a request of `bytes`; refuses (503) when the gateway is already
-    /// holding as much as it may.
+    /// holding as much as it may, or its consumer is too far behind.
     pub fn admit(&self, bytes: u64) -> Result<InflightPermit, GatewayError> {
+        let limit = self.shared.max_backlog_seconds;
+        if let Some(backlog) = self.shared.backlog.0.get().filter(|_| limit > 0.0) {
+            let behind = backlog.delay().as_secs_f64();
+            if behind > limit {
+                return Err(GatewayError::Backlogged {
+                    behind_seconds: behind,
+                    limit_seconds: limit,
+                });
+            }
+        }
         let kib =
             u32::try_from(bytes.div_ceil(1024).max(1)).map_err(|_| GatewayError::Overloaded)?;
         let permit = self

@@ -295,7 +295,9 @@ fn grpc_code(error: &GatewayError) -> tonic::Code {
         | GatewayError::BodyTooLarge { .. }
         | GatewayError::UnsupportedMediaType(_) => tonic::Code::InvalidArgument,
         GatewayError::RateLimited { .. } => tonic::Code::ResourceExhausted,
-        GatewayError::Overloaded | GatewayError::Unavailable(_) => tonic::Code::Unavailable,
+        GatewayError::Overloaded
+        | GatewayError::Backlogged { .. }
+        | GatewayError::Unavailable(_) => tonic::Code::Unavailable,
     }
 }
 

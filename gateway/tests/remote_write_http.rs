@@ -483,3 +483,71 @@ async fn valid_requests_travel_as_received_and_big_ones_are_split() {
     let envelopes = h.envelopes(bus::topics::METRICS).await;
     assert!(envelopes.len() > 2, "split into several records");
 }
+
+#[tokio::test]
+async fn writes_wait_with_503_while_the_consumer_is_too_far_behind() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let h = Harness::new(GatewayConfig::default()).await;
+    let behind_ms = Arc::new(AtomicU64::new(500));
+    let source = behind_ms.clone();
+    h.gateway.set_backlog(Arc::new(move || {
+        Duration::from_millis(source.load(Ordering::Relaxed))
+    }));
+    let body = || write_request(&[(&[("__name__", "up"), ("job", "api")], 1.0)]);
+
+    let answer = write(&h, post(vec![]), body()).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::NO_CONTENT,
+        "0.5 s behind is within the default 1 s"
+    );
+
+    behind_ms.store(3_000, Ordering::Relaxed);
+    let answer = write(&h, post(vec![]), body()).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.retry_after.as_deref(), Some("1"));
+    assert!(
+        answer.text().contains("ingest is 3.0 s behind")
+            && answer.text().contains("max_backlog_seconds"),
+        "{}",
+        answer.text()
+    );
+    assert_eq!(
+        h.envelopes(bus::topics::METRICS).await.len(),
+        1,
+        "the refused write is not on the bus"
+    );
+    assert!(
+        h.metrics_text().contains("outcome=\"backlogged\""),
+        "{}",
+        h.metrics_text()
+    );
+
+    behind_ms.store(0, Ordering::Relaxed);
+    assert_eq!(
+        write(&h, post(vec![]), body()).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(h.envelopes(bus::topics::METRICS).await.len(), 2);
+
+    // 0 turns the check off.
+    let off = Harness::new(GatewayConfig {
+        max_backlog_seconds: 0.0,
+        ..GatewayConfig::default()
+    })
+    .await;
+    off.gateway
+        .set_backlog(Arc::new(|| Duration::from_secs(100)));
+    assert_eq!(
+        write(&off, post(vec![]), body()).await.status,
+        StatusCode::NO_CONTENT
+    );
+
+    let negative = GatewayConfig {
+        max_backlog_seconds: -1.0,
+        ..GatewayConfig::default()
+    };
+    let error = negative.validate().unwrap_err();
+    assert!(error.contains("gateway.max_backlog_seconds"), "{error}");
+}

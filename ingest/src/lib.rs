@@ -10,7 +10,8 @@
 //! ingest.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bus::{Bus, Consumer, TopicPartition, topics};
 use model::Envelope;
@@ -72,9 +73,30 @@ struct PartitionLabels {
     partition: String,
 }
 
+/// How long acknowledged data waits before ingest has written it to storage (where queries
+/// see it): the age of the newest bus record in the batch ingest wrote last, zero once a
+/// poll finds nothing new. In standalone mode the gateway refuses writes while this is too
+/// large (`gateway.max_backlog_seconds`).
+#[derive(Clone, Debug, Default)]
+pub struct IngestDelay {
+    millis: Arc<AtomicU64>,
+}
+
+impl IngestDelay {
+    pub fn get(&self) -> Duration {
+        Duration::from_millis(self.millis.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, delay: Duration) {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.millis.store(millis, Ordering::Relaxed);
+    }
+}
+
 /// Ingest's own metrics.
 #[derive(Clone, Debug)]
 pub struct IngestMetrics {
+    delay: Gauge<f64, AtomicU64>,
     records: Family<TopicLabels, Counter>,
     items: Family<TopicLabels, Counter>,
     too_old: Family<TopicLabels, Counter>,
@@ -87,6 +109,7 @@ pub struct IngestMetrics {
 impl IngestMetrics {
     pub fn new(registry: &mut Registry) -> Self {
         let metrics = Self {
+            delay: Gauge::default(),
             records: Family::default(),
             items: Family::default(),
             too_old: Family::default(),
@@ -96,6 +119,12 @@ impl IngestMetrics {
             flush_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         };
         let registry = registry.sub_registry_with_prefix("meerkat_ingest");
+        registry.register_with_unit(
+            "delay",
+            "Age of the newest bus record in the batch written last (zero when caught up): how long acknowledged data waits to become queryable",
+            Unit::Seconds,
+            metrics.delay.clone(),
+        );
         registry.register(
             "records",
             "Bus records written to storage",
@@ -141,9 +170,11 @@ impl IngestMetrics {
 pub struct IngestWorker {
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), IngestError>>,
+    delay: IngestDelay,
 }
 
 struct Loop {
+    delay: IngestDelay,
     bus: Arc<dyn Bus>,
     storage: Arc<dyn Storage>,
     consumer: Box<dyn Consumer>,
@@ -163,7 +194,9 @@ impl IngestWorker {
     ) -> Result<Self, IngestError> {
         let consumer = bus.subscribe(INGEST_GROUP, &topics::ALL).await?;
         let (stop, stopped) = watch::channel(false);
+        let delay = IngestDelay::default();
         let mut work = Loop {
+            delay: delay.clone(),
             bus,
             storage,
             consumer,
@@ -173,7 +206,12 @@ impl IngestWorker {
             last_flush: Instant::now(),
         };
         let task = tokio::spawn(async move { work.run(stopped).await });
-        Ok(Self { stop, task })
+        Ok(Self { stop, task, delay })
+    }
+
+    /// How far behind the bus this worker's writes are, kept current as it works.
+    pub fn delay(&self) -> IngestDelay {
+        self.delay.clone()
     }
 
     /// Stops consuming, makes everything written durable, commits, and returns.
@@ -198,12 +236,14 @@ impl Loop {
             };
             match records {
                 Ok(records) => {
+                    let newest = records.iter().map(|r| r.timestamp_ms).max();
                     if !records.is_empty() {
                         self.metrics.batch_records.observe(records.len() as f64);
                     }
                     for record in records {
                         self.write(record).await?;
                     }
+                    self.record_delay(newest);
                 }
                 Err(error) if error.is_retryable() => {
                     tracing::warn!(%error, "bus poll failed; retrying");
@@ -220,6 +260,18 @@ impl Loop {
         // Stopping: the lag gauge is not worth a round of metadata calls to a cluster that
         // may be going away too.
         self.flush(false).await
+    }
+
+    /// Notes how old the newest record just written was (`None`: nothing was waiting).
+    fn record_delay(&self, newest_ms: Option<i64>) {
+        let delay = newest_ms.map_or(Duration::ZERO, |newest| {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            Duration::from_millis(now_ms.saturating_sub(newest).max(0) as u64)
+        });
+        self.delay.set(delay);
+        self.metrics.delay.set(delay.as_secs_f64());
     }
 
     async fn write(&mut self, record: bus::ConsumedRecord) -> Result<(), IngestError> {

@@ -230,6 +230,12 @@ impl IngestComponent {
             .context("cannot start ingest")?;
         Ok(Self { worker })
     }
+
+    /// Ingest's delay, as the gateway's [`gateway::Backlog`] in standalone mode.
+    pub fn backlog(&self) -> Arc<dyn gateway::Backlog> {
+        let delay = self.worker.delay();
+        Arc::new(move || delay.get())
+    }
 }
 
 #[async_trait]

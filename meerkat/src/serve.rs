@@ -55,6 +55,7 @@ pub async fn run(role: Role, config: Config, sources: Sources) -> anyhow::Result
         let bus = BusComponent::start(&config, &registry).await?;
         let shared_bus: Arc<dyn bus::Bus> = bus.bus.clone();
         components.push(Box::new(bus));
+        let mut backlog = None;
         if matches!(role, Role::Serve | Role::Ingest) {
             let store = StoreComponent::start(&config).await?;
             let shared_store: Arc<dyn storage::Storage> = store.store.clone();
@@ -62,10 +63,14 @@ pub async fn run(role: Role, config: Config, sources: Sources) -> anyhow::Result
             let ingest =
                 IngestComponent::start(&config, shared_bus.clone(), shared_store, &registry)
                     .await?;
+            backlog = Some(ingest.backlog());
             components.push(Box::new(ingest));
         }
         if matches!(role, Role::Serve | Role::Gateway) {
             let gateway = GatewayComponent::start(&config, shared_bus, &registry).await?;
+            if let Some(backlog) = backlog.take() {
+                gateway.gateway.set_backlog(backlog);
+            }
             http.set_routes(gateway.gateway.http_routes());
             components.push(Box::new(gateway));
         }

@@ -1,0 +1,114 @@
+//! Ingest's delay: how old the data it writes is, which the gateway waits on in standalone
+//! mode.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bus::embedded::{EmbeddedBus, EmbeddedBusConfig};
+use bus::{Bus, ProduceRecord, topics};
+use ingest::{IngestConfig, IngestMetrics, IngestWorker};
+use model::{Envelope, Labels, MetricBatch, Payload, Sample, Series, TenantId};
+use storage::Storage;
+use storage::embedded::{EmbeddedStore, EmbeddedStoreConfig};
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// One sample of `up{seq=…}`, as a bus record stamped `appended_ms`.
+fn record(seq: u32, appended_ms: i64) -> ProduceRecord {
+    let envelope = Envelope {
+        tenant: TenantId::new("default").unwrap(),
+        payload: Payload::Metrics(MetricBatch {
+            series: vec![Series::with_samples(
+                Labels::new([("__name__", "up"), ("seq", &seq.to_string())]).unwrap(),
+                vec![Sample {
+                    timestamp_ms: now_ms(),
+                    value: 1.0,
+                }],
+            )],
+            metadata: vec![],
+        }),
+    };
+    ProduceRecord::new(envelope.encode().unwrap())
+        .with_partition(0)
+        .with_timestamp_ms(appended_ms)
+}
+
+async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delay_is_the_age_of_the_newest_record_written_and_zero_when_caught_up() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(
+        EmbeddedBus::open(dir.path().join("bus"), EmbeddedBusConfig::default()).unwrap(),
+    );
+    for topic in topics::ALL {
+        bus.ensure_topic(topic, 1).await.unwrap();
+    }
+    let store = Arc::new(
+        EmbeddedStore::open(dir.path().join("store"), EmbeddedStoreConfig::default()).unwrap(),
+    );
+    let mut registry = prometheus_client::registry::Registry::default();
+    let worker = IngestWorker::start(
+        bus.clone(),
+        store.clone(),
+        IngestConfig::default(),
+        IngestMetrics::new(&mut registry),
+    )
+    .await
+    .unwrap();
+    let delay = worker.delay();
+    assert_eq!(delay.get(), Duration::ZERO);
+
+    // Records appended 30 s ago, as if ingest had been stopped that long.
+    let long_ago = now_ms() - 30_000;
+    bus.produce(
+        topics::METRICS,
+        (0..3).map(|seq| record(seq, long_ago + i64::from(seq))).collect(),
+    )
+    .await
+    .unwrap();
+    let tenant = TenantId::new("default").unwrap();
+    let stored = async || {
+        store
+            .select(&tenant, &[], i64::MIN, i64::MAX)
+            .await
+            .unwrap()
+            .len()
+    };
+    let mut seen = Duration::ZERO;
+    wait_for("the old records to be written", async || {
+        seen = seen.max(delay.get());
+        stored().await == 3 && seen > Duration::ZERO
+    })
+    .await;
+    assert!(
+        (Duration::from_secs(29)..Duration::from_secs(40)).contains(&seen),
+        "{seen:?}"
+    );
+    // Once a poll finds nothing more, ingest is caught up.
+    wait_for("the delay to fall to zero", async || delay.get() == Duration::ZERO).await;
+
+    bus.produce(topics::METRICS, vec![record(3, now_ms())])
+        .await
+        .unwrap();
+    wait_for("the fresh record to be written", async || stored().await == 4).await;
+    assert!(delay.get() < Duration::from_secs(5), "{:?}", delay.get());
+
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains("meerkat_ingest_delay_seconds"), "{text}");
+    worker.stop().await.unwrap();
+}
