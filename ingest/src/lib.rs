@@ -3,11 +3,11 @@
 //! An ingest worker is a member of the `ingest` consumer group on every telemetry topic. It
 //! writes each record's data to storage as it arrives (so it is visible to queries at
 //! once), and every `flush_interval_seconds` (or `flush_max_records`) asks storage to make
-//! it durable and commits to the bus exactly the offsets storage reports as durable. After a
-//! crash the group resumes at those offsets and replays what storage had not yet made
-//! durable; storage writes are idempotent (series + timestamp keys), so nothing is counted
-//! twice. A record that cannot be decoded is counted and skipped, never allowed to stop
-//! ingest.
+//! it durable — writing on meanwhile — and commits to the bus exactly the offsets storage
+//! reports as durable. After a crash the group resumes at those offsets and replays what
+//! storage had not yet made durable; storage writes are idempotent (series + timestamp
+//! keys), so nothing is counted twice. A record that cannot be decoded is counted and
+//! skipped, never allowed to stop ingest.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -182,6 +182,9 @@ struct Loop {
     metrics: IngestMetrics,
     written_since_flush: u64,
     last_flush: Instant,
+    /// The flush under way: ingest goes on writing while storage makes the data before it
+    /// durable, so a slow flush does not hold back what queries see.
+    flushing: Option<JoinHandle<Result<DurableOffsets, storage::StorageError>>>,
 }
 
 impl IngestWorker {
@@ -204,6 +207,7 @@ impl IngestWorker {
             metrics,
             written_since_flush: 0,
             last_flush: Instant::now(),
+            flushing: None,
         };
         let task = tokio::spawn(async move { work.run(stopped).await });
         Ok(Self { stop, task, delay })
@@ -251,15 +255,46 @@ impl Loop {
                 }
                 Err(error) => return Err(error.into()),
             }
-            if self.last_flush.elapsed() >= interval
-                || self.written_since_flush >= self.config.flush_max_records
+            if self.flushing.as_ref().is_some_and(JoinHandle::is_finished) {
+                self.finish_flush(true).await?;
+            }
+            if self.flushing.is_none()
+                && (self.last_flush.elapsed() >= interval
+                    || self.written_since_flush >= self.config.flush_max_records)
             {
-                self.flush(true).await?;
+                self.start_flush();
             }
         }
         // Stopping: the lag gauge is not worth a round of metadata calls to a cluster that
         // may be going away too.
-        self.flush(false).await
+        self.finish_flush(false).await?;
+        self.start_flush();
+        self.finish_flush(false).await
+    }
+
+    /// Starts making everything written so far durable.
+    fn start_flush(&mut self) {
+        let storage = self.storage.clone();
+        let seconds = self.metrics.flush_seconds.clone();
+        self.flushing = Some(tokio::spawn(async move {
+            let started = Instant::now();
+            let durable = storage.flush().await;
+            seconds.observe(started.elapsed().as_secs_f64());
+            durable
+        }));
+        self.written_since_flush = 0;
+        self.last_flush = Instant::now();
+    }
+
+    /// Waits for the flush under way, if any, and commits the offsets it made durable.
+    async fn finish_flush(&mut self, update_lag: bool) -> Result<(), IngestError> {
+        let Some(flushing) = self.flushing.take() else {
+            return Ok(());
+        };
+        let durable = flushing
+            .await
+            .map_err(|e| IngestError::Task(e.to_string()))??;
+        self.commit(durable, update_lag).await
     }
 
     /// Notes how old the newest record just written was (`None`: nothing was waiting).
@@ -317,12 +352,13 @@ impl Loop {
         Ok(())
     }
 
-    async fn flush(&mut self, update_lag: bool) -> Result<(), IngestError> {
-        let started = Instant::now();
-        let durable: DurableOffsets = self.storage.flush().await?;
-        self.metrics
-            .flush_seconds
-            .observe(started.elapsed().as_secs_f64());
+    /// Commits to the bus what storage made durable (and, with `update_lag`, refreshes the
+    /// lag gauges).
+    async fn commit(
+        &mut self,
+        durable: DurableOffsets,
+        update_lag: bool,
+    ) -> Result<(), IngestError> {
         let assigned = self.consumer.assignment();
         let commits: Vec<(TopicPartition, u64)> = durable
             .iter()
@@ -360,8 +396,6 @@ impl Loop {
                 })
                 .set(watermarks.high_watermark.saturating_sub(done) as i64);
         }
-        self.written_since_flush = 0;
-        self.last_flush = Instant::now();
         Ok(())
     }
 }

@@ -51,9 +51,8 @@ async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_delay_is_the_age_of_the_newest_record_written_and_zero_when_caught_up() {
     let dir = tempfile::TempDir::new().unwrap();
-    let bus: Arc<dyn Bus> = Arc::new(
-        EmbeddedBus::open(dir.path().join("bus"), EmbeddedBusConfig::default()).unwrap(),
-    );
+    let bus: Arc<dyn Bus> =
+        Arc::new(EmbeddedBus::open(dir.path().join("bus"), EmbeddedBusConfig::default()).unwrap());
     for topic in topics::ALL {
         bus.ensure_topic(topic, 1).await.unwrap();
     }
@@ -76,7 +75,9 @@ async fn the_delay_is_the_age_of_the_newest_record_written_and_zero_when_caught_
     let long_ago = now_ms() - 30_000;
     bus.produce(
         topics::METRICS,
-        (0..3).map(|seq| record(seq, long_ago + i64::from(seq))).collect(),
+        (0..3)
+            .map(|seq| record(seq, long_ago + i64::from(seq)))
+            .collect(),
     )
     .await
     .unwrap();
@@ -99,12 +100,18 @@ async fn the_delay_is_the_age_of_the_newest_record_written_and_zero_when_caught_
         "{seen:?}"
     );
     // Once a poll finds nothing more, ingest is caught up.
-    wait_for("the delay to fall to zero", async || delay.get() == Duration::ZERO).await;
+    wait_for("the delay to fall to zero", async || {
+        delay.get() == Duration::ZERO
+    })
+    .await;
 
     bus.produce(topics::METRICS, vec![record(3, now_ms())])
         .await
         .unwrap();
-    wait_for("the fresh record to be written", async || stored().await == 4).await;
+    wait_for("the fresh record to be written", async || {
+        stored().await == 4
+    })
+    .await;
     assert!(delay.get() < Duration::from_secs(5), "{:?}", delay.get());
 
     let mut text = String::new();
