@@ -20,6 +20,7 @@ pub mod embedded;
 mod error;
 mod matcher;
 mod otel_json;
+mod remote_write;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -51,7 +51,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -200,6 +200,82 @@ struct Buffer {
     rows: usize,
 }
 
+/// Metric writes into the buffer, under the state lock.
+struct MetricsBuffer<'a> {
+    tenant: &'a TenantId,
+    known: Option<&'a HashSet<u64>>,
+    series_rows: &'a mut Vec<SeriesRow>,
+    keys: &'a mut HashSet<u64>,
+    samples: &'a mut Vec<BufferedSample>,
+    rows: &'a mut usize,
+    next_version: u64,
+    summary: WriteSummary,
+}
+
+impl<'a> MetricsBuffer<'a> {
+    /// Starts buffering `tenant`'s samples, versioned from `first_version` on.
+    fn new(state: &'a mut State, tenant: &'a TenantId, first_version: u64) -> Self {
+        let State {
+            buffer,
+            known_series,
+            ..
+        } = state;
+        Self {
+            tenant,
+            known: known_series.get(tenant),
+            series_rows: &mut buffer.series,
+            keys: buffer.series_keys.entry(tenant.clone()).or_default(),
+            samples: buffer.samples.entry(tenant.clone()).or_default(),
+            rows: &mut buffer.rows,
+            next_version: first_version,
+            summary: WriteSummary::default(),
+        }
+    }
+
+    /// Buffers a series' samples, and its series row the first time this process sees
+    /// it (only then are its labels asked for).
+    fn push(
+        &mut self,
+        fingerprint: u64,
+        labels: impl FnOnce() -> Result<Labels>,
+        samples: &[Sample],
+    ) -> Result<()> {
+        if samples.is_empty() {
+            return Ok(());
+        }
+        if !self.known.is_some_and(|k| k.contains(&fingerprint))
+            && !self.keys.contains(&fingerprint)
+        {
+            let labels = labels()?;
+            let (label_names, label_values) = labels
+                .iter()
+                .map(|l| (l.name.to_owned(), l.value.to_owned()))
+                .unzip();
+            self.series_rows.push(SeriesRow {
+                tenant: self.tenant.as_str().to_owned(),
+                metric_name: labels.metric_name().unwrap_or_default().to_owned(),
+                fingerprint,
+                label_names,
+                label_values,
+            });
+            self.keys.insert(fingerprint);
+            *self.rows += 1;
+        }
+        for sample in samples {
+            self.samples.push(BufferedSample {
+                fingerprint,
+                timestamp_ms: sample.timestamp_ms,
+                value: sample.value,
+                version: self.next_version,
+            });
+            self.next_version += 1;
+        }
+        *self.rows += samples.len();
+        self.summary.accepted += samples.len() as u64;
+        Ok(())
+    }
+}
+
 impl Buffer {
     /// Adds rows taken out earlier (an insert that failed). Versions order the writes, so
     /// where they go in the buffer does not matter.
@@ -237,11 +313,11 @@ pub struct ClickHouseStore {
     client: Client,
     version: ServerVersion,
     features: Features,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     /// Offsets recorded in `bus_offsets` by this process.
     durable: Mutex<DurableOffsets>,
     /// One insert of the buffer at a time, so a flush covers every insert before it.
-    insert_lock: tokio::sync::Mutex<()>,
+    insert_lock: Arc<tokio::sync::Mutex<()>>,
     last_version: AtomicU64,
     closed: AtomicBool,
 }
@@ -254,6 +330,81 @@ impl fmt::Debug for ClickHouseStore {
             .field("features", &self.features)
             .finish_non_exhaustive()
     }
+}
+
+/// Inserts `buffer`; then its series are known to be stored, or, if the insert failed, its
+/// rows go back into the buffer. The caller holds the insert lock.
+async fn insert_or_keep(client: &Client, state: &Mutex<State>, buffer: Buffer) -> Result<()> {
+    if let Err(error) = insert(client, &buffer).await {
+        lock(state).buffer.absorb(buffer);
+        return Err(error);
+    }
+    let mut state = lock(state);
+    for (tenant, fingerprints) in buffer.series_keys {
+        state
+            .known_series
+            .entry(tenant)
+            .or_default()
+            .extend(fingerprints);
+    }
+    Ok(())
+}
+
+/// Inserts a buffer's rows, table by table.
+async fn insert(client: &Client, buffer: &Buffer) -> Result<()> {
+    // Series first: a reader finds samples through their series.
+    insert_rows::<SeriesRow>(client, "series", &buffer.series).await?;
+    if buffer.samples.values().any(|s| !s.is_empty()) {
+        let mut insert = client
+            .insert::<SampleRow<'_>>("samples")
+            .await
+            .map_err(|e| ch_error("inserting samples into", e))?;
+        for (tenant, samples) in &buffer.samples {
+            for sample in samples {
+                insert
+                    .write(&SampleRow {
+                        tenant: tenant.as_str(),
+                        fingerprint: sample.fingerprint,
+                        timestamp_ms: sample.timestamp_ms,
+                        value: sample.value,
+                        version: sample.version,
+                    })
+                    .await
+                    .map_err(|e| ch_error("inserting samples into", e))?;
+            }
+        }
+        insert
+            .end()
+            .await
+            .map_err(|e| ch_error("inserting samples into", e))?;
+    }
+    insert_rows::<SpanRow>(client, "spans", &buffer.spans).await?;
+    insert_rows::<LogRow>(client, "logs", &buffer.logs).await?;
+    insert_rows::<EventRow>(client, "events", &buffer.events).await?;
+    Ok(())
+}
+
+async fn insert_rows<R>(client: &Client, table: &'static str, rows: &[R]) -> Result<()>
+where
+    R: clickhouse::RowOwned + clickhouse::RowWrite,
+{
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut insert = client
+        .insert::<R>(table)
+        .await
+        .map_err(|e| ch_error("inserting into", e))?;
+    for row in rows {
+        insert
+            .write(row)
+            .await
+            .map_err(|e| ch_error("inserting into", e))?;
+    }
+    insert
+        .end()
+        .await
+        .map_err(|e| ch_error("inserting into", e))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -334,12 +485,12 @@ impl ClickHouseStore {
             client,
             version,
             features,
-            state: Mutex::new(State {
+            state: Arc::new(Mutex::new(State {
                 pending: durable.clone(),
                 ..State::default()
-            }),
+            })),
             durable: Mutex::new(durable),
-            insert_lock: tokio::sync::Mutex::new(()),
+            insert_lock: Arc::new(tokio::sync::Mutex::new(())),
             last_version: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         })
@@ -401,84 +552,58 @@ impl ClickHouseStore {
 
     fn write_metrics(&self, tenant: &TenantId, batch: model::MetricBatch) -> WriteSummary {
         let count: usize = batch.series.iter().map(|s| s.samples.len()).sum();
-        let mut version = self.reserve_versions(count as u64);
-        let mut summary = WriteSummary::default();
         let mut state = lock(&self.state);
-        let State {
-            buffer,
-            known_series,
-            ..
-        } = &mut *state;
-        let known = known_series.get(tenant);
-        let Buffer {
-            series: series_rows,
-            series_keys,
-            samples: buffered,
-            rows,
-            ..
-        } = buffer;
-        let keys = series_keys.entry(tenant.clone()).or_default();
-        let samples = buffered.entry(tenant.clone()).or_default();
+        let mut buffer =
+            MetricsBuffer::new(&mut state, tenant, self.reserve_versions(count as u64));
         for series in batch.series {
-            if series.samples.is_empty() {
-                continue;
-            }
-            let fingerprint = series.labels.fingerprint();
-            if !known.is_some_and(|k| k.contains(&fingerprint)) && keys.insert(fingerprint) {
-                let (label_names, label_values) = series
-                    .labels
-                    .iter()
-                    .map(|l| (l.name.to_owned(), l.value.to_owned()))
-                    .unzip();
-                series_rows.push(SeriesRow {
-                    tenant: tenant.as_str().to_owned(),
-                    metric_name: series.labels.metric_name().unwrap_or_default().to_owned(),
-                    fingerprint,
-                    label_names,
-                    label_values,
-                });
-                *rows += 1;
-            }
-            for sample in &series.samples {
-                samples.push(BufferedSample {
-                    fingerprint,
-                    timestamp_ms: sample.timestamp_ms,
-                    value: sample.value,
-                    version,
-                });
-                version += 1;
-            }
-            *rows += series.samples.len();
-            summary.accepted += series.samples.len() as u64;
+            let labels = series.labels;
+            // Cannot fail: the labels are at hand.
+            let _ = buffer.push(labels.fingerprint(), move || Ok(labels), &series.samples);
         }
-        summary
+        buffer.summary
     }
 
-    /// Inserts what is buffered; with `record_offsets`, then records the offsets that the
-    /// inserts made durable and returns them.
-    async fn insert_buffered(&self, record_offsets: bool) -> Result<DurableOffsets> {
+    /// Buffers a remote-write body as the gateway accepted it, read in place: a series this
+    /// process has seen is known by the fingerprint of its raw labels, with no `Labels`.
+    fn write_remote_write(
+        &self,
+        tenant: &TenantId,
+        body: &model::RemoteWriteBody,
+    ) -> Result<WriteSummary> {
+        let mut state = lock(&self.state);
+        let mut buffer =
+            MetricsBuffer::new(&mut state, tenant, self.reserve_versions(body.samples));
+        crate::remote_write::for_each_series(body, |raw, fingerprint, samples| {
+            buffer.push(fingerprint, || crate::remote_write::labels(raw), samples)
+        })?;
+        Ok(buffer.summary)
+    }
+
+    /// Inserts the (full) buffer on a task of its own, so ingest goes on decoding the next
+    /// batch meanwhile. One insert at a time: the next full buffer, and a flush, wait for
+    /// this one. A failed insert puts its rows back, for the next flush to retry (and
+    /// report).
+    async fn insert_in_background(&self) {
+        let inserting = self.insert_lock.clone().lock_owned().await;
+        let buffer = std::mem::take(&mut lock(&self.state).buffer);
+        let (client, state) = (self.client.clone(), self.state.clone());
+        tokio::spawn(async move {
+            if let Err(error) = insert_or_keep(&client, &state, buffer).await {
+                tracing::warn!(%error, "a batch insert into ClickHouse failed; the next flush retries it");
+            }
+            drop(inserting);
+        });
+    }
+
+    /// Inserts what is buffered (after any insert still running), then records the offsets
+    /// that the inserts made durable and returns them.
+    async fn insert_buffered(&self) -> Result<DurableOffsets> {
         let _inserting = self.insert_lock.lock().await;
         let (buffer, offsets) = {
             let mut state = lock(&self.state);
             (std::mem::take(&mut state.buffer), state.pending.clone())
         };
-        if let Err(error) = self.insert(&buffer).await {
-            lock(&self.state).buffer.absorb(buffer);
-            return Err(error);
-        }
-        {
-            let mut state = lock(&self.state);
-            for (tenant, fingerprints) in buffer.series_keys {
-                state
-                    .known_series
-                    .entry(tenant)
-                    .or_default()
-                    .extend(fingerprints);
-            }
-        }
-        if !record_offsets {
-            return Ok(lock(&self.durable).clone());
-        }
+        insert_or_keep(&self.client, &self.state, buffer).await?;
         let durable = lock(&self.durable).clone();
         let advanced: Vec<OffsetRow> = offsets
             .iter()
@@ -490,8 +615,7 @@ impl ClickHouseStore {
             })
             .collect();
         if !advanced.is_empty() {
-            self.insert_rows::<OffsetRow>("bus_offsets", &advanced)
-                .await?;
+            insert_rows::<OffsetRow>(&self.client, "bus_offsets", &advanced).await?;
         }
         let mut durable = lock(&self.durable);
         for (key, next) in offsets {
@@ -499,66 +623,6 @@ impl ClickHouseStore {
             *entry = (*entry).max(next);
         }
         Ok(durable.clone())
-    }
-
-    async fn insert(&self, buffer: &Buffer) -> Result<()> {
-        // Series first: a reader finds samples through their series.
-        self.insert_rows::<SeriesRow>("series", &buffer.series)
-            .await?;
-        if buffer.samples.values().any(|s| !s.is_empty()) {
-            let mut insert = self
-                .client
-                .insert::<SampleRow<'_>>("samples")
-                .await
-                .map_err(|e| ch_error("inserting samples into", e))?;
-            for (tenant, samples) in &buffer.samples {
-                for sample in samples {
-                    insert
-                        .write(&SampleRow {
-                            tenant: tenant.as_str(),
-                            fingerprint: sample.fingerprint,
-                            timestamp_ms: sample.timestamp_ms,
-                            value: sample.value,
-                            version: sample.version,
-                        })
-                        .await
-                        .map_err(|e| ch_error("inserting samples into", e))?;
-                }
-            }
-            insert
-                .end()
-                .await
-                .map_err(|e| ch_error("inserting samples into", e))?;
-        }
-        self.insert_rows::<SpanRow>("spans", &buffer.spans).await?;
-        self.insert_rows::<LogRow>("logs", &buffer.logs).await?;
-        self.insert_rows::<EventRow>("events", &buffer.events)
-            .await?;
-        Ok(())
-    }
-
-    async fn insert_rows<R>(&self, table: &'static str, rows: &[R]) -> Result<()>
-    where
-        R: clickhouse::RowOwned + clickhouse::RowWrite,
-    {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut insert = self
-            .client
-            .insert::<R>(table)
-            .await
-            .map_err(|e| ch_error("inserting into", e))?;
-        for row in rows {
-            insert
-                .write(row)
-                .await
-                .map_err(|e| ch_error("inserting into", e))?;
-        }
-        insert
-            .end()
-            .await
-            .map_err(|e| ch_error("inserting into", e))
     }
 
     /// The series of `tenant` matching every matcher, by fingerprint.
@@ -663,6 +727,7 @@ impl Storage for ClickHouseStore {
                 state.buffer.rows += rows.len();
                 state.buffer.events.extend(rows);
             }
+            Payload::RemoteWrite(body) => summary = self.write_remote_write(tenant, &body)?,
             metrics => {
                 let batch = metrics
                     .into_metric_batch()
@@ -681,13 +746,13 @@ impl Storage for ClickHouseStore {
             state.buffer.rows >= self.config.insert_batch_rows
         };
         if full {
-            self.insert_buffered(false).await?;
+            self.insert_in_background().await;
         }
         Ok(summary)
     }
 
     async fn flush(&self) -> Result<DurableOffsets> {
-        self.insert_buffered(true).await
+        self.insert_buffered().await
     }
 
     async fn durable_offsets(&self) -> Result<DurableOffsets> {

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
-use model::{Labels, Payload, Sample, TenantId};
+use model::{Labels, Payload, RemoteWriteBody, Sample, TenantId};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
@@ -356,34 +356,19 @@ impl EmbeddedStore {
         summary
     }
 
-    /// Writes a remote-write body as the gateway accepted it (every series a valid label
-    /// set as sent), reading it in place: a series already known is found by the
-    /// fingerprint of its raw labels, so the common case builds no `Labels` at all.
-    fn write_remote_write(&self, tenant: &Tenant, body: &[u8]) -> Result<WriteSummary> {
+    /// Writes a remote-write body as the gateway accepted it, reading it in place: a series
+    /// already known is found by the fingerprint of its raw labels, so the common case
+    /// builds no `Labels` at all.
+    fn write_remote_write(&self, tenant: &Tenant, body: &RemoteWriteBody) -> Result<WriteSummary> {
         let window_ms = self.out_of_order_window_ms();
         let mut summary = WriteSummary::default();
-        let reader = model::remote_write::WriteRequestReader::new(body);
-        let mut raw: Vec<model::remote_write::RawLabel> = Vec::with_capacity(16);
-        let mut samples: Vec<Sample> = Vec::with_capacity(16);
         let mut state = write_lock(&tenant.state);
-        let decode = |e: model::ModelError| StorageError::Decode(e.to_string());
-        reader.for_each_series(|view| -> Result<()> {
-            raw.clear();
-            samples.clear();
-            view.for_each_label(|label| raw.push(label))?;
-            view.for_each_sample(|sample| samples.push(sample))?;
-            if samples.is_empty() {
-                return Ok(());
-            }
-            let fingerprint = model::fingerprint_of(raw.iter().copied());
-            let id = match state.index.find_raw(&raw, fingerprint) {
+        crate::remote_write::for_each_series(body, |raw, fingerprint, samples| {
+            let id = match state.index.find_raw(raw, fingerprint) {
                 Some(id) => id,
-                None => {
-                    let labels = model::remote_write::labels_from_raw(&raw).map_err(decode)?;
-                    state.series_id(&labels)
-                }
+                None => state.series_id(&crate::remote_write::labels(raw)?),
             };
-            state.append(id, &samples, window_ms, &mut summary);
+            state.append(id, samples, window_ms, &mut summary);
             Ok(())
         })?;
         Ok(summary)
@@ -908,11 +893,8 @@ impl Storage for EmbeddedStore {
             Payload::Logs(batch) => Some((RowKind::Logs, rows::log_rows(batch, position)?)),
             Payload::Events(events) => Some((RowKind::Events, rows::event_rows(events, position)?)),
             Payload::RemoteWrite(body) => {
-                let raw = body
-                    .decompress()
-                    .map_err(|e| StorageError::Decode(e.to_string()))?;
                 let tenant = self.tenant_or_create(tenant);
-                let summary = self.write_remote_write(&tenant, &raw)?;
+                let summary = self.write_remote_write(&tenant, &body)?;
                 self.advance(position);
                 return Ok(summary);
             }
