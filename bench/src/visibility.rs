@@ -1,5 +1,8 @@
 //! Write-to-read visibility under load: how long after a server acknowledges a sample can
 //! a read see it, while the remote-write benchmark's load runs against the same server.
+//! The load, like Prometheus, backs off and retries requests answered 429 or 503 (which
+//! Meerkat answers while ingest is more than `gateway.max_backlog_seconds` behind); the
+//! table counts those retries.
 //!
 //! A probe thread writes one marker series (`bench_probe{seq="N"}`) at a time, notes when
 //! the 2xx came back, then reads it back every 2 ms until it is there; then the next probe
@@ -210,6 +213,8 @@ struct Result {
     delays_ms: Vec<f64>,
     missed: usize,
     load_samples_per_second: f64,
+    /// Load requests answered 429/503 and sent again after a backoff.
+    retried: u64,
 }
 
 fn probe(
@@ -287,6 +292,7 @@ fn probe(
         delays_ms,
         missed,
         load_samples_per_second: load_rate,
+        retried: totals.retried,
     })
 }
 
@@ -349,12 +355,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         };
         results.push(result);
     }
-    println!("| server | probes | p50 ms | p99 ms | max ms | not seen in 10 s | load samples/s |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| server | probes | p50 ms | p99 ms | max ms | not seen in 10 s | load samples/s | load requests retried |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &mut results {
         r.delays_ms.sort_by(f64::total_cmp);
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.0} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.0} | {} |",
             r.name,
             r.delays_ms.len() + r.missed,
             percentile(&r.delays_ms, 50.0),
@@ -362,6 +370,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             r.delays_ms.last().copied().unwrap_or(f64::NAN),
             r.missed,
             r.load_samples_per_second,
+            r.retried,
         );
     }
     Ok(())
