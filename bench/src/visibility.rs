@@ -44,6 +44,9 @@ pub struct Args {
     /// Cap on the load, samples per second (0: as fast as each server answers)
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Meerkat's `gateway.max_backlog_seconds` (the default when not given)
+    #[arg(long)]
+    max_backlog_seconds: Option<f64>,
     /// Seconds of probing per server (after 5 s of load alone)
     #[arg(long, default_value_t = 30)]
     duration_seconds: u64,
@@ -146,7 +149,7 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn start() -> anyhow::Result<Self> {
+    fn start(max_backlog_seconds: Option<f64>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -172,8 +175,12 @@ impl Pipeline {
                 ingest::IngestMetrics::new(&mut registry),
             )
             .await?;
+            let mut config = gateway::GatewayConfig::default();
+            if let Some(seconds) = max_backlog_seconds {
+                config.max_backlog_seconds = seconds;
+            }
             let gateway = gateway::Gateway::new(
-                &gateway::GatewayConfig::default(),
+                &config,
                 bus.clone(),
                 gateway::metrics::GatewayMetrics::new(&mut registry),
             )
@@ -332,7 +339,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for target in &args.targets {
         let result = match target.as_str() {
             "meerkat" => {
-                let pipeline = Pipeline::start().context("cannot start Meerkat's pipeline")?;
+                let pipeline = Pipeline::start(args.max_backlog_seconds)
+                    .context("cannot start Meerkat's pipeline")?;
                 let reader =
                     Reader::Store(pipeline.store.clone(), pipeline.runtime.handle().clone());
                 let url = format!("http://{}/api/v1/write", pipeline.addr);

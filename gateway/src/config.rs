@@ -33,7 +33,7 @@ impl Default for GatewayConfig {
             limits: Limits::default(),
             tenant_limits: BTreeMap::new(),
             max_inflight_bytes: 256 << 20,
-            max_backlog_seconds: 1.0,
+            max_backlog_seconds: 0.5,
             otlp: OtlpConfig::default(),
         }
     }

@@ -74,8 +74,8 @@ struct PartitionLabels {
 }
 
 /// How long acknowledged data waits before ingest has written it to storage (where queries
-/// see it): the age of the newest bus record in the batch ingest wrote last, zero once a
-/// poll finds nothing new. In standalone mode the gateway refuses writes while this is too
+/// see it): the age of the bus record ingest wrote last, zero once a poll finds nothing
+/// new. In standalone mode the gateway refuses writes while this is too
 /// large (`gateway.max_backlog_seconds`).
 #[derive(Clone, Debug, Default)]
 pub struct IngestDelay {
@@ -121,7 +121,7 @@ impl IngestMetrics {
         let registry = registry.sub_registry_with_prefix("meerkat_ingest");
         registry.register_with_unit(
             "delay",
-            "Age of the newest bus record in the batch written last (zero when caught up): how long acknowledged data waits to become queryable",
+            "Age of the bus record written last (zero when caught up): how long acknowledged data waits to become queryable",
             Unit::Seconds,
             metrics.delay.clone(),
         );
@@ -240,14 +240,18 @@ impl Loop {
             };
             match records {
                 Ok(records) => {
-                    let newest = records.iter().map(|r| r.timestamp_ms).max();
-                    if !records.is_empty() {
+                    if records.is_empty() {
+                        self.record_delay(None);
+                    } else {
                         self.metrics.batch_records.observe(records.len() as f64);
                     }
                     for record in records {
+                        // After each record, not each poll: a poll's worth of records can
+                        // take seconds to write, and the gateway must see the delay grow.
+                        let appended_ms = record.timestamp_ms;
                         self.write(record).await?;
+                        self.record_delay(Some(appended_ms));
                     }
-                    self.record_delay(newest);
                 }
                 Err(error) if error.is_retryable() => {
                     tracing::warn!(%error, "bus poll failed; retrying");
@@ -297,13 +301,13 @@ impl Loop {
         self.commit(durable, update_lag).await
     }
 
-    /// Notes how old the newest record just written was (`None`: nothing was waiting).
-    fn record_delay(&self, newest_ms: Option<i64>) {
-        let delay = newest_ms.map_or(Duration::ZERO, |newest| {
+    /// Notes how old the record just written was (`None`: a poll found nothing waiting).
+    fn record_delay(&self, appended_ms: Option<i64>) {
+        let delay = appended_ms.map_or(Duration::ZERO, |appended| {
             let now_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
-            Duration::from_millis(now_ms.saturating_sub(newest).max(0) as u64)
+            Duration::from_millis(now_ms.saturating_sub(appended).max(0) as u64)
         });
         self.delay.set(delay);
         self.metrics.delay.set(delay.as_secs_f64());
