@@ -17,11 +17,12 @@ pub struct GatewayConfig {
     /// this is what keeps memory bounded when the bus is slower than the input.
     pub max_inflight_bytes: u64,
     /// Standalone mode: while ingest is further behind the bus than this many seconds
-    /// (its data that old is only now becoming queryable), writes are answered 503 with
-    /// Retry-After. It keeps acknowledged data quick to query and stops the bus from
-    /// filling faster than ingest empties it, which bus retention would end by dropping
-    /// data. 0 turns it off. Without ingest in the process (distributed mode) there is
-    /// nothing to measure and it has no effect.
+    /// (its data that old is only now becoming queryable), writes wait, and are answered
+    /// 503 with Retry-After if it stays behind for `BACKLOG_WAIT` (5 s). It keeps
+    /// acknowledged data quick to query and stops the bus from filling faster than ingest
+    /// empties it, which bus retention would end by dropping data. 0 turns it off. Without
+    /// ingest in the process (distributed mode) there is nothing to measure and it has no
+    /// effect.
     pub max_backlog_seconds: f64,
     pub otlp: OtlpConfig,
 }

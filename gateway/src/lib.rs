@@ -86,6 +86,13 @@ impl std::fmt::Debug for BacklogSource {
     }
 }
 
+/// Longest a write waits for a consumer that is too far behind before it is answered 503:
+/// within the timeouts of Prometheus's remote-write (30 s) and OTLP exporters (10 s).
+pub const BACKLOG_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often a waiting write looks at the consumer's delay again.
+const BACKLOG_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// The gateway: shared by every protocol's handlers.
 #[derive(Clone, Debug)]
 pub struct Gateway {
@@ -189,6 +196,31 @@ impl Gateway {
         self.shared.limits.for_tenant(tenant)
     }
 
+    /// Holds a request while the consumer is more than `gateway.max_backlog_seconds`
+    /// behind. Waiting (rather than answering 503 at once) slows each sender to what is
+    /// stored, as a blocking append would, without the idle gaps of client backoff; the
+    /// request holds no in-flight budget meanwhile and its body is not read yet.
+    async fn wait_for_backlog(&self) -> Result<(), GatewayError> {
+        let limit = self.shared.max_backlog_seconds;
+        let Some(backlog) = self.shared.backlog.0.get().filter(|_| limit > 0.0) else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + BACKLOG_WAIT;
+        loop {
+            let behind = backlog.delay().as_secs_f64();
+            if behind <= limit {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(GatewayError::Backlogged {
+                    behind_seconds: behind,
+                    limit_seconds: limit,
+                });
+            }
+            tokio::time::sleep(BACKLOG_POLL).await;
+        }
+    }
+
     /// Makes writes wait for `backlog` (see [`Backlog`]); once, at start.
     pub fn set_backlog(&self, backlog: Arc<dyn Backlog>) {
         if self.shared.backlog.0.set(backlog).is_err() {
@@ -196,19 +228,11 @@ impl Gateway {
         }
     }
 
-    /// Reserves room for a request of `bytes`; refuses (503) when the gateway is already
-    /// holding as much as it may, or its consumer is too far behind.
-    pub fn admit(&self, bytes: u64) -> Result<InflightPermit, GatewayError> {
-        let limit = self.shared.max_backlog_seconds;
-        if let Some(backlog) = self.shared.backlog.0.get().filter(|_| limit > 0.0) {
-            let behind = backlog.delay().as_secs_f64();
-            if behind > limit {
-                return Err(GatewayError::Backlogged {
-                    behind_seconds: behind,
-                    limit_seconds: limit,
-                });
-            }
-        }
+    /// Waits while the consumer is too far behind (see [`Backlog`]), then reserves room for
+    /// a request of `bytes`. Refuses (503) when the consumer stays behind for
+    /// [`BACKLOG_WAIT`] or the gateway is already holding as much as it may.
+    pub async fn admit(&self, bytes: u64) -> Result<InflightPermit, GatewayError> {
+        self.wait_for_backlog().await?;
         let kib =
             u32::try_from(bytes.div_ceil(1024).max(1)).map_err(|_| GatewayError::Overloaded)?;
         let permit = self
@@ -309,11 +333,13 @@ impl Gateway {
         )?;
         let limits = self.limits(&tenant);
         let max_body = limits.limits.max_request_body_bytes;
-        let _permit = self.admit(
-            http::content_length(headers)
-                .unwrap_or(max_body)
-                .min(max_body),
-        )?;
+        let _permit = self
+            .admit(
+                http::content_length(headers)
+                    .unwrap_or(max_body)
+                    .min(max_body),
+            )
+            .await?;
         let body = http::read_body(headers, body, max_body).await?;
         let tenant_limits = limits.limits.clone();
         let decoded = tokio::task::spawn_blocking(move || decode(body, &tenant_limits))

@@ -408,7 +408,7 @@ impl Grpc {
                 limit: limits.limits.max_decompressed_body_bytes,
             });
         }
-        let _permit = self.gateway.admit(size)?;
+        let _permit = self.gateway.admit(size).await?;
         let config = self.gateway.otlp_config().clone();
         let tenant_limits = limits.limits.clone();
         let (payload, outcome) =

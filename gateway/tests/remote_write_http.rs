@@ -485,7 +485,7 @@ async fn valid_requests_travel_as_received_and_big_ones_are_split() {
 }
 
 #[tokio::test]
-async fn writes_wait_with_503_while_the_consumer_is_too_far_behind() {
+async fn writes_wait_while_the_consumer_is_too_far_behind_then_get_503() {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     let h = Harness::new(GatewayConfig::default()).await;
@@ -503,8 +503,24 @@ async fn writes_wait_with_503_while_the_consumer_is_too_far_behind() {
         "0.3 s behind is within the default 0.5 s"
     );
 
+    // Behind for a moment: the write waits, then goes through.
     behind_ms.store(3_000, Ordering::Relaxed);
+    let catching_up = behind_ms.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        catching_up.store(100, Ordering::Relaxed);
+    });
+    let started = std::time::Instant::now();
     let answer = write(&h, post(vec![]), body()).await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.text());
+    assert!(started.elapsed() >= Duration::from_millis(250), "it waited");
+    assert_eq!(h.envelopes(bus::topics::METRICS).await.len(), 2);
+
+    // Behind for longer than the gateway waits: 503.
+    behind_ms.store(3_000, Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let answer = write(&h, post(vec![]), body()).await;
+    assert!(started.elapsed() >= gateway::BACKLOG_WAIT);
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer.retry_after.as_deref(), Some("1"));
     assert!(
@@ -515,7 +531,7 @@ async fn writes_wait_with_503_while_the_consumer_is_too_far_behind() {
     );
     assert_eq!(
         h.envelopes(bus::topics::METRICS).await.len(),
-        1,
+        2,
         "the refused write is not on the bus"
     );
     assert!(
@@ -529,7 +545,7 @@ async fn writes_wait_with_503_while_the_consumer_is_too_far_behind() {
         write(&h, post(vec![]), body()).await.status,
         StatusCode::NO_CONTENT
     );
-    assert_eq!(h.envelopes(bus::topics::METRICS).await.len(), 2);
+    assert_eq!(h.envelopes(bus::topics::METRICS).await.len(), 3);
 
     // 0 turns the check off.
     let off = Harness::new(GatewayConfig {
