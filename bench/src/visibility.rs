@@ -218,6 +218,8 @@ impl Drop for Pipeline {
 struct Result {
     name: String,
     delays_ms: Vec<f64>,
+    /// From first sending the probe (waits and retries included) to visible.
+    send_delays_ms: Vec<f64>,
     missed: usize,
     load_samples_per_second: f64,
     /// Load requests answered 429/503 and sent again after a backoff.
@@ -239,13 +241,14 @@ fn probe(
         .into();
     let started = Instant::now();
     let accepted_before = load.accepted.load(std::sync::atomic::Ordering::Relaxed);
-    let (mut delays_ms, mut missed) = (Vec::new(), 0);
+    let (mut delays_ms, mut send_delays_ms, mut missed) = (Vec::new(), Vec::new(), 0);
     let mut seq = 0u64;
     while started.elapsed() < Duration::from_secs(args.duration_seconds) {
         seq += 1;
         let timestamp = now_ms();
         let body = probe_body(seq, timestamp)?;
         // Sent until accepted, backing off on 429/503 as the load does.
+        let sent = Instant::now();
         let mut backoff = Duration::from_millis(30);
         loop {
             let response = agent
@@ -261,6 +264,9 @@ fn probe(
             if status != 429 && status != 503 {
                 bail!("{name} refused a probe: {status}");
             }
+            if sent.elapsed() > Duration::from_secs(60) {
+                bail!("{name} answered {status} to a probe for 60 s");
+            }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
@@ -268,6 +274,7 @@ fn probe(
         loop {
             if reader.visible(&agent, seq, timestamp)? {
                 delays_ms.push(acknowledged.elapsed().as_secs_f64() * 1000.0);
+                send_delays_ms.push(sent.elapsed().as_secs_f64() * 1000.0);
                 break;
             }
             if acknowledged.elapsed() > PROBE_TIMEOUT {
@@ -297,6 +304,7 @@ fn probe(
     Ok(Result {
         name: name.to_owned(),
         delays_ms,
+        send_delays_ms,
         missed,
         load_samples_per_second: load_rate,
         retried: totals.retried,
@@ -364,18 +372,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         results.push(result);
     }
     println!(
-        "| server | probes | p50 ms | p99 ms | max ms | not seen in 10 s | load samples/s | load requests retried |"
+        "| server | probes | p50 ms | p99 ms | max ms | sent→visible p50 ms | sent→visible p99 ms | not seen in 10 s | load samples/s | load requests retried |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &mut results {
         r.delays_ms.sort_by(f64::total_cmp);
+        r.send_delays_ms.sort_by(f64::total_cmp);
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.0} | {} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.0} | {} |",
             r.name,
             r.delays_ms.len() + r.missed,
             percentile(&r.delays_ms, 50.0),
             percentile(&r.delays_ms, 99.0),
             r.delays_ms.last().copied().unwrap_or(f64::NAN),
+            percentile(&r.send_delays_ms, 50.0),
+            percentile(&r.send_delays_ms, 99.0),
             r.missed,
             r.load_samples_per_second,
             r.retried,

@@ -197,10 +197,12 @@ impl Gateway {
     }
 
     /// Holds a request while the consumer is more than `gateway.max_backlog_seconds`
-    /// behind. Waiting (rather than answering 503 at once) slows each sender to what is
-    /// stored, as a blocking append would, without the idle gaps of client backoff; the
-    /// request holds no in-flight budget meanwhile and its body is not read yet.
-    async fn wait_for_backlog(&self) -> Result<(), GatewayError> {
+    /// behind; 503 if that lasts [`BACKLOG_WAIT`]. Waiting (rather than answering 503 at
+    /// once) slows each sender to what is stored, as a blocking append would, without the
+    /// idle gaps of client backoff. HTTP requests wait before their body is read and before
+    /// taking in-flight budget; a gRPC message is already in memory, so it waits holding
+    /// its budget.
+    pub async fn wait_for_backlog(&self) -> Result<(), GatewayError> {
         let limit = self.shared.max_backlog_seconds;
         let Some(backlog) = self.shared.backlog.0.get().filter(|_| limit > 0.0) else {
             return Ok(());
@@ -228,11 +230,9 @@ impl Gateway {
         }
     }
 
-    /// Waits while the consumer is too far behind (see [`Backlog`]), then reserves room for
-    /// a request of `bytes`. Refuses (503) when the consumer stays behind for
-    /// [`BACKLOG_WAIT`] or the gateway is already holding as much as it may.
-    pub async fn admit(&self, bytes: u64) -> Result<InflightPermit, GatewayError> {
-        self.wait_for_backlog().await?;
+    /// Reserves room for a request of `bytes`; refuses (503) when the gateway is already
+    /// holding as much as it may.
+    pub fn admit(&self, bytes: u64) -> Result<InflightPermit, GatewayError> {
         let kib =
             u32::try_from(bytes.div_ceil(1024).max(1)).map_err(|_| GatewayError::Overloaded)?;
         let permit = self
@@ -333,13 +333,12 @@ impl Gateway {
         )?;
         let limits = self.limits(&tenant);
         let max_body = limits.limits.max_request_body_bytes;
-        let _permit = self
-            .admit(
-                http::content_length(headers)
-                    .unwrap_or(max_body)
-                    .min(max_body),
-            )
-            .await?;
+        self.wait_for_backlog().await?;
+        let _permit = self.admit(
+            http::content_length(headers)
+                .unwrap_or(max_body)
+                .min(max_body),
+        )?;
         let body = http::read_body(headers, body, max_body).await?;
         let tenant_limits = limits.limits.clone();
         let decoded = tokio::task::spawn_blocking(move || decode(body, &tenant_limits))

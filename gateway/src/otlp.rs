@@ -408,7 +408,9 @@ impl Grpc {
                 limit: limits.limits.max_decompressed_body_bytes,
             });
         }
-        let _permit = self.gateway.admit(size).await?;
+        // The message is in memory already: it waits for ingest inside the budget.
+        let _permit = self.gateway.admit(size)?;
+        self.gateway.wait_for_backlog().await?;
         let config = self.gateway.otlp_config().clone();
         let tenant_limits = limits.limits.clone();
         let (payload, outcome) =

@@ -10,7 +10,7 @@
 //! skipped, never allowed to stop ingest.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bus::{Bus, Consumer, TopicPartition, topics};
@@ -74,22 +74,81 @@ struct PartitionLabels {
 }
 
 /// How long acknowledged data waits before ingest has written it to storage (where queries
-/// see it): the age of the bus record ingest wrote last, zero once a poll finds nothing
-/// new. In standalone mode the gateway refuses writes while this is too
+/// see it). While a record is being written it is that record's age, growing in real time
+/// (a write stuck behind a slow flush, or a worker that has died, shows as an ever larger
+/// delay); between records it is the age the last one had when written, and zero once a
+/// poll finds nothing new. In standalone mode the gateway holds writes while this is too
 /// large (`gateway.max_backlog_seconds`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct IngestDelay {
-    millis: Arc<AtomicU64>,
+    inner: Arc<DelayState>,
+}
+
+#[derive(Debug)]
+struct DelayState {
+    /// Append time of the record being written (or of the moment the worker stopped);
+    /// `NOT_WRITING` otherwise.
+    writing_since_ms: AtomicI64,
+    /// The delay of the record written last.
+    last_ms: AtomicU64,
+}
+
+const NOT_WRITING: i64 = i64::MIN;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Default for IngestDelay {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(DelayState {
+                writing_since_ms: AtomicI64::new(NOT_WRITING),
+                last_ms: AtomicU64::new(0),
+            }),
+        }
+    }
 }
 
 impl IngestDelay {
     pub fn get(&self) -> Duration {
-        Duration::from_millis(self.millis.load(Ordering::Relaxed))
+        let since = self.inner.writing_since_ms.load(Ordering::Relaxed);
+        if since == NOT_WRITING {
+            return Duration::from_millis(self.inner.last_ms.load(Ordering::Relaxed));
+        }
+        Duration::from_millis(now_ms().saturating_sub(since).max(0) as u64)
     }
 
-    fn set(&self, delay: Duration) {
+    /// A record appended at `appended_ms` is being written.
+    fn writing(&self, appended_ms: i64) {
+        self.inner
+            .writing_since_ms
+            .store(appended_ms, Ordering::Relaxed);
+    }
+
+    /// The record being written is written (`None`: a poll found nothing waiting).
+    fn written(&self, appended_ms: Option<i64>) -> Duration {
+        let delay = appended_ms.map_or(Duration::ZERO, |appended| {
+            Duration::from_millis(now_ms().saturating_sub(appended).max(0) as u64)
+        });
         let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        self.millis.store(millis, Ordering::Relaxed);
+        self.inner.last_ms.store(millis, Ordering::Relaxed);
+        self.inner
+            .writing_since_ms
+            .store(NOT_WRITING, Ordering::Relaxed);
+        delay
+    }
+
+    /// The worker has stopped: from now on nothing is written, and the delay grows.
+    fn stopped(&self) {
+        let _ = self.inner.writing_since_ms.compare_exchange(
+            NOT_WRITING,
+            now_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -209,7 +268,16 @@ impl IngestWorker {
             last_flush: Instant::now(),
             flushing: None,
         };
-        let task = tokio::spawn(async move { work.run(stopped).await });
+        let task = tokio::spawn(async move {
+            let result = work.run(stopped).await;
+            // Stopped or failed, nothing more will be written: a gateway still waiting on
+            // this worker sees the delay grow and refuses writes, with the reason.
+            work.delay.stopped();
+            if let Err(error) = &result {
+                tracing::error!(%error, "ingest stopped");
+            }
+            result
+        });
         Ok(Self { stop, task, delay })
     }
 
@@ -246,11 +314,17 @@ impl Loop {
                         self.metrics.batch_records.observe(records.len() as f64);
                     }
                     for record in records {
-                        // After each record, not each poll: a poll's worth of records can
-                        // take seconds to write, and the gateway must see the delay grow.
-                        let appended_ms = record.timestamp_ms;
+                        // Per record, not per poll: a poll's worth of records can take
+                        // seconds to write, and the gateway must see the delay grow. A
+                        // record without an append time (0) says nothing about delay.
+                        let appended_ms = Some(record.timestamp_ms).filter(|t| *t > 0);
+                        if let Some(appended) = appended_ms {
+                            self.delay.writing(appended);
+                        }
                         self.write(record).await?;
-                        self.record_delay(Some(appended_ms));
+                        if appended_ms.is_some() {
+                            self.record_delay(appended_ms);
+                        }
                     }
                 }
                 Err(error) if error.is_retryable() => {
@@ -303,13 +377,7 @@ impl Loop {
 
     /// Notes how old the record just written was (`None`: a poll found nothing waiting).
     fn record_delay(&self, appended_ms: Option<i64>) {
-        let delay = appended_ms.map_or(Duration::ZERO, |appended| {
-            let now_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            Duration::from_millis(now_ms.saturating_sub(appended).max(0) as u64)
-        });
-        self.delay.set(delay);
+        let delay = self.delay.written(appended_ms);
         self.metrics.delay.set(delay.as_secs_f64());
     }
 

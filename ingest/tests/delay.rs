@@ -119,3 +119,133 @@ async fn the_delay_is_the_age_of_the_newest_record_written_and_zero_when_caught_
     assert!(text.contains("meerkat_ingest_delay_seconds"), "{text}");
     worker.stop().await.unwrap();
 }
+
+/// The embedded store, with writes that can be made to stall or fail.
+#[derive(Debug)]
+struct Faulty {
+    inner: Arc<EmbeddedStore>,
+    stall: std::sync::Mutex<Duration>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Storage for Faulty {
+    async fn write(
+        &self,
+        tenant: &TenantId,
+        payload: Payload,
+        position: &storage::BusPosition,
+    ) -> storage::Result<storage::WriteSummary> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(storage::StorageError::Closed);
+        }
+        let stall = *self.stall.lock().unwrap();
+        tokio::time::sleep(stall).await;
+        self.inner.write(tenant, payload, position).await
+    }
+    async fn flush(&self) -> storage::Result<storage::DurableOffsets> {
+        self.inner.flush().await
+    }
+    async fn durable_offsets(&self) -> storage::Result<storage::DurableOffsets> {
+        self.inner.durable_offsets().await
+    }
+    async fn select(
+        &self,
+        tenant: &TenantId,
+        matchers: &[storage::Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> storage::Result<Vec<storage::SeriesSamples>> {
+        self.inner.select(tenant, matchers, start_ms, end_ms).await
+    }
+    async fn label_names(
+        &self,
+        tenant: &TenantId,
+        matchers: &[storage::Matcher],
+    ) -> storage::Result<Vec<String>> {
+        self.inner.label_names(tenant, matchers).await
+    }
+    async fn label_values(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        matchers: &[storage::Matcher],
+    ) -> storage::Result<Vec<String>> {
+        self.inner.label_values(tenant, name, matchers).await
+    }
+    async fn session(
+        &self,
+        tenant: &TenantId,
+    ) -> storage::Result<datafusion::prelude::SessionContext> {
+        self.inner.session(tenant).await
+    }
+    async fn enforce_retention(&self, now_ms: i64) -> storage::Result<()> {
+        self.inner.enforce_retention(now_ms).await
+    }
+    async fn close(&self) -> storage::Result<()> {
+        self.inner.close().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_write_and_a_dead_worker_show_as_a_growing_delay() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let bus: Arc<dyn Bus> =
+        Arc::new(EmbeddedBus::open(dir.path().join("bus"), EmbeddedBusConfig::default()).unwrap());
+    for topic in topics::ALL {
+        bus.ensure_topic(topic, 1).await.unwrap();
+    }
+    let store = Arc::new(Faulty {
+        inner: Arc::new(
+            EmbeddedStore::open(dir.path().join("store"), EmbeddedStoreConfig::default()).unwrap(),
+        ),
+        stall: std::sync::Mutex::new(Duration::from_secs(3)),
+        fail: std::sync::atomic::AtomicBool::new(false),
+    });
+    let mut registry = prometheus_client::registry::Registry::default();
+    let worker = IngestWorker::start(
+        bus.clone(),
+        store.clone(),
+        IngestConfig::default(),
+        IngestMetrics::new(&mut registry),
+    )
+    .await
+    .unwrap();
+    let delay = worker.delay();
+
+    // A fresh record whose write takes 3 s: the delay grows while it is stuck, not only
+    // once it is written.
+    let started = Instant::now();
+    bus.produce(topics::METRICS, vec![record(0, now_ms())])
+        .await
+        .unwrap();
+    wait_for("the delay of the stuck write to pass 1 s", async || {
+        delay.get() > Duration::from_secs(1)
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "seen before the write ended"
+    );
+
+    wait_for(
+        "the stuck write to end and ingest to catch up",
+        async || delay.get() == Duration::ZERO,
+    )
+    .await;
+
+    // A worker that fails stops writing for good: its delay keeps growing.
+    *store.stall.lock().unwrap() = Duration::ZERO;
+    store.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    bus.produce(topics::METRICS, vec![record(1, now_ms())])
+        .await
+        .unwrap();
+    let first = Instant::now();
+    wait_for(
+        "the worker to stop and its delay to grow past 2 s",
+        async || delay.get() > Duration::from_secs(2),
+    )
+    .await;
+    assert!(first.elapsed() >= Duration::from_millis(1500));
+    assert!(worker.stop().await.is_err(), "the worker failed");
+}

@@ -5,33 +5,46 @@ use model::{RemoteWriteBody, Sample};
 
 use crate::{Result, StorageError};
 
-/// Calls `series` for each series of `body` that has samples, with its raw labels, their
-/// fingerprint ([`model::fingerprint_of`]: the same as the label set's, since the gateway
-/// keeps only bodies whose labels are a valid sorted set as sent) and its samples. An engine
-/// that already knows the fingerprint needs no `Labels`; one that does not builds them with
-/// [`model::remote_write::labels_from_raw`].
+/// The protobuf `WriteRequest` of a body (decompressed before any lock is taken).
+pub(crate) fn decompress(body: &RemoteWriteBody) -> Result<Vec<u8>> {
+    body.decompress()
+        .map_err(|e| StorageError::Decode(e.to_string()))
+}
+
+/// Calls `series` for each series of a decompressed body that has samples, with its raw
+/// labels, their fingerprint ([`model::Labels::fingerprint`] of the series' label set) and
+/// its samples. An engine that already knows the fingerprint needs no `Labels`; one that
+/// does not builds them with [`labels`].
+///
+/// The gateway keeps only bodies whose labels are a valid set as sent (sorted, no empty
+/// values), whose raw fingerprint is then the label set's. A body from elsewhere that is
+/// not (unsorted, empty values) has its fingerprint computed from its label set, so the
+/// series is the same whichever way its labels were sent.
 ///
 /// A body damaged after the gateway accepted it fails where the damage is; the series
 /// before it have been handed out (and stored: they were good).
 pub(crate) fn for_each_series(
-    body: &RemoteWriteBody,
+    body: &[u8],
     mut series: impl FnMut(&[RawLabel], u64, &[Sample]) -> Result<()>,
 ) -> Result<()> {
-    let raw_body = body
-        .decompress()
-        .map_err(|e| StorageError::Decode(e.to_string()))?;
-    let mut labels: Vec<RawLabel> = Vec::with_capacity(16);
+    let mut raw: Vec<RawLabel> = Vec::with_capacity(16);
     let mut samples: Vec<Sample> = Vec::with_capacity(16);
-    WriteRequestReader::new(&raw_body).for_each_series(|view| -> Result<()> {
-        labels.clear();
+    WriteRequestReader::new(body).for_each_series(|view| -> Result<()> {
+        raw.clear();
         samples.clear();
-        view.for_each_label(|label| labels.push(label))?;
+        view.for_each_label(|label| raw.push(label))?;
         view.for_each_sample(|sample| samples.push(sample))?;
         if samples.is_empty() {
             return Ok(());
         }
-        let fingerprint = model::fingerprint_of(labels.iter().copied());
-        series(&labels, fingerprint, &samples)
+        let canonical = raw.windows(2).all(|pair| pair[0].0 < pair[1].0)
+            && raw.iter().all(|(_, value)| !value.is_empty());
+        let fingerprint = if canonical {
+            model::fingerprint_of(raw.iter().copied())
+        } else {
+            labels(&raw)?.fingerprint()
+        };
+        series(&raw, fingerprint, &samples)
     })
 }
 

@@ -429,6 +429,71 @@ async fn a_failed_insert_keeps_the_rows_for_the_next_flush() {
     );
 }
 
+#[tokio::test]
+async fn a_failed_background_insert_is_reported_by_the_next_write_and_loses_nothing() {
+    let server = Server::start();
+    let store = ClickHouseStore::open(ClickHouseConfig {
+        insert_batch_rows: 4,
+        ..config(&server, "background_failures")
+    })
+    .await
+    .unwrap();
+    let client = server.client().with_database("background_failures");
+    let a = tenant("a");
+    let labels: &[(&str, &str)] = &[("__name__", "m")];
+    client
+        .query("RENAME TABLE samples TO samples_away")
+        .execute()
+        .await
+        .unwrap();
+    // A series row and three samples fill the buffer: the third write starts an insert
+    // in the background, which fails; a later write reports it.
+    let mut error = None;
+    for i in 0..50u64 {
+        let written = store
+            .write(
+                &a,
+                metrics(&[(labels, &[(T0 + i as i64, i as f64)])]),
+                &at("metrics", 0, i),
+            )
+            .await;
+        if let Err(e) = written {
+            error = Some((i, e));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (failed_at, error) = error.expect("a later write reports the failed insert");
+    assert!(error.to_string().contains("samples"), "{error}");
+    assert!(store.durable_offsets().await.unwrap().is_empty());
+    client
+        .query("RENAME TABLE samples_away TO samples")
+        .execute()
+        .await
+        .unwrap();
+    // Ingest would replay from the committed offsets; here the write that reported the
+    // error is simply done again.
+    store
+        .write(
+            &a,
+            metrics(&[(labels, &[(T0 + failed_at as i64, failed_at as f64)])]),
+            &at("metrics", 0, failed_at),
+        )
+        .await
+        .unwrap();
+    let durable = store.flush().await.unwrap();
+    assert_eq!(
+        durable.get(&("metrics".to_owned(), 0)),
+        Some(&(failed_at + 1))
+    );
+    let stored = &store.select(&a, &[], i64::MIN, i64::MAX).await.unwrap()[0].samples;
+    assert_eq!(
+        stored.len() as u64,
+        failed_at + 1,
+        "the rows of the failed insert went back to the buffer"
+    );
+}
+
 /// Regexes pushed down to ClickHouse mean what they mean in Prometheus: `label_values`
 /// with only pushed-down matchers is answered by ClickHouse alone, so any difference shows.
 #[tokio::test]

@@ -208,13 +208,14 @@ struct MetricsBuffer<'a> {
     keys: &'a mut HashSet<u64>,
     samples: &'a mut Vec<BufferedSample>,
     rows: &'a mut usize,
-    next_version: u64,
+    /// Reserves each series' versions: the count is known only once its samples are read.
+    store: &'a ClickHouseStore,
     summary: WriteSummary,
 }
 
 impl<'a> MetricsBuffer<'a> {
-    /// Starts buffering `tenant`'s samples, versioned from `first_version` on.
-    fn new(state: &'a mut State, tenant: &'a TenantId, first_version: u64) -> Self {
+    /// Starts buffering `tenant`'s samples, versioned by `store`.
+    fn new(state: &'a mut State, tenant: &'a TenantId, store: &'a ClickHouseStore) -> Self {
         let State {
             buffer,
             known_series,
@@ -227,7 +228,7 @@ impl<'a> MetricsBuffer<'a> {
             keys: buffer.series_keys.entry(tenant.clone()).or_default(),
             samples: buffer.samples.entry(tenant.clone()).or_default(),
             rows: &mut buffer.rows,
-            next_version: first_version,
+            store,
             summary: WriteSummary::default(),
         }
     }
@@ -261,14 +262,14 @@ impl<'a> MetricsBuffer<'a> {
             self.keys.insert(fingerprint);
             *self.rows += 1;
         }
-        for sample in samples {
+        let first_version = self.store.reserve_versions(samples.len() as u64);
+        for (version, sample) in (first_version..).zip(samples) {
             self.samples.push(BufferedSample {
                 fingerprint,
                 timestamp_ms: sample.timestamp_ms,
                 value: sample.value,
-                version: self.next_version,
+                version,
             });
-            self.next_version += 1;
         }
         *self.rows += samples.len();
         self.summary.accepted += samples.len() as u64;
@@ -318,6 +319,8 @@ pub struct ClickHouseStore {
     durable: Mutex<DurableOffsets>,
     /// One insert of the buffer at a time, so a flush covers every insert before it.
     insert_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Why the last background insert failed, for the next write to report.
+    background_error: Arc<Mutex<Option<StorageError>>>,
     last_version: AtomicU64,
     closed: AtomicBool,
 }
@@ -332,13 +335,35 @@ impl fmt::Debug for ClickHouseStore {
     }
 }
 
-/// Inserts `buffer`; then its series are known to be stored, or, if the insert failed, its
-/// rows go back into the buffer. The caller holds the insert lock.
-async fn insert_or_keep(client: &Client, state: &Mutex<State>, buffer: Buffer) -> Result<()> {
-    if let Err(error) = insert(client, &buffer).await {
-        lock(state).buffer.absorb(buffer);
-        return Err(error);
+/// Rows taken out of the buffer for an insert: put back unless the insert succeeded, even
+/// when the task inserting them panics or is cancelled, so offsets are never recorded for
+/// rows that were dropped.
+struct Unsaved {
+    buffer: Option<Buffer>,
+    state: Arc<Mutex<State>>,
+}
+
+impl Drop for Unsaved {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.buffer.take() {
+            lock(&self.state).buffer.absorb(buffer);
+        }
     }
+}
+
+/// Inserts `buffer`; then its series are known to be stored, or, if the insert failed (or
+/// was abandoned), its rows go back into the buffer. The caller holds the insert lock.
+async fn insert_or_keep(client: &Client, state: &Arc<Mutex<State>>, buffer: Buffer) -> Result<()> {
+    let mut unsaved = Unsaved {
+        buffer: Some(buffer),
+        state: state.clone(),
+    };
+    if let Some(buffer) = &unsaved.buffer {
+        insert(client, buffer).await?;
+    }
+    let Some(buffer) = unsaved.buffer.take() else {
+        return Ok(());
+    };
     let mut state = lock(state);
     for (tenant, fingerprints) in buffer.series_keys {
         state
@@ -491,6 +516,7 @@ impl ClickHouseStore {
             })),
             durable: Mutex::new(durable),
             insert_lock: Arc::new(tokio::sync::Mutex::new(())),
+            background_error: Arc::default(),
             last_version: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         })
@@ -551,10 +577,8 @@ impl ClickHouseStore {
     }
 
     fn write_metrics(&self, tenant: &TenantId, batch: model::MetricBatch) -> WriteSummary {
-        let count: usize = batch.series.iter().map(|s| s.samples.len()).sum();
         let mut state = lock(&self.state);
-        let mut buffer =
-            MetricsBuffer::new(&mut state, tenant, self.reserve_versions(count as u64));
+        let mut buffer = MetricsBuffer::new(&mut state, tenant, self);
         for series in batch.series {
             let labels = series.labels;
             // Cannot fail: the labels are at hand.
@@ -570,10 +594,10 @@ impl ClickHouseStore {
         tenant: &TenantId,
         body: &model::RemoteWriteBody,
     ) -> Result<WriteSummary> {
+        let body = crate::remote_write::decompress(body)?;
         let mut state = lock(&self.state);
-        let mut buffer =
-            MetricsBuffer::new(&mut state, tenant, self.reserve_versions(body.samples));
-        crate::remote_write::for_each_series(body, |raw, fingerprint, samples| {
+        let mut buffer = MetricsBuffer::new(&mut state, tenant, self);
+        crate::remote_write::for_each_series(&body, |raw, fingerprint, samples| {
             buffer.push(fingerprint, || crate::remote_write::labels(raw), samples)
         })?;
         Ok(buffer.summary)
@@ -581,15 +605,20 @@ impl ClickHouseStore {
 
     /// Inserts the (full) buffer on a task of its own, so ingest goes on decoding the next
     /// batch meanwhile. One insert at a time: the next full buffer, and a flush, wait for
-    /// this one. A failed insert puts its rows back, for the next flush to retry (and
-    /// report).
+    /// this one. A failed insert puts its rows back, and the next write reports the error
+    /// (as an insert made by the write itself would).
     async fn insert_in_background(&self) {
         let inserting = self.insert_lock.clone().lock_owned().await;
         let buffer = std::mem::take(&mut lock(&self.state).buffer);
-        let (client, state) = (self.client.clone(), self.state.clone());
+        let (client, state, failure) = (
+            self.client.clone(),
+            self.state.clone(),
+            self.background_error.clone(),
+        );
         tokio::spawn(async move {
             if let Err(error) = insert_or_keep(&client, &state, buffer).await {
-                tracing::warn!(%error, "a batch insert into ClickHouse failed; the next flush retries it");
+                tracing::warn!(%error, "a batch insert into ClickHouse failed; its rows wait for the next insert");
+                *lock(&failure) = Some(error);
             }
             drop(inserting);
         });
@@ -690,6 +719,9 @@ impl Storage for ClickHouseStore {
     ) -> Result<WriteSummary> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StorageError::Closed);
+        }
+        if let Some(error) = lock(&self.background_error).take() {
+            return Err(error);
         }
         let mut summary = WriteSummary::default();
         match payload {

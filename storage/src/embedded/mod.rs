@@ -362,8 +362,9 @@ impl EmbeddedStore {
     fn write_remote_write(&self, tenant: &Tenant, body: &RemoteWriteBody) -> Result<WriteSummary> {
         let window_ms = self.out_of_order_window_ms();
         let mut summary = WriteSummary::default();
+        let body = crate::remote_write::decompress(body)?;
         let mut state = write_lock(&tenant.state);
-        crate::remote_write::for_each_series(body, |raw, fingerprint, samples| {
+        crate::remote_write::for_each_series(&body, |raw, fingerprint, samples| {
             let id = match state.index.find_raw(raw, fingerprint) {
                 Some(id) => id,
                 None => state.series_id(&crate::remote_write::labels(raw)?),

@@ -7,10 +7,10 @@
 //! Values are stored the way they are usually born: most scraped values are integers
 //! (counts, bytes) or short decimals (CPU seconds at 10 ms), whose float64 bits look random
 //! to a compressor but whose decimal mantissas move by small steps. So each series' run in
-//! a part picks the smallest decimal scale at which every one of its values survives
-//! `mantissa / 10^scale` bit for bit; such runs are stored as delta-encoded integer
-//! mantissas (`value_int`, `value_scale`), the others (NaN, staleness markers, binary
-//! fractions) as float64 in `value` with the scale [`FLOAT_SCALE`]. Reading computes
+//! a part picks the smallest decimal scale at which its values survive
+//! `mantissa / 10^scale` bit for bit and stores them as delta-encoded integer mantissas
+//! (`value_int`, `value_scale`); values no scale holds (NaN, staleness markers, -0,
+//! binary fractions) are float rows: float64 in `value`, scale [`FLOAT_SCALE`]. Reading computes
 //! `mantissa / 10^scale`, the same operation the writer checked, so every value comes back
 //! with its exact bits. Every column is non-null (the unused one of a row holds zero, which
 //! costs next to nothing in a run), so SQL's `value` stays non-null.
@@ -116,18 +116,21 @@ pub(crate) fn value_sql() -> String {
     format!("CASE value_scale{scales} ELSE value END")
 }
 
-/// The scale at which every value of a series' run is stored exactly, if there is one.
+/// The scale of a series' run: the smallest at which every value that has a mantissa at
+/// all (within [`MAX_SCALE`]) is stored exactly; `None` if no value has one.
 fn run_scale(run: &[(u32, Sample)]) -> Option<u8> {
-    let mut scale = 0u8;
+    let mut scale: Option<u8> = None;
     for (_, sample) in run {
-        while mantissa(sample.value, scale).is_none() {
-            if scale == MAX_SCALE {
-                return None;
-            }
-            scale += 1;
+        if mantissa(sample.value, MAX_SCALE).is_none() {
+            continue; // stored as a float row
         }
+        let mut at = scale.unwrap_or(0);
+        while at < MAX_SCALE && mantissa(sample.value, at).is_none() {
+            at += 1;
+        }
+        scale = Some(at);
     }
-    Some(scale)
+    scale
 }
 
 fn series_schema() -> SchemaRef {
@@ -207,23 +210,23 @@ fn samples_batch(rows: &[(u32, Sample)]) -> Result<RecordBatch> {
     let mut mantissas = Int64Builder::with_capacity(rows.len());
     let mut scales = UInt8Builder::with_capacity(rows.len());
     for run in rows.chunk_by(|a, b| a.0 == b.0) {
-        let exact: Option<(u8, Vec<i64>)> = run_scale(run).and_then(|scale| {
-            let mantissas: Option<Vec<i64>> =
-                run.iter().map(|(_, s)| mantissa(s.value, scale)).collect();
-            mantissas.map(|m| (scale, m))
-        });
-        match exact {
-            Some((scale, run_mantissas)) => {
-                floats.append_value_n(0.0, run.len());
-                mantissas.append_slice(&run_mantissas);
-                scales.append_value_n(scale, run.len());
-            }
-            None => {
-                for (_, sample) in run {
-                    floats.append_value(sample.value);
+        let scale = run_scale(run);
+        // A float row repeats the mantissa before it, so the deltas stay zero: a staleness
+        // marker or a NaN costs its series nothing but that row.
+        let mut previous = 0;
+        for (_, sample) in run {
+            match scale.and_then(|scale| Some((scale, mantissa(sample.value, scale)?))) {
+                Some((scale, exact)) => {
+                    floats.append_value(0.0);
+                    mantissas.append_value(exact);
+                    scales.append_value(scale);
+                    previous = exact;
                 }
-                mantissas.append_value_n(0, run.len());
-                scales.append_value_n(FLOAT_SCALE, run.len());
+                None => {
+                    floats.append_value(sample.value);
+                    mantissas.append_value(previous);
+                    scales.append_value(FLOAT_SCALE);
+                }
             }
         }
     }
@@ -360,6 +363,12 @@ pub(crate) fn read_samples(
             if timestamp_ms >= start && timestamp_ms <= end && ids.contains(id) {
                 let value = match mantissas {
                     Some((m, s)) if s.value(row) != FLOAT_SCALE => {
+                        if s.value(row) > MAX_SCALE {
+                            return Err(StorageError::Corrupt {
+                                path: path.to_path_buf(),
+                                reason: format!("unknown value scale {}", s.value(row)),
+                            });
+                        }
                         from_mantissa(m.value(row), s.value(row))
                     }
                     _ => floats.value(row),
@@ -472,26 +481,22 @@ mod tests {
     }
 
     #[test]
-    fn each_series_takes_the_smallest_exact_scale_or_stays_float() {
+    fn each_series_takes_the_smallest_exact_scale_and_odd_values_are_float_rows() {
         let mut rows = run(0, &[3.0, 1_000_000.0]);
         rows.extend(run(1, &[0.25, 12.5, 7.0]));
-        rows.extend(run(2, &[1.0, f64::NAN]));
+        rows.extend(run(2, &[1.0, f64::NAN, 2.5]));
         rows.extend(run(3, &[1.0 / 3.0]));
         rows.extend(run(4, &[-0.0]));
-        assert_eq!(
-            encodings(&rows),
-            [
-                0,
-                0,
-                2,
-                2,
-                2,
-                FLOAT_SCALE,
-                FLOAT_SCALE,
-                FLOAT_SCALE,
-                FLOAT_SCALE
-            ]
-        );
+        let float = FLOAT_SCALE;
+        assert_eq!(encodings(&rows), [0, 0, 2, 2, 2, 1, float, 1, float, float]);
+        // The float row repeats the mantissa before it (delta zero).
+        let batch = samples_batch(&rows).unwrap();
+        let mantissas = batch
+            .column(3)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(&mantissas.values()[5..8], &[10, 10, 25]);
     }
 
     #[test]

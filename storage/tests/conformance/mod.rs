@@ -886,6 +886,16 @@ pub async fn remote_write_bodies_are_stored_like_batches(engine: &dyn Engine) {
         )
         .await
         .unwrap();
+    // Not what the gateway keeps (unsorted, an empty value), but the same series.
+    let unsorted: &[(&str, &str)] = &[("job", "api"), ("env", ""), ("__name__", "up")];
+    store
+        .write(
+            &a,
+            remote_write(&[(unsorted, &[(T0 + 75_000, 6.0)])]),
+            &metrics_at(5),
+        )
+        .await
+        .unwrap();
     store.flush().await.unwrap();
     assert_eq!(
         everything(store.as_ref(), "a").await,
@@ -901,7 +911,8 @@ pub async fn remote_write_bodies_are_stored_like_batches(engine: &dyn Engine) {
                     (T0 + 15_000, 2.0),
                     (T0 + 30_000, 3.0),
                     (T0 + 45_000, 4.0),
-                    (T0 + 60_000, 5.0)
+                    (T0 + 60_000, 5.0),
+                    (T0 + 75_000, 6.0)
                 ]
             ),
         ]
