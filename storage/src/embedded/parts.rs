@@ -117,18 +117,16 @@ pub(crate) fn value_sql() -> String {
 }
 
 /// The scale of a series' run: the smallest at which every value that has a mantissa at
-/// all (within [`MAX_SCALE`]) is stored exactly; `None` if no value has one.
+/// some scale up to [`MAX_SCALE`] is stored exactly; `None` if no value has one. (A value
+/// can hold at a small scale and overflow at a larger one: such a value in a run whose
+/// other values need the larger scale becomes a float row.)
 fn run_scale(run: &[(u32, Sample)]) -> Option<u8> {
     let mut scale: Option<u8> = None;
     for (_, sample) in run {
-        if mantissa(sample.value, MAX_SCALE).is_none() {
-            continue; // stored as a float row
+        let from = scale.unwrap_or(0);
+        if let Some(at) = (from..=MAX_SCALE).find(|at| mantissa(sample.value, *at).is_some()) {
+            scale = Some(at);
         }
-        let mut at = scale.unwrap_or(0);
-        while at < MAX_SCALE && mantissa(sample.value, at).is_none() {
-            at += 1;
-        }
-        scale = Some(at);
     }
     scale
 }
@@ -497,6 +495,13 @@ mod tests {
             .downcast_ref::<Int64Array>()
             .unwrap();
         assert_eq!(&mantissas.values()[5..8], &[10, 10, 25]);
+    }
+
+    #[test]
+    fn large_integers_keep_scale_zero() {
+        // 10^12 times these overflows an i64: they must not be mistaken for float rows.
+        let rows = run(0, &[8.0e9, 8.5e9, 1.0e15]);
+        assert_eq!(encodings(&rows), [0, 0, 0]);
     }
 
     #[test]
