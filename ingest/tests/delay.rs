@@ -48,26 +48,40 @@ async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_delay_is_the_age_of_the_newest_record_written_and_zero_when_caught_up() {
-    let dir = tempfile::TempDir::new().unwrap();
+/// An embedded bus in `dir` with one partition per topic, and an ingest worker from it
+/// into `store`; the registry holds the worker's metrics.
+async fn start(
+    dir: &std::path::Path,
+    store: Arc<dyn Storage>,
+) -> (
+    Arc<dyn Bus>,
+    IngestWorker,
+    prometheus_client::registry::Registry,
+) {
     let bus: Arc<dyn Bus> =
-        Arc::new(EmbeddedBus::open(dir.path().join("bus"), EmbeddedBusConfig::default()).unwrap());
+        Arc::new(EmbeddedBus::open(dir.join("bus"), EmbeddedBusConfig::default()).unwrap());
     for topic in topics::ALL {
         bus.ensure_topic(topic, 1).await.unwrap();
     }
-    let store = Arc::new(
-        EmbeddedStore::open(dir.path().join("store"), EmbeddedStoreConfig::default()).unwrap(),
-    );
     let mut registry = prometheus_client::registry::Registry::default();
     let worker = IngestWorker::start(
         bus.clone(),
-        store.clone(),
+        store,
         IngestConfig::default(),
         IngestMetrics::new(&mut registry),
     )
     .await
     .unwrap();
+    (bus, worker, registry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delay_is_the_age_of_the_newest_record_written_and_zero_when_caught_up() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let store = Arc::new(
+        EmbeddedStore::open(dir.path().join("store"), EmbeddedStoreConfig::default()).unwrap(),
+    );
+    let (bus, worker, registry) = start(dir.path(), store.clone()).await;
     let delay = worker.delay();
     assert_eq!(delay.get(), Duration::ZERO);
 
@@ -190,11 +204,6 @@ impl Storage for Faulty {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_write_and_a_dead_worker_show_as_a_growing_delay() {
     let dir = tempfile::TempDir::new().unwrap();
-    let bus: Arc<dyn Bus> =
-        Arc::new(EmbeddedBus::open(dir.path().join("bus"), EmbeddedBusConfig::default()).unwrap());
-    for topic in topics::ALL {
-        bus.ensure_topic(topic, 1).await.unwrap();
-    }
     let store = Arc::new(Faulty {
         inner: Arc::new(
             EmbeddedStore::open(dir.path().join("store"), EmbeddedStoreConfig::default()).unwrap(),
@@ -202,15 +211,7 @@ async fn a_stuck_write_and_a_dead_worker_show_as_a_growing_delay() {
         stall: std::sync::Mutex::new(Duration::from_secs(3)),
         fail: std::sync::atomic::AtomicBool::new(false),
     });
-    let mut registry = prometheus_client::registry::Registry::default();
-    let worker = IngestWorker::start(
-        bus.clone(),
-        store.clone(),
-        IngestConfig::default(),
-        IngestMetrics::new(&mut registry),
-    )
-    .await
-    .unwrap();
+    let (bus, worker, _registry) = start(dir.path(), store.clone()).await;
     let delay = worker.delay();
 
     // A fresh record whose write takes 3 s: the delay grows while it is stuck, not only
