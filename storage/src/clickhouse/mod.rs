@@ -562,6 +562,24 @@ impl ClickHouseStore {
     }
 
     /// `count` distinct row versions, each later than any handed out before.
+    /// Versions for `count` rows, handed out in order.
+    fn versions(&self, count: usize) -> impl FnMut() -> u64 + use<> {
+        let mut next = self.reserve_versions(count as u64);
+        move || {
+            next += 1;
+            next - 1
+        }
+    }
+
+    /// Buffers the rows of a row table (`table` picks its buffer); returns how many.
+    fn buffer_rows<R>(&self, rows: Vec<R>, table: impl FnOnce(&mut Buffer) -> &mut Vec<R>) -> u64 {
+        let count = rows.len();
+        let mut state = lock(&self.state);
+        state.buffer.rows += count;
+        table(&mut state.buffer).extend(rows);
+        count as u64
+    }
+
     fn reserve_versions(&self, count: u64) -> u64 {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -726,38 +744,19 @@ impl Storage for ClickHouseStore {
         let mut summary = WriteSummary::default();
         match payload {
             Payload::Spans(batch) => {
-                let base = self.reserve_versions(batch.span_count() as u64);
-                let mut next = base;
-                let rows = span_rows(tenant.as_str(), batch, || {
-                    next += 1;
-                    next - 1
-                });
-                summary.accepted = rows.len() as u64;
-                let mut state = lock(&self.state);
-                state.buffer.rows += rows.len();
-                state.buffer.spans.extend(rows);
+                let versions = self.versions(batch.span_count());
+                let rows = span_rows(tenant.as_str(), batch, versions);
+                summary.accepted = self.buffer_rows(rows, |buffer| &mut buffer.spans);
             }
             Payload::Logs(batch) => {
-                let mut next = self.reserve_versions(batch.record_count() as u64);
-                let rows = log_rows(tenant.as_str(), batch, position, || {
-                    next += 1;
-                    next - 1
-                });
-                summary.accepted = rows.len() as u64;
-                let mut state = lock(&self.state);
-                state.buffer.rows += rows.len();
-                state.buffer.logs.extend(rows);
+                let versions = self.versions(batch.record_count());
+                let rows = log_rows(tenant.as_str(), batch, position, versions);
+                summary.accepted = self.buffer_rows(rows, |buffer| &mut buffer.logs);
             }
             Payload::Events(events) => {
-                let mut next = self.reserve_versions(events.len() as u64);
-                let rows = event_rows(tenant.as_str(), events, position, || {
-                    next += 1;
-                    next - 1
-                });
-                summary.accepted = rows.len() as u64;
-                let mut state = lock(&self.state);
-                state.buffer.rows += rows.len();
-                state.buffer.events.extend(rows);
+                let versions = self.versions(events.len());
+                let rows = event_rows(tenant.as_str(), events, position, versions);
+                summary.accepted = self.buffer_rows(rows, |buffer| &mut buffer.events);
             }
             Payload::RemoteWrite(body) => summary = self.write_remote_write(tenant, &body)?,
             metrics => {
