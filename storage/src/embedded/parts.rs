@@ -172,26 +172,11 @@ fn writer_properties(kind: PartKind) -> WriterProperties {
         .build()
 }
 
-/// Writes `batch` to `path` durably: a temporary file, fsync, rename, fsync of the directory.
+/// Writes `batch` to `path` durably (see [`PartWriter::finish`]).
 fn write_durably(path: &Path, batch: &RecordBatch, properties: WriterProperties) -> Result<u64> {
-    let temp = path.with_extension("parquet.tmp");
-    let file = File::create(&temp).map_err(|e| StorageError::io("creating", &temp, e))?;
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(properties))?;
-    writer.write(batch)?;
-    let file = writer.into_inner()?;
-    file.sync_all()
-        .map_err(|e| StorageError::io("syncing", &temp, e))?;
-    let bytes = file
-        .metadata()
-        .map_err(|e| StorageError::io("reading size of", &temp, e))?
-        .len();
-    fs::rename(&temp, path).map_err(|e| StorageError::io("renaming into", path, e))?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StorageError::io("syncing directory", dir, e))?;
-    }
-    Ok(bytes)
+    let mut writer = PartWriter::open(path, batch.schema(), properties)?;
+    writer.writer.write(batch)?;
+    writer.finish()
 }
 
 /// Writes sorted `(series, timestamp, value)` rows as a part.
@@ -240,8 +225,8 @@ fn samples_batch(rows: &[(u32, Sample)]) -> Result<RecordBatch> {
     )?)
 }
 
-/// A sample part written in pieces (compaction streams through a day series range by
-/// series range), made durable at `finish`.
+/// A Parquet file written to a temporary name and made durable at `finish`. Sample parts
+/// are written in pieces (compaction streams through a day series range by series range).
 pub(crate) struct PartWriter {
     path: std::path::PathBuf,
     temp: std::path::PathBuf,
@@ -249,11 +234,15 @@ pub(crate) struct PartWriter {
 }
 
 impl PartWriter {
+    /// A sample part.
     pub fn create(path: &Path, kind: PartKind) -> Result<Self> {
+        Self::open(path, sample_part_schema(), writer_properties(kind))
+    }
+
+    fn open(path: &Path, schema: SchemaRef, properties: WriterProperties) -> Result<Self> {
         let temp = path.with_extension("parquet.tmp");
         let file = File::create(&temp).map_err(|e| StorageError::io("creating", &temp, e))?;
-        let writer =
-            ArrowWriter::try_new(file, sample_part_schema(), Some(writer_properties(kind)))?;
+        let writer = ArrowWriter::try_new(file, schema, Some(properties))?;
         Ok(Self {
             path: path.to_path_buf(),
             temp,
@@ -282,9 +271,7 @@ impl PartWriter {
         fs::rename(&self.temp, &self.path)
             .map_err(|e| StorageError::io("renaming into", &self.path, e))?;
         if let Some(dir) = self.path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| StorageError::io("syncing directory", dir, e))?;
+            super::sync_dir(dir)?;
         }
         Ok(bytes)
     }
