@@ -96,6 +96,16 @@ struct TenantManifest {
     next_file: u64,
 }
 
+impl TenantManifest {
+    /// A new part's file name, relative to the tenant's directory: under the table's
+    /// directory for the day, numbered so that no two files of the tenant share it.
+    fn new_part_name(&mut self, table: &str, day: i64) -> String {
+        let name = format!("{table}/{day}/part-{:08}.parquet", self.next_file);
+        self.next_file += 1;
+        name
+    }
+}
+
 /// A part of a row table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -404,12 +414,7 @@ impl EmbeddedStore {
             }
             for (day, batches) in by_day {
                 let batch = rows::dedup(*kind, &batches)?;
-                let name = format!(
-                    "{}/{day}/part-{:08}.parquet",
-                    kind.name(),
-                    manifest.next_file
-                );
-                manifest.next_file += 1;
+                let name = manifest.new_part_name(kind.name(), day);
                 let path = dir.join(&name);
                 if let Some(parent) = path.parent() {
                     fs::create_dir_all(parent)
@@ -464,8 +469,7 @@ impl EmbeddedStore {
             dedup_last(&mut rows);
             let day_dir = dir.join("metrics").join(day.to_string());
             fs::create_dir_all(&day_dir).map_err(|e| StorageError::io("creating", &day_dir, e))?;
-            let name = format!("metrics/{day}/part-{:08}.parquet", manifest.next_file);
-            manifest.next_file += 1;
+            let name = manifest.new_part_name("metrics", day);
             let bytes = parts::write_samples(&dir.join(&name), &rows)?;
             manifest.parts.push(PartMeta {
                 file: name,
@@ -574,26 +578,14 @@ impl EmbeddedStore {
         for tenant in tenants {
             let plans: Vec<(i64, Vec<PartMeta>, u32, String)> = {
                 let mut state = write_lock(&tenant.state);
-                let mut by_day: BTreeMap<i64, Vec<PartMeta>> = BTreeMap::new();
-                for part in &state.manifest.parts {
-                    by_day.entry(part.day).or_default().push(part.clone());
-                }
                 let series = state.index.len() as u32;
-                let mut plans = Vec::new();
-                for (day, parts) in by_day {
-                    let due = if day < today {
-                        parts.len() >= 2
-                    } else {
-                        parts.len() >= COMPACT_TODAY_AT
-                    };
-                    if due {
-                        let name =
-                            format!("metrics/{day}/part-{:08}.parquet", state.manifest.next_file);
-                        state.manifest.next_file += 1;
-                        plans.push((day, parts, series, name));
-                    }
-                }
-                plans
+                let due = due_days(state.manifest.parts.iter().map(|p| (p.day, p)), today);
+                due.into_iter()
+                    .map(|(day, parts)| {
+                        let name = state.manifest.new_part_name("metrics", day);
+                        (day, parts, series, name)
+                    })
+                    .collect()
             };
             for (day, parts, series, name) in plans {
                 let dir = tenant.dir.clone();
@@ -638,34 +630,19 @@ impl EmbeddedStore {
         for kind in RowKind::ALL {
             let plans: Vec<(i64, Vec<RowPartMeta>, String)> = {
                 let mut state = write_lock(&tenant.state);
-                let mut by_day: BTreeMap<i64, Vec<RowPartMeta>> = BTreeMap::new();
-                for part in state
+                let table = state
                     .manifest
                     .row_parts
                     .get(kind.name())
                     .into_iter()
-                    .flatten()
-                {
-                    by_day.entry(part.day).or_default().push(part.clone());
-                }
-                let mut plans = Vec::new();
-                for (day, parts) in by_day {
-                    let due = if day < today {
-                        parts.len() >= 2
-                    } else {
-                        parts.len() >= COMPACT_TODAY_AT
-                    };
-                    if due {
-                        let name = format!(
-                            "{}/{day}/part-{:08}.parquet",
-                            kind.name(),
-                            state.manifest.next_file
-                        );
-                        state.manifest.next_file += 1;
-                        plans.push((day, parts, name));
-                    }
-                }
-                plans
+                    .flatten();
+                let due = due_days(table.map(|p| (p.day, p)), today);
+                due.into_iter()
+                    .map(|(day, parts)| {
+                        let name = state.manifest.new_part_name(kind.name(), day);
+                        (day, parts, name)
+                    })
+                    .collect()
             };
             for (day, parts, name) in plans {
                 let inputs: Vec<PathBuf> = parts.iter().map(|p| tenant.dir.join(&p.file)).collect();
@@ -736,6 +713,23 @@ impl EmbeddedStore {
 /// has this many (flushes keep adding to it).
 pub const COMPACT_TODAY_AT: usize = 8;
 
+/// The days due for merging, with their parts (in manifest order, oldest first): every
+/// day before `today` with two or more parts, and `today` once it has
+/// [`COMPACT_TODAY_AT`].
+fn due_days<'a, P: Clone + 'a>(
+    parts: impl Iterator<Item = (i64, &'a P)>,
+    today: i64,
+) -> Vec<(i64, Vec<P>)> {
+    let mut by_day: BTreeMap<i64, Vec<P>> = BTreeMap::new();
+    for (day, part) in parts {
+        by_day.entry(day).or_default().push(part.clone());
+    }
+    by_day
+        .into_iter()
+        .filter(|(day, parts)| parts.len() >= if *day < today { 2 } else { COMPACT_TODAY_AT })
+        .collect()
+}
+
 /// Series merged per step of a compaction: bounds its memory.
 const COMPACTION_SERIES_PER_STEP: u32 = 2048;
 
@@ -784,12 +778,9 @@ fn rewrite_sample_parts(
     series: u32,
 ) -> Result<Vec<String>> {
     let mut replaced = Vec::new();
-    for part in &mut manifest.parts {
-        let name = format!(
-            "metrics/{}/part-{:08}.parquet",
-            part.day, manifest.next_file
-        );
-        manifest.next_file += 1;
+    for index in 0..manifest.parts.len() {
+        let name = manifest.new_part_name("metrics", manifest.parts[index].day);
+        let part = &mut manifest.parts[index];
         let merged = merge_parts(&[dir.join(&part.file)], &dir.join(&name), series)?;
         if let Some((rows, bytes, _, _)) = merged {
             replaced.push(std::mem::replace(&mut part.file, name));
