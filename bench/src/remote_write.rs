@@ -302,6 +302,36 @@ pub(crate) fn start(target: &str, meerkat: &Path) -> anyhow::Result<Server> {
     Ok(server)
 }
 
+/// Posts a snappy-compressed remote-write body, with the headers Prometheus sends.
+pub(crate) fn post(
+    agent: &ureq::Agent,
+    url: &str,
+    body: &[u8],
+) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    agent
+        .post(url)
+        .header("Content-Encoding", "snappy")
+        .header("Content-Type", "application/x-protobuf")
+        .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+        .send(body)
+}
+
+/// The wait between retries of a refused request: Prometheus's remote-write defaults,
+/// 30 ms doubling up to 5 s.
+pub(crate) struct Backoff(Duration);
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Self(Duration::from_millis(30))
+    }
+
+    /// Sleeps for the current wait and doubles it.
+    pub(crate) fn wait(&mut self) {
+        std::thread::sleep(self.0);
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// User + system CPU seconds and resident bytes of a process.
 fn cpu_and_rss(pid: u32) -> anyhow::Result<(f64, u64)> {
     let process = procfs::process::Process::new(pid as i32)?;
@@ -400,22 +430,16 @@ impl Load {
                         _ => return,
                     };
                     // Like Prometheus's remote-write queue: a 429 or 5xx is retried with
-                    // the same body after a backoff doubling from 30 ms to 5 s.
-                    let mut backoff = Duration::from_millis(30);
+                    // the same body after a backoff.
+                    let mut backoff = Backoff::new();
                     let response = loop {
-                        let response = agent
-                            .post(&url)
-                            .header("Content-Encoding", "snappy")
-                            .header("Content-Type", "application/x-protobuf")
-                            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
-                            .send(&body.bytes[..]);
+                        let response = post(&agent, &url, &body.bytes);
                         let retry = matches!(&response, Ok(r) if r.status() == 429 || r.status().is_server_error());
                         if !retry || stop.load(Ordering::Relaxed) {
                             break response;
                         }
                         retried.fetch_add(1, Ordering::Relaxed);
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        backoff.wait();
                     };
                     sent += body.samples;
                     match response {

@@ -271,11 +271,7 @@ fn victoria_metrics(args: &Args, steps: u64, start_ms: i64) -> anyhow::Result<u6
                 metadata: vec![],
             };
             let body = encoder.compress_vec(&prost::Message::encode_to_vec(&request))?;
-            agent
-                .post(format!("{base}/api/v1/write"))
-                .header("Content-Encoding", "snappy")
-                .header("Content-Type", "application/x-protobuf")
-                .send(&body[..])
+            crate::remote_write::post(&agent, &format!("{base}/api/v1/write"), &body)
                 .context("remote-write to victoria-metrics")?;
         }
         if (step + 1) % 240 == 0 {

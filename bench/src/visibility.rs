@@ -249,15 +249,9 @@ fn probe(
         let body = probe_body(seq, timestamp)?;
         // Sent until accepted, backing off on 429/503 as the load does.
         let sent = Instant::now();
-        let mut backoff = Duration::from_millis(30);
+        let mut backoff = remote_write::Backoff::new();
         loop {
-            let response = agent
-                .post(write_url)
-                .header("Content-Encoding", "snappy")
-                .header("Content-Type", "application/x-protobuf")
-                .header("X-Prometheus-Remote-Write-Version", "0.1.0")
-                .send(&body[..])?;
-            let status = response.status();
+            let status = remote_write::post(&agent, write_url, &body)?.status();
             if status.is_success() {
                 break;
             }
@@ -267,8 +261,7 @@ fn probe(
             if sent.elapsed() > Duration::from_secs(60) {
                 bail!("{name} answered {status} to a probe for 60 s");
             }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff.wait();
         }
         let acknowledged = Instant::now();
         loop {
