@@ -101,6 +101,11 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Time since `since_ms` (Unix milliseconds), zero if that is in the future.
+fn age(since_ms: i64) -> Duration {
+    Duration::from_millis(now_ms().saturating_sub(since_ms).max(0) as u64)
+}
+
 impl Default for IngestDelay {
     fn default() -> Self {
         Self {
@@ -118,7 +123,7 @@ impl IngestDelay {
         if since == NOT_WRITING {
             return Duration::from_millis(self.inner.last_ms.load(Ordering::Relaxed));
         }
-        Duration::from_millis(now_ms().saturating_sub(since).max(0) as u64)
+        age(since)
     }
 
     /// A record appended at `appended_ms` is being written.
@@ -130,9 +135,7 @@ impl IngestDelay {
 
     /// The record being written is written (`None`: a poll found nothing waiting).
     fn written(&self, appended_ms: Option<i64>) -> Duration {
-        let delay = appended_ms.map_or(Duration::ZERO, |appended| {
-            Duration::from_millis(now_ms().saturating_sub(appended).max(0) as u64)
-        });
+        let delay = appended_ms.map_or(Duration::ZERO, age);
         let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         self.inner.last_ms.store(millis, Ordering::Relaxed);
         self.inner
