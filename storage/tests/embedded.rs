@@ -904,3 +904,68 @@ async fn parts_of_the_first_layout_are_rewritten_at_open_and_read_the_same() {
         ["1.5", "NaN", "3.0"]
     );
 }
+
+/// Rows the Parquet scans of an executed plan read (in-memory sources report none).
+fn parquet_rows_read(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> usize {
+    let own = if plan.name() == "DataSourceExec" {
+        plan.metrics().and_then(|m| m.output_rows()).unwrap_or(0)
+    } else {
+        0
+    };
+    own + plan
+        .children()
+        .into_iter()
+        .map(parquet_rows_read)
+        .sum::<usize>()
+}
+
+#[tokio::test]
+async fn sql_filters_on_series_prune_the_sample_parts_read() {
+    let dir = TempDir::new().unwrap();
+    let store = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap();
+    // 9,000 series of three metrics, created interleaved, 120 samples each: one part of
+    // 1.08 M rows, sorted by series.
+    let mut series = Vec::new();
+    for i in 0..3000 {
+        for name in ["a_metric", "b_metric", "c_metric"] {
+            let labels = Labels::new([("__name__", name), ("i", &i.to_string())]).unwrap();
+            let samples = (0..120)
+                .map(|k| Sample {
+                    timestamp_ms: T0 + k * 15_000,
+                    value: k as f64,
+                })
+                .collect();
+            series.push(Series::with_samples(labels, samples));
+        }
+    }
+    let total_rows = 9000 * 120;
+    let payload = Payload::Metrics(MetricBatch {
+        series,
+        metadata: vec![],
+    });
+    store.write(&tenant("a"), payload, &at(0)).await.unwrap();
+    store.flush().await.unwrap();
+
+    let context = store.session(&tenant("a")).await.unwrap();
+    let query = r#"SELECT count(*), sum(value) FROM samples JOIN series USING (series_id)
+                   WHERE metric_name = 'b_metric' AND labels LIKE '%"i":"7"%'"#;
+    let plan = context
+        .sql(query)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    let batches = datafusion::physical_plan::collect(plan.clone(), context.task_ctx())
+        .await
+        .unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert!(text.contains("| 120      | 7140.0"), "{text}");
+    let read = parquet_rows_read(&plan);
+    assert!(
+        read > 0 && read * 20 < total_rows,
+        "the series filter should reach the sample scan: {read} of {total_rows} rows read"
+    );
+}

@@ -7,6 +7,11 @@
 //! - `samples(series_id, timestamp_ms, value)` and `series(series_id, metric_name, labels)`
 //!   (labels as JSON text), joined on `series_id`;
 //! - `spans`, `logs`, `events` (see their schemas in `rows.rs`).
+//!
+//! Metric-name and label filters reach the samples' Parquet scan without a provider of our
+//! own: `series` is the small side of the join, and DataFusion pushes the ids its hash
+//! join collected into the probe side's scan as a dynamic filter, where the parts' sort
+//! order (series, then time) lets statistics skip other series' row groups and pages.
 
 use std::path::PathBuf;
 use std::sync::Arc;
