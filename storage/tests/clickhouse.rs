@@ -750,11 +750,59 @@ async fn sql_pushes_time_filters_projections_limits_and_counts_into_clickhouse()
     assert_eq!(rows, ["10"]);
     assert_eq!(
         scan.sql,
-        "SELECT count() FROM logs FINAL WHERE tenant = 'a' AND severity_number >= 17"
+        "SELECT toInt64(count()) FROM logs FINAL WHERE tenant = 'a' AND severity_number >= 17"
     );
     assert_eq!(scan.rows_received, 1);
     let (rows, scan) = sql_scan(&store, "a", "SELECT count(*) FROM logs", "logs").await;
     assert_eq!((rows, scan.rows_received), (vec!["100".to_owned()], 1));
+
+    // Grouped aggregations: ClickHouse groups, one row per group travels, and each
+    // aggregate but count comes with the count that tells SQL's NULL from ClickHouse's 0.
+    let query = format!(
+        "SELECT severity_number, count(*), min(body), max(timestamp), sum(flags) FROM logs \
+         WHERE timestamp < {} GROUP BY severity_number ORDER BY severity_number",
+        timestamp(50)
+    );
+    let (rows, scan) = sql_scan(&store, "a", &query, "logs").await;
+    assert_eq!(
+        rows,
+        [
+            "9,45,line 1,2023-11-14T22:14:09Z,0",
+            "17,5,line 0,2023-11-14T22:14:00Z,0"
+        ]
+    );
+    assert_eq!(
+        scan.sql,
+        format!(
+            "SELECT severity_number, toInt64(count()), min(body), toInt64(count(body)), \
+             max(timestamp_ns), toInt64(count(timestamp_ns)), toUInt64(sum(flags)), \
+             toInt64(count(flags)) FROM logs FINAL WHERE tenant = 'a' AND timestamp_ns < {} \
+             GROUP BY severity_number",
+            T0 * 1_000_000 + 50_000_000_000
+        )
+    );
+    assert_eq!(scan.rows_received, 2, "one row per group");
+    // Not pushed: a float's max (NaN makes ClickHouse's depend on row order) and an
+    // expression as argument. DataFusion aggregates the rows instead.
+    for query in [
+        "SELECT max(value) FROM samples",
+        "SELECT sum(severity_number + 1) FROM logs",
+    ] {
+        let table = if query.contains("samples") {
+            "samples"
+        } else {
+            "logs"
+        };
+        let context = store.session(&tenant("a")).await.unwrap();
+        context.sql(query).await.unwrap().collect().await.unwrap();
+        let provider = context.table_provider(table).await.unwrap();
+        let scan = ClickHouseTable::of(&provider).unwrap().last_scan().unwrap();
+        assert!(
+            !scan.sql.contains("max(") && !scan.sql.contains("sum("),
+            "{query}: {}",
+            scan.sql
+        );
+    }
 
     // A limit with only pushed filters goes to ClickHouse.
     let (rows, scan) = sql_scan(

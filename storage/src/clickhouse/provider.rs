@@ -7,11 +7,11 @@
 //! DataFusion (see `filters`; they are reported `Exact`, so DataFusion does not filter
 //! again, and the others `Unsupported`, so it does); the projection (only the needed
 //! columns are selected); the limit, when DataFusion passes one (it does only when every
-//! filter was pushed); and `count(*)`: a scan that needs no column at all (DataFusion's plan
-//! for `SELECT count(*) ... WHERE <pushed filters>`) asks ClickHouse for `count()` and
-//! yields that many empty rows, so no row crosses the wire. Other aggregations run in
-//! DataFusion over the filtered, projected rows (DataFusion's `TableProvider` has no way to
-//! hand them over).
+//! filter was pushed); and aggregations: `count`, `sum`, `avg`, `min`, `max`, grouped by
+//! columns or not, go to ClickHouse through an optimizer rule of the session (see
+//! `aggregate`), so only the groups travel. A scan that needs no column at all (a
+//! `count(*)` the rule could not take whole, under a join say) asks ClickHouse for
+//! `count()` and yields that many empty rows.
 //!
 //! **Versions not yet merged** never show twice: `series`, `spans`, `logs` and `events`
 //! are read `FINAL`; samples are read sorted and collapsed in the store, as
@@ -21,6 +21,7 @@
 //!
 //! **Transfer**: `RowBinary` (see `decode`).
 
+mod aggregate;
 mod decode;
 mod filters;
 mod scan;
@@ -194,6 +195,7 @@ impl TableProvider for ClickHouseTable {
 /// A session over `tenant`'s tables in the database `client` is set to.
 pub(super) fn session(client: &Client, tenant: &TenantId) -> Result<SessionContext> {
     let context = SessionContext::new();
+    context.add_optimizer_rule(Arc::new(aggregate::PushAggregates));
     for def in tables::all()? {
         let name = def.name;
         let table = ClickHouseTable {

@@ -1342,6 +1342,37 @@ pub async fn sql_reads_the_same_on_every_engine(engine: &dyn Engine) {
             format!("SELECT count(*) FROM samples WHERE timestamp_ms > {T0}"),
             vec!["3"],
         ),
+        (
+            // Aggregations by a column: ClickHouse computes them (see clickhouse.rs).
+            "SELECT severity_text, count(*), min(body), max(body), sum(severity_number), \
+             avg(severity_number), count(trace_id), max(trace_id), min(timestamp), max(flags) \
+             FROM logs GROUP BY severity_text ORDER BY severity_text"
+                .into(),
+            vec![
+                "ERROR,3,disk full,late error,51,17.0,0,NULL,2023-11-14T22:13:20Z,0",
+                "INFO,2,it's,ok,22,11.0,1,01010101010101010101010101010101,\
+                 2023-11-14T22:14:20Z,0",
+            ],
+        ),
+        (
+            // Over no rows SQL answers NULL, but count 0.
+            "SELECT count(*), sum(severity_number), avg(severity_number), min(body), \
+             max(timestamp), count(body) FROM logs WHERE severity_number > 100"
+                .into(),
+            vec!["0,NULL,NULL,NULL,NULL,0"],
+        ),
+        (
+            "SELECT count(*), sum(value), avg(value), min(timestamp_ms), max(timestamp_ms) \
+             FROM samples"
+                .into(),
+            vec!["6,38.0,6.333333333333333,1700000000000,1700000030000"],
+        ),
+        (
+            // Series counted by name.
+            "SELECT metric_name, count(*) FROM series GROUP BY metric_name ORDER BY metric_name"
+                .into(),
+            vec!["http_requests_total,2", "up,1"],
+        ),
     ];
     for (query, expected) in cases {
         assert_eq!(sql(store, "a", &query).await, expected, "{query}");
