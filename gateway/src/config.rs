@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+pub use model::auth::AuthConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,15 +39,6 @@ impl Default for GatewayConfig {
             otlp: OtlpConfig::default(),
         }
     }
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    /// Bearer token → tenant. When empty, auth is off: the tenant comes from the
-    /// `X-Scope-OrgID` header, or is `default`. When set, every request needs a known token
-    /// (`Authorization: Bearer <token>`), and the header is ignored.
-    pub tokens: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

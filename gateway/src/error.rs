@@ -89,3 +89,12 @@ impl From<bus::BusError> for GatewayError {
         Self::Unavailable(error.to_string())
     }
 }
+
+impl From<model::auth::AuthError> for GatewayError {
+    fn from(error: model::auth::AuthError) -> Self {
+        match error {
+            model::auth::AuthError::Unauthorized => Self::Unauthorized,
+            model::auth::AuthError::BadTenant(reason) => Self::BadTenant(reason),
+        }
+    }
+}

@@ -22,7 +22,6 @@ pub mod otlp_metrics;
 pub mod otlp_traces;
 pub mod remote_write;
 mod sink;
-mod tenant;
 pub mod validate;
 pub mod zipkin;
 
@@ -49,15 +48,15 @@ pub use config::{
 };
 pub use error::GatewayError;
 pub use limits::TenantLimits;
+pub use model::auth::TENANT_HEADER;
 pub use otlp::OtlpServers;
 pub use sink::DEFAULT_MAX_RECORD_BYTES;
-pub use tenant::TENANT_HEADER;
 
 use crate::limits::LimitsRegistry;
 use crate::metrics::{GatewayMetrics, Protocol, Signal};
 use crate::sink::Sink;
-use crate::tenant::TenantResolver;
 use crate::validate::Outcome;
+use model::auth::TenantResolver;
 
 /// How far behind the gateway's data its consumer is: in standalone mode, ingest. The
 /// gateway refuses writes while it is more than `gateway.max_backlog_seconds` behind.
@@ -189,7 +188,7 @@ impl Gateway {
         authorization: Option<&str>,
         org_id: Option<&str>,
     ) -> Result<TenantId, GatewayError> {
-        self.shared.tenants.resolve(authorization, org_id)
+        Ok(self.shared.tenants.resolve(authorization, org_id)?)
     }
 
     pub fn limits(&self, tenant: &TenantId) -> Arc<TenantLimits> {

@@ -5,6 +5,7 @@
 //! sample came from remote-write, OTLP or a scrape. Metrics follow Prometheus's data model;
 //! spans and log records follow OTLP's; platform events are Meerkat's own.
 
+pub mod auth;
 mod envelope;
 mod error;
 mod events;

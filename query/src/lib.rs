@@ -1,7 +1,59 @@
-//! Answers questions about stored telemetry.
+//! Answers questions about stored telemetry, over HTTP, in the shapes Prometheus's clients
+//! expect.
 //!
-//! This crate will own the PromQL engine (parsed with `promql-parser`, evaluated with
-//! Prometheus's semantics), SQL over DataFusion, and the Prometheus-compatible HTTP API that
-//! Grafana speaks.
+//! Today: `/api/v1/sql`, DataFusion SQL over the tenant's `samples`, `series`, `spans`,
+//! `logs` and `events` tables (see `storage`'s sessions), on either storage engine. The
+//! PromQL engine and the rest of Prometheus's HTTP API are issue 5's work.
 //!
-//! Nothing is implemented yet; see issue 5.
+//! Every request's tenant comes from the same auth as the gateway's
+//! ([`model::auth::TenantResolver`]), and a session only ever holds its tenant's tables.
+
+mod config;
+mod error;
+mod http;
+mod sql;
+
+use std::sync::Arc;
+
+use axum::Router;
+use model::auth::{AuthConfig, AuthError, TenantResolver};
+use storage::Storage;
+
+pub use config::QueryConfig;
+pub use error::{ErrorType, QueryError};
+pub use sql::Format;
+
+/// The query service of a role: what its HTTP routes share.
+#[derive(Clone, Debug)]
+pub struct QueryService {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Arc<dyn Storage>,
+    tenants: TenantResolver,
+    config: QueryConfig,
+}
+
+impl QueryService {
+    /// A service reading `store`, with the gateway's `auth`.
+    pub fn new(
+        store: Arc<dyn Storage>,
+        auth: &AuthConfig,
+        config: QueryConfig,
+    ) -> Result<Self, AuthError> {
+        Ok(Self {
+            shared: Arc::new(Shared {
+                store,
+                tenants: TenantResolver::new(auth)?,
+                config,
+            }),
+        })
+    }
+
+    /// The routes to serve on the role's HTTP port.
+    pub fn http_routes(&self) -> Router {
+        http::routes(self.clone())
+    }
+}

@@ -1,16 +1,38 @@
-//! Which tenant a request belongs to.
+//! Which tenant a request belongs to: the same rule for every role that takes requests
+//! (the gateway's writes, the query API's reads), so a token reads what it writes.
 //!
 //! With auth on (tokens configured), the bearer token decides and nothing the client says
 //! otherwise counts; an unknown or missing token is refused. With auth off, the
 //! `X-Scope-OrgID` header (Cortex's and Mimir's convention, which Prometheus and Grafana
 //! agents already send) decides, else the default tenant.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use model::TenantId;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
-use crate::GatewayError;
-use crate::config::AuthConfig;
+use crate::TenantId;
+
+/// The `auth:` settings (under `gateway:` in `meerkat.yaml`; the query API uses the same).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Bearer token → tenant. When empty, auth is off: the tenant comes from the
+    /// `X-Scope-OrgID` header, or is `default`. When set, every request needs a known token
+    /// (`Authorization: Bearer <token>`), and the header is ignored.
+    pub tokens: BTreeMap<String, String>,
+}
+
+/// Why a request has no tenant.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error(
+        "unknown bearer token: send `Authorization: Bearer <token>` with a token from gateway.auth.tokens"
+    )]
+    Unauthorized,
+    #[error("invalid tenant: {0}")]
+    BadTenant(String),
+}
 
 /// The header that names the tenant when auth is off.
 pub const TENANT_HEADER: &str = "x-scope-orgid";
@@ -21,14 +43,14 @@ pub struct TenantResolver {
 }
 
 impl TenantResolver {
-    pub fn new(config: &AuthConfig) -> Result<Self, GatewayError> {
+    pub fn new(config: &AuthConfig) -> Result<Self, AuthError> {
         let tokens = config
             .tokens
             .iter()
             .map(|(token, tenant)| {
                 TenantId::new(tenant.clone())
                     .map(|id| (token.clone(), id))
-                    .map_err(|e| GatewayError::BadTenant(e.to_string()))
+                    .map_err(|e| AuthError::BadTenant(e.to_string()))
             })
             .collect::<Result<_, _>>()?;
         Ok(Self { tokens })
@@ -43,19 +65,19 @@ impl TenantResolver {
         &self,
         authorization: Option<&str>,
         org_id: Option<&str>,
-    ) -> Result<TenantId, GatewayError> {
+    ) -> Result<TenantId, AuthError> {
         if self.auth_enabled() {
             let token = authorization
                 .and_then(token_of)
-                .ok_or(GatewayError::Unauthorized)?;
+                .ok_or(AuthError::Unauthorized)?;
             return self
                 .tokens
                 .get(&token)
                 .cloned()
-                .ok_or(GatewayError::Unauthorized);
+                .ok_or(AuthError::Unauthorized);
         }
         match org_id.map(str::trim).filter(|id| !id.is_empty()) {
-            Some(id) => TenantId::new(id).map_err(|e| GatewayError::BadTenant(e.to_string())),
+            Some(id) => TenantId::new(id).map_err(|e| AuthError::BadTenant(e.to_string())),
             None => Ok(TenantId::default_tenant()),
         }
     }
@@ -130,7 +152,7 @@ mod tests {
         );
         assert!(matches!(
             resolver.resolve(None, Some("../x")),
-            Err(GatewayError::BadTenant(_))
+            Err(AuthError::BadTenant(_))
         ));
     }
 
@@ -149,15 +171,15 @@ mod tests {
         );
         assert!(matches!(
             resolver.resolve(Some("Bearer wrong"), None),
-            Err(GatewayError::Unauthorized)
+            Err(AuthError::Unauthorized)
         ));
         assert!(matches!(
             resolver.resolve(None, Some("team-a")),
-            Err(GatewayError::Unauthorized)
+            Err(AuthError::Unauthorized)
         ));
         assert!(matches!(
             resolver.resolve(Some("Basic czNjcmV0"), None),
-            Err(GatewayError::Unauthorized)
+            Err(AuthError::Unauthorized)
         ));
     }
 }

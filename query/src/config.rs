@@ -1,0 +1,38 @@
+//! The `query:` section of `meerkat.yaml`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// A query running longer is cancelled and answered 503 `timeout` (Prometheus's
+    /// `--query.timeout`, 2 minutes by default). A request may ask for less with `timeout`.
+    pub timeout_seconds: f64,
+    /// The most rows an SQL result may have; past it the query fails with a message saying
+    /// to aggregate or add a `LIMIT`, rather than building an answer too large to send.
+    pub max_rows: u64,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            timeout_seconds: 120.0,
+            max_rows: 100_000,
+        }
+    }
+}
+
+impl QueryConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.timeout_seconds.is_finite() && self.timeout_seconds > 0.0) {
+            return Err(format!(
+                "query.timeout_seconds is {}; it must be a positive number of seconds",
+                self.timeout_seconds
+            ));
+        }
+        if self.max_rows == 0 {
+            return Err("query.max_rows must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,87 @@
+//! Errors as Prometheus's HTTP API reports them: `{"status":"error","errorType":...,
+//! "error":...}` with the status code its clients (Grafana, promtool) act on.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use model::auth::AuthError;
+use serde_json::json;
+use thiserror::Error;
+
+/// Prometheus's `errorType`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorType {
+    /// The request is wrong (400): a parameter, the query's syntax or its names.
+    BadData,
+    /// The query is valid but could not be answered (422).
+    Execution,
+    /// The query ran out of time (503).
+    Timeout,
+    /// The query was cancelled (the client went away).
+    Canceled,
+    /// The storage engine failed (500).
+    Internal,
+    /// No tenant for the request (401).
+    Unauthorized,
+}
+
+impl ErrorType {
+    fn name(self) -> &'static str {
+        match self {
+            Self::BadData => "bad_data",
+            Self::Execution => "execution",
+            Self::Timeout => "timeout",
+            Self::Canceled => "canceled",
+            Self::Internal => "internal",
+            Self::Unauthorized => "unauthorized",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Self::BadData => StatusCode::BAD_REQUEST,
+            Self::Execution => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Timeout | Self::Canceled => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+/// A failed query: its type and a message saying what was wrong.
+#[derive(Debug, Error)]
+#[error("{message}")]
+pub struct QueryError {
+    pub kind: ErrorType,
+    pub message: String,
+}
+
+impl QueryError {
+    pub fn new(kind: ErrorType, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<AuthError> for QueryError {
+    fn from(error: AuthError) -> Self {
+        let kind = match error {
+            AuthError::Unauthorized => ErrorType::Unauthorized,
+            AuthError::BadTenant(_) => ErrorType::BadData,
+        };
+        Self::new(kind, error.to_string())
+    }
+}
+
+impl IntoResponse for QueryError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "status": "error",
+            "errorType": self.kind.name(),
+            "error": self.message,
+        });
+        (self.kind.status(), Json(body)).into_response()
+    }
+}

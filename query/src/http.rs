@@ -1,0 +1,152 @@
+//! The query service's HTTP routes.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use crate::QueryService;
+use crate::error::{ErrorType, QueryError};
+use crate::sql::{self, Format};
+
+pub(crate) fn routes(service: QueryService) -> Router {
+    Router::new()
+        .route("/api/v1/sql", get(sql_handler).post(sql_handler))
+        .with_state(service)
+}
+
+/// `/api/v1/sql`'s parameters, from the URL (GET) or a form body (POST), as Prometheus
+/// takes its own.
+#[derive(Debug, Deserialize)]
+struct SqlParams {
+    query: Option<String>,
+    format: Option<String>,
+    timeout: Option<String>,
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn sql_handler(
+    State(service): State<QueryService>,
+    headers: HeaderMap,
+    params: Result<Form<SqlParams>, FormRejection>,
+) -> Response {
+    match answer_sql(&service, &headers, params).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn answer_sql(
+    service: &QueryService,
+    headers: &HeaderMap,
+    params: Result<Form<SqlParams>, FormRejection>,
+) -> Result<Response, QueryError> {
+    let shared = &service.shared;
+    let tenant = shared.tenants.resolve(
+        header(headers, "authorization"),
+        header(headers, model::auth::TENANT_HEADER),
+    )?;
+    let Form(params) = params.map_err(|e| {
+        QueryError::new(
+            ErrorType::BadData,
+            format!("cannot read the parameters: {e}"),
+        )
+    })?;
+    let query = params
+        .query
+        .filter(|q| !q.trim().is_empty())
+        .ok_or_else(|| QueryError::new(ErrorType::BadData, "the query parameter is missing"))?;
+    let format = Format::parse(params.format.as_deref())?;
+    let limit = Duration::from_secs_f64(shared.config.timeout_seconds);
+    let timeout = match params.timeout.as_deref() {
+        Some(text) => parse_duration(text)?.min(limit),
+        None => limit,
+    };
+    let run = sql::run(
+        shared.store.as_ref(),
+        &tenant,
+        &query,
+        shared.config.max_rows,
+    );
+    let result = tokio::time::timeout(timeout, run).await.map_err(|_| {
+        QueryError::new(
+            ErrorType::Timeout,
+            format!("query timed out after {:.3} s", timeout.as_secs_f64()),
+        )
+    })??;
+    result.into_response(format)
+}
+
+/// A duration as Prometheus takes one: seconds as a number (`1.5`), or with a unit (`ms`,
+/// `s`, `m`, `h`, `d`, `w`, `y`, combinable as in `1m30s`).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, QueryError> {
+    let bad = || {
+        QueryError::new(
+            ErrorType::BadData,
+            format!("invalid duration {text:?}: give seconds (1.5) or a duration (30s, 1m30s)"),
+        )
+    };
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        return (seconds.is_finite() && seconds > 0.0)
+            .then(|| Duration::from_secs_f64(seconds))
+            .ok_or_else(bad);
+    }
+    let mut total_ms: u128 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let number: u128 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit_ms: u128 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            "y" => 365 * 86_400_000,
+            _ => return Err(bad()),
+        };
+        total_ms = total_ms
+            .checked_add(number.checked_mul(unit_ms).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
+        rest = &rest[unit_len..];
+    }
+    let total_ms = u64::try_from(total_ms).map_err(|_| bad())?;
+    if total_ms == 0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_millis(total_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn durations_read_as_prometheus_reads_them() {
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        for bad in ["", "0", "-1", "s", "10x", "1.5s", "NaN", "0s"] {
+            let error = parse_duration(bad).unwrap_err();
+            assert_eq!(error.kind, ErrorType::BadData, "{bad:?}");
+        }
+    }
+}
