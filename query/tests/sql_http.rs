@@ -260,6 +260,9 @@ async fn answers_json_csv_and_arrow_for_the_tenant_only() {
     assert_eq!(String::from_utf8(answer.body).unwrap(), "timestamp_ms\n");
 }
 
+/// A request's parameters.
+type Params<'a> = &'a [(&'a str, &'a str)];
+
 #[tokio::test]
 async fn bad_requests_get_prometheus_errors_that_name_the_problem() {
     let dir = TempDir::new().unwrap();
@@ -272,7 +275,7 @@ async fn bad_requests_get_prometheus_errors_that_name_the_problem() {
             ..QueryConfig::default()
         },
     );
-    let cases: &[(&[(&str, &str)], StatusCode, &str, &str)] = &[
+    let cases: &[(Params, StatusCode, &str, &str)] = &[
         (
             &[],
             StatusCode::BAD_REQUEST,
