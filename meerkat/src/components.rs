@@ -120,15 +120,17 @@ impl Component for GatewayComponent {
 #[derive(Debug)]
 pub struct StoreComponent {
     pub store: Arc<dyn Storage>,
-    maintenance: tokio::task::JoinHandle<()>,
+    maintenance: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// How often retention (and compaction) runs.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(600);
 
 impl StoreComponent {
-    pub async fn start(config: &Config) -> anyhow::Result<Self> {
-        let (store, maintenance): (Arc<dyn Storage>, _) = match config.storage.engine {
+    /// Opens the store; with `with_maintenance`, runs its retention and compaction too
+    /// (the writer's job: a read-only role leaves it to the role that ingests).
+    pub async fn start(config: &Config, with_maintenance: bool) -> anyhow::Result<Self> {
+        let (store, compacted): (Arc<dyn Storage>, _) = match config.storage.engine {
             StorageEngine::Embedded => {
                 let dir = config.store_dir();
                 let store_config = config.storage.embedded.clone();
@@ -141,12 +143,7 @@ impl StoreComponent {
                 .with_context(|| format!("cannot open the embedded store in {}", dir.display()))?;
                 let store = Arc::new(store);
                 tracing::info!(dir = %dir.display(), "embedded store ready");
-                let compacted = store.clone();
-                let maintenance = maintain(store.clone(), move |now| {
-                    let store = compacted.clone();
-                    async move { store.compact(now).await.map(|_| ()) }
-                });
-                (store, maintenance)
+                (store.clone(), Some(store))
             }
             StorageEngine::Clickhouse => {
                 let clickhouse = &config.storage.clickhouse;
@@ -160,11 +157,10 @@ impl StoreComponent {
                     })?;
                 tracing::info!(url = %clickhouse.url, database = %clickhouse.database,
                     version = %store.server_version(), "ClickHouse store ready");
-                let store = Arc::new(store);
-                let maintenance = maintain(store.clone(), |_| async { Ok(()) });
-                (store, maintenance)
+                (Arc::new(store), None)
             }
         };
+        let maintenance = with_maintenance.then(|| maintain(store.clone(), compacted));
         Ok(Self { store, maintenance })
     }
 }
@@ -175,13 +171,12 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Runs retention, then `extra` (compaction), every [`MAINTENANCE_INTERVAL`], logging
-/// failures: a failed pass is retried at the next one.
-fn maintain<F, Fut>(store: Arc<dyn Storage>, extra: F) -> tokio::task::JoinHandle<()>
-where
-    F: Fn(i64) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = storage::Result<()>> + Send,
-{
+/// Runs retention, then compaction of the embedded store when there is one, every
+/// [`MAINTENANCE_INTERVAL`], logging failures: a failed pass is retried at the next one.
+fn maintain(
+    store: Arc<dyn Storage>,
+    compacted: Option<Arc<EmbeddedStore>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -191,7 +186,9 @@ where
             if let Err(error) = store.enforce_retention(now).await {
                 tracing::error!(%error, "store retention failed");
             }
-            if let Err(error) = extra(now).await {
+            if let Some(embedded) = &compacted
+                && let Err(error) = embedded.compact(now).await
+            {
                 tracing::error!(%error, "store compaction failed");
             }
         }
@@ -205,7 +202,9 @@ impl Component for StoreComponent {
     }
 
     async fn stop(self: Box<Self>) -> anyhow::Result<()> {
-        self.maintenance.abort();
+        if let Some(maintenance) = self.maintenance {
+            maintenance.abort();
+        }
         self.store.close().await.context("cannot close the store")
     }
 }

@@ -16,6 +16,7 @@ use bus::embedded::EmbeddedBusConfig;
 use bus::kafka::KafkaBusConfig;
 use gateway::GatewayConfig;
 use ingest::IngestConfig;
+use query::QueryConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use storage::clickhouse::ClickHouseConfig;
@@ -44,6 +45,7 @@ pub struct Config {
     pub bus: BusConfig,
     pub gateway: GatewayConfig,
     pub ingest: IngestConfig,
+    pub query: QueryConfig,
     pub storage: StorageConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -59,6 +61,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             gateway: GatewayConfig::default(),
             ingest: IngestConfig::default(),
+            query: QueryConfig::default(),
             storage: StorageConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
@@ -335,6 +338,7 @@ impl Config {
             .validate()
             .map_err(|e| anyhow!("bus.kafka: {e}"))?;
         self.gateway.validate().map_err(|e| anyhow!("{e}"))?;
+        self.query.validate().map_err(|e| anyhow!("{e}"))?;
         self.storage
             .embedded
             .validate()

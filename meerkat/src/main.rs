@@ -90,7 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve => run_role(&cli, serve::Role::Serve),
         Command::Gateway => run_role(&cli, serve::Role::Gateway),
         Command::Ingest => run_role(&cli, serve::Role::Ingest),
-        Command::Query => unavailable("query", "issue 5"),
+        Command::Query => run_role(&cli, serve::Role::Query),
         Command::Alerting => unavailable("alerting", "issue 7"),
         Command::Agent(AgentCommand::Node) => unavailable("node agent", "issue 6"),
         Command::Agent(AgentCommand::Cluster) => unavailable("cluster agent", "issue 6"),

@@ -1,13 +1,15 @@
 //! Running a server role: `meerkat serve` (standalone mode, every server role in one
-//! process), `meerkat gateway` and `meerkat ingest`.
+//! process), `meerkat gateway`, `meerkat ingest` and `meerkat query`.
 //!
-//! Today `serve` is the HTTP server (`/health`, `/metrics`), the bus, the store, ingest and
-//! the gateway, started in that order and stopped in reverse (so the gateway stops
-//! accepting first, ingest flushes, then the store and the bus close); query and alerting
-//! join as they are built. `gateway` is the bus and the gateway alone; `ingest` the bus,
-//! the store and ingest. The bus and the store are the configured engines: embedded by
-//! default, Kafka and ClickHouse in distributed mode (a lone gateway on the embedded bus
-//! is a gateway with a durable buffer on local disk that nothing reads).
+//! Today `serve` is the HTTP server (`/health`, `/metrics`), the bus, the store, ingest,
+//! the query API and the gateway, started in that order and stopped in reverse (so the
+//! gateway stops accepting first, ingest flushes, then the store and the bus close);
+//! alerting joins as it is built. `gateway` is the bus and the gateway alone; `ingest` the
+//! bus, the store and ingest; `query` the store and the query API. The bus and the store are
+//! the configured engines: embedded by default, Kafka and ClickHouse in distributed mode (a
+//! lone gateway on the embedded bus is a gateway with a durable buffer on local disk that
+//! nothing reads). A lone `query` needs ClickHouse: the embedded store belongs to the one
+//! process that writes it.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -15,7 +17,9 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 
 use crate::components::{BusComponent, GatewayComponent, IngestComponent, StoreComponent};
-use crate::config::{Config, Sources};
+use anyhow::Context;
+
+use crate::config::{Config, Sources, StorageEngine};
 use crate::http::{HttpServer, Readiness, SharedRegistry};
 use crate::lifecycle::{Component, ShutdownSignals, stop_all};
 use crate::telemetry::register_process_metrics;
@@ -26,6 +30,7 @@ pub enum Role {
     Serve,
     Gateway,
     Ingest,
+    Query,
 }
 
 impl Role {
@@ -34,11 +39,18 @@ impl Role {
             Self::Serve => "serve",
             Self::Gateway => "gateway",
             Self::Ingest => "ingest",
+            Self::Query => "query",
         }
     }
 }
 
 pub async fn run(role: Role, config: Config, sources: Sources) -> anyhow::Result<()> {
+    if role == Role::Query && config.storage.engine == StorageEngine::Embedded {
+        anyhow::bail!(
+            "meerkat query reads ClickHouse (storage.engine: clickhouse); the embedded store \
+             is read by the process that writes it: run `meerkat serve`"
+        );
+    }
     let mut signals = ShutdownSignals::install()?;
     let role_name = role.name();
     tracing::info!(version = crate::VERSION_LINE, config = %sources, data_dir = %config.data_dir.display(), "meerkat {role_name} starting");
@@ -52,28 +64,52 @@ pub async fn run(role: Role, config: Config, sources: Sources) -> anyhow::Result
 
     let mut components: Vec<Box<dyn Component>> = Vec::new();
     let started: anyhow::Result<()> = async {
-        let bus = BusComponent::start(&config, &registry).await?;
-        let shared_bus: Arc<dyn bus::Bus> = bus.bus.clone();
-        components.push(Box::new(bus));
+        let mut routes = axum::Router::new();
+        let bus = if role == Role::Query {
+            None
+        } else {
+            let bus = BusComponent::start(&config, &registry).await?;
+            let shared: Arc<dyn bus::Bus> = bus.bus.clone();
+            components.push(Box::new(bus));
+            Some(shared)
+        };
         let mut backlog = None;
-        if matches!(role, Role::Serve | Role::Ingest) {
-            let store = StoreComponent::start(&config).await?;
+        if matches!(role, Role::Serve | Role::Ingest | Role::Query) {
+            // Retention and compaction are the writer's: a lone query role only reads.
+            let maintain = role != Role::Query;
+            let store = StoreComponent::start(&config, maintain).await?;
             let shared_store: Arc<dyn storage::Storage> = store.store.clone();
             components.push(Box::new(store));
-            let ingest =
-                IngestComponent::start(&config, shared_bus.clone(), shared_store, &registry)
-                    .await?;
-            backlog = Some(ingest.backlog());
-            components.push(Box::new(ingest));
+            if let Some(bus) = &bus
+                && role != Role::Query
+            {
+                let ingest =
+                    IngestComponent::start(&config, bus.clone(), shared_store.clone(), &registry)
+                        .await?;
+                backlog = Some(ingest.backlog());
+                components.push(Box::new(ingest));
+            }
+            if matches!(role, Role::Serve | Role::Query) {
+                let service = query::QueryService::new(
+                    shared_store,
+                    &config.gateway.auth,
+                    config.query.clone(),
+                )
+                .context("cannot start the query API")?;
+                routes = routes.merge(service.http_routes());
+            }
         }
-        if matches!(role, Role::Serve | Role::Gateway) {
-            let gateway = GatewayComponent::start(&config, shared_bus, &registry).await?;
+        if let Some(bus) = bus
+            && matches!(role, Role::Serve | Role::Gateway)
+        {
+            let gateway = GatewayComponent::start(&config, bus, &registry).await?;
             if let Some(backlog) = backlog.take() {
                 gateway.gateway.set_backlog(backlog);
             }
-            http.set_routes(gateway.gateway.http_routes());
+            routes = routes.merge(gateway.gateway.http_routes());
             components.push(Box::new(gateway));
         }
+        http.set_routes(routes);
         Ok(())
     }
     .await;

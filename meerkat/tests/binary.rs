@@ -125,12 +125,7 @@ fn a_port_in_use_is_a_clear_error() {
 #[test]
 fn roles_not_built_yet_fail_clearly() {
     let cwd = tempfile::tempdir().unwrap();
-    for role in [
-        &["query"][..],
-        &["alerting"],
-        &["agent", "node"],
-        &["agent", "cluster"],
-    ] {
+    for role in [&["alerting"][..], &["agent", "node"], &["agent", "cluster"]] {
         let (code, _, stderr) = run(role, cwd.path(), &[]);
         assert_eq!(code, 69, "{role:?}: {stderr}");
         assert!(
@@ -138,6 +133,17 @@ fn roles_not_built_yet_fail_clearly() {
             "{role:?}: {stderr}"
         );
     }
+}
+
+#[test]
+fn a_lone_query_role_on_the_embedded_store_is_refused_with_the_reason() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(&["query", "--http-listen", "127.0.0.1:0"], cwd.path(), &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("meerkat query reads ClickHouse (storage.engine: clickhouse)"),
+        "{stderr}"
+    );
 }
 
 #[test]

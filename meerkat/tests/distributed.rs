@@ -1,9 +1,9 @@
-//! Distributed mode end to end: `meerkat gateway` and `meerkat ingest` as separate
-//! processes on a real Kafka-protocol broker (Tansu) and a real ClickHouse server, both
-//! started by the test. Telemetry written to the gateway in three protocols is read back
-//! from ClickHouse through the storage engine the query role uses; the ingest process is
-//! killed with SIGKILL mid-stream and restarted, and every acknowledged sample must be
-//! stored exactly once. (The query role joins this test when it exists: issue 5.)
+//! Distributed mode end to end: `meerkat gateway`, `meerkat ingest` and `meerkat query` as
+//! separate processes on a real Kafka-protocol broker (Tansu) and a real ClickHouse server,
+//! both started by the test. Telemetry written to the gateway in three protocols is read
+//! back through the query process's `/api/v1/sql`; the ingest process is killed with
+//! SIGKILL mid-stream and restarted, and every acknowledged sample must be read exactly
+//! once.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -15,11 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Server, post};
+use common::{Server, post, url_encode};
 use gateway::proto::prometheus as pb;
-use model::TenantId;
-use storage::clickhouse::{ClickHouseConfig, ClickHouseStore};
-use storage::{MatchOp, Matcher, Storage};
+use serde_json::Value;
 use test_peers::{ClickHouseServer, KafkaBroker};
 
 /// An hour before the test started: well inside retention, which the ingest role
@@ -102,43 +100,60 @@ fn remote_write(id: u64) -> Vec<u8> {
         .unwrap()
 }
 
-fn clickhouse_config(clickhouse: &ClickHouseServer) -> ClickHouseConfig {
-    ClickHouseConfig {
-        url: clickhouse.url(),
-        database: "meerkat_e2e".to_owned(),
-        ..ClickHouseConfig::default()
+/// The rows of `sql` as the query process answers it for `tenant`, or why not.
+fn sql_rows(query: &Server, tenant: &str, sql: &str) -> Result<Vec<Value>, String> {
+    let body = format!("query={}", url_encode(sql));
+    let answer = post(
+        query.addr,
+        "/api/v1/sql",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("X-Scope-OrgID", tenant),
+        ],
+        body.as_bytes(),
+    )
+    .ok_or("the query process did not answer")?;
+    if answer.status != 200 {
+        return Err(format!("{}: {}", answer.status, answer.body));
     }
+    let body: Value = serde_json::from_str(&answer.body).map_err(|e| e.to_string())?;
+    body["data"]["rows"]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| format!("no rows in {body}"))
 }
 
-/// Samples of `e2e_requests` in ClickHouse, by request id.
-async fn stored_requests(store: &ClickHouseStore) -> BTreeMap<u64, usize> {
-    let name = Matcher::new("__name__", MatchOp::Equal, "e2e_requests").unwrap();
-    let series = store
-        .select(&TenantId::default_tenant(), &[name], i64::MIN, i64::MAX)
-        .await
-        .unwrap();
+/// Series of `e2e_requests` read through the query process, by request id; an error if a
+/// series has other than one sample, or a value other than its request id.
+fn stored_requests(query: &Server) -> Result<BTreeMap<u64, usize>, String> {
+    let rows = sql_rows(
+        query,
+        "default",
+        "SELECT s.labels, count(*), min(x.value), max(x.value) \
+         FROM samples x JOIN series s USING (series_id) \
+         WHERE s.metric_name = 'e2e_requests' GROUP BY s.labels",
+    )?;
     let mut per_request = BTreeMap::new();
-    for one in series {
-        let id: u64 = one.labels.get("request").unwrap().parse().unwrap();
-        assert_eq!(one.samples.len(), 1, "{:?}", one.labels);
-        assert_eq!(one.samples[0].value, id as f64);
+    for row in rows {
+        let labels: Value = serde_json::from_str(row[0].as_str().unwrap()).unwrap();
+        let id: u64 = labels["request"].as_str().unwrap().parse().unwrap();
+        let (count, min, max) = (row[1].as_u64(), row[2].as_f64(), row[3].as_f64());
+        if (count, min, max) != (Some(1), Some(id as f64), Some(id as f64)) {
+            return Err(format!("series {labels}: {row}"));
+        }
         *per_request.entry(id).or_default() += 1;
     }
-    per_request
+    Ok(per_request)
 }
 
-/// Waits until `check` holds, polling ClickHouse; panics with `what` after a minute.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
+/// Waits until `check` holds; panics with `what` and the last state after a minute.
+fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match check().await {
+        match check() {
             Ok(()) => return,
             Err(state) if Instant::now() > deadline => panic!("{what}: {state}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
         }
     }
 }
@@ -151,14 +166,7 @@ fn gateway_and_ingest_processes_on_kafka_and_clickhouse() {
     let env = distributed_env(&broker, &clickhouse);
     let gateway = start("gateway", dir.path(), &env);
     let mut ingest = start("ingest", dir.path(), &env);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let store = runtime
-        .block_on(ClickHouseStore::open(clickhouse_config(&clickhouse)))
-        .unwrap();
+    let query = start("query", dir.path(), &env);
 
     // Three protocols through the gateway: remote-write, Influx line protocol, Zipkin.
     for id in 0..5 {
@@ -190,39 +198,52 @@ fn gateway_and_ingest_processes_on_kafka_and_clickhouse() {
     .unwrap();
     assert_eq!(answer.status, 202, "{}", answer.body);
 
-    runtime.block_on(eventually(
-        "everything written reaches ClickHouse",
-        || async {
-            let requests = stored_requests(&store).await;
+    eventually(
+        "everything written is read back through meerkat query",
+        || {
+            let requests = stored_requests(&query)?;
             let expected: BTreeMap<u64, usize> =
                 (0..5).map(|id| (id, SERIES_PER_REQUEST as usize)).collect();
-            let disk = store
-                .select(
-                    &TenantId::default_tenant(),
-                    &[Matcher::new("__name__", MatchOp::Equal, "e2e_disk_used").unwrap()],
-                    i64::MIN,
-                    i64::MAX,
-                )
-                .await
-                .unwrap();
-            let disk: BTreeMap<String, f64> = disk
+            let disk = sql_rows(
+                &query,
+                "default",
+                "SELECT s.labels, x.value FROM samples x JOIN series s USING (series_id) \
+             WHERE s.metric_name = 'e2e_disk_used' ORDER BY s.labels",
+            )?;
+            let disk: Vec<(String, f64)> = disk
                 .iter()
-                .map(|s| (s.labels.get("host").unwrap().to_owned(), s.samples[0].value))
+                .map(|row| {
+                    (
+                        row[0].as_str().unwrap().to_owned(),
+                        row[1].as_f64().unwrap(),
+                    )
+                })
                 .collect();
-            let spans = store
-                .row_count(&TenantId::default_tenant(), "spans")
-                .await
-                .unwrap();
-            let expected_disk = BTreeMap::from([("a".to_owned(), 42.0), ("b".to_owned(), 7.0)]);
-            if requests == expected && disk == expected_disk && spans == 1 {
+            let spans = sql_rows(
+                &query,
+                "default",
+                "SELECT service_name, name, duration_ns FROM spans",
+            )?;
+            let expected_disk = vec![
+                (
+                    r#"{"__name__":"e2e_disk_used","host":"a"}"#.to_owned(),
+                    42.0,
+                ),
+                (r#"{"__name__":"e2e_disk_used","host":"b"}"#.to_owned(), 7.0),
+            ];
+            let expected_spans = vec![serde_json::json!(["e2e", "get /", 1_500_000])];
+            if requests == expected && disk == expected_disk && spans == expected_spans {
                 Ok(())
             } else {
                 Err(format!(
-                    "requests {requests:?}, disk {disk:?}, spans {spans}"
+                    "requests {requests:?}, disk {disk:?}, spans {spans:?}"
                 ))
             }
         },
-    ));
+    );
+    // Another tenant's session has none of it.
+    let other = sql_rows(&query, "other", "SELECT count(*) FROM samples").unwrap();
+    assert_eq!(other, vec![serde_json::json!([0])]);
 
     // SIGKILL ingest while a client writes, restart it: every acknowledged sample is
     // stored, once.
@@ -262,8 +283,8 @@ fn gateway_and_ingest_processes_on_kafka_and_clickhouse() {
         acknowledged.len()
     );
 
-    runtime.block_on(eventually("every acknowledged write is stored", || async {
-        let requests = stored_requests(&store).await;
+    eventually("every acknowledged write is read back", || {
+        let requests = stored_requests(&query)?;
         let missing: Vec<u64> = acknowledged
             .iter()
             .filter(|id| requests.get(id) != Some(&(SERIES_PER_REQUEST as usize)))
@@ -278,12 +299,13 @@ fn gateway_and_ingest_processes_on_kafka_and_clickhouse() {
                 acknowledged.len()
             ))
         }
-    }));
+    });
     // Exactly once as reads see it: `stored_requests` checks each series has one sample,
     // whatever the restart replayed.
-    let requests = runtime.block_on(stored_requests(&store));
+    let requests = stored_requests(&query).unwrap();
     assert!(requests.values().all(|n| *n == SERIES_PER_REQUEST as usize));
 
+    drop(query);
     drop(ingest);
     drop(gateway);
 }

@@ -1,6 +1,7 @@
 //! A real Prometheus 2.42 scrapes a real node_exporter 1.5 and remote-writes to
 //! `meerkat serve`; afterwards every series and every sample Prometheus holds must be on
-//! Meerkat's bus, value for value, with the metric metadata.
+//! Meerkat's bus, value for value, with the metric metadata, and readable through
+//! `/api/v1/sql`.
 //!
 //! Needs `prometheus` and `prometheus-node-exporter`, which `./scripts/test` installs.
 
@@ -144,6 +145,32 @@ fn every_series_and_sample_prometheus_remote_writes_is_on_the_bus() {
         url_encode("{job=\"node\"}")
     ));
     assert!(names["data"].as_array().unwrap().len() > 50);
+
+    // `serve` answers SQL over what it stored: every node series Prometheus holds, with
+    // samples, once ingest has caught up.
+    let sql = format!(
+        "/api/v1/sql?query={}",
+        url_encode(
+            "SELECT count(DISTINCT x.series_id) FROM samples x JOIN series s USING (series_id) \
+             WHERE s.labels LIKE '%\"job\":\"node\"%'"
+        )
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = get(meerkat.addr, &sql).unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        let stored = body["data"]["rows"][0][0].as_u64().unwrap() as usize;
+        if stored >= raw.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SQL finds {stored} node series, Prometheus has {}",
+            raw.len()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 
     // Stopping Prometheus flushes its remote-write queue; then Meerkat stops cleanly.
     prometheus.stop();
