@@ -969,3 +969,65 @@ async fn sql_filters_on_series_prune_the_sample_parts_read() {
         "the series filter should reach the sample scan: {read} of {total_rows} rows read"
     );
 }
+
+#[tokio::test]
+async fn a_head_of_several_arrow_chunks_reads_the_same_before_and_after_flush() {
+    let dir = TempDir::new().unwrap();
+    let store = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap();
+    // 150,000 samples of 7 series, written interleaved in small batches: more than two
+    // head chunks, each series' samples spread over all of them.
+    for round in 0..1000i64 {
+        let series = (0..7)
+            .map(|s| {
+                let labels = Labels::new([("__name__", "chunked"), ("s", &s.to_string())]).unwrap();
+                let samples = (0..150 / 7 + 1)
+                    .map(|k| Sample {
+                        timestamp_ms: T0 + (round * 22 + k) * 1000,
+                        value: (s * 1_000_000 + round * 22 + k) as f64,
+                    })
+                    .collect();
+                Series::with_samples(labels, samples)
+            })
+            .collect();
+        let payload = Payload::Metrics(MetricBatch {
+            series,
+            metadata: vec![],
+        });
+        store
+            .write(&tenant("a"), payload, &at(round as u64))
+            .await
+            .unwrap();
+    }
+    let expected_per_series = 1000 * 22;
+    let check = |when: &'static str| {
+        let store = &store;
+        async move {
+            let read = values(store, "a", &[]).await;
+            assert_eq!(read.len(), 7, "{when}");
+            for (s, (_, samples)) in read.iter().enumerate() {
+                assert_eq!(samples.len(), expected_per_series, "{when}");
+                let base = (s * 1_000_000) as f64;
+                assert!(
+                    samples
+                        .iter()
+                        .enumerate()
+                        .all(|(k, (t, v))| *t == T0 + k as i64 * 1000 && *v == base + k as f64),
+                    "{when}: series {s} out of order or wrong"
+                );
+            }
+            assert_eq!(
+                sql(
+                    store,
+                    "a",
+                    "SELECT count(*), count(DISTINCT series_id) FROM samples"
+                )
+                .await,
+                [format!("{},7", 7 * expected_per_series)],
+                "{when}"
+            );
+        }
+    };
+    check("in the head").await;
+    store.flush().await.unwrap();
+    check("in parts").await;
+}

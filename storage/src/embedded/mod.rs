@@ -1,7 +1,8 @@
 //! The embedded store: standalone mode's storage engine.
 //!
 //! Per tenant: a series index in memory (rebuilt at start from the series catalog files), a
-//! head of samples not yet flushed, and Parquet parts on disk, one directory per day:
+//! head of samples not yet flushed (Arrow columns in arrival order, see `head`), and Parquet
+//! parts on disk, one directory per day:
 //!
 //! ```text
 //! <dir>/manifest.json                          parts, series files, durable bus offsets
@@ -18,6 +19,7 @@
 //!
 //! Reads see the head, heads being flushed, and the parts, merged per series.
 
+mod head;
 mod index;
 mod parts;
 mod rows;
@@ -34,6 +36,7 @@ use model::{Labels, Payload, RemoteWriteBody, Sample, TenantId};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
+use self::head::SampleHead;
 use self::index::SeriesIndex;
 use self::parts::{PartMeta, day_of};
 use self::rows::DayRows;
@@ -120,14 +123,6 @@ pub(crate) struct RowPartMeta {
 /// at open.
 const MANIFEST_VERSION: u32 = 2;
 
-/// Samples of one series not yet in a part.
-#[derive(Debug, Default, Clone)]
-struct SeriesHead {
-    samples: Vec<Sample>,
-}
-
-type Head = HashMap<u32, SeriesHead>;
-
 #[derive(Debug)]
 struct TenantState {
     index: SeriesIndex,
@@ -135,9 +130,10 @@ struct TenantState {
     newest: HashMap<u32, i64>,
     /// Series created since the last flush.
     new_series: Vec<u32>,
-    head: Head,
+    /// Samples not yet in a part, as Arrow chunks (see `head`).
+    head: SampleHead,
     /// Heads being written (or whose write failed): still visible to reads.
-    frozen: Vec<Arc<Head>>,
+    frozen: Vec<Arc<SampleHead>>,
     frozen_series: Vec<u32>,
     /// Rows of the row tables not yet in a part (frozen ones included until written).
     rows: BTreeMap<RowKind, Vec<Arc<DayRows>>>,
@@ -160,17 +156,17 @@ impl TenantState {
     fn append(&mut self, id: u32, samples: &[Sample], window_ms: i64, summary: &mut WriteSummary) {
         let newest = self.newest.get(&id).copied().unwrap_or(i64::MIN);
         let oldest_allowed = newest.saturating_sub(window_ms);
-        let head = &mut self.head.entry(id).or_default().samples;
         let mut max = newest;
-        for sample in samples {
+        let accepted = samples.iter().copied().filter(|sample| {
             if sample.timestamp_ms < oldest_allowed {
                 summary.too_old += 1;
-                continue;
+                return false;
             }
             max = max.max(sample.timestamp_ms);
-            head.push(*sample);
             summary.accepted += 1;
-        }
+            true
+        });
+        self.head.extend(id, accepted);
         self.newest.insert(id, max);
     }
 
@@ -179,7 +175,7 @@ impl TenantState {
             index,
             newest: HashMap::new(),
             new_series: Vec::new(),
-            head: Head::new(),
+            head: SampleHead::default(),
             frozen: Vec::new(),
             frozen_series: Vec::new(),
             rows: BTreeMap::new(),
@@ -440,7 +436,7 @@ impl EmbeddedStore {
     fn write_tenant_files(
         dir: &Path,
         mut manifest: TenantManifest,
-        heads: &[Arc<Head>],
+        heads: &[Arc<SampleHead>],
         new_series: &[(u32, Labels)],
     ) -> Result<TenantManifest> {
         if !new_series.is_empty() {
@@ -455,14 +451,12 @@ impl EmbeddedStore {
         // Gather every sample by day, then by series and time; later writes win.
         let mut by_day: BTreeMap<i64, Vec<(u32, Sample)>> = BTreeMap::new();
         for head in heads {
-            for (id, series) in head.iter() {
-                for sample in &series.samples {
-                    by_day
-                        .entry(day_of(sample.timestamp_ms))
-                        .or_default()
-                        .push((*id, *sample));
-                }
-            }
+            head.for_each(|id, sample| {
+                by_day
+                    .entry(day_of(sample.timestamp_ms))
+                    .or_default()
+                    .push((id, sample));
+            });
         }
         for (day, mut rows) in by_day {
             rows.sort_by_key(|(id, sample)| (*id, sample.timestamp_ms));
@@ -1019,15 +1013,12 @@ impl Storage for EmbeddedStore {
                 .chain(std::iter::once(&state.head))
             {
                 for id in ids.iter() {
-                    if let Some(series) = head.get(&id) {
-                        memory.extend(
-                            series
-                                .samples
-                                .iter()
-                                .filter(|s| s.timestamp_ms >= start_ms && s.timestamp_ms <= end_ms)
-                                .map(|s| (id, *s)),
-                        );
-                    }
+                    memory.extend(
+                        head.samples_of(id)
+                            .into_iter()
+                            .filter(|s| s.timestamp_ms >= start_ms && s.timestamp_ms <= end_ms)
+                            .map(|s| (id, s)),
+                    );
                 }
             }
             (ids, memory, parts)

@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, UInt32Array};
+use datafusion::arrow::array::{RecordBatch, StringArray, UInt32Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -118,31 +118,16 @@ impl EmbeddedStore {
                     .iter()
                     .map(|p| tenant.dir.join(&p.file))
                     .collect();
-                let mut ids = Vec::new();
-                let mut timestamps = Vec::new();
-                let mut values = Vec::new();
+                // The heads' Arrow chunks, shared rather than copied.
+                let mut sample_rows = Vec::new();
                 for head in state
                     .frozen
                     .iter()
                     .map(|h| h.as_ref())
                     .chain(std::iter::once(&state.head))
                 {
-                    for (id, series) in head {
-                        for sample in &series.samples {
-                            ids.push(*id);
-                            timestamps.push(sample.timestamp_ms);
-                            values.push(sample.value);
-                        }
-                    }
+                    sample_rows.extend(head.batches()?);
                 }
-                let sample_rows = RecordBatch::try_new(
-                    samples_schema(),
-                    vec![
-                        Arc::new(UInt32Array::from(ids)),
-                        Arc::new(Int64Array::from(timestamps)),
-                        Arc::new(Float64Array::from(values)),
-                    ],
-                )?;
                 let all = state.index.select(&[]);
                 let mut series_ids = Vec::new();
                 let mut names = Vec::new();
@@ -197,7 +182,7 @@ impl EmbeddedStore {
                 }
                 (
                     sample_files,
-                    vec![sample_rows],
+                    sample_rows,
                     vec![series_rows],
                     row_files,
                     row_memory,
