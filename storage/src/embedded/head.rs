@@ -57,6 +57,30 @@ struct Filling {
     previous: Vec<u32>,
 }
 
+impl Filling {
+    /// A chunk with room for [`CHUNK_ROWS`]: filling it never reallocates.
+    fn new() -> Self {
+        Self {
+            ids: Vec::with_capacity(CHUNK_ROWS),
+            timestamps: Vec::with_capacity(CHUNK_ROWS),
+            values: Vec::with_capacity(CHUNK_ROWS),
+            previous: Vec::with_capacity(CHUNK_ROWS),
+        }
+    }
+}
+
+impl From<Filling> for Chunk {
+    /// The vectors become the arrays' buffers, uncopied.
+    fn from(filling: Filling) -> Self {
+        Self {
+            ids: UInt32Array::from(filling.ids),
+            timestamps: Int64Array::from(filling.timestamps),
+            values: Float64Array::from(filling.values),
+            previous: filling.previous,
+        }
+    }
+}
+
 /// See the module doc. Row numbers are global across chunks (`u32`: a head is flushed long
 /// before four billion samples).
 #[derive(Debug, Default)]
@@ -79,38 +103,24 @@ impl SampleHead {
 
     /// Appends `samples` of the series `id`, in order.
     pub fn extend(&mut self, id: u32, samples: impl IntoIterator<Item = Sample>) {
-        let mut last = self.last_row.get(&id).copied().unwrap_or(NO_ROW);
+        let Self {
+            full,
+            filling,
+            last_row,
+        } = self;
+        let last = last_row.entry(id).or_insert(NO_ROW);
+        let mut row = (full.len() * CHUNK_ROWS + filling.ids.len()) as u32;
         for sample in samples {
-            if self.filling.ids.len() == CHUNK_ROWS {
-                self.seal();
+            if filling.ids.len() == CHUNK_ROWS {
+                full.push(Chunk::from(std::mem::replace(filling, Filling::new())));
             }
-            let row = self.len() as u32;
-            let filling = &mut self.filling;
             filling.ids.push(id);
             filling.timestamps.push(sample.timestamp_ms);
             filling.values.push(sample.value);
-            filling.previous.push(last);
-            last = row;
+            filling.previous.push(*last);
+            *last = row;
+            row += 1;
         }
-        if last != NO_ROW {
-            self.last_row.insert(id, last);
-        }
-    }
-
-    /// Turns the full filling chunk into Arrow arrays (its vectors become their buffers).
-    fn seal(&mut self) {
-        let Filling {
-            ids,
-            timestamps,
-            values,
-            previous,
-        } = std::mem::take(&mut self.filling);
-        self.full.push(Chunk {
-            ids: UInt32Array::from(ids),
-            timestamps: Int64Array::from(timestamps),
-            values: Float64Array::from(values),
-            previous,
-        });
     }
 
     /// The sample at `row` and the previous row of its series.

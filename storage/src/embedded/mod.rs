@@ -154,9 +154,9 @@ impl TenantState {
     /// Appends samples to a series' head, refusing those further behind its newest sample
     /// than the out-of-order window.
     fn append(&mut self, id: u32, samples: &[Sample], window_ms: i64, summary: &mut WriteSummary) {
-        let newest = self.newest.get(&id).copied().unwrap_or(i64::MIN);
+        let newest = self.newest.entry(id).or_insert(i64::MIN);
         let oldest_allowed = newest.saturating_sub(window_ms);
-        let mut max = newest;
+        let mut max = *newest;
         let accepted = samples.iter().copied().filter(|sample| {
             if sample.timestamp_ms < oldest_allowed {
                 summary.too_old += 1;
@@ -167,7 +167,7 @@ impl TenantState {
             true
         });
         self.head.extend(id, accepted);
-        self.newest.insert(id, max);
+        *newest = max;
     }
 
     fn new(index: SeriesIndex, manifest: TenantManifest) -> Self {
