@@ -109,8 +109,8 @@ impl SampleHead {
             last_row,
         } = self;
         let last = last_row.entry(id).or_insert(NO_ROW);
-        let mut row = (full.len() * CHUNK_ROWS + filling.ids.len()) as u32;
-        for sample in samples {
+        let first_row = (full.len() * CHUNK_ROWS + filling.ids.len()) as u32;
+        for (row, sample) in (first_row..).zip(samples) {
             if filling.ids.len() == CHUNK_ROWS {
                 full.push(Chunk::from(std::mem::replace(filling, Filling::new())));
             }
@@ -119,7 +119,6 @@ impl SampleHead {
             filling.values.push(sample.value);
             filling.previous.push(*last);
             *last = row;
-            row += 1;
         }
     }
 
