@@ -90,6 +90,12 @@ pub async fn run(role: Role, config: Config, sources: Sources) -> anyhow::Result
                 components.push(Box::new(ingest));
             }
             if matches!(role, Role::Serve | Role::Query) {
+                if role == Role::Query && config.gateway.auth.tokens.is_empty() {
+                    tracing::warn!(
+                        "auth is off (gateway.auth.tokens is empty): any caller may read any \
+                         tenant by naming it in X-Scope-OrgID; give this role the gateway's tokens"
+                    );
+                }
                 let service = query::QueryService::new(
                     shared_store,
                     &config.gateway.auth,

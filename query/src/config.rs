@@ -24,9 +24,9 @@ impl Default for QueryConfig {
 
 impl QueryConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.timeout_seconds.is_finite() && self.timeout_seconds > 0.0) {
+        if !(self.timeout_seconds > 0.0 && self.timeout_seconds <= 86_400.0) {
             return Err(format!(
-                "query.timeout_seconds is {}; it must be a positive number of seconds",
+                "query.timeout_seconds is {}; it must be more than 0 and at most 86400 (a day)",
                 self.timeout_seconds
             ));
         }

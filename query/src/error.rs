@@ -17,10 +17,8 @@ pub enum ErrorType {
     Execution,
     /// The query ran out of time (503).
     Timeout,
-    /// The query was cancelled (the client went away).
-    Canceled,
-    /// The storage engine failed (500).
-    Internal,
+    /// The storage engine failed (503: a retry may find it back).
+    Unavailable,
     /// No tenant for the request (401).
     Unauthorized,
 }
@@ -31,8 +29,7 @@ impl ErrorType {
             Self::BadData => "bad_data",
             Self::Execution => "execution",
             Self::Timeout => "timeout",
-            Self::Canceled => "canceled",
-            Self::Internal => "internal",
+            Self::Unavailable => "unavailable",
             Self::Unauthorized => "unauthorized",
         }
     }
@@ -41,8 +38,7 @@ impl ErrorType {
         match self {
             Self::BadData => StatusCode::BAD_REQUEST,
             Self::Execution => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Timeout | Self::Canceled => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Timeout | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
         }
     }

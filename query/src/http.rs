@@ -65,7 +65,9 @@ async fn answer_sql(
         .filter(|q| !q.trim().is_empty())
         .ok_or_else(|| QueryError::new(ErrorType::BadData, "the query parameter is missing"))?;
     let format = Format::parse(params.format.as_deref())?;
-    let limit = Duration::from_secs_f64(shared.config.timeout_seconds);
+    // Validated at start: positive and at most a day.
+    let limit = Duration::try_from_secs_f64(shared.config.timeout_seconds)
+        .unwrap_or(Duration::from_secs(120));
     let timeout = match params.timeout.as_deref() {
         Some(text) => parse_duration(text)?.min(limit),
         None => limit,
@@ -96,9 +98,10 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, QueryError> {
     };
     let text = text.trim();
     if let Ok(seconds) = text.parse::<f64>() {
-        return (seconds.is_finite() && seconds > 0.0)
-            .then(|| Duration::from_secs_f64(seconds))
-            .ok_or_else(bad);
+        return match Duration::try_from_secs_f64(seconds) {
+            Ok(duration) if !duration.is_zero() => Ok(duration),
+            _ => Err(bad()),
+        };
     }
     let mut total_ms: u128 = 0;
     let mut rest = text;
@@ -144,7 +147,9 @@ mod tests {
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        for bad in ["", "0", "-1", "s", "10x", "1.5s", "NaN", "0s"] {
+        for bad in [
+            "", "0", "-1", "s", "10x", "1.5s", "NaN", "0s", "1e20", "inf",
+        ] {
             let error = parse_duration(bad).unwrap_err();
             assert_eq!(error.kind, ErrorType::BadData, "{bad:?}");
         }

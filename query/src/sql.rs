@@ -9,11 +9,12 @@ use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use futures_util::StreamExt;
 use model::TenantId;
 use serde_json::{Value, json};
-use storage::Storage;
+use storage::{Storage, StorageError};
 
 use crate::error::{ErrorType, QueryError};
 
@@ -54,6 +55,20 @@ fn execution(error: impl std::fmt::Display) -> QueryError {
     QueryError::new(ErrorType::Execution, error.to_string())
 }
 
+/// A failure while the query ran: the storage engine's own (ClickHouse unreachable, a part
+/// unreadable) is `unavailable`, which clients retry; the rest is the query's.
+fn run_error(error: DataFusionError) -> QueryError {
+    let from_storage = match error.find_root() {
+        DataFusionError::External(inner) => inner.downcast_ref::<StorageError>().is_some(),
+        _ => false,
+    };
+    if from_storage {
+        QueryError::new(ErrorType::Unavailable, error.to_string())
+    } else {
+        execution(error)
+    }
+}
+
 /// Runs `sql` in `tenant`'s session. Statements that change anything (DDL, DML, `SET`)
 /// are refused; a result over `max_rows` rows fails rather than growing without bound.
 pub(crate) async fn run(
@@ -64,7 +79,7 @@ pub(crate) async fn run(
 ) -> Result<SqlResult, QueryError> {
     let context = store.session(tenant).await.map_err(|e| {
         QueryError::new(
-            ErrorType::Internal,
+            ErrorType::Unavailable,
             format!("cannot open the tenant's tables: {e}"),
         )
     })?;
@@ -76,12 +91,12 @@ pub(crate) async fn run(
         .sql_with_options(sql, read_only)
         .await
         .map_err(|e| QueryError::new(ErrorType::BadData, e.to_string()))?;
-    let mut stream = frame.execute_stream().await.map_err(execution)?;
+    let mut stream = frame.execute_stream().await.map_err(run_error)?;
     let schema = stream.schema();
     let mut batches = Vec::new();
     let mut rows = 0u64;
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(execution)?;
+        let batch = batch.map_err(run_error)?;
         rows += batch.num_rows() as u64;
         if rows > max_rows {
             return Err(QueryError::new(
@@ -222,5 +237,23 @@ fn float(value: f64) -> Value {
         Value::String("-Inf".into())
     } else {
         Value::from(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_failures_are_unavailable_and_the_rest_execution_errors() {
+        let storage = DataFusionError::Context(
+            "scanning".into(),
+            Box::new(DataFusionError::External(Box::new(StorageError::Query(
+                "ClickHouse is unreachable".into(),
+            )))),
+        );
+        assert_eq!(run_error(storage).kind, ErrorType::Unavailable);
+        let query = DataFusionError::Execution("division by zero".into());
+        assert_eq!(run_error(query).kind, ErrorType::Execution);
     }
 }

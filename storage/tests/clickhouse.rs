@@ -782,6 +782,47 @@ async fn sql_pushes_time_filters_projections_limits_and_counts_into_clickhouse()
         )
     );
     assert_eq!(scan.rows_received, 2, "one row per group");
+    // An average DataFusion takes over floats is taken over floats by ClickHouse too: its
+    // integer sum of these fingerprints (random 64-bit keys) would wrap.
+    let labels: Vec<Vec<(String, String)>> = (0..20)
+        .map(|i| {
+            vec![
+                ("__name__".into(), "wide".into()),
+                ("i".into(), i.to_string()),
+            ]
+        })
+        .collect();
+    let borrowed: Vec<Vec<(&str, &str)>> = labels
+        .iter()
+        .map(|l| l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect())
+        .collect();
+    let specs: Vec<conformance::SeriesSpec> = borrowed
+        .iter()
+        .map(|l| (l.as_slice(), &[(T0, 1.0)][..]))
+        .collect();
+    store
+        .write(&tenant("a"), metrics(&specs), &at("metrics", 0, 0))
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    let (ids, _) = sql_scan(&store, "a", "SELECT series_id FROM samples", "samples").await;
+    let expected = ids
+        .iter()
+        .map(|id| id.parse::<u64>().unwrap() as f64)
+        .sum::<f64>()
+        / 20.0;
+    let (rows, scan) = sql_scan(&store, "a", "SELECT avg(series_id) FROM samples", "samples").await;
+    assert!(
+        scan.sql.contains("avg(toFloat64(fingerprint))"),
+        "{}",
+        scan.sql
+    );
+    let average: f64 = rows[0].parse().unwrap();
+    assert!(
+        ((average - expected) / expected).abs() < 1e-9,
+        "ClickHouse {average}, DataFusion's meaning {expected}"
+    );
+
     // Not pushed: a float's max (NaN makes ClickHouse's depend on row order) and an
     // expression as argument. DataFusion aggregates the rows instead.
     for query in [

@@ -90,6 +90,10 @@ pub struct ClickHouseConfig {
     pub insert_batch_rows: usize,
     /// Data older than this is removed, a whole day (partition) at a time.
     pub retention_seconds: u64,
+    /// ClickHouse stops an SQL session's query that runs longer (`max_execution_time`).
+    /// A query the caller gave up on may otherwise run on: 18.16 does not notice a closed
+    /// connection before it has a result to send. Keep it at or below `query.timeout_seconds`.
+    pub max_query_seconds: u64,
 }
 
 impl Default for ClickHouseConfig {
@@ -101,6 +105,7 @@ impl Default for ClickHouseConfig {
             password: String::new(),
             insert_batch_rows: 100_000,
             retention_seconds: 15 * 24 * 3600,
+            max_query_seconds: 120,
         }
     }
 }
@@ -117,6 +122,7 @@ impl fmt::Debug for ClickHouseConfig {
             )
             .field("insert_batch_rows", &self.insert_batch_rows)
             .field("retention_seconds", &self.retention_seconds)
+            .field("max_query_seconds", &self.max_query_seconds)
             .finish()
     }
 }
@@ -143,6 +149,11 @@ impl ClickHouseConfig {
                 "database is {:?}; use letters, digits and _ (not starting with a digit)",
                 self.database
             )));
+        }
+        if self.max_query_seconds == 0 {
+            return Err(StorageError::Config(
+                "max_query_seconds must be at least 1".to_owned(),
+            ));
         }
         if self.insert_batch_rows == 0 {
             return Err(StorageError::Config(
@@ -542,7 +553,11 @@ impl ClickHouseStore {
     /// runs: rows inserted so far are visible, buffered ones are not. Another tenant's rows
     /// are never read.
     pub async fn session(&self, tenant: &TenantId) -> Result<SessionContext> {
-        provider::session(&self.client, tenant)
+        let client = self.client.clone().with_setting(
+            "max_execution_time",
+            self.config.max_query_seconds.to_string(),
+        );
+        provider::session(&client, tenant)
     }
 
     /// Rows of `tenant` in `table` (`series`, `samples`, `spans`, `logs`, `events`), each

@@ -14,8 +14,9 @@
 //!   projection turns it into NULL when that count is 0;
 //! - `min`/`max` of floats with NaN depend on the order rows arrive in: they are not pushed
 //!   for floats, nor is grouping by a float;
-//! - `count` is a `UInt64` there and an `Int64` in SQL; sums are cast to the type
-//!   DataFusion gives them.
+//! - `count` is a `UInt64` there and an `Int64` in SQL; integer sums are cast to the type
+//!   DataFusion gives them (both wrap on overflow), and what DataFusion sums or averages as
+//!   floats ClickHouse is given as floats (`avg(toFloat64(n))`): its integer sums wrap.
 //!
 //! Not pushed (DataFusion aggregates the rows instead): `DISTINCT`, `FILTER`, ordered
 //! aggregates, other functions, grouping sets, expressions as groups or arguments, numeric
@@ -73,7 +74,10 @@ impl OptimizerRule for PushAggregates {
         let LogicalPlan::TableScan(scan) = aggregate.input.as_ref() else {
             return Ok(Transformed::no(plan));
         };
-        let provider = source_as_provider(&scan.source)?;
+        // Sources other than a table provider are not ours to rewrite.
+        let Ok(provider) = source_as_provider(&scan.source) else {
+            return Ok(Transformed::no(plan));
+        };
         let Some(table) = ClickHouseTable::of(&provider) else {
             return Ok(Transformed::no(plan));
         };
@@ -122,23 +126,27 @@ fn column_of<'a>(table: &'a ClickHouseTable, expr: &Expr) -> Option<(&'a Field, 
     }
 }
 
-/// The column an aggregate's argument names. Type coercion wraps integer columns in a cast
-/// to the sum's or average's type (`sum(CAST(flags AS UInt64))`); ClickHouse sums integers
-/// in 64 bits and its result is cast to the same type, so the cast is dropped.
+/// The column an aggregate's argument names, and whether DataFusion aggregates it as a
+/// float. Type coercion wraps integer columns in a cast to the sum's or average's type: to
+/// a 64-bit integer (`sum(CAST(flags AS UInt64))`), which ClickHouse's integer sum matches
+/// (both wrap), or to `Float64` (`avg(CAST(n AS Float64))`), which ClickHouse must be told
+/// with `toFloat64`: its integer sums wrap on overflow where a float sum does not.
 fn argument_column<'a>(
     table: &'a ClickHouseTable,
     argument: &Expr,
-) -> Option<(&'a Field, &'a Column)> {
+) -> Option<(&'a Field, &'a Column, bool)> {
     let Expr::Cast(cast) = argument else {
-        return column_of(table, argument);
+        let (field, column) = column_of(table, argument)?;
+        return Some((field, column, *field.data_type() == DataType::Float64));
     };
     let (field, column) = column_of(table, &cast.expr)?;
+    let target = cast.field.data_type();
     let widened = field.data_type().is_integer()
         && matches!(
-            cast.field.data_type(),
+            target,
             DataType::Int64 | DataType::UInt64 | DataType::Float64
         );
-    widened.then_some((field, column))
+    widened.then_some((field, column, *target == DataType::Float64))
 }
 
 /// The rewritten plan, or `None` when some part of the aggregation cannot be pushed.
@@ -261,7 +269,7 @@ fn pushed_function(
         });
         col(name)
     };
-    let Some((field, column)) = argument else {
+    let Some((field, column, as_float)) = argument else {
         // count(*)
         return Some(add("toInt64(count())".into(), Wire::Int64, DataType::Int64));
     };
@@ -286,16 +294,18 @@ fn pushed_function(
         (Function::Sum, DataType::UInt64) if numeric => {
             (format!("toUInt64(sum({source}))"), Wire::UInt64)
         }
-        (Function::Sum | Function::Avg, DataType::Float64) if numeric => {
+        (Function::Sum | Function::Avg, DataType::Float64) if numeric && as_float => {
             let name = if function == Function::Sum {
                 "sum"
             } else {
                 "avg"
             };
-            (format!("toFloat64({name}({source}))"), Wire::Float64)
+            (format!("{name}(toFloat64({source}))"), Wire::Float64)
         }
         (Function::Min | Function::Max, data_type)
-            if column.wire != Wire::Float64 && data_type == field.data_type() =>
+            if column.wire != Wire::Float64
+                && data_type == field.data_type()
+                && (!field.is_nullable() || column.wire == Wire::NullableString) =>
         {
             let name = if function == Function::Min {
                 "min"
