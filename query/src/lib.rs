@@ -11,6 +11,7 @@
 mod config;
 mod error;
 mod http;
+pub mod promql;
 mod sql;
 
 use std::sync::Arc;

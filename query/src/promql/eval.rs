@@ -1,0 +1,799 @@
+//! Evaluation of a parsed expression at every step, on prefetched series.
+
+use std::collections::HashMap;
+
+use promql_parser::parser::token::{self, TokenId};
+use promql_parser::parser::{
+    AggregateExpr, BinModifier, BinaryExpr, Expr, LabelModifier, MatrixSelector, SubqueryExpr,
+    VectorMatchCardinality, VectorSelector,
+};
+
+use super::functions;
+use super::value::{
+    LabelSet, METRIC_NAME, RangeSeries, Series, Value, VectorBuilder, drop_name, label,
+};
+use super::{EvalError, Fetched, LOOKBACK_MS, Steps, at_ms, millis, offset_ms};
+
+/// Subqueries without a step use this resolution (Prometheus's default evaluation
+/// interval).
+const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
+
+/// Every selector of `expr` with the time range it needs, for a query over `[start, end]`.
+pub(super) fn selections<'a>(
+    expr: &'a Expr,
+    start: i64,
+    end: i64,
+    steps: &Steps,
+    out: &mut Vec<(&'a VectorSelector, i64, i64)>,
+) {
+    let window = |at: Option<i64>, offset: i64, back: i64| match at {
+        Some(at) => (at - offset - back, at - offset),
+        None => (start - offset - back, end - offset),
+    };
+    match expr {
+        Expr::VectorSelector(vs) => {
+            let (from, to) = window(at_ms(&vs.at, steps), offset_ms(&vs.offset), LOOKBACK_MS);
+            out.push((vs, from, to));
+        }
+        Expr::MatrixSelector(ms) => {
+            let vs = &ms.vs;
+            let (from, to) = window(
+                at_ms(&vs.at, steps),
+                offset_ms(&vs.offset),
+                millis(&ms.range),
+            );
+            out.push((vs, from, to));
+        }
+        Expr::Subquery(sq) => {
+            let (from, to) = window(
+                at_ms(&sq.at, steps),
+                offset_ms(&sq.offset),
+                millis(&sq.range),
+            );
+            selections(&sq.expr, from, to, steps, out);
+        }
+        Expr::Aggregate(a) => {
+            selections(&a.expr, start, end, steps, out);
+            if let Some(param) = &a.param {
+                selections(param, start, end, steps, out);
+            }
+        }
+        Expr::Unary(u) => selections(&u.expr, start, end, steps, out),
+        Expr::Binary(b) => {
+            selections(&b.lhs, start, end, steps, out);
+            selections(&b.rhs, start, end, steps, out);
+        }
+        Expr::Paren(p) => selections(&p.expr, start, end, steps, out),
+        Expr::Call(call) => {
+            for arg in &call.args.args {
+                selections(arg, start, end, steps, out);
+            }
+        }
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}
+
+/// A range-vector argument: raw series and how each step's window is taken from them.
+pub(super) struct RangeInput {
+    pub series: Vec<RangeSeries>,
+    pub range_ms: i64,
+    pub offset_ms: i64,
+    pub at_ms: Option<i64>,
+}
+
+impl RangeInput {
+    /// The window's bounds at step time `t`: `[end - range, end]`, both inclusive.
+    pub fn bounds(&self, t: i64) -> (i64, i64) {
+        let end = self.at_ms.unwrap_or(t) - self.offset_ms;
+        (end - self.range_ms, end)
+    }
+
+    /// The samples of `series` in the window at `t`.
+    pub fn window<'s>(&self, series: &'s RangeSeries, t: i64) -> &'s [(i64, f64)] {
+        let (from, to) = self.bounds(t);
+        let lo = series.samples.partition_point(|(ts, _)| *ts < from);
+        let hi = series.samples.partition_point(|(ts, _)| *ts <= to);
+        &series.samples[lo..hi.max(lo)]
+    }
+}
+
+pub(super) struct Evaluator<'a> {
+    fetched: &'a Fetched,
+    pub steps: Steps,
+    pub times: Vec<i64>,
+}
+
+impl<'a> Evaluator<'a> {
+    pub fn new(fetched: &'a Fetched, steps: Steps) -> Self {
+        Self {
+            fetched,
+            steps,
+            times: steps.times(),
+        }
+    }
+
+    /// The expression's value; a range vector only at the top of an instant query.
+    pub fn eval_top(&self, expr: &Expr) -> Result<Value, EvalError> {
+        match unparen(expr) {
+            Expr::MatrixSelector(_) | Expr::Subquery(_) if self.times.len() == 1 => {
+                let input = self.range_input(unparen(expr))?;
+                let t = self.times[0];
+                let series = input
+                    .series
+                    .iter()
+                    .map(|s| RangeSeries {
+                        labels: s.labels.clone(),
+                        samples: input.window(s, t).to_vec(),
+                    })
+                    .filter(|s| !s.samples.is_empty())
+                    .collect();
+                Ok(Value::Matrix(series))
+            }
+            Expr::MatrixSelector(_) | Expr::Subquery(_) => Err(EvalError::Parse(
+                "a range query's expression must be a scalar or an instant vector".into(),
+            )),
+            other => self.eval(other),
+        }
+    }
+
+    pub fn eval(&self, expr: &Expr) -> Result<Value, EvalError> {
+        match expr {
+            Expr::NumberLiteral(n) => Ok(Value::Scalar(vec![n.val; self.times.len()])),
+            Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr),
+            Expr::Unary(u) => match self.eval(&u.expr)? {
+                Value::Scalar(values) => {
+                    Ok(Value::Scalar(values.into_iter().map(|v| -v).collect()))
+                }
+                Value::Vector(series) => {
+                    let mut builder = VectorBuilder::new(self.times.len());
+                    for s in series {
+                        let labels = drop_name(&s.labels);
+                        for (step, p) in s.points.iter().enumerate() {
+                            if let Some(v) = p {
+                                builder.push(labels.clone(), step, -v)?;
+                            }
+                        }
+                    }
+                    Ok(Value::Vector(builder.finish()))
+                }
+                other => Err(type_error("unary minus", &other)),
+            },
+            Expr::VectorSelector(vs) => Ok(Value::Vector(self.select(vs))),
+            Expr::MatrixSelector(_) | Expr::Subquery(_) => Err(EvalError::Parse(
+                "a range vector is only an argument of a function here".into(),
+            )),
+            Expr::Aggregate(a) => self.aggregate(a),
+            Expr::Binary(b) => self.binary(b),
+            Expr::Call(call) => functions::call(self, call),
+            Expr::Extension(_) => Err(EvalError::Parse("extension expressions".into())),
+        }
+    }
+
+    fn fetched(&self, vs: &VectorSelector) -> &'a [RangeSeries] {
+        self.fetched
+            .get(&(vs as *const VectorSelector))
+            .map_or(&[], |v| v.as_slice())
+    }
+
+    /// An instant selector: at each step the newest sample within the lookback, unless it
+    /// is a staleness marker.
+    fn select(&self, vs: &VectorSelector) -> Vec<Series> {
+        self.select_with(vs, |_, v| v)
+    }
+
+    /// An instant selector's series, each point `f(sample time, sample value)`.
+    pub fn select_with(&self, vs: &VectorSelector, f: impl Fn(i64, f64) -> f64) -> Vec<Series> {
+        let at = at_ms(&vs.at, &self.steps);
+        let offset = offset_ms(&vs.offset);
+        let mut out = Vec::new();
+        for series in self.fetched(vs) {
+            let points: Vec<Option<f64>> = self
+                .times
+                .iter()
+                .map(|t| {
+                    let reference = at.unwrap_or(*t) - offset;
+                    let after = series.samples.partition_point(|(ts, _)| *ts <= reference);
+                    let (ts, v) = *series.samples.get(after.checked_sub(1)?)?;
+                    (ts >= reference - LOOKBACK_MS && !model::is_stale_nan(v)).then(|| f(ts, v))
+                })
+                .collect();
+            if points.iter().any(Option::is_some) {
+                out.push(Series {
+                    labels: series.labels.clone(),
+                    points,
+                });
+            }
+        }
+        out
+    }
+
+    /// A range-vector argument (a matrix selector or a subquery).
+    pub fn range_input(&self, expr: &Expr) -> Result<RangeInput, EvalError> {
+        match unparen(expr) {
+            Expr::MatrixSelector(MatrixSelector { vs, range }) => Ok(RangeInput {
+                series: self
+                    .fetched(vs)
+                    .iter()
+                    .map(|s| RangeSeries {
+                        labels: s.labels.clone(),
+                        samples: s
+                            .samples
+                            .iter()
+                            .copied()
+                            .filter(|(_, v)| !model::is_stale_nan(*v))
+                            .collect(),
+                    })
+                    .collect(),
+                range_ms: millis(range),
+                offset_ms: offset_ms(&vs.offset),
+                at_ms: at_ms(&vs.at, &self.steps),
+            }),
+            Expr::Subquery(sq) => self.subquery(sq),
+            other => Err(EvalError::Parse(format!(
+                "expected a range vector, got {}",
+                describe(other)
+            ))),
+        }
+    }
+
+    /// A subquery: its expression evaluated at steps aligned to multiples of its step,
+    /// covering every window the outer steps need.
+    fn subquery(&self, sq: &SubqueryExpr) -> Result<RangeInput, EvalError> {
+        let step = sq
+            .step
+            .as_ref()
+            .map_or(DEFAULT_SUBQUERY_STEP_MS, millis)
+            .max(1);
+        let range = millis(&sq.range);
+        let offset = offset_ms(&sq.offset);
+        let at = at_ms(&sq.at, &self.steps);
+        let first = at.unwrap_or(self.steps.start_ms) - offset - range;
+        let last = at.unwrap_or(self.steps.end_ms) - offset;
+        let mut start = first.div_euclid(step) * step;
+        if start < first {
+            start += step;
+        }
+        let inner_steps = Steps {
+            start_ms: start,
+            end_ms: last,
+            step_ms: step,
+        };
+        let inner = Evaluator::new(self.fetched, inner_steps);
+        let times = inner.times.clone();
+        let series = match inner.eval(&sq.expr)? {
+            Value::Vector(series) => series
+                .into_iter()
+                .map(|s| RangeSeries {
+                    labels: s.labels,
+                    samples: times
+                        .iter()
+                        .zip(s.points)
+                        .filter_map(|(t, p)| p.map(|v| (*t, v)))
+                        .collect(),
+                })
+                .collect(),
+            Value::Scalar(values) => vec![RangeSeries {
+                labels: Vec::new(),
+                samples: times.iter().copied().zip(values).collect(),
+            }],
+            other => return Err(type_error("a subquery", &other)),
+        };
+        Ok(RangeInput {
+            series,
+            range_ms: range,
+            offset_ms: offset,
+            at_ms: at,
+        })
+    }
+
+    /// A scalar argument's value at each step.
+    pub fn scalar_arg(&self, expr: &Expr) -> Result<Vec<f64>, EvalError> {
+        match self.eval(expr)? {
+            Value::Scalar(values) => Ok(values),
+            other => Err(type_error("a scalar argument", &other)),
+        }
+    }
+
+    pub fn vector_arg(&self, expr: &Expr) -> Result<Vec<Series>, EvalError> {
+        match self.eval(expr)? {
+            Value::Vector(series) => Ok(series),
+            other => Err(type_error("an instant-vector argument", &other)),
+        }
+    }
+
+    fn aggregate(&self, a: &AggregateExpr) -> Result<Value, EvalError> {
+        let input = self.vector_arg(&a.expr)?;
+        let op = a.op.id();
+        if op == token::T_COUNT_VALUES {
+            let Some(Value::String(label_name)) =
+                a.param.as_deref().map(|p| self.eval(p)).transpose()?
+            else {
+                return Err(EvalError::Parse("count_values needs a label name".into()));
+            };
+            if !model::is_valid_label_name(&label_name) {
+                return Err(EvalError::Execution(format!(
+                    "invalid label name {label_name:?}"
+                )));
+            }
+            return self.count_values(&input, &a.modifier, &label_name);
+        }
+        let param = match (op, &a.param) {
+            (token::T_TOPK | token::T_BOTTOMK | token::T_QUANTILE, Some(p)) => {
+                Some(self.scalar_arg(p)?)
+            }
+            _ => None,
+        };
+        let mut builder = VectorBuilder::new(self.times.len());
+        for step in 0..self.times.len() {
+            // Group the step's elements.
+            let mut groups: Vec<(LabelSet, Vec<(&LabelSet, f64)>)> = Vec::new();
+            let mut index: HashMap<LabelSet, usize> = HashMap::new();
+            for series in &input {
+                let Some(v) = series.points[step] else {
+                    continue;
+                };
+                let key = grouping(&series.labels, &a.modifier);
+                let i = *index.entry(key.clone()).or_insert_with(|| {
+                    groups.push((key, Vec::new()));
+                    groups.len() - 1
+                });
+                groups[i].1.push((&series.labels, v));
+            }
+            let param = param.as_ref().map(|p| p[step]);
+            for (key, elements) in groups {
+                match op {
+                    token::T_TOPK | token::T_BOTTOMK => {
+                        let k = param.unwrap_or(0.0);
+                        if k < 1.0 {
+                            continue;
+                        }
+                        let mut sorted = elements.clone();
+                        let top = op == token::T_TOPK;
+                        sorted.sort_by(|a, b| match (a.1.is_nan(), b.1.is_nan()) {
+                            // NaN last, whichever the order.
+                            (true, false) => std::cmp::Ordering::Greater,
+                            (false, true) => std::cmp::Ordering::Less,
+                            _ if top => b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal),
+                            _ => a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal),
+                        });
+                        let k = if k.is_finite() {
+                            k as usize
+                        } else {
+                            usize::MAX
+                        };
+                        for (labels, v) in sorted.into_iter().take(k) {
+                            builder.push(labels.clone(), step, v)?;
+                        }
+                    }
+                    _ => {
+                        let values: Vec<f64> = elements.iter().map(|(_, v)| *v).collect();
+                        let value = match op {
+                            token::T_SUM => values.iter().sum(),
+                            token::T_AVG => mean(&values),
+                            token::T_COUNT => values.len() as f64,
+                            token::T_GROUP => 1.0,
+                            token::T_MIN => values
+                                .iter()
+                                .copied()
+                                .fold(f64::NAN, |m, v| if m.is_nan() || v < m { v } else { m }),
+                            token::T_MAX => values
+                                .iter()
+                                .copied()
+                                .fold(f64::NAN, |m, v| if m.is_nan() || v > m { v } else { m }),
+                            token::T_STDDEV => variance(&values).sqrt(),
+                            token::T_STDVAR => variance(&values),
+                            token::T_QUANTILE => {
+                                functions::quantile(param.unwrap_or(f64::NAN), values)
+                            }
+                            _ => {
+                                return Err(EvalError::Parse(format!(
+                                    "aggregation {} is not supported",
+                                    a.op
+                                )));
+                            }
+                        };
+                        builder.push(key, step, value)?;
+                    }
+                }
+            }
+        }
+        Ok(Value::Vector(builder.finish()))
+    }
+
+    fn count_values(
+        &self,
+        input: &[Series],
+        modifier: &Option<LabelModifier>,
+        label_name: &str,
+    ) -> Result<Value, EvalError> {
+        let mut builder = VectorBuilder::new(self.times.len());
+        for step in 0..self.times.len() {
+            let mut counts: HashMap<LabelSet, f64> = HashMap::new();
+            let mut order = Vec::new();
+            for series in input {
+                let Some(v) = series.points[step] else {
+                    continue;
+                };
+                let mut key = grouping(&series.labels, modifier);
+                super::value::set_label(&mut key, label_name, &model::format_prometheus_float(v));
+                let count = counts.entry(key.clone()).or_insert_with(|| {
+                    order.push(key);
+                    0.0
+                });
+                *count += 1.0;
+            }
+            for key in order {
+                let count = counts[&key];
+                builder.push(key, step, count)?;
+            }
+        }
+        Ok(Value::Vector(builder.finish()))
+    }
+
+    fn binary(&self, b: &BinaryExpr) -> Result<Value, EvalError> {
+        let op = b.op.id();
+        let modifier = b.modifier.as_ref();
+        let return_bool = modifier.is_some_and(|m| m.return_bool);
+        let lhs = self.eval(&b.lhs)?;
+        let rhs = self.eval(&b.rhs)?;
+        match (lhs, rhs) {
+            (Value::Scalar(l), Value::Scalar(r)) => Ok(Value::Scalar(
+                l.iter()
+                    .zip(&r)
+                    .map(|(x, y)| {
+                        let (value, keep) = apply(op, *x, *y);
+                        if is_comparison(op) {
+                            if keep { 1.0 } else { 0.0 }
+                        } else {
+                            value
+                        }
+                    })
+                    .collect(),
+            )),
+            (Value::Vector(v), Value::Scalar(s)) => {
+                Ok(Value::Vector(vector_scalar(op, v, &s, false, return_bool)))
+            }
+            (Value::Scalar(s), Value::Vector(v)) => {
+                Ok(Value::Vector(vector_scalar(op, v, &s, true, return_bool)))
+            }
+            (Value::Vector(l), Value::Vector(r)) => match op {
+                token::T_LAND | token::T_LOR | token::T_LUNLESS => {
+                    Ok(Value::Vector(self.set_op(op, &l, &r, modifier)))
+                }
+                _ => self.vector_vector(op, &l, &r, modifier, return_bool),
+            },
+            (l, r) => Err(EvalError::Parse(format!(
+                "binary {} between {} and {}",
+                b.op,
+                l.type_name(),
+                r.type_name()
+            ))),
+        }
+    }
+
+    fn set_op(
+        &self,
+        op: TokenId,
+        lhs: &[Series],
+        rhs: &[Series],
+        modifier: Option<&BinModifier>,
+    ) -> Vec<Series> {
+        let matching = modifier.and_then(|m| m.matching.as_ref());
+        let mut out: Vec<Series> = lhs
+            .iter()
+            .map(|s| Series {
+                labels: s.labels.clone(),
+                points: vec![None; self.times.len()],
+            })
+            .collect();
+        let mut extra: Vec<Series> = Vec::new();
+        for step in 0..self.times.len() {
+            let right: HashMap<LabelSet, ()> = rhs
+                .iter()
+                .filter(|s| s.points[step].is_some())
+                .map(|s| (signature(&s.labels, matching), ()))
+                .collect();
+            let mut left_sigs: HashMap<LabelSet, ()> = HashMap::new();
+            for (i, s) in lhs.iter().enumerate() {
+                let Some(v) = s.points[step] else { continue };
+                let sig = signature(&s.labels, matching);
+                let keep = match op {
+                    token::T_LAND => right.contains_key(&sig),
+                    token::T_LUNLESS => !right.contains_key(&sig),
+                    _ => true,
+                };
+                left_sigs.insert(sig, ());
+                if keep {
+                    out[i].points[step] = Some(v);
+                }
+            }
+            if op == token::T_LOR {
+                for s in rhs {
+                    let Some(v) = s.points[step] else { continue };
+                    if left_sigs.contains_key(&signature(&s.labels, matching)) {
+                        continue;
+                    }
+                    match extra.iter_mut().find(|e| e.labels == s.labels) {
+                        Some(e) => e.points[step] = Some(v),
+                        None => {
+                            let mut points = vec![None; self.times.len()];
+                            points[step] = Some(v);
+                            extra.push(Series {
+                                labels: s.labels.clone(),
+                                points,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        out.extend(extra);
+        out.retain(|s| s.points.iter().any(Option::is_some));
+        out
+    }
+
+    fn vector_vector(
+        &self,
+        op: TokenId,
+        lhs: &[Series],
+        rhs: &[Series],
+        modifier: Option<&BinModifier>,
+        return_bool: bool,
+    ) -> Result<Value, EvalError> {
+        let matching = modifier.and_then(|m| m.matching.as_ref());
+        let card = modifier.map_or(&VectorMatchCardinality::OneToOne, |m| &m.card);
+        let one_to_many = matches!(card, VectorMatchCardinality::OneToMany(_));
+        // The "many" side (or the left one for one-to-one) is iterated; the other is
+        // looked up by signature.
+        let (many, one) = if one_to_many { (rhs, lhs) } else { (lhs, rhs) };
+        let mut builder = VectorBuilder::new(self.times.len());
+        for step in 0..self.times.len() {
+            let mut one_side: HashMap<LabelSet, (&LabelSet, f64)> = HashMap::new();
+            for s in one {
+                let Some(v) = s.points[step] else { continue };
+                let sig = signature(&s.labels, matching);
+                if one_side.insert(sig.clone(), (&s.labels, v)).is_some() {
+                    let side = if one_to_many { "left" } else { "right" };
+                    return Err(EvalError::Execution(format!(
+                        "found duplicate series for the match group {} on the {side} hand-side of the operation;\
+                         many-to-many matching not allowed: matching labels must be unique on one side",
+                        super::value::format_labels(&sig)
+                    )));
+                }
+            }
+            let mut matched: HashMap<LabelSet, ()> = HashMap::new();
+            for s in many {
+                let Some(v) = s.points[step] else { continue };
+                let sig = signature(&s.labels, matching);
+                let Some((one_labels, one_value)) = one_side.get(&sig) else {
+                    continue;
+                };
+                let (vl, vr) = if one_to_many {
+                    (*one_value, v)
+                } else {
+                    (v, *one_value)
+                };
+                let (value, keep) = apply(op, vl, vr);
+                let value = if return_bool {
+                    if keep { 1.0 } else { 0.0 }
+                } else if !keep {
+                    continue;
+                } else {
+                    value
+                };
+                let labels = result_labels(&s.labels, one_labels, op, matching, card, return_bool);
+                if matches!(card, VectorMatchCardinality::OneToOne) {
+                    if matched.insert(sig.clone(), ()).is_some() {
+                        return Err(EvalError::Execution(
+                            "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)".into(),
+                        ));
+                    }
+                } else if matched.insert(labels.clone(), ()).is_some() {
+                    return Err(EvalError::Execution(
+                        "multiple matches for labels: grouping labels must ensure unique matches"
+                            .into(),
+                    ));
+                }
+                builder.push(labels, step, value)?;
+            }
+        }
+        Ok(Value::Vector(builder.finish()))
+    }
+}
+
+fn unparen(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Paren(p) => unparen(&p.expr),
+        other => other,
+    }
+}
+
+fn describe(expr: &Expr) -> &'static str {
+    match expr {
+        Expr::NumberLiteral(_) => "a number",
+        Expr::StringLiteral(_) => "a string",
+        Expr::VectorSelector(_) => "an instant vector",
+        _ => "an expression",
+    }
+}
+
+pub(super) fn type_error(what: &str, value: &Value) -> EvalError {
+    EvalError::Parse(format!("{what} cannot be {}", value.type_name()))
+}
+
+/// Operators whose result drops `__name__` (Prometheus's `shouldDropMetricName`: not
+/// `atan2`, not comparisons without `bool`).
+fn drops_name(op: TokenId) -> bool {
+    matches!(
+        op,
+        token::T_ADD | token::T_SUB | token::T_MUL | token::T_DIV | token::T_MOD | token::T_POW
+    )
+}
+
+fn is_comparison(op: TokenId) -> bool {
+    matches!(
+        op,
+        token::T_EQLC | token::T_NEQ | token::T_GTR | token::T_LSS | token::T_GTE | token::T_LTE
+    )
+}
+
+/// `lhs op rhs`: the arithmetic result, or for comparisons `lhs` and whether it holds.
+fn apply(op: TokenId, lhs: f64, rhs: f64) -> (f64, bool) {
+    match op {
+        token::T_ADD => (lhs + rhs, true),
+        token::T_SUB => (lhs - rhs, true),
+        token::T_MUL => (lhs * rhs, true),
+        token::T_DIV => (lhs / rhs, true),
+        token::T_MOD => (lhs % rhs, true),
+        token::T_POW => (lhs.powf(rhs), true),
+        token::T_ATAN2 => (lhs.atan2(rhs), true),
+        token::T_EQLC => (lhs, lhs == rhs),
+        token::T_NEQ => (lhs, lhs != rhs),
+        token::T_GTR => (lhs, lhs > rhs),
+        token::T_LSS => (lhs, lhs < rhs),
+        token::T_GTE => (lhs, lhs >= rhs),
+        token::T_LTE => (lhs, lhs <= rhs),
+        _ => (f64::NAN, false),
+    }
+}
+
+/// A vector with a scalar on one side.
+fn vector_scalar(
+    op: TokenId,
+    vector: Vec<Series>,
+    scalar: &[f64],
+    scalar_left: bool,
+    return_bool: bool,
+) -> Vec<Series> {
+    let comparison = is_comparison(op);
+    let mut out = Vec::new();
+    for series in vector {
+        let points: Vec<Option<f64>> = series
+            .points
+            .iter()
+            .zip(scalar)
+            .map(|(p, s)| {
+                let v = (*p)?;
+                let (l, r) = if scalar_left { (*s, v) } else { (v, *s) };
+                let (value, keep) = apply(op, l, r);
+                if return_bool {
+                    Some(if keep { 1.0 } else { 0.0 })
+                } else if comparison {
+                    // The vector's sample is kept with its own value.
+                    keep.then_some(v)
+                } else {
+                    Some(value)
+                }
+            })
+            .collect();
+        if points.iter().all(Option::is_none) {
+            continue;
+        }
+        let labels = if drops_name(op) || return_bool {
+            drop_name(&series.labels)
+        } else {
+            series.labels
+        };
+        out.push(Series { labels, points });
+    }
+    out
+}
+
+/// The label set two sides are matched on.
+fn signature(labels: &LabelSet, matching: Option<&LabelModifier>) -> LabelSet {
+    match matching {
+        Some(LabelModifier::Include(names)) => labels
+            .iter()
+            .filter(|(n, _)| names.labels.iter().any(|x| x == n))
+            .cloned()
+            .collect(),
+        Some(LabelModifier::Exclude(names)) => labels
+            .iter()
+            .filter(|(n, _)| n != METRIC_NAME && !names.labels.iter().any(|x| x == n))
+            .cloned()
+            .collect(),
+        None => drop_name(labels),
+    }
+}
+
+/// The labels of a binary operation's result, as Prometheus's `resultMetric`.
+fn result_labels(
+    many: &LabelSet,
+    one: &LabelSet,
+    op: TokenId,
+    matching: Option<&LabelModifier>,
+    card: &VectorMatchCardinality,
+    return_bool: bool,
+) -> LabelSet {
+    let mut labels = if drops_name(op) || return_bool {
+        drop_name(many)
+    } else {
+        many.clone()
+    };
+    match card {
+        VectorMatchCardinality::OneToOne => match matching {
+            Some(LabelModifier::Include(names)) => {
+                labels.retain(|(n, _)| names.labels.iter().any(|x| x == n));
+            }
+            Some(LabelModifier::Exclude(names)) => {
+                labels.retain(|(n, _)| !names.labels.iter().any(|x| x == n));
+            }
+            None => {}
+        },
+        VectorMatchCardinality::ManyToOne(include) | VectorMatchCardinality::OneToMany(include) => {
+            for name in &include.labels {
+                super::value::set_label(&mut labels, name, label(one, name));
+            }
+        }
+        VectorMatchCardinality::ManyToMany => {}
+    }
+    labels
+}
+
+/// The group an element falls in for `by`/`without`.
+fn grouping(labels: &LabelSet, modifier: &Option<LabelModifier>) -> LabelSet {
+    match modifier {
+        Some(LabelModifier::Include(names)) => labels
+            .iter()
+            .filter(|(n, _)| names.labels.iter().any(|x| x == n))
+            .cloned()
+            .collect(),
+        Some(LabelModifier::Exclude(names)) => labels
+            .iter()
+            .filter(|(n, _)| n != METRIC_NAME && !names.labels.iter().any(|x| x == n))
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+/// Prometheus's incremental mean: each value divided before it is added (no overflow of
+/// the sum), and an infinite mean kept through finite values and infinities of its sign.
+pub(super) fn mean(values: &[f64]) -> f64 {
+    let mut mean: f64 = 0.0;
+    for (i, v) in values.iter().enumerate() {
+        let count = (i + 1) as f64;
+        if mean.is_infinite() {
+            if v.is_infinite() && (mean > 0.0) == (*v > 0.0) {
+                continue;
+            }
+            if !v.is_infinite() && !v.is_nan() {
+                continue;
+            }
+        }
+        mean += v / count - mean / count;
+    }
+    mean
+}
+
+pub(super) fn variance(values: &[f64]) -> f64 {
+    let (mut count, mut mean, mut m2): (f64, f64, f64) = (0.0, 0.0, 0.0);
+    for v in values {
+        count += 1.0;
+        let delta = v - mean;
+        mean += delta / count;
+        m2 += delta * (v - mean);
+    }
+    m2 / count
+}

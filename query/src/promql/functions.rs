@@ -1,0 +1,733 @@
+//! PromQL's functions, as Prometheus 2.42 defines them.
+
+use chrono::{DateTime, Datelike, Timelike};
+use promql_parser::parser::{Call, Expr};
+use regex::Regex;
+
+use super::EvalError;
+use super::eval::{Evaluator, RangeInput, mean, type_error, variance};
+use super::value::{LabelSet, METRIC_NAME, Series, Value, VectorBuilder, drop_name, set_label};
+
+pub(super) fn call(ev: &Evaluator<'_>, call: &Call) -> Result<Value, EvalError> {
+    let name = call.func.name;
+    let args: Vec<&Expr> = call.args.args.iter().map(|a| a.as_ref()).collect();
+    let arg = |i: usize| {
+        args.get(i)
+            .copied()
+            .ok_or_else(|| EvalError::Parse(format!("{name}: missing argument {}", i + 1)))
+    };
+    match name {
+        // Range-vector functions.
+        "rate" | "increase" | "delta" | "irate" | "idelta" | "changes" | "resets" | "deriv"
+        | "avg_over_time" | "min_over_time" | "max_over_time" | "sum_over_time"
+        | "count_over_time" | "last_over_time" | "present_over_time" | "stddev_over_time"
+        | "stdvar_over_time" => {
+            let input = ev.range_input(arg(0)?)?;
+            range_function(ev, name, &input, |_| None)
+        }
+        "quantile_over_time" => {
+            let q = ev.scalar_arg(arg(0)?)?;
+            let input = ev.range_input(arg(1)?)?;
+            range_function(ev, name, &input, |step| Some(q[step]))
+        }
+        "predict_linear" => {
+            let input = ev.range_input(arg(0)?)?;
+            let seconds = ev.scalar_arg(arg(1)?)?;
+            range_function(ev, name, &input, |step| Some(seconds[step]))
+        }
+        "holt_winters" | "double_exponential_smoothing" => {
+            let input = ev.range_input(arg(0)?)?;
+            let sf = ev.scalar_arg(arg(1)?)?;
+            let tf = ev.scalar_arg(arg(2)?)?;
+            holt_winters(ev, &input, &sf, &tf)
+        }
+        "absent_over_time" => {
+            let input = ev.range_input(arg(0)?)?;
+            let present: Vec<bool> = ev
+                .times
+                .iter()
+                .map(|t| input.series.iter().any(|s| !input.window(s, *t).is_empty()))
+                .collect();
+            Ok(absent(ev, arg(0)?, &present))
+        }
+        "absent" => {
+            let input = ev.vector_arg(arg(0)?)?;
+            let present: Vec<bool> = (0..ev.times.len())
+                .map(|step| input.iter().any(|s| s.points[step].is_some()))
+                .collect();
+            Ok(absent(ev, arg(0)?, &present))
+        }
+        // Instant-vector functions that map values.
+        "abs" | "ceil" | "floor" | "exp" | "ln" | "log2" | "log10" | "sqrt" | "sgn" | "acos"
+        | "acosh" | "asin" | "asinh" | "atan" | "atanh" | "cos" | "cosh" | "sin" | "sinh"
+        | "tan" | "tanh" | "deg" | "rad" => {
+            let f = math(name);
+            map_values(ev.vector_arg(arg(0)?)?, |_, v| f(v))
+        }
+        "round" => {
+            let to = match args.get(1) {
+                Some(e) => ev.scalar_arg(e)?,
+                None => vec![1.0; ev.times.len()],
+            };
+            map_values(ev.vector_arg(arg(0)?)?, |step, v| {
+                let inverse = 1.0 / to[step];
+                (v * inverse + 0.5).floor() / inverse
+            })
+        }
+        "clamp" => {
+            let (lo, hi) = (ev.scalar_arg(arg(1)?)?, ev.scalar_arg(arg(2)?)?);
+            let input = ev.vector_arg(arg(0)?)?;
+            // Prometheus returns nothing where min > max.
+            let mut out = map_values(input, |step, v| go_max(lo[step], go_min(hi[step], v)))?;
+            if let Value::Vector(series) = &mut out {
+                for s in series.iter_mut() {
+                    for (step, p) in s.points.iter_mut().enumerate() {
+                        if lo[step] > hi[step] {
+                            *p = None;
+                        }
+                    }
+                }
+                series.retain(|s| s.points.iter().any(Option::is_some));
+            }
+            Ok(out)
+        }
+        "clamp_min" => {
+            let lo = ev.scalar_arg(arg(1)?)?;
+            map_values(ev.vector_arg(arg(0)?)?, |step, v| go_max(lo[step], v))
+        }
+        "clamp_max" => {
+            let hi = ev.scalar_arg(arg(1)?)?;
+            map_values(ev.vector_arg(arg(0)?)?, |step, v| go_min(hi[step], v))
+        }
+        "timestamp" => timestamp(ev, arg(0)?),
+        "pi" => Ok(Value::Scalar(vec![std::f64::consts::PI; ev.times.len()])),
+        "time" => Ok(Value::Scalar(
+            ev.times.iter().map(|t| *t as f64 / 1000.0).collect(),
+        )),
+        "vector" => {
+            let values = ev.scalar_arg(arg(0)?)?;
+            Ok(Value::Vector(vec![Series {
+                labels: Vec::new(),
+                points: values.into_iter().map(Some).collect(),
+            }]))
+        }
+        "scalar" => {
+            let input = ev.vector_arg(arg(0)?)?;
+            Ok(Value::Scalar(
+                (0..ev.times.len())
+                    .map(|step| {
+                        let mut present = input.iter().filter_map(|s| s.points[step]);
+                        match (present.next(), present.next()) {
+                            (Some(v), None) => v,
+                            _ => f64::NAN,
+                        }
+                    })
+                    .collect(),
+            ))
+        }
+        "sort" | "sort_desc" => {
+            // Sorting only means something for an instant query's single step.
+            let mut input = ev.vector_arg(arg(0)?)?;
+            let descending = name == "sort_desc";
+            input.sort_by(|a, b| {
+                let (x, y) = (
+                    a.points[0].unwrap_or(f64::NAN),
+                    b.points[0].unwrap_or(f64::NAN),
+                );
+                match (x.is_nan(), y.is_nan()) {
+                    (true, true) => std::cmp::Ordering::Equal,
+                    (true, false) => std::cmp::Ordering::Greater,
+                    (false, true) => std::cmp::Ordering::Less,
+                    _ if descending => y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal),
+                    _ => x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal),
+                }
+            });
+            Ok(Value::Vector(input))
+        }
+        "label_replace" => label_replace(ev, &args),
+        "label_join" => label_join(ev, &args),
+        "histogram_quantile" => {
+            let q = ev.scalar_arg(arg(0)?)?;
+            histogram_quantile(ev, &q, ev.vector_arg(arg(1)?)?)
+        }
+        "minute" | "hour" | "day_of_month" | "day_of_week" | "day_of_year" | "days_in_month"
+        | "month" | "year" => {
+            let input = match args.first() {
+                Some(e) => ev.vector_arg(e)?,
+                None => vec![Series {
+                    labels: Vec::new(),
+                    points: ev.times.iter().map(|t| Some(*t as f64 / 1000.0)).collect(),
+                }],
+            };
+            map_values(input, |_, v| date_part(name, v))
+        }
+        other => Err(EvalError::Parse(format!(
+            "function {other} is not supported yet"
+        ))),
+    }
+}
+
+/// Go's `math.Max`: NaN if either is.
+fn go_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+/// Go's `math.Min`: NaN if either is.
+fn go_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.min(b)
+    }
+}
+
+fn math(name: &str) -> fn(f64) -> f64 {
+    match name {
+        "abs" => f64::abs,
+        "ceil" => f64::ceil,
+        "floor" => f64::floor,
+        "exp" => f64::exp,
+        "ln" => f64::ln,
+        "log2" => f64::log2,
+        "log10" => f64::log10,
+        "sqrt" => f64::sqrt,
+        "sgn" => |v: f64| {
+            if v > 0.0 {
+                1.0
+            } else if v < 0.0 {
+                -1.0
+            } else {
+                v
+            }
+        },
+        "acos" => f64::acos,
+        "acosh" => f64::acosh,
+        "asin" => f64::asin,
+        "asinh" => f64::asinh,
+        "atan" => f64::atan,
+        "atanh" => f64::atanh,
+        "cos" => f64::cos,
+        "cosh" => f64::cosh,
+        "sin" => f64::sin,
+        "sinh" => f64::sinh,
+        "tan" => f64::tan,
+        "tanh" => f64::tanh,
+        "deg" => f64::to_degrees,
+        "rad" => f64::to_radians,
+        _ => |v: f64| v,
+    }
+}
+
+/// Applies `f(step, value)` to every point; the metric name goes.
+fn map_values(input: Vec<Series>, f: impl Fn(usize, f64) -> f64) -> Result<Value, EvalError> {
+    let mut builder = VectorBuilder::new(input.first().map_or(0, |s| s.points.len()));
+    for series in input {
+        let labels = drop_name(&series.labels);
+        for (step, point) in series.points.iter().enumerate() {
+            if let Some(v) = point {
+                builder.push(labels.clone(), step, f(step, *v))?;
+            }
+        }
+    }
+    Ok(Value::Vector(builder.finish()))
+}
+
+/// A function of each series' window at each step.
+fn range_function(
+    ev: &Evaluator<'_>,
+    name: &str,
+    input: &RangeInput,
+    param: impl Fn(usize) -> Option<f64>,
+) -> Result<Value, EvalError> {
+    let mut builder = VectorBuilder::new(ev.times.len());
+    for series in &input.series {
+        // last_over_time keeps the metric name (Prometheus 2.42).
+        let labels = if name == "last_over_time" {
+            series.labels.clone()
+        } else {
+            drop_name(&series.labels)
+        };
+        for (step, t) in ev.times.iter().enumerate() {
+            let window = input.window(series, *t);
+            if window.is_empty() {
+                continue;
+            }
+            let (from, to) = input.bounds(*t);
+            let value = match name {
+                "rate" => extrapolated(window, from, to, true, true),
+                "increase" => extrapolated(window, from, to, true, false),
+                "delta" => extrapolated(window, from, to, false, false),
+                "irate" => instant_rate(window, true),
+                "idelta" => instant_rate(window, false),
+                "changes" => Some(
+                    window
+                        .windows(2)
+                        .filter(|w| w[0].1 != w[1].1 && !(w[0].1.is_nan() && w[1].1.is_nan()))
+                        .count() as f64,
+                ),
+                "resets" => Some(window.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64),
+                "deriv" => regression(window, window[0].0).map(|(slope, _)| slope),
+                "predict_linear" => {
+                    let seconds = param(step).unwrap_or(0.0);
+                    regression(window, *t).map(|(slope, intercept)| intercept + slope * seconds)
+                }
+                "avg_over_time" => {
+                    let values: Vec<f64> = window.iter().map(|(_, v)| *v).collect();
+                    Some(mean(&values))
+                }
+                "min_over_time" => Some(
+                    window
+                        .iter()
+                        .map(|(_, v)| *v)
+                        .fold(f64::NAN, |m, v| if m.is_nan() || v < m { v } else { m }),
+                ),
+                "max_over_time" => Some(
+                    window
+                        .iter()
+                        .map(|(_, v)| *v)
+                        .fold(f64::NAN, |m, v| if m.is_nan() || v > m { v } else { m }),
+                ),
+                "sum_over_time" => Some(window.iter().map(|(_, v)| *v).sum()),
+                "count_over_time" => Some(window.len() as f64),
+                "last_over_time" => window.last().map(|(_, v)| *v),
+                "present_over_time" => Some(1.0),
+                "stddev_over_time" | "stdvar_over_time" => {
+                    let values: Vec<f64> = window.iter().map(|(_, v)| *v).collect();
+                    let variance = variance(&values);
+                    Some(if name == "stddev_over_time" {
+                        variance.sqrt()
+                    } else {
+                        variance
+                    })
+                }
+                "quantile_over_time" => Some(quantile(
+                    param(step).unwrap_or(f64::NAN),
+                    window.iter().map(|(_, v)| *v).collect(),
+                )),
+                _ => None,
+            };
+            if let Some(value) = value {
+                builder.push(labels.clone(), step, value)?;
+            }
+        }
+    }
+    Ok(Value::Vector(builder.finish()))
+}
+
+/// `rate`, `increase` and `delta`: the change over the window, extrapolated towards its
+/// edges as Prometheus 2.42's `extrapolatedRate` does.
+fn extrapolated(
+    window: &[(i64, f64)],
+    range_start: i64,
+    range_end: i64,
+    counter: bool,
+    per_second: bool,
+) -> Option<f64> {
+    if window.len() < 2 {
+        return None;
+    }
+    let (first, last) = (window[0], window[window.len() - 1]);
+    let mut result = last.1 - first.1;
+    if counter {
+        let mut previous = first.1;
+        for (_, v) in &window[1..] {
+            if *v < previous {
+                result += previous;
+            }
+            previous = *v;
+        }
+    }
+    let mut to_start = (first.0 - range_start) as f64 / 1000.0;
+    let to_end = (range_end - last.0) as f64 / 1000.0;
+    let sampled = (last.0 - first.0) as f64 / 1000.0;
+    let average_gap = sampled / (window.len() - 1) as f64;
+    if counter && result > 0.0 && first.1 >= 0.0 {
+        let to_zero = sampled * (first.1 / result);
+        if to_zero < to_start {
+            to_start = to_zero;
+        }
+    }
+    let threshold = average_gap * 1.1;
+    let mut interval = sampled;
+    interval += if to_start < threshold {
+        to_start
+    } else {
+        average_gap / 2.0
+    };
+    interval += if to_end < threshold {
+        to_end
+    } else {
+        average_gap / 2.0
+    };
+    result *= interval / sampled;
+    if per_second {
+        result /= (range_end - range_start) as f64 / 1000.0;
+    }
+    Some(result)
+}
+
+/// `irate` and `idelta`: from the last two samples.
+fn instant_rate(window: &[(i64, f64)], rate: bool) -> Option<f64> {
+    if window.len() < 2 {
+        return None;
+    }
+    let (previous, last) = (window[window.len() - 2], window[window.len() - 1]);
+    let mut result = if rate && last.1 < previous.1 {
+        last.1 // a counter reset
+    } else {
+        last.1 - previous.1
+    };
+    if rate {
+        let seconds = (last.0 - previous.0) as f64 / 1000.0;
+        if seconds == 0.0 {
+            return None;
+        }
+        result /= seconds;
+    }
+    Some(result)
+}
+
+/// Least-squares slope (per second) and intercept at `at_ms`.
+fn regression(window: &[(i64, f64)], at_ms: i64) -> Option<(f64, f64)> {
+    if window.len() < 2 {
+        return None;
+    }
+    let n = window.len() as f64;
+    let (mut sum_x, mut sum_y, mut sum_xy, mut sum_x2) = (0.0, 0.0, 0.0, 0.0);
+    for (t, v) in window {
+        let x = (*t - at_ms) as f64 / 1000.0;
+        sum_x += x;
+        sum_y += v;
+        sum_xy += x * v;
+        sum_x2 += x * x;
+    }
+    let covariance = sum_xy - sum_x * sum_y / n;
+    let variance = sum_x2 - sum_x * sum_x / n;
+    let slope = covariance / variance;
+    let intercept = sum_y / n - slope * sum_x / n;
+    Some((slope, intercept))
+}
+
+/// The φ-quantile of `values` (Prometheus's linear interpolation; NaN outside [0, 1] is
+/// ±Inf).
+pub(super) fn quantile(q: f64, mut values: Vec<f64>) -> f64 {
+    if values.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let n = values.len() as f64;
+    let rank = q * (n - 1.0);
+    let lower = rank.floor().max(0.0) as usize;
+    let upper = (lower + 1).min(values.len() - 1);
+    let weight = rank - rank.floor();
+    values[lower] * (1.0 - weight) + values[upper] * weight
+}
+
+fn holt_winters(
+    ev: &Evaluator<'_>,
+    input: &RangeInput,
+    smoothing: &[f64],
+    trend: &[f64],
+) -> Result<Value, EvalError> {
+    let mut builder = VectorBuilder::new(ev.times.len());
+    for series in &input.series {
+        let labels = drop_name(&series.labels);
+        for (step, t) in ev.times.iter().enumerate() {
+            let (sf, tf) = (smoothing[step], trend[step]);
+            if !(sf > 0.0 && sf < 1.0 && tf > 0.0 && tf < 1.0) {
+                return Err(EvalError::Execution(format!(
+                    "invalid smoothing factor. Expected: 0 < sf < 1, got: {sf}"
+                )));
+            }
+            let window = input.window(series, *t);
+            if window.len() < 2 {
+                continue;
+            }
+            let (mut s0, mut s1) = (0.0, window[0].1);
+            let mut b = window[1].1 - window[0].1;
+            for (i, (_, v)) in window.iter().enumerate().skip(1) {
+                let x = sf * v;
+                b = if i > 1 {
+                    tf * (s1 - s0) + (1.0 - tf) * b
+                } else {
+                    b
+                };
+                let y = (1.0 - sf) * (s1 + b);
+                s0 = s1;
+                s1 = x + y;
+            }
+            builder.push(labels.clone(), step, s1)?;
+        }
+    }
+    Ok(Value::Vector(builder.finish()))
+}
+
+/// `absent`/`absent_over_time`: one series, labelled by the selector's equality matchers,
+/// at the steps where nothing was present.
+fn absent(ev: &Evaluator<'_>, arg: &Expr, present: &[bool]) -> Value {
+    let mut labels: LabelSet = Vec::new();
+    let selector = match arg {
+        Expr::VectorSelector(vs) => Some(vs),
+        Expr::MatrixSelector(ms) => Some(&ms.vs),
+        _ => None,
+    };
+    if let Some(vs) = selector {
+        let mut seen: Vec<&str> = Vec::new();
+        for m in &vs.matchers.matchers {
+            if m.name == METRIC_NAME {
+                continue;
+            }
+            if seen.contains(&m.name.as_str()) {
+                // A label matched twice is left out.
+                labels.retain(|(n, _)| n != &m.name);
+                continue;
+            }
+            seen.push(&m.name);
+            if matches!(m.op, promql_parser::label::MatchOp::Equal) {
+                set_label(&mut labels, &m.name, &m.value);
+            }
+        }
+    }
+    let points: Vec<Option<f64>> = present.iter().map(|p| (!p).then_some(1.0)).collect();
+    let _ = ev;
+    if points.iter().all(Option::is_none) {
+        return Value::Vector(Vec::new());
+    }
+    Value::Vector(vec![Series { labels, points }])
+}
+
+fn timestamp(ev: &Evaluator<'_>, arg: &Expr) -> Result<Value, EvalError> {
+    // A selector's samples carry their own times; computed vectors have the step's.
+    let mut inner = arg;
+    while let Expr::Paren(p) = inner {
+        inner = &p.expr;
+    }
+    let input = match inner {
+        Expr::VectorSelector(vs) => ev.select_with(vs, |ts, _| ts as f64 / 1000.0),
+        other => {
+            let input = ev.vector_arg(other)?;
+            return map_values(input, |step, _| ev.times[step] as f64 / 1000.0);
+        }
+    };
+    map_values(input, |_, v| v)
+}
+
+fn label_replace(ev: &Evaluator<'_>, args: &[&Expr]) -> Result<Value, EvalError> {
+    let strings = string_args(ev, &args[1..])?;
+    let [dst, replacement, src, regex] = strings.as_slice() else {
+        return Err(EvalError::Parse("label_replace takes 5 arguments".into()));
+    };
+    let pattern = Regex::new(&format!("^(?s:{regex})$")).map_err(|e| {
+        EvalError::Execution(format!(
+            "invalid regular expression in label_replace(): {e}"
+        ))
+    })?;
+    if !model::is_valid_label_name(dst) {
+        return Err(EvalError::Execution(format!(
+            "invalid destination label name in label_replace(): {dst}"
+        )));
+    }
+    let template = go_template(replacement);
+    let input = ev.vector_arg(args[0])?;
+    let mut builder = VectorBuilder::new(ev.times.len());
+    for series in input {
+        let value = super::value::label(&series.labels, src).to_owned();
+        let mut labels = series.labels.clone();
+        if let Some(captures) = pattern.captures(&value) {
+            let mut expanded = String::new();
+            captures.expand(&template, &mut expanded);
+            set_label(&mut labels, dst, &expanded);
+        }
+        for (step, point) in series.points.iter().enumerate() {
+            if let Some(v) = point {
+                builder.push(labels.clone(), step, *v)?;
+            }
+        }
+    }
+    Ok(Value::Vector(builder.finish()))
+}
+
+/// Go's `$1`/`${1}` expansion as Rust's regex takes it (`$1x` is the group named `1x` in
+/// both, so the text passes as it is).
+fn go_template(replacement: &str) -> String {
+    replacement.to_owned()
+}
+
+fn label_join(ev: &Evaluator<'_>, args: &[&Expr]) -> Result<Value, EvalError> {
+    let strings = string_args(ev, &args[1..])?;
+    let (dst, separator, sources) = match strings.as_slice() {
+        [dst, separator, sources @ ..] => (dst, separator, sources),
+        _ => {
+            return Err(EvalError::Parse(
+                "label_join takes at least 3 arguments".into(),
+            ));
+        }
+    };
+    if !model::is_valid_label_name(dst) {
+        return Err(EvalError::Execution(format!(
+            "invalid destination label name in label_join(): {dst}"
+        )));
+    }
+    let input = ev.vector_arg(args[0])?;
+    let mut builder = VectorBuilder::new(ev.times.len());
+    for series in input {
+        let joined = sources
+            .iter()
+            .map(|s| super::value::label(&series.labels, s))
+            .collect::<Vec<_>>()
+            .join(separator);
+        let mut labels = series.labels.clone();
+        set_label(&mut labels, dst, &joined);
+        for (step, point) in series.points.iter().enumerate() {
+            if let Some(v) = point {
+                builder.push(labels.clone(), step, *v)?;
+            }
+        }
+    }
+    Ok(Value::Vector(builder.finish()))
+}
+
+fn string_args(ev: &Evaluator<'_>, args: &[&Expr]) -> Result<Vec<String>, EvalError> {
+    args.iter()
+        .map(|a| match ev.eval(a)? {
+            Value::String(s) => Ok(s),
+            other => Err(type_error("a string argument", &other)),
+        })
+        .collect()
+}
+
+/// `histogram_quantile` over classic buckets (`le` labels), as Prometheus 2.42.
+fn histogram_quantile(
+    ev: &Evaluator<'_>,
+    q: &[f64],
+    input: Vec<Series>,
+) -> Result<Value, EvalError> {
+    let mut builder = VectorBuilder::new(ev.times.len());
+    for (step, q) in q.iter().enumerate() {
+        let mut groups: Vec<(LabelSet, Vec<(f64, f64)>)> = Vec::new();
+        let mut seen: std::collections::HashSet<LabelSet> = std::collections::HashSet::new();
+        for series in &input {
+            let Some(v) = series.points[step] else {
+                continue;
+            };
+            let le = super::value::label(&series.labels, "le");
+            let Ok(upper) = parse_le(le) else { continue };
+            // Two series that differ only by name would be one bucket twice.
+            if !seen.insert(drop_name(&series.labels)) {
+                return Err(EvalError::Execution(
+                    "vector cannot contain metrics with the same labelset".into(),
+                ));
+            }
+            let key: LabelSet = drop_name(&series.labels)
+                .into_iter()
+                .filter(|(n, _)| n != "le")
+                .collect();
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, buckets)) => buckets.push((upper, v)),
+                None => groups.push((key, vec![(upper, v)])),
+            }
+        }
+        for (key, mut buckets) in groups {
+            builder.push(key, step, bucket_quantile(*q, &mut buckets))?;
+        }
+    }
+    Ok(Value::Vector(builder.finish()))
+}
+
+fn parse_le(text: &str) -> Result<f64, ()> {
+    match text {
+        "+Inf" | "Inf" | "+inf" | "inf" => Ok(f64::INFINITY),
+        "-Inf" | "-inf" => Ok(f64::NEG_INFINITY),
+        other => other.parse().map_err(|_| ()),
+    }
+}
+
+fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
+    if q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    // One bound written two ways (`0.1`, `1e-1`) is one bucket: their counts add up.
+    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
+    for (upper, count) in buckets.iter().copied() {
+        match merged.last_mut() {
+            Some(last) if last.0 == upper => last.1 += count,
+            _ => merged.push((upper, count)),
+        }
+    }
+    let buckets = merged.as_mut_slice();
+    if buckets.len() < 2 || buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
+        return f64::NAN;
+    }
+    // Make counts monotonic, as Prometheus does.
+    let mut max = f64::NEG_INFINITY;
+    for b in buckets.iter_mut() {
+        if b.1 > max {
+            max = b.1;
+        } else {
+            b.1 = max;
+        }
+    }
+    let observations = buckets[buckets.len() - 1].1;
+    if observations == 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * observations;
+    let i = buckets.partition_point(|b| b.1 < rank);
+    if i == buckets.len() - 1 {
+        return buckets[buckets.len() - 2].0;
+    }
+    if i == 0 && buckets[0].0 <= 0.0 {
+        return buckets[0].0;
+    }
+    let (mut start, mut count, mut rank) = (0.0, buckets[i].1, rank);
+    let end = buckets[i].0;
+    if i > 0 {
+        start = buckets[i - 1].0;
+        count -= buckets[i - 1].1;
+        rank -= buckets[i - 1].1;
+    }
+    start + (end - start) * (rank / count)
+}
+
+fn date_part(name: &str, seconds: f64) -> f64 {
+    let Some(time) = DateTime::from_timestamp(seconds as i64, 0) else {
+        return f64::NAN;
+    };
+    match name {
+        "minute" => time.minute() as f64,
+        "hour" => time.hour() as f64,
+        "day_of_month" => time.day() as f64,
+        "day_of_week" => time.weekday().num_days_from_sunday() as f64,
+        "day_of_year" => time.ordinal() as f64,
+        "days_in_month" => {
+            let (y, m) = (time.year(), time.month());
+            let next = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            let first = chrono::NaiveDate::from_ymd_opt(y, m, 1);
+            let following = chrono::NaiveDate::from_ymd_opt(next.0, next.1, 1);
+            match (first, following) {
+                (Some(a), Some(b)) => (b - a).num_days() as f64,
+                _ => f64::NAN,
+            }
+        }
+        "month" => time.month() as f64,
+        "year" => time.year() as f64,
+        _ => f64::NAN,
+    }
+}

@@ -1,0 +1,262 @@
+//! PromQL, evaluated as Prometheus 2.42 does, over any [`Storage`].
+//!
+//! Expressions are parsed with the `promql-parser` crate. Evaluation has two phases, as
+//! Prometheus's engine has: every selector's series are fetched first (`Storage::select`
+//! with its matchers and the time range the expression needs, so selection is pushed into
+//! storage), then the expression is evaluated at every step of the query at once,
+//! synchronously, on those series.
+//!
+//! Semantics followed: 5-minute lookback, staleness markers end a series, `offset` and `@`
+//! (`start()`/`end()` too), matrix selectors inclusive at both ends (2.42's rule), vector
+//! matching with `on`/`ignoring`/`group_left`/`group_right`/`bool`, `__name__` dropped by
+//! arithmetic, comparisons with `bool`, and functions that change values.
+
+mod eval;
+mod functions;
+pub mod value;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use model::TenantId;
+use promql_parser::label::MatchOp;
+use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
+use storage::{MatchOp as StoreOp, Matcher, Storage};
+use thiserror::Error;
+
+pub use self::value::{LabelSet, RangeSeries, Series, Value};
+
+/// Prometheus's default lookback: an instant selector takes the newest sample at most this
+/// old.
+pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
+
+#[derive(Debug, Error, PartialEq)]
+pub enum EvalError {
+    /// The query does not parse or is not valid PromQL (`bad_data`).
+    #[error("{0}")]
+    Parse(String),
+    /// The query is valid but cannot be evaluated (`execution`).
+    #[error("{0}")]
+    Execution(String),
+    /// Storage failed.
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// The steps of a query: `start`, `start + step`, … up to `end` (milliseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Steps {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub step_ms: i64,
+}
+
+impl Steps {
+    pub fn instant(at_ms: i64) -> Self {
+        Self {
+            start_ms: at_ms,
+            end_ms: at_ms,
+            step_ms: 1,
+        }
+    }
+
+    pub fn times(&self) -> Vec<i64> {
+        let step = self.step_ms.max(1);
+        (0..)
+            .map(|i| self.start_ms + i * step)
+            .take_while(|t| *t <= self.end_ms)
+            .collect()
+    }
+}
+
+/// Parses `query` as PromQL 2.42. The parser follows Prometheus 3, where 2.42's
+/// `holt_winters` is named `double_exponential_smoothing`.
+pub fn parse(query: &str) -> Result<Expr, EvalError> {
+    let renamed = rename_function(query, "holt_winters", "double_exponential_smoothing");
+    parser::parse(&renamed).map_err(EvalError::Parse)
+}
+
+/// `query` with calls of the function `from` renamed `to` (outside string literals).
+fn rename_function(query: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(query.len());
+    let mut quote: Option<char> = None;
+    let mut rest = query;
+    while let Some(c) = rest.chars().next() {
+        match quote {
+            Some(q) => {
+                if c == '\\' {
+                    let escaped: String = rest.chars().take(2).collect();
+                    out.push_str(&escaped);
+                    rest = &rest[escaped.len()..];
+                    continue;
+                }
+                if c == q {
+                    quote = None;
+                }
+            }
+            None if c == '"' || c == '\'' || c == '`' => quote = Some(c),
+            None if rest.starts_with(from)
+                && !out.ends_with(|p: char| p.is_alphanumeric() || p == '_')
+                && rest[from.len()..].trim_start().starts_with('(') =>
+            {
+                out.push_str(to);
+                rest = &rest[from.len()..];
+                continue;
+            }
+            None => {}
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// Series fetched for the selectors of one query, by selector.
+pub(crate) type Fetched = HashMap<*const VectorSelector, Vec<RangeSeries>>;
+
+/// Evaluates PromQL over a store.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    store: Arc<dyn Storage>,
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Storage>) -> Self {
+        Self { store }
+    }
+
+    /// Evaluates `expr` for `tenant` at every step of `steps`.
+    pub async fn evaluate(
+        &self,
+        tenant: &TenantId,
+        expr: &Expr,
+        steps: Steps,
+    ) -> Result<Value, EvalError> {
+        let mut wanted = Vec::new();
+        eval::selections(expr, steps.start_ms, steps.end_ms, &steps, &mut wanted);
+        let mut fetched: Fetched = HashMap::new();
+        for (selector, start_ms, end_ms) in wanted {
+            // SAFETY of the key: the pointer is only an identity while `expr` is borrowed.
+            let vs: &VectorSelector = selector;
+            let series = self.fetch(tenant, vs, start_ms, end_ms).await?;
+            let entry = fetched.entry(vs as *const VectorSelector).or_default();
+            merge_fetched(entry, series);
+        }
+        eval::Evaluator::new(&fetched, steps).eval_top(expr)
+    }
+
+    async fn fetch(
+        &self,
+        tenant: &TenantId,
+        selector: &VectorSelector,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<RangeSeries>, EvalError> {
+        let matchers = store_matchers(selector)?;
+        let series = self
+            .store
+            .select(tenant, &matchers, start_ms, end_ms)
+            .await
+            .map_err(|e| EvalError::Storage(e.to_string()))?;
+        Ok(series
+            .into_iter()
+            .map(|s| RangeSeries {
+                labels: s
+                    .labels
+                    .iter()
+                    .map(|l| (l.name.to_owned(), l.value.to_owned()))
+                    .collect(),
+                samples: s
+                    .samples
+                    .iter()
+                    .map(|x| (x.timestamp_ms, x.value))
+                    .collect(),
+            })
+            .collect())
+    }
+}
+
+/// Adds `more` (another time range of the same selector) to `into`.
+fn merge_fetched(into: &mut Vec<RangeSeries>, more: Vec<RangeSeries>) {
+    if into.is_empty() {
+        *into = more;
+        return;
+    }
+    for series in more {
+        match into.iter_mut().find(|s| s.labels == series.labels) {
+            Some(existing) => {
+                existing.samples.extend(series.samples);
+                existing.samples.sort_by_key(|(t, _)| *t);
+                existing.samples.dedup_by_key(|(t, _)| *t);
+            }
+            None => into.push(series),
+        }
+    }
+}
+
+/// The selector's matchers as storage takes them; the metric name is one of them.
+fn store_matchers(selector: &VectorSelector) -> Result<Vec<Matcher>, EvalError> {
+    if !selector.matchers.or_matchers.is_empty() {
+        return Err(EvalError::Parse(
+            "`or` inside a selector is not PromQL 2.42".into(),
+        ));
+    }
+    let mut out = Vec::new();
+    if let Some(name) = &selector.name
+        && !selector
+            .matchers
+            .matchers
+            .iter()
+            .any(|m| m.name == value::METRIC_NAME)
+    {
+        out.push(
+            Matcher::new(value::METRIC_NAME, StoreOp::Equal, name.clone())
+                .map_err(|e| EvalError::Parse(e.to_string()))?,
+        );
+    }
+    for matcher in &selector.matchers.matchers {
+        let op = match &matcher.op {
+            MatchOp::Equal => StoreOp::Equal,
+            MatchOp::NotEqual => StoreOp::NotEqual,
+            MatchOp::Re(_) => StoreOp::Regex,
+            MatchOp::NotRe(_) => StoreOp::NotRegex,
+        };
+        out.push(
+            Matcher::new(matcher.name.clone(), op, matcher.value.clone())
+                .map_err(|e| EvalError::Parse(e.to_string()))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Milliseconds of a duration.
+pub(crate) fn millis(duration: &Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// An offset in milliseconds (negative offsets look ahead).
+pub(crate) fn offset_ms(offset: &Option<Offset>) -> i64 {
+    match offset {
+        None => 0,
+        Some(Offset::Pos(d)) => millis(d),
+        Some(Offset::Neg(d)) => -millis(d),
+    }
+}
+
+/// The time an `@` modifier pins evaluation to, if any.
+pub(crate) fn at_ms(at: &Option<AtModifier>, steps: &Steps) -> Option<i64> {
+    match at {
+        None => None,
+        Some(AtModifier::Start) => Some(steps.start_ms),
+        Some(AtModifier::End) => Some(steps.end_ms),
+        Some(AtModifier::At(time)) => Some(system_time_ms(time)),
+    }
+}
+
+fn system_time_ms(time: &SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => millis(&after),
+        Err(before) => -millis(&before.duration()),
+    }
+}
