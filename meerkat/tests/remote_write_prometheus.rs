@@ -1,7 +1,7 @@
 //! A real Prometheus 2.42 scrapes a real node_exporter 1.5 and remote-writes to
 //! `meerkat serve`; afterwards every series and every sample Prometheus holds must be on
-//! Meerkat's bus, value for value, with the metric metadata, and readable through
-//! `/api/v1/sql`.
+//! Meerkat's bus, value for value, with the metric metadata; readable through
+//! `/api/v1/sql`; and PromQL queries on both give the same answers.
 //!
 //! Needs `prometheus` and `prometheus-node-exporter`, which `./scripts/test` installs.
 
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bus::Bus;
 use bus::embedded::{EmbeddedBus, EmbeddedBusConfig};
-use common::{NodeExporter, Prometheus, Server, get, url_encode};
+use common::{NodeExporter, Prometheus, Server, get, sample_value, url_encode};
 use model::{Envelope, MetricType};
 
 type LabelMap = BTreeMap<String, String>;
@@ -170,6 +170,60 @@ fn every_series_and_sample_prometheus_remote_writes_is_on_the_bus() {
             raw.len()
         );
         std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // PromQL on `serve` answers as Prometheus does over the same data: a few queries at a
+    // time both hold every sample of (2 s before the newest one Prometheus returned).
+    let newest_ms = expected
+        .values()
+        .flat_map(|samples| samples.iter().map(|(ts, _)| *ts))
+        .max()
+        .unwrap();
+    let at = format!("{:.3}", (newest_ms - 2_000) as f64 / 1000.0);
+    let queries = [
+        "count({job=\"node\"})",
+        "sum by (mode) (node_cpu_seconds_total)",
+        "rate(node_cpu_seconds_total{mode=\"idle\"}[30s])",
+        "max_over_time(node_load1[1m]) > bool 0",
+    ];
+    for promql in queries {
+        let path = format!("/api/v1/query?query={}&time={at}", url_encode(promql));
+        let want = prometheus.api(&path)["data"]["result"].clone();
+        let values = |result: &serde_json::Value| -> BTreeMap<String, f64> {
+            result
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| (r["metric"].to_string(), sample_value(r)))
+                .collect()
+        };
+        let expected_values = values(&want);
+        assert!(
+            !expected_values.is_empty(),
+            "{promql}: Prometheus has no result"
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer = get(meerkat.addr, &path).unwrap();
+            assert_eq!(answer.status, 200, "{promql}: {}", answer.body);
+            let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+            let got = values(&body["data"]["result"]);
+            let same = got.len() == expected_values.len()
+                && got
+                    .iter()
+                    .zip(&expected_values)
+                    .all(|((gk, gv), (ek, ev))| {
+                        gk == ek && ((gv - ev).abs() <= 1e-9 * ev.abs().max(1.0))
+                    });
+            if same {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{promql} at {at}: Meerkat {got:?}, Prometheus {expected_values:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     // Stopping Prometheus flushes its remote-write queue; then Meerkat stops cleanly.

@@ -10,14 +10,25 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
-use crate::QueryService;
 use crate::error::{ErrorType, QueryError};
 use crate::sql::{self, Format};
+use crate::{QueryService, Shared, api};
+use model::TenantId;
 
 pub(crate) fn routes(service: QueryService) -> Router {
     Router::new()
         .route("/api/v1/sql", get(sql_handler).post(sql_handler))
+        .route("/api/v1/query", get(api::instant).post(api::instant))
+        .route("/api/v1/query_range", get(api::range).post(api::range))
         .with_state(service)
+}
+
+/// The tenant of a request, by the gateway's rule.
+pub(crate) fn tenant_of(shared: &Shared, headers: &HeaderMap) -> Result<TenantId, QueryError> {
+    Ok(shared.tenants.resolve(
+        header(headers, "authorization"),
+        header(headers, model::auth::TENANT_HEADER),
+    )?)
 }
 
 /// `/api/v1/sql`'s parameters, from the URL (GET) or a form body (POST), as Prometheus
@@ -50,10 +61,7 @@ async fn answer_sql(
     params: Result<Form<SqlParams>, FormRejection>,
 ) -> Result<Response, QueryError> {
     let shared = &service.shared;
-    let tenant = shared.tenants.resolve(
-        header(headers, "authorization"),
-        header(headers, model::auth::TENANT_HEADER),
-    )?;
+    let tenant = tenant_of(shared, headers)?;
     let Form(params) = params.map_err(|e| {
         QueryError::new(
             ErrorType::BadData,

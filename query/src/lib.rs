@@ -1,13 +1,15 @@
 //! Answers questions about stored telemetry, over HTTP, in the shapes Prometheus's clients
 //! expect.
 //!
-//! Today: `/api/v1/sql`, DataFusion SQL over the tenant's `samples`, `series`, `spans`,
-//! `logs` and `events` tables (see `storage`'s sessions), on either storage engine. The
-//! PromQL engine and the rest of Prometheus's HTTP API are issue 5's work.
+//! Today: PromQL ([`promql`], Prometheus 2.42's semantics) behind `/api/v1/query` and
+//! `/api/v1/query_range`, and `/api/v1/sql`, DataFusion SQL over the tenant's `samples`,
+//! `series`, `spans`, `logs` and `events` tables (see `storage`'s sessions), on either
+//! storage engine. The rest of Prometheus's HTTP API is still to come (issue 5).
 //!
 //! Every request's tenant comes from the same auth as the gateway's
 //! ([`model::auth::TenantResolver`]), and a session only ever holds its tenant's tables.
 
+mod api;
 mod config;
 mod error;
 mod http;
@@ -32,6 +34,7 @@ pub struct QueryService {
 
 #[derive(Debug)]
 struct Shared {
+    engine: promql::Engine,
     store: Arc<dyn Storage>,
     tenants: TenantResolver,
     config: QueryConfig,
@@ -46,6 +49,7 @@ impl QueryService {
     ) -> Result<Self, AuthError> {
         Ok(Self {
             shared: Arc::new(Shared {
+                engine: promql::Engine::new(store.clone()),
                 store,
                 tenants: TenantResolver::new(auth)?,
                 config,

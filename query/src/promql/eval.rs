@@ -172,7 +172,7 @@ impl<'a> Evaluator<'a> {
 
     fn fetched(&self, vs: &VectorSelector) -> &'a [RangeSeries] {
         self.fetched
-            .get(&(vs as *const VectorSelector))
+            .get(&super::selector_key(vs))
             .map_or(&[], |v| v.as_slice())
     }
 

@@ -112,8 +112,14 @@ fn rename_function(query: &str, from: &str, to: &str) -> String {
     out
 }
 
-/// Series fetched for the selectors of one query, by selector.
-pub(crate) type Fetched = HashMap<*const VectorSelector, Vec<RangeSeries>>;
+/// Series fetched for the selectors of one query, by the selector's address (an identity
+/// while the parsed expression is borrowed, and `Send`, unlike a pointer).
+pub(crate) type Fetched = HashMap<usize, Vec<RangeSeries>>;
+
+/// The key of a selector in [`Fetched`].
+pub(crate) fn selector_key(selector: &VectorSelector) -> usize {
+    selector as *const VectorSelector as usize
+}
 
 /// Evaluates PromQL over a store.
 #[derive(Clone, Debug)]
@@ -137,10 +143,8 @@ impl Engine {
         eval::selections(expr, steps.start_ms, steps.end_ms, &steps, &mut wanted);
         let mut fetched: Fetched = HashMap::new();
         for (selector, start_ms, end_ms) in wanted {
-            // SAFETY of the key: the pointer is only an identity while `expr` is borrowed.
-            let vs: &VectorSelector = selector;
-            let series = self.fetch(tenant, vs, start_ms, end_ms).await?;
-            let entry = fetched.entry(vs as *const VectorSelector).or_default();
+            let series = self.fetch(tenant, selector, start_ms, end_ms).await?;
+            let entry = fetched.entry(selector_key(selector)).or_default();
             merge_fetched(entry, series);
         }
         eval::Evaluator::new(&fetched, steps).eval_top(expr)

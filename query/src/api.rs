@@ -1,0 +1,270 @@
+//! Prometheus's query endpoints: `/api/v1/query` and `/api/v1/query_range`, with its
+//! parameters, its JSON and its errors, so Grafana and promtool work unchanged.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json as JsonBody;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+
+use crate::QueryService;
+use crate::error::{ErrorType, QueryError};
+use crate::http::{parse_duration, tenant_of};
+use crate::promql::{self, EvalError, LabelSet, Steps, Value};
+
+/// Prometheus refuses range queries of more points than this per series.
+const MAX_POINTS: i64 = 11_000;
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct QueryParams {
+    query: Option<String>,
+    time: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    step: Option<String>,
+    timeout: Option<String>,
+}
+
+impl From<EvalError> for QueryError {
+    fn from(error: EvalError) -> Self {
+        let kind = match error {
+            EvalError::Parse(_) => ErrorType::BadData,
+            EvalError::Execution(_) => ErrorType::Execution,
+            EvalError::Storage(_) => ErrorType::Unavailable,
+        };
+        QueryError::new(kind, error.to_string())
+    }
+}
+
+fn bad(message: impl Into<String>) -> QueryError {
+    QueryError::new(ErrorType::BadData, message)
+}
+
+/// A time parameter: Unix seconds (`1700000000.5`) or RFC 3339.
+fn parse_time(name: &str, text: &str) -> Result<i64, QueryError> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>()
+        && seconds.is_finite()
+    {
+        return Ok((seconds * 1000.0).round() as i64);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| {
+            bad(format!(
+                "invalid parameter \"{name}\": cannot parse {text:?} to a valid timestamp"
+            ))
+        })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub(crate) async fn instant(
+    State(service): State<QueryService>,
+    headers: HeaderMap,
+    params: Result<Form<QueryParams>, FormRejection>,
+) -> Response {
+    respond(answer(&service, &headers, params, false).await)
+}
+
+pub(crate) async fn range(
+    State(service): State<QueryService>,
+    headers: HeaderMap,
+    params: Result<Form<QueryParams>, FormRejection>,
+) -> Response {
+    respond(answer(&service, &headers, params, true).await)
+}
+
+fn respond(result: Result<Json, QueryError>) -> Response {
+    match result {
+        Ok(data) => JsonBody(json!({"status": "success", "data": data})).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn answer(
+    service: &QueryService,
+    headers: &HeaderMap,
+    params: Result<Form<QueryParams>, FormRejection>,
+    is_range: bool,
+) -> Result<Json, QueryError> {
+    let shared = &service.shared;
+    let tenant = tenant_of(shared, headers)?;
+    let Form(params) = params.map_err(|e| bad(format!("cannot read the parameters: {e}")))?;
+    let query = params
+        .query
+        .filter(|q| !q.trim().is_empty())
+        .ok_or_else(|| bad("invalid parameter \"query\": the query is missing"))?;
+    let steps = if is_range {
+        let start = parse_time(
+            "start",
+            params
+                .start
+                .as_deref()
+                .ok_or_else(|| bad("invalid parameter \"start\": missing"))?,
+        )?;
+        let end = parse_time(
+            "end",
+            params
+                .end
+                .as_deref()
+                .ok_or_else(|| bad("invalid parameter \"end\": missing"))?,
+        )?;
+        if end < start {
+            return Err(bad(
+                "invalid parameter \"end\": end timestamp must not be before start time",
+            ));
+        }
+        let step = params
+            .step
+            .as_deref()
+            .ok_or_else(|| bad("invalid parameter \"step\": missing"))?;
+        let step_ms = parse_duration(step)
+            .map_err(|_| {
+                bad(format!(
+                    "invalid parameter \"step\": cannot parse {step:?} to a valid duration"
+                ))
+            })?
+            .as_millis() as i64;
+        if step_ms <= 0 {
+            return Err(bad(
+                "zero or negative query resolution step widths are not accepted. Try a positive integer",
+            ));
+        }
+        if (end - start) / step_ms > MAX_POINTS {
+            return Err(bad(
+                "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+            ));
+        }
+        Steps {
+            start_ms: start,
+            end_ms: end,
+            step_ms,
+        }
+    } else {
+        let at = match params.time.as_deref() {
+            Some(t) => parse_time("time", t)?,
+            None => now_ms(),
+        };
+        Steps::instant(at)
+    };
+    let limit = Duration::try_from_secs_f64(shared.config.timeout_seconds)
+        .unwrap_or(Duration::from_secs(120));
+    let timeout = match params.timeout.as_deref() {
+        Some(text) => parse_duration(text)?.min(limit),
+        None => limit,
+    };
+    let expr = promql::parse(&query)?;
+    let evaluation = shared.engine.evaluate(&tenant, &expr, steps);
+    let value = tokio::time::timeout(timeout, evaluation)
+        .await
+        .map_err(|_| {
+            QueryError::new(
+                ErrorType::Timeout,
+                "query timed out in expression evaluation",
+            )
+        })??;
+    Ok(if is_range {
+        range_json(value, &steps)?
+    } else {
+        instant_json(value, steps.start_ms)
+    })
+}
+
+fn seconds(t: i64) -> Json {
+    json!(t as f64 / 1000.0)
+}
+
+fn sample(t: i64, v: f64) -> Json {
+    json!([seconds(t), model::format_prometheus_float(v)])
+}
+
+fn metric(labels: &[(String, String)]) -> Json {
+    Json::Object(
+        labels
+            .iter()
+            .map(|(n, v)| (n.clone(), Json::String(v.clone())))
+            .collect(),
+    )
+}
+
+fn instant_json(value: Value, at: i64) -> Json {
+    match value {
+        Value::Scalar(values) => json!({
+            "resultType": "scalar",
+            "result": sample(at, values.first().copied().unwrap_or(f64::NAN)),
+        }),
+        Value::String(s) => json!({"resultType": "string", "result": [seconds(at), s]}),
+        Value::Vector(series) => json!({
+            "resultType": "vector",
+            "result": series
+                .iter()
+                .filter_map(|s| {
+                    s.points.first().copied().flatten().map(|v| {
+                        json!({"metric": metric(&s.labels), "value": sample(at, v)})
+                    })
+                })
+                .collect::<Vec<_>>(),
+        }),
+        Value::Matrix(series) => json!({
+            "resultType": "matrix",
+            "result": series
+                .iter()
+                .map(|s| json!({
+                    "metric": metric(&s.labels),
+                    "values": s.samples.iter().map(|(t, v)| sample(*t, *v)).collect::<Vec<_>>(),
+                }))
+                .collect::<Vec<_>>(),
+        }),
+    }
+}
+
+/// A range query's result: always a matrix, series sorted by their labels as Prometheus
+/// sorts them.
+fn range_json(value: Value, steps: &Steps) -> Result<Json, QueryError> {
+    let times = steps.times();
+    let mut series: Vec<(LabelSet, Vec<Json>)> = match value {
+        Value::Scalar(values) => vec![(
+            Vec::new(),
+            times
+                .iter()
+                .zip(values)
+                .map(|(t, v)| sample(*t, v))
+                .collect(),
+        )],
+        Value::Vector(series) => series
+            .into_iter()
+            .map(|s| {
+                let points = times
+                    .iter()
+                    .zip(&s.points)
+                    .filter_map(|(t, p)| p.map(|v| sample(*t, v)))
+                    .collect();
+                (s.labels, points)
+            })
+            .collect(),
+        other => {
+            return Err(bad(format!(
+                "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
+                other.type_name()
+            )));
+        }
+    };
+    series.retain(|(_, points)| !points.is_empty());
+    series.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(json!({
+        "resultType": "matrix",
+        "result": series
+            .into_iter()
+            .map(|(labels, values)| json!({"metric": metric(&labels), "values": values}))
+            .collect::<Vec<_>>(),
+    }))
+}

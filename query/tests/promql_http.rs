@@ -1,0 +1,215 @@
+//! `/api/v1/query` and `/api/v1/query_range` over a real embedded store: Prometheus's JSON
+//! shapes, values as strings, and its errors.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use model::auth::AuthConfig;
+use model::{Labels, MetricBatch, Payload, Sample, Series, TenantId};
+use query::{QueryConfig, QueryService};
+use serde_json::{Value, json};
+use storage::embedded::{EmbeddedStore, EmbeddedStoreConfig};
+use storage::{BusPosition, Storage};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+/// 2023-11-14T22:13:20Z.
+const T0: i64 = 1_700_000_000_000;
+
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn get(router: &axum::Router, path: &str, params: &[(&str, &str)]) -> (StatusCode, Value) {
+    let query: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect();
+    let request = Request::get(format!("{path}?{}", query.join("&")))
+        .header("X-Scope-OrgID", "a")
+        .body(Body::empty())
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+/// A counter `requests_total{job="api"}` rising 10 per 15 s over 10 minutes, with a reset at
+/// 5 minutes, and `up{job="api"}` = 1.
+async fn router() -> (TempDir, axum::Router) {
+    let dir = TempDir::new().unwrap();
+    let store = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap();
+    let counter = (0..=40)
+        .map(|i| Sample {
+            timestamp_ms: T0 + i * 15_000,
+            value: if i < 20 {
+                i as f64 * 10.0
+            } else {
+                (i - 20) as f64 * 10.0
+            },
+        })
+        .collect();
+    let up = vec![Sample {
+        timestamp_ms: T0,
+        value: 1.0,
+    }];
+    let payload = Payload::Metrics(MetricBatch {
+        series: vec![
+            Series::with_samples(
+                Labels::new([("__name__", "requests_total"), ("job", "api")]).unwrap(),
+                counter,
+            ),
+            Series::with_samples(
+                Labels::new([("__name__", "up"), ("job", "api")]).unwrap(),
+                up,
+            ),
+        ],
+        metadata: vec![],
+    });
+    let at = BusPosition {
+        topic: "metrics".into(),
+        partition: 0,
+        offset: 0,
+    };
+    store
+        .write(&TenantId::new("a").unwrap(), payload, &at)
+        .await
+        .unwrap();
+    let store: Arc<dyn Storage> = Arc::new(store);
+    let service = QueryService::new(store, &AuthConfig::default(), QueryConfig::default()).unwrap();
+    (dir, service.http_routes())
+}
+
+#[tokio::test]
+async fn instant_and_range_queries_answer_as_prometheus_does() {
+    let (_dir, router) = router().await;
+    let at = ((T0 + 120_000) / 1000).to_string();
+
+    let (status, body) = get(&router, "/api/v1/query", &[("query", "up"), ("time", &at)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {"__name__": "up", "job": "api"}, "value": [1_700_000_120.0, "1"]}
+        ]}})
+    );
+
+    // rate over a window with the reset: the reset is corrected, the name dropped.
+    let (_, body) = get(
+        &router,
+        "/api/v1/query",
+        &[
+            ("query", "rate(requests_total[2m])"),
+            ("time", "2023-11-14T22:23:20Z"),
+        ],
+    )
+    .await;
+    let result = &body["data"]["result"][0];
+    assert_eq!(result["metric"], json!({"job": "api"}));
+    let rate: f64 = result["value"][1].as_str().unwrap().parse().unwrap();
+    assert!((rate - 10.0 / 15.0).abs() < 1e-9, "{body}");
+
+    let (_, body) = get(
+        &router,
+        "/api/v1/query",
+        &[("query", "1 + 2"), ("time", &at)],
+    )
+    .await;
+    assert_eq!(
+        body["data"],
+        json!({"resultType": "scalar", "result": [1_700_000_120.0, "3"]})
+    );
+
+    // A range query: one point per step where the series has a value, as strings.
+    let (status, body) = get(
+        &router,
+        "/api/v1/query_range",
+        &[
+            ("query", "up * 2"),
+            ("start", &(T0 / 1000).to_string()),
+            ("end", &((T0 + 600_000) / 1000).to_string()),
+            ("step", "2m"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // up's only sample is at T0; the lookback keeps it for 5 minutes (T0, +2m, +4m).
+    assert_eq!(
+        body["data"],
+        json!({"resultType": "matrix", "result": [{"metric": {"job": "api"}, "values": [
+            [1_700_000_000.0, "2"], [1_700_000_120.0, "2"], [1_700_000_240.0, "2"]
+        ]}]})
+    );
+}
+
+/// A request's parameters.
+type Params<'a> = &'a [(&'a str, &'a str)];
+
+#[tokio::test]
+async fn bad_queries_get_prometheus_errors() {
+    let (_dir, router) = router().await;
+    let cases: &[(&str, Params, &str)] = &[
+        (
+            "/api/v1/query",
+            &[("query", "sum(")],
+            "unclosed left parenthesis",
+        ),
+        ("/api/v1/query", &[], "query is missing"),
+        (
+            "/api/v1/query",
+            &[("query", "up"), ("time", "yesterday")],
+            "\"time\"",
+        ),
+        (
+            "/api/v1/query_range",
+            &[
+                ("query", "up"),
+                ("start", "100"),
+                ("end", "50"),
+                ("step", "1"),
+            ],
+            "end timestamp must not be before start time",
+        ),
+        (
+            "/api/v1/query_range",
+            &[
+                ("query", "up"),
+                ("start", "0"),
+                ("end", "100000"),
+                ("step", "1"),
+            ],
+            "11,000 points",
+        ),
+        (
+            "/api/v1/query_range",
+            &[
+                ("query", "up[5m]"),
+                ("start", "0"),
+                ("end", "100"),
+                ("step", "10"),
+            ],
+            "range",
+        ),
+    ];
+    for (path, params, message) in cases {
+        let (status, body) = get(&router, path, params).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{params:?}: {body}");
+        assert_eq!(body["errorType"], "bad_data", "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(message),
+            "{params:?}: {body}"
+        );
+    }
+}
