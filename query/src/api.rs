@@ -1,7 +1,7 @@
 //! Prometheus's query endpoints: `/api/v1/query` and `/api/v1/query_range`, with its
 //! parameters, its JSON and its errors, so Grafana and promtool work unchanged.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json as JsonBody;
 use axum::extract::rejection::FormRejection;
@@ -13,7 +13,7 @@ use serde_json::{Value as Json, json};
 
 use crate::QueryService;
 use crate::error::{ErrorType, QueryError};
-use crate::http::{parse_duration, tenant_of};
+use crate::http::{parse_duration, tenant_of, timeout};
 use crate::promql::{self, EvalError, LabelSet, Steps, Value};
 
 /// Prometheus refuses range queries of more points than this per series.
@@ -156,12 +156,7 @@ async fn answer(
         };
         Steps::instant(at)
     };
-    let limit = Duration::try_from_secs_f64(shared.config.timeout_seconds)
-        .unwrap_or(Duration::from_secs(120));
-    let timeout = match params.timeout.as_deref() {
-        Some(text) => parse_duration(text)?.min(limit),
-        None => limit,
-    };
+    let timeout = timeout(shared, params.timeout.as_deref())?;
     let expr = promql::parse(&query)?;
     let evaluation = shared.engine.evaluate(&tenant, &expr, steps);
     let value = tokio::time::timeout(timeout, evaluation)

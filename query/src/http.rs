@@ -73,13 +73,7 @@ async fn answer_sql(
         .filter(|q| !q.trim().is_empty())
         .ok_or_else(|| QueryError::new(ErrorType::BadData, "the query parameter is missing"))?;
     let format = Format::parse(params.format.as_deref())?;
-    // Validated at start: positive and at most a day.
-    let limit = Duration::try_from_secs_f64(shared.config.timeout_seconds)
-        .unwrap_or(Duration::from_secs(120));
-    let timeout = match params.timeout.as_deref() {
-        Some(text) => parse_duration(text)?.min(limit),
-        None => limit,
-    };
+    let timeout = timeout(shared, params.timeout.as_deref())?;
     let run = sql::run(
         shared.store.as_ref(),
         &tenant,
@@ -93,6 +87,18 @@ async fn answer_sql(
         )
     })??;
     result.into_response(format)
+}
+
+/// A query's time budget: what the request asks for (`timeout`), at most
+/// `query.timeout_seconds`.
+pub(crate) fn timeout(shared: &Shared, asked: Option<&str>) -> Result<Duration, QueryError> {
+    // Validated at start: positive and at most a day.
+    let limit = Duration::try_from_secs_f64(shared.config.timeout_seconds)
+        .unwrap_or(Duration::from_secs(120));
+    Ok(match asked {
+        Some(text) => parse_duration(text)?.min(limit),
+        None => limit,
+    })
 }
 
 /// A duration as Prometheus takes one: seconds as a number (`1.5`), or with a unit (`ms`,

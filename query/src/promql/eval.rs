@@ -700,19 +700,24 @@ fn vector_scalar(
     out
 }
 
+/// `labels` kept by `by (...)`/`on (...)` (the listed ones) or `without (...)`/
+/// `ignoring (...)` (the others, never the metric name).
+fn kept_labels(labels: &LabelSet, modifier: &LabelModifier) -> LabelSet {
+    let listed = |name: &String| modifier.labels().labels.iter().any(|x| x == name);
+    labels
+        .iter()
+        .filter(|(n, _)| match modifier {
+            LabelModifier::Include(_) => listed(n),
+            LabelModifier::Exclude(_) => n != METRIC_NAME && !listed(n),
+        })
+        .cloned()
+        .collect()
+}
+
 /// The label set two sides are matched on.
 fn signature(labels: &LabelSet, matching: Option<&LabelModifier>) -> LabelSet {
     match matching {
-        Some(LabelModifier::Include(names)) => labels
-            .iter()
-            .filter(|(n, _)| names.labels.iter().any(|x| x == n))
-            .cloned()
-            .collect(),
-        Some(LabelModifier::Exclude(names)) => labels
-            .iter()
-            .filter(|(n, _)| n != METRIC_NAME && !names.labels.iter().any(|x| x == n))
-            .cloned()
-            .collect(),
+        Some(modifier) => kept_labels(labels, modifier),
         None => drop_name(labels),
     }
 }
@@ -751,21 +756,11 @@ fn result_labels(
     labels
 }
 
-/// The group an element falls in for `by`/`without`.
+/// The group an element falls in for `by`/`without` (one group without either).
 fn grouping(labels: &LabelSet, modifier: &Option<LabelModifier>) -> LabelSet {
-    match modifier {
-        Some(LabelModifier::Include(names)) => labels
-            .iter()
-            .filter(|(n, _)| names.labels.iter().any(|x| x == n))
-            .cloned()
-            .collect(),
-        Some(LabelModifier::Exclude(names)) => labels
-            .iter()
-            .filter(|(n, _)| n != METRIC_NAME && !names.labels.iter().any(|x| x == n))
-            .cloned()
-            .collect(),
-        None => Vec::new(),
-    }
+    modifier
+        .as_ref()
+        .map_or_else(Vec::new, |m| kept_labels(labels, m))
 }
 
 /// Prometheus's incremental mean: each value divided before it is added (no overflow of
