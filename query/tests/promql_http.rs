@@ -121,6 +121,15 @@ async fn instant_and_range_queries_answer_as_prometheus_does() {
     let rate: f64 = result["value"][1].as_str().unwrap().parse().unwrap();
     assert!((rate - 10.0 / 15.0).abs() < 1e-9, "{body}");
 
+    // Values as Prometheus writes them in JSON (Go's 'f' format: no exponent).
+    let (_, body) = get(
+        &router,
+        "/api/v1/query",
+        &[("query", "1234567 * 10"), ("time", &at)],
+    )
+    .await;
+    assert_eq!(body["data"]["result"][1], "12345670");
+
     let (_, body) = get(
         &router,
         "/api/v1/query",
@@ -156,6 +165,65 @@ async fn instant_and_range_queries_answer_as_prometheus_does() {
 
 /// A request's parameters.
 type Params<'a> = &'a [(&'a str, &'a str)];
+
+#[tokio::test]
+async fn or_fills_gaps_of_a_range_query_as_one_series() {
+    let (_dir, router) = router().await;
+    // sum(up) exists while up's sample is within the lookback (T0 to T0 + 5m); vector(0)
+    // fills the other steps. Same labels ({}), so one series.
+    let (status, body) = get(
+        &router,
+        "/api/v1/query_range",
+        &[
+            ("query", "sum(up) or vector(0)"),
+            ("start", &(T0 / 1000).to_string()),
+            ("end", &((T0 + 600_000) / 1000).to_string()),
+            ("step", "120"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let values: Vec<&str> = body["data"]["result"][0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v[1].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        body["data"]["result"].as_array().unwrap().len(),
+        1,
+        "{body}"
+    );
+    assert_eq!(values, ["1", "1", "1", "0", "0", "0"]);
+}
+
+#[tokio::test]
+async fn queries_too_large_to_answer_are_refused_not_run() {
+    let (_dir, router) = router().await;
+    let (status, body) = get(
+        &router,
+        "/api/v1/query",
+        &[
+            ("query", "max_over_time(up[30d:1ms])"),
+            ("time", "1700000000"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["errorType"], "execution");
+    assert!(body["error"].as_str().unwrap().contains("steps"), "{body}");
+    let (status, body) = get(
+        &router,
+        "/api/v1/query",
+        &[("query", "up"), ("time", "1e19")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("out of range"),
+        "{body}"
+    );
+}
 
 #[tokio::test]
 async fn bad_queries_get_prometheus_errors() {

@@ -391,7 +391,7 @@ async fn prometheus_promql_engine_tests() {
                     let result = match parse(&eval.expr) {
                         Ok(expr) => {
                             engine
-                                .evaluate(&tenant, &expr, Steps::instant(eval.at_ms))
+                                .evaluate(&tenant, Arc::new(expr), Steps::instant(eval.at_ms))
                                 .await
                         }
                         Err(e) => Err(e),

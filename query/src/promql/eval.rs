@@ -1,6 +1,8 @@
 //! Evaluation of a parsed expression at every step, on prefetched series.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use promql_parser::parser::token::{self, TokenId};
 use promql_parser::parser::{
@@ -10,7 +12,7 @@ use promql_parser::parser::{
 
 use super::functions;
 use super::value::{
-    LabelSet, METRIC_NAME, RangeSeries, Series, Value, VectorBuilder, drop_name, label,
+    LabelSet, METRIC_NAME, RangeSeries, Series, Value, VectorBuilder, drop_name, format_f, label,
 };
 use super::{EvalError, Fetched, LOOKBACK_MS, Steps, at_ms, millis, offset_ms};
 
@@ -101,15 +103,23 @@ pub(super) struct Evaluator<'a> {
     fetched: &'a Fetched,
     pub steps: Steps,
     pub times: Vec<i64>,
+    /// Set when nobody waits for the result any more.
+    cancelled: Arc<AtomicBool>,
 }
 
 impl<'a> Evaluator<'a> {
-    pub fn new(fetched: &'a Fetched, steps: Steps) -> Self {
-        Self {
+    pub fn new(fetched: &'a Fetched, steps: Steps) -> Result<Self, EvalError> {
+        Ok(Self {
             fetched,
             steps,
-            times: steps.times(),
-        }
+            times: steps.times()?,
+            cancelled: Arc::default(),
+        })
+    }
+
+    pub fn with_cancel(mut self, cancelled: Arc<AtomicBool>) -> Self {
+        self.cancelled = cancelled;
+        self
     }
 
     /// The expression's value; a range vector only at the top of an instant query.
@@ -137,6 +147,9 @@ impl<'a> Evaluator<'a> {
     }
 
     pub fn eval(&self, expr: &Expr) -> Result<Value, EvalError> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(EvalError::Execution("query was cancelled".into()));
+        }
         match expr {
             Expr::NumberLiteral(n) => Ok(Value::Scalar(vec![n.val; self.times.len()])),
             Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
@@ -259,7 +272,7 @@ impl<'a> Evaluator<'a> {
             end_ms: last,
             step_ms: step,
         };
-        let inner = Evaluator::new(self.fetched, inner_steps);
+        let inner = Evaluator::new(self.fetched, inner_steps)?.with_cancel(self.cancelled.clone());
         let times = inner.times.clone();
         let series = match inner.eval(&sq.expr)? {
             Value::Vector(series) => series
@@ -416,7 +429,7 @@ impl<'a> Evaluator<'a> {
                     continue;
                 };
                 let mut key = grouping(&series.labels, modifier);
-                super::value::set_label(&mut key, label_name, &model::format_prometheus_float(v));
+                super::value::set_label(&mut key, label_name, &format_f(v));
                 let count = counts.entry(key.clone()).or_insert_with(|| {
                     order.push(key);
                     0.0
@@ -452,14 +465,14 @@ impl<'a> Evaluator<'a> {
                     .collect(),
             )),
             (Value::Vector(v), Value::Scalar(s)) => {
-                Ok(Value::Vector(vector_scalar(op, v, &s, false, return_bool)))
+                Ok(Value::Vector(vector_scalar(op, v, &s, false, return_bool)?))
             }
             (Value::Scalar(s), Value::Vector(v)) => {
-                Ok(Value::Vector(vector_scalar(op, v, &s, true, return_bool)))
+                Ok(Value::Vector(vector_scalar(op, v, &s, true, return_bool)?))
             }
             (Value::Vector(l), Value::Vector(r)) => match op {
                 token::T_LAND | token::T_LOR | token::T_LUNLESS => {
-                    Ok(Value::Vector(self.set_op(op, &l, &r, modifier)))
+                    Ok(Value::Vector(self.set_op(op, &l, &r, modifier)?))
                 }
                 _ => self.vector_vector(op, &l, &r, modifier, return_bool),
             },
@@ -472,65 +485,54 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// `and`, `or`, `unless`. Output series are keyed by their labels, so a left and a
+    /// right series with the same labels at different steps (`x or vector(0)` in a range
+    /// query) are one series, as in Prometheus.
     fn set_op(
         &self,
         op: TokenId,
         lhs: &[Series],
         rhs: &[Series],
         modifier: Option<&BinModifier>,
-    ) -> Vec<Series> {
+    ) -> Result<Vec<Series>, EvalError> {
         let matching = modifier.and_then(|m| m.matching.as_ref());
-        let mut out: Vec<Series> = lhs
-            .iter()
-            .map(|s| Series {
-                labels: s.labels.clone(),
-                points: vec![None; self.times.len()],
-            })
-            .collect();
-        let mut extra: Vec<Series> = Vec::new();
+        let left_signatures: Vec<LabelSet> =
+            lhs.iter().map(|s| signature(&s.labels, matching)).collect();
+        let right_signatures: Vec<LabelSet> =
+            rhs.iter().map(|s| signature(&s.labels, matching)).collect();
+        let mut builder = VectorBuilder::new(self.times.len());
         for step in 0..self.times.len() {
-            let right: HashMap<LabelSet, ()> = rhs
-                .iter()
-                .filter(|s| s.points[step].is_some())
-                .map(|s| (signature(&s.labels, matching), ()))
-                .collect();
-            let mut left_sigs: HashMap<LabelSet, ()> = HashMap::new();
-            for (i, s) in lhs.iter().enumerate() {
+            let present = |series: &[Series], signatures: &[LabelSet]| -> HashSet<LabelSet> {
+                series
+                    .iter()
+                    .zip(signatures)
+                    .filter(|(s, _)| s.points[step].is_some())
+                    .map(|(_, sig)| sig.clone())
+                    .collect()
+            };
+            let right = present(rhs, &right_signatures);
+            for (s, sig) in lhs.iter().zip(&left_signatures) {
                 let Some(v) = s.points[step] else { continue };
-                let sig = signature(&s.labels, matching);
                 let keep = match op {
-                    token::T_LAND => right.contains_key(&sig),
-                    token::T_LUNLESS => !right.contains_key(&sig),
+                    token::T_LAND => right.contains(sig),
+                    token::T_LUNLESS => !right.contains(sig),
                     _ => true,
                 };
-                left_sigs.insert(sig, ());
                 if keep {
-                    out[i].points[step] = Some(v);
+                    builder.push(s.labels.clone(), step, v)?;
                 }
             }
             if op == token::T_LOR {
-                for s in rhs {
+                let left = present(lhs, &left_signatures);
+                for (s, sig) in rhs.iter().zip(&right_signatures) {
                     let Some(v) = s.points[step] else { continue };
-                    if left_sigs.contains_key(&signature(&s.labels, matching)) {
-                        continue;
-                    }
-                    match extra.iter_mut().find(|e| e.labels == s.labels) {
-                        Some(e) => e.points[step] = Some(v),
-                        None => {
-                            let mut points = vec![None; self.times.len()];
-                            points[step] = Some(v);
-                            extra.push(Series {
-                                labels: s.labels.clone(),
-                                points,
-                            });
-                        }
+                    if !left.contains(sig) {
+                        builder.push(s.labels.clone(), step, v)?;
                     }
                 }
             }
         }
-        out.extend(extra);
-        out.retain(|s| s.points.iter().any(Option::is_some));
-        out
+        Ok(builder.finish())
     }
 
     fn vector_vector(
@@ -658,46 +660,42 @@ fn apply(op: TokenId, lhs: f64, rhs: f64) -> (f64, bool) {
     }
 }
 
-/// A vector with a scalar on one side.
+/// A vector with a scalar on one side. Series whose labels meet once the name is dropped
+/// are one series, and an error where both have a value at one step (as in Prometheus).
 fn vector_scalar(
     op: TokenId,
     vector: Vec<Series>,
     scalar: &[f64],
     scalar_left: bool,
     return_bool: bool,
-) -> Vec<Series> {
+) -> Result<Vec<Series>, EvalError> {
     let comparison = is_comparison(op);
-    let mut out = Vec::new();
+    let mut builder = VectorBuilder::new(scalar.len());
     for series in vector {
-        let points: Vec<Option<f64>> = series
-            .points
-            .iter()
-            .zip(scalar)
-            .map(|(p, s)| {
-                let v = (*p)?;
-                let (l, r) = if scalar_left { (*s, v) } else { (v, *s) };
-                let (value, keep) = apply(op, l, r);
-                if return_bool {
-                    Some(if keep { 1.0 } else { 0.0 })
-                } else if comparison {
-                    // The vector's sample is kept with its own value.
-                    keep.then_some(v)
-                } else {
-                    Some(value)
-                }
-            })
-            .collect();
-        if points.iter().all(Option::is_none) {
-            continue;
-        }
         let labels = if drops_name(op) || return_bool {
             drop_name(&series.labels)
         } else {
-            series.labels
+            series.labels.clone()
         };
-        out.push(Series { labels, points });
+        for (step, (point, s)) in series.points.iter().zip(scalar).enumerate() {
+            let Some(v) = *point else { continue };
+            let (l, r) = if scalar_left { (*s, v) } else { (v, *s) };
+            let (value, keep) = apply(op, l, r);
+            let value = if return_bool {
+                if keep { 1.0 } else { 0.0 }
+            } else if comparison {
+                // The vector's sample is kept with its own value.
+                if !keep {
+                    continue;
+                }
+                v
+            } else {
+                value
+            };
+            builder.push(labels.clone(), step, value)?;
+        }
     }
-    out
+    Ok(builder.finish())
 }
 
 /// `labels` kept by `by (...)`/`on (...)` (the listed ones) or `without (...)`/

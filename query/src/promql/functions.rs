@@ -424,7 +424,14 @@ pub(super) fn quantile(q: f64, mut values: Vec<f64>) -> f64 {
     if q > 1.0 {
         return f64::INFINITY;
     }
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    // NaN sorts lowest, as in Prometheus (Go's `sort.Float64s`); `total_cmp` orders -0
+    // before 0, which changes no quantile.
+    values.sort_by(|a, b| match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        _ => a.total_cmp(b),
+    });
     let n = values.len() as f64;
     let rank = q * (n - 1.0);
     let lower = rank.floor().max(0.0) as usize;
@@ -729,5 +736,19 @@ fn date_part(name: &str, seconds: f64) -> f64 {
         "month" => time.month() as f64,
         "year" => time.year() as f64,
         _ => f64::NAN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_sort_nan_lowest_as_prometheus() {
+        assert_eq!(quantile(0.5, vec![1.0, f64::NAN, 3.0]), 1.0);
+        assert_eq!(quantile(1.0, vec![1.0, f64::NAN, 3.0]), 3.0);
+        assert!(quantile(0.0, vec![1.0, f64::NAN, 3.0]).is_nan());
+        assert_eq!(quantile(0.5, vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(quantile(2.0, vec![1.0]), f64::INFINITY);
     }
 }

@@ -17,6 +17,7 @@ pub mod value;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use model::TenantId;
@@ -30,6 +31,9 @@ pub use self::value::{LabelSet, RangeSeries, Series, Value};
 /// Prometheus's default lookback: an instant selector takes the newest sample at most this
 /// old.
 pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
+
+/// The most steps one evaluation (a query, or a subquery inside it) may have.
+pub const MAX_STEPS: i128 = 1_000_000;
 
 #[derive(Debug, Error, PartialEq)]
 pub enum EvalError {
@@ -61,12 +65,23 @@ impl Steps {
         }
     }
 
-    pub fn times(&self) -> Vec<i64> {
-        let step = self.step_ms.max(1);
-        (0..)
-            .map(|i| self.start_ms + i * step)
-            .take_while(|t| *t <= self.end_ms)
-            .collect()
+    /// The step times; an error past [`MAX_STEPS`] (a subquery of `[30d:1ms]`, say), which
+    /// would take more memory than any answer is worth.
+    pub fn times(&self) -> Result<Vec<i64>, EvalError> {
+        if self.end_ms < self.start_ms {
+            return Ok(Vec::new());
+        }
+        let step = i128::from(self.step_ms.max(1));
+        let count = (i128::from(self.end_ms) - i128::from(self.start_ms)) / step + 1;
+        if count > MAX_STEPS {
+            return Err(EvalError::Execution(format!(
+                "query processing would evaluate {count} steps, more than the {MAX_STEPS} \
+                 allowed: use a larger step"
+            )));
+        }
+        Ok((0..count)
+            .map(|i| (i128::from(self.start_ms) + i * step) as i64)
+            .collect())
     }
 }
 
@@ -132,22 +147,33 @@ impl Engine {
         Self { store }
     }
 
-    /// Evaluates `expr` for `tenant` at every step of `steps`.
+    /// Evaluates `expr` for `tenant` at every step of `steps`. The evaluation itself is
+    /// CPU work and runs on a blocking thread, off the async workers; if the returned future
+    /// is dropped (a timeout, a client gone), the evaluation stops at its next expression.
     pub async fn evaluate(
         &self,
         tenant: &TenantId,
-        expr: &Expr,
+        expr: Arc<Expr>,
         steps: Steps,
     ) -> Result<Value, EvalError> {
         let mut wanted = Vec::new();
-        eval::selections(expr, steps.start_ms, steps.end_ms, &steps, &mut wanted);
+        eval::selections(&expr, steps.start_ms, steps.end_ms, &steps, &mut wanted);
         let mut fetched: Fetched = HashMap::new();
         for (selector, start_ms, end_ms) in wanted {
             let series = self.fetch(tenant, selector, start_ms, end_ms).await?;
             let entry = fetched.entry(selector_key(selector)).or_default();
             merge_fetched(entry, series);
         }
-        eval::Evaluator::new(&fetched, steps).eval_top(expr)
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let _cancel_on_drop = CancelOnDrop(cancelled.clone());
+        // `expr` stays where it is on the heap, so the selectors' keys stay valid.
+        tokio::task::spawn_blocking(move || {
+            eval::Evaluator::new(&fetched, steps)?
+                .with_cancel(cancelled)
+                .eval_top(&expr)
+        })
+        .await
+        .map_err(|e| EvalError::Execution(format!("evaluation failed: {e}")))?
     }
 
     async fn fetch(
@@ -178,6 +204,15 @@ impl Engine {
                     .collect(),
             })
             .collect())
+    }
+}
+
+/// Sets its flag when dropped: tells a running evaluation nobody waits for it any more.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
