@@ -198,6 +198,34 @@ async fn or_fills_gaps_of_a_range_query_as_one_series() {
 }
 
 #[tokio::test]
+async fn at_start_inside_a_subquery_is_the_query_start() {
+    let (_dir, router) = router().await;
+    // `up @ start()` is up at the range query's start (T0: 1) at every subquery step.
+    // Subquery steps fall on whole minutes and T0 is 20 s past one, so each 2-minute
+    // window holds 2 of them. (Were `start()` the subquery's own first step, before T0,
+    // there would be no data at all.)
+    let (status, body) = get(
+        &router,
+        "/api/v1/query_range",
+        &[
+            ("query", "count_over_time((up @ start())[2m:1m])"),
+            ("start", &(T0 / 1000).to_string()),
+            ("end", &((T0 + 240_000) / 1000).to_string()),
+            ("step", "120"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let values: Vec<&str> = body["data"]["result"][0]["values"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .map(|v| v[1].as_str().unwrap())
+        .collect();
+    assert_eq!(values, ["2", "2", "2"], "{body}");
+}
+
+#[tokio::test]
 async fn queries_too_large_to_answer_are_refused_not_run() {
     let (_dir, router) = router().await;
     let (status, body) = get(

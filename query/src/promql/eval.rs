@@ -103,6 +103,9 @@ pub(super) struct Evaluator<'a> {
     fetched: &'a Fetched,
     pub steps: Steps,
     pub times: Vec<i64>,
+    /// The whole query's steps: what `@ start()` and `@ end()` mean, also inside a
+    /// subquery (whose own steps are `steps`).
+    query: Steps,
     /// Set when nobody waits for the result any more.
     cancelled: Arc<AtomicBool>,
 }
@@ -113,6 +116,7 @@ impl<'a> Evaluator<'a> {
             fetched,
             steps,
             times: steps.times()?,
+            query: steps,
             cancelled: Arc::default(),
         })
     }
@@ -197,7 +201,7 @@ impl<'a> Evaluator<'a> {
 
     /// An instant selector's series, each point `f(sample time, sample value)`.
     pub fn select_with(&self, vs: &VectorSelector, f: impl Fn(i64, f64) -> f64) -> Vec<Series> {
-        let at = at_ms(&vs.at, &self.steps);
+        let at = at_ms(&vs.at, &self.query);
         let offset = offset_ms(&vs.offset);
         let mut out = Vec::new();
         for series in self.fetched(vs) {
@@ -240,7 +244,7 @@ impl<'a> Evaluator<'a> {
                     .collect(),
                 range_ms: millis(range),
                 offset_ms: offset_ms(&vs.offset),
-                at_ms: at_ms(&vs.at, &self.steps),
+                at_ms: at_ms(&vs.at, &self.query),
             }),
             Expr::Subquery(sq) => self.subquery(sq),
             other => Err(EvalError::Parse(format!(
@@ -260,7 +264,7 @@ impl<'a> Evaluator<'a> {
             .max(1);
         let range = millis(&sq.range);
         let offset = offset_ms(&sq.offset);
-        let at = at_ms(&sq.at, &self.steps);
+        let at = at_ms(&sq.at, &self.query);
         let first = at.unwrap_or(self.steps.start_ms) - offset - range;
         let last = at.unwrap_or(self.steps.end_ms) - offset;
         let mut start = first.div_euclid(step) * step;
@@ -272,7 +276,9 @@ impl<'a> Evaluator<'a> {
             end_ms: last,
             step_ms: step,
         };
-        let inner = Evaluator::new(self.fetched, inner_steps)?.with_cancel(self.cancelled.clone());
+        let mut inner =
+            Evaluator::new(self.fetched, inner_steps)?.with_cancel(self.cancelled.clone());
+        inner.query = self.query;
         let times = inner.times.clone();
         let series = match inner.eval(&sq.expr)? {
             Value::Vector(series) => series
