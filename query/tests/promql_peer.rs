@@ -2,6 +2,9 @@
 //! read in place), run through Meerkat's engine on a real embedded store: each file's
 //! `load` blocks are written to the store, each `eval` is evaluated and compared.
 //!
+//! Each statement that passes as an instant query is also run as a range query around its
+//! time, as Prometheus's own runner does, and must give the same result at the middle step.
+//!
 //! Prints `N passed, M failed`. Statements that cannot pass yet are listed, with the
 //! reason, in `tests/promql_peer_known_failures.txt`; the test fails when a statement
 //! outside that list fails (a regression) and when a listed one passes (the list is stale).
@@ -319,6 +322,37 @@ fn mismatch(eval: &Eval, value: &Value) -> Option<String> {
     None
 }
 
+/// Evaluates `eval` as a range query around its time and compares the middle step.
+async fn range_mismatch(engine: &Engine, tenant: &TenantId, eval: &Eval) -> Option<String> {
+    let steps = Steps {
+        start_ms: eval.at_ms - 60_000,
+        end_ms: eval.at_ms + 60_000,
+        step_ms: 60_000,
+    };
+    let expr = Arc::new(parse(&eval.expr).ok()?);
+    let value = match engine.evaluate(tenant, expr, steps).await {
+        Ok(value) => value,
+        Err(e) => return Some(format!("in range mode: error: {e}")),
+    };
+    // The middle step as an instant result.
+    let middle = match value {
+        Value::Scalar(values) => Value::Scalar(vec![values[1]]),
+        Value::Vector(series) => Value::Vector(
+            series
+                .into_iter()
+                .filter_map(|s| {
+                    s.points[1].map(|v| query::promql::Series {
+                        labels: s.labels,
+                        points: vec![Some(v)],
+                    })
+                })
+                .collect(),
+        ),
+        other => return Some(format!("in range mode: a {}", other.type_name())),
+    };
+    mismatch(eval, &middle).map(|why| format!("in range mode: {why}"))
+}
+
 async fn load(store: &EmbeddedStore, interval: i64, series: &[LoadedSeries]) {
     let batch = series
         .iter()
@@ -400,7 +434,15 @@ async fn prometheus_promql_engine_tests() {
                         (Err(_), true) => None,
                         (Ok(_), true) => Some("expected an error, got a result".to_owned()),
                         (Err(e), false) => Some(format!("error: {e}")),
-                        (Ok(value), false) => mismatch(&eval, value),
+                        (Ok(value), false) => match mismatch(&eval, value) {
+                            // As Prometheus's runner does: the same statement as a range
+                            // query (a minute either side, 1m step) must give the same
+                            // result at its middle step.
+                            None if !eval.ordered && !matches!(value, Value::Matrix(_)) => {
+                                range_mismatch(&engine, &tenant, &eval).await
+                            }
+                            other => other,
+                        },
                     };
                     match problem {
                         None => passed += 1,
