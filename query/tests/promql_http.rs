@@ -240,6 +240,15 @@ async fn queries_too_large_to_answer_are_refused_not_run() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["errorType"], "execution");
     assert!(body["error"].as_str().unwrap().contains("steps"), "{body}");
+    // topk's k must fit an int64, as in Prometheus.
+    let (status, body) = get(
+        &router,
+        "/api/v1/query",
+        &[("query", "topk(NaN, up)"), ("time", "1700000000")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"], "Scalar value NaN overflows int64");
     let (status, body) = get(
         &router,
         "/api/v1/query",

@@ -364,6 +364,13 @@ impl<'a> Evaluator<'a> {
                 match op {
                     token::T_TOPK | token::T_BOTTOMK => {
                         let k = param.unwrap_or(0.0);
+                        // Prometheus converts k to an int64 and refuses what does not fit.
+                        if !(-9.223_372_036_854_776e18..=9.223_372_036_854_776e18).contains(&k) {
+                            return Err(EvalError::Execution(format!(
+                                "Scalar value {} overflows int64",
+                                format_f(k)
+                            )));
+                        }
                         if k < 1.0 {
                             continue;
                         }
