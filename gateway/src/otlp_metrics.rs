@@ -359,21 +359,6 @@ fn clean_up_unit(unit: &str) -> String {
     }
 }
 
-/// A float as Go's `strconv.FormatFloat(v, 'f', -1, 64)`: how Prometheus's OTLP receiver
-/// writes `le` and `quantile` values (`1000000`, not `1e+06`).
-fn format_go_f(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".to_owned()
-    } else if value == f64::INFINITY {
-        "+Inf".to_owned()
-    } else if value == f64::NEG_INFINITY {
-        "-Inf".to_owned()
-    } else {
-        // Rust's Display is the shortest round-trip decimal, never in exponent form.
-        format!("{value}")
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Attribute values, rendered like pcommon.Value.AsString
 // ---------------------------------------------------------------------------------------------
@@ -385,9 +370,8 @@ fn any_value_string(value: Option<&AnyValue>) -> String {
         Some(V::StringValue(s)) => s.clone(),
         Some(V::BoolValue(b)) => b.to_string(),
         Some(V::IntValue(i)) => i.to_string(),
-        Some(V::DoubleValue(f)) => {
-            es6_float(*f).unwrap_or_else(|| format!("json: unsupported value: {}", format_go_f(*f)))
-        }
+        Some(V::DoubleValue(f)) => es6_float(*f)
+            .unwrap_or_else(|| format!("json: unsupported value: {}", model::format_go_f(*f))),
         Some(V::BytesValue(bytes)) => base64(bytes),
         Some(V::ArrayValue(_) | V::KvlistValue(_)) => {
             let mut out = String::new();
@@ -1225,7 +1209,11 @@ impl Converter<'_> {
             // Cannot overflow: check_explicit_buckets summed them all.
             cumulative = cumulative.saturating_add(*count);
             let mut bucket = Pending::float(
-                series_pairs(&base, &bucket_name, Some(("le", format_go_f(*bound)))),
+                series_pairs(
+                    &base,
+                    &bucket_name,
+                    Some(("le", model::format_go_f(*bound))),
+                ),
                 timestamp,
                 value(cumulative as f64),
             );
@@ -1292,7 +1280,7 @@ impl Converter<'_> {
                 series_pairs(
                     &base,
                     name,
-                    Some(("quantile", format_go_f(quantile.quantile))),
+                    Some(("quantile", model::format_go_f(quantile.quantile))),
                 ),
                 timestamp,
                 value(quantile.value),
@@ -1763,14 +1751,14 @@ mod tests {
 
     #[test]
     fn le_and_quantile_values_are_written_like_prometheus_otlp() {
-        assert_eq!(format_go_f(0.005), "0.005");
-        assert_eq!(format_go_f(1e6), "1000000");
-        assert_eq!(format_go_f(1e-7), "0.0000001");
-        assert_eq!(format_go_f(1e21), "1000000000000000000000");
-        assert_eq!(format_go_f(-2.5), "-2.5");
-        assert_eq!(format_go_f(f64::INFINITY), "+Inf");
-        assert_eq!(format_go_f(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(format_go_f(f64::NAN), "NaN");
+        assert_eq!(model::format_go_f(0.005), "0.005");
+        assert_eq!(model::format_go_f(1e6), "1000000");
+        assert_eq!(model::format_go_f(1e-7), "0.0000001");
+        assert_eq!(model::format_go_f(1e21), "1000000000000000000000");
+        assert_eq!(model::format_go_f(-2.5), "-2.5");
+        assert_eq!(model::format_go_f(f64::INFINITY), "+Inf");
+        assert_eq!(model::format_go_f(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(model::format_go_f(f64::NAN), "NaN");
     }
 
     #[test]

@@ -269,6 +269,23 @@ impl ClassicHistogram {
     }
 }
 
+/// A float as Go's `strconv.FormatFloat(v, 'f', -1, 64)` writes it: the shortest digits
+/// that read back, never an exponent (`1000000`, not `1e+06`). Prometheus uses it for
+/// sample values in its JSON API, `count_values` labels, and the `le`/`quantile` labels its
+/// OTLP receiver writes.
+pub fn format_go_f(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".to_owned()
+    } else if value == f64::INFINITY {
+        "+Inf".to_owned()
+    } else if value == f64::NEG_INFINITY {
+        "-Inf".to_owned()
+    } else {
+        // Rust's `Display` for f64 is the shortest round-trip decimal, never an exponent.
+        format!("{value}")
+    }
+}
+
 /// Formats a float the way Prometheus writes `le` and `quantile` label values (Go's
 /// `strconv.FormatFloat(v, 'g', -1, 64)`), so series built by Meerkat carry exactly the
 /// label values Prometheus would give them: `0.005`, `100000`, `1e+06`, `+Inf`.

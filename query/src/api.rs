@@ -184,7 +184,7 @@ fn seconds(t: i64) -> Json {
 }
 
 fn sample(t: i64, v: f64) -> Json {
-    json!([seconds(t), promql::value::format_f(v)])
+    json!([seconds(t), model::format_go_f(v)])
 }
 
 fn metric(labels: &[(String, String)]) -> Json {

@@ -12,7 +12,7 @@ use promql_parser::parser::{
 
 use super::functions;
 use super::value::{
-    LabelSet, METRIC_NAME, RangeSeries, Series, Value, VectorBuilder, drop_name, format_f, label,
+    LabelSet, METRIC_NAME, RangeSeries, Series, Value, VectorBuilder, drop_name, label,
 };
 use super::{EvalError, Fetched, LOOKBACK_MS, Steps, at_ms, millis, offset_ms};
 
@@ -368,7 +368,7 @@ impl<'a> Evaluator<'a> {
                         if !(-9.223_372_036_854_776e18..=9.223_372_036_854_776e18).contains(&k) {
                             return Err(EvalError::Execution(format!(
                                 "Scalar value {} overflows int64",
-                                format_f(k)
+                                model::format_go_f(k)
                             )));
                         }
                         if k < 1.0 {
@@ -442,7 +442,7 @@ impl<'a> Evaluator<'a> {
                     continue;
                 };
                 let mut key = grouping(&series.labels, modifier);
-                super::value::set_label(&mut key, label_name, &format_f(v));
+                super::value::set_label(&mut key, label_name, &model::format_go_f(v));
                 let count = counts.entry(key.clone()).or_insert_with(|| {
                     order.push(key);
                     0.0

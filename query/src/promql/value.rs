@@ -128,19 +128,3 @@ pub fn format_labels(labels: &LabelSet) -> String {
     let inner: Vec<String> = labels.iter().map(|(n, v)| format!("{n}={v:?}")).collect();
     format!("{{{}}}", inner.join(", "))
 }
-
-/// A float as Go's `strconv.FormatFloat(v, 'f', -1, 64)` writes it (Prometheus's sample
-/// values in JSON and `count_values` labels): the shortest digits that read back, never an
-/// exponent.
-pub fn format_f(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".to_owned()
-    } else if value == f64::INFINITY {
-        "+Inf".to_owned()
-    } else if value == f64::NEG_INFINITY {
-        "-Inf".to_owned()
-    } else {
-        // Rust's `Display` for f64 is the shortest round-tripping form without exponent.
-        format!("{value}")
-    }
-}
