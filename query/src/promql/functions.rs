@@ -48,14 +48,14 @@ pub(super) fn call(ev: &Evaluator<'_>, call: &Call) -> Result<Value, EvalError> 
                 .iter()
                 .map(|t| input.series.iter().any(|s| !input.window(s, *t).is_empty()))
                 .collect();
-            Ok(absent(ev, arg(0)?, &present))
+            Ok(absent(arg(0)?, &present))
         }
         "absent" => {
             let input = ev.vector_arg(arg(0)?)?;
             let present: Vec<bool> = (0..ev.times.len())
                 .map(|step| input.iter().any(|s| s.points[step].is_some()))
                 .collect();
-            Ok(absent(ev, arg(0)?, &present))
+            Ok(absent(arg(0)?, &present))
         }
         // Instant-vector functions that map values.
         "abs" | "ceil" | "floor" | "exp" | "ln" | "log2" | "log10" | "sqrt" | "sgn" | "acos"
@@ -481,7 +481,7 @@ fn holt_winters(
 
 /// `absent`/`absent_over_time`: one series, labelled by the selector's equality matchers,
 /// at the steps where nothing was present.
-fn absent(ev: &Evaluator<'_>, arg: &Expr, present: &[bool]) -> Value {
+fn absent(arg: &Expr, present: &[bool]) -> Value {
     let mut labels: LabelSet = Vec::new();
     let selector = match arg {
         Expr::VectorSelector(vs) => Some(vs),
@@ -506,7 +506,6 @@ fn absent(ev: &Evaluator<'_>, arg: &Expr, present: &[bool]) -> Value {
         }
     }
     let points: Vec<Option<f64>> = present.iter().map(|p| (!p).then_some(1.0)).collect();
-    let _ = ev;
     if points.iter().all(Option::is_none) {
         return Value::Vector(Vec::new());
     }
@@ -544,7 +543,8 @@ fn label_replace(ev: &Evaluator<'_>, args: &[&Expr]) -> Result<Value, EvalError>
             "invalid destination label name in label_replace(): {dst}"
         )));
     }
-    let template = go_template(replacement);
+    // Go's `$1`/`${1}` expansion reads the same in Rust's regex (`$1x` is the group named
+    // `1x` in both), so the replacement is the template as it is.
     let input = ev.vector_arg(args[0])?;
     let mut builder = VectorBuilder::new(ev.times.len());
     for series in input {
@@ -552,7 +552,7 @@ fn label_replace(ev: &Evaluator<'_>, args: &[&Expr]) -> Result<Value, EvalError>
         let mut labels = series.labels.clone();
         if let Some(captures) = pattern.captures(&value) {
             let mut expanded = String::new();
-            captures.expand(&template, &mut expanded);
+            captures.expand(replacement, &mut expanded);
             set_label(&mut labels, dst, &expanded);
         }
         for (step, point) in series.points.iter().enumerate() {
@@ -562,12 +562,6 @@ fn label_replace(ev: &Evaluator<'_>, args: &[&Expr]) -> Result<Value, EvalError>
         }
     }
     Ok(Value::Vector(builder.finish()))
-}
-
-/// Go's `$1`/`${1}` expansion as Rust's regex takes it (`$1x` is the group named `1x` in
-/// both, so the text passes as it is).
-fn go_template(replacement: &str) -> String {
-    replacement.to_owned()
 }
 
 fn label_join(ev: &Evaluator<'_>, args: &[&Expr]) -> Result<Value, EvalError> {

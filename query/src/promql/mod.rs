@@ -159,10 +159,10 @@ impl Engine {
         let mut wanted = Vec::new();
         eval::selections(&expr, steps.start_ms, steps.end_ms, &steps, &mut wanted);
         let mut fetched: Fetched = HashMap::new();
+        // Each selector node is listed once, with the one range it needs.
         for (selector, start_ms, end_ms) in wanted {
             let series = self.fetch(tenant, selector, start_ms, end_ms).await?;
-            let entry = fetched.entry(selector_key(selector)).or_default();
-            merge_fetched(entry, series);
+            fetched.insert(selector_key(selector), series);
         }
         let cancelled = Arc::new(AtomicBool::new(false));
         let _cancel_on_drop = CancelOnDrop(cancelled.clone());
@@ -213,24 +213,6 @@ struct CancelOnDrop(Arc<AtomicBool>);
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Adds `more` (another time range of the same selector) to `into`.
-fn merge_fetched(into: &mut Vec<RangeSeries>, more: Vec<RangeSeries>) {
-    if into.is_empty() {
-        *into = more;
-        return;
-    }
-    for series in more {
-        match into.iter_mut().find(|s| s.labels == series.labels) {
-            Some(existing) => {
-                existing.samples.extend(series.samples);
-                existing.samples.sort_by_key(|(t, _)| *t);
-                existing.samples.dedup_by_key(|(t, _)| *t);
-            }
-            None => into.push(series),
-        }
     }
 }
 
