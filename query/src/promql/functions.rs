@@ -545,16 +545,27 @@ fn label_replace(ev: &Evaluator<'_>, args: &[&Expr]) -> Result<Value, EvalError>
     }
     // Go's `$1`/`${1}` expansion reads the same in Rust's regex (`$1x` is the group named
     // `1x` in both), so the replacement is the template as it is.
-    let input = ev.vector_arg(args[0])?;
-    let mut builder = VectorBuilder::new(ev.times.len());
-    for series in input {
-        let value = super::value::label(&series.labels, src).to_owned();
-        let mut labels = series.labels.clone();
+    relabel(ev, args[0], |labels| {
+        let value = super::value::label(labels, src).to_owned();
         if let Some(captures) = pattern.captures(&value) {
             let mut expanded = String::new();
             captures.expand(replacement, &mut expanded);
-            set_label(&mut labels, dst, &expanded);
+            set_label(labels, dst, &expanded);
         }
+    })
+}
+
+/// The vector `arg` with each series' labels changed by `change`, values kept; series that
+/// meet at one step are Prometheus's duplicate-labelset error.
+fn relabel(
+    ev: &Evaluator<'_>,
+    arg: &Expr,
+    change: impl Fn(&mut LabelSet),
+) -> Result<Value, EvalError> {
+    let mut builder = VectorBuilder::new(ev.times.len());
+    for series in ev.vector_arg(arg)? {
+        let mut labels = series.labels;
+        change(&mut labels);
         for (step, point) in series.points.iter().enumerate() {
             if let Some(v) = point {
                 builder.push(labels.clone(), step, *v)?;
@@ -579,23 +590,14 @@ fn label_join(ev: &Evaluator<'_>, args: &[&Expr]) -> Result<Value, EvalError> {
             "invalid destination label name in label_join(): {dst}"
         )));
     }
-    let input = ev.vector_arg(args[0])?;
-    let mut builder = VectorBuilder::new(ev.times.len());
-    for series in input {
+    relabel(ev, args[0], |labels| {
         let joined = sources
             .iter()
-            .map(|s| super::value::label(&series.labels, s))
+            .map(|s| super::value::label(labels, s))
             .collect::<Vec<_>>()
             .join(separator);
-        let mut labels = series.labels.clone();
-        set_label(&mut labels, dst, &joined);
-        for (step, point) in series.points.iter().enumerate() {
-            if let Some(v) = point {
-                builder.push(labels.clone(), step, *v)?;
-            }
-        }
-    }
-    Ok(Value::Vector(builder.finish()))
+        set_label(labels, dst, &joined);
+    })
 }
 
 fn string_args(ev: &Evaluator<'_>, args: &[&Expr]) -> Result<Vec<String>, EvalError> {
