@@ -140,6 +140,16 @@ pub struct StorageConfig {
     pub clickhouse: ClickHouseConfig,
 }
 
+impl StorageConfig {
+    /// How long the configured engine keeps data.
+    pub fn retention_seconds(&self) -> u64 {
+        match self.engine {
+            StorageEngine::Embedded => self.embedded.retention_seconds,
+            StorageEngine::Clickhouse => self.clickhouse.retention_seconds,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageEngine {

@@ -101,7 +101,8 @@ pub async fn run(role: Role, config: Config, sources: Sources) -> anyhow::Result
                     &config.gateway.auth,
                     config.query.clone(),
                 )
-                .context("cannot start the query API")?;
+                .context("cannot start the query API")?
+                .with_storage_retention(format!("{}s", config.storage.retention_seconds()));
                 routes = routes.merge(service.http_routes());
             }
         }

@@ -45,7 +45,7 @@ fn bad(message: impl Into<String>) -> QueryError {
 }
 
 /// A time parameter: Unix seconds (`1700000000.5`) or RFC 3339.
-fn parse_time(name: &str, text: &str) -> Result<i64, QueryError> {
+pub(crate) fn parse_time(name: &str, text: &str) -> Result<i64, QueryError> {
     let text = text.trim();
     // Prometheus's own bounds are far wider, but no query needs times past ±10^13 s
     // (~300,000 years), and staying inside keeps every step computation exact.

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::error::{ErrorType, QueryError};
 use crate::sql::{self, Format};
-use crate::{QueryService, Shared, api};
+use crate::{QueryService, Shared, api, meta};
 use model::TenantId;
 
 pub(crate) fn routes(service: QueryService) -> Router {
@@ -20,6 +20,18 @@ pub(crate) fn routes(service: QueryService) -> Router {
         .route("/api/v1/sql", get(sql_handler).post(sql_handler))
         .route("/api/v1/query", get(api::instant).post(api::instant))
         .route("/api/v1/query_range", get(api::range).post(api::range))
+        .route("/api/v1/series", get(meta::series).post(meta::series))
+        .route(
+            "/api/v1/labels",
+            get(meta::label_names).post(meta::label_names),
+        )
+        .route("/api/v1/label/{name}/values", get(meta::label_values))
+        .route(
+            "/api/v1/format_query",
+            get(meta::format_query).post(meta::format_query),
+        )
+        .route("/api/v1/status/buildinfo", get(meta::build_info))
+        .route("/api/v1/status/runtimeinfo", get(meta::runtime_info))
         .with_state(service)
 }
 

@@ -13,6 +13,7 @@ mod api;
 mod config;
 mod error;
 mod http;
+mod meta;
 pub mod promql;
 mod sql;
 
@@ -38,6 +39,9 @@ struct Shared {
     store: Arc<dyn Storage>,
     tenants: TenantResolver,
     config: QueryConfig,
+    /// For `/api/v1/status/runtimeinfo`.
+    started_at: std::time::SystemTime,
+    storage_retention: String,
 }
 
 impl QueryService {
@@ -53,8 +57,18 @@ impl QueryService {
                 store,
                 tenants: TenantResolver::new(auth)?,
                 config,
+                started_at: std::time::SystemTime::now(),
+                storage_retention: String::new(),
             }),
         })
+    }
+
+    /// Says how long the store keeps data (`15d`), for `/api/v1/status/runtimeinfo`.
+    pub fn with_storage_retention(mut self, retention: impl Into<String>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.storage_retention = retention.into();
+        }
+        self
     }
 
     /// The routes to serve on the role's HTTP port.

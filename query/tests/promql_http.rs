@@ -29,21 +29,57 @@ fn encode(value: &str) -> String {
         .collect()
 }
 
-async fn get(router: &axum::Router, path: &str, params: &[(&str, &str)]) -> (StatusCode, Value) {
-    let query: Vec<String> = params
+fn form(params: &[(&str, &str)]) -> String {
+    let pairs: Vec<String> = params
         .iter()
-        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
         .collect();
-    let request = Request::get(format!("{path}?{}", query.join("&")))
-        .header("X-Scope-OrgID", "a")
+    pairs.join("&")
+}
+
+async fn get(router: &axum::Router, path: &str, params: &[(&str, &str)]) -> (StatusCode, Value) {
+    get_as(router, "a", path, params).await
+}
+
+async fn get_as(
+    router: &axum::Router,
+    tenant: &str,
+    path: &str,
+    params: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let request = Request::get(format!("{path}?{}", form(params)))
+        .header("X-Scope-OrgID", tenant)
         .body(Body::empty())
         .unwrap();
+    send(router, request).await
+}
+
+/// A POST with a form body, as Grafana sends its requests, for `tenant`.
+async fn post(
+    router: &axum::Router,
+    tenant: &str,
+    path: &str,
+    params: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let request = Request::post(path)
+        .header("X-Scope-OrgID", tenant)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(form(params)))
+        .unwrap();
+    send(router, request).await
+}
+
+async fn send(router: &axum::Router, request: Request<Body>) -> (StatusCode, Value) {
     let response = router.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let body = axum::body::to_bytes(response.into_body(), 1 << 24)
         .await
         .unwrap();
-    (status, serde_json::from_slice(&body).unwrap())
+    let text = String::from_utf8_lossy(&body).into_owned();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status}: {text:?}: {e}")),
+    )
 }
 
 /// A counter `requests_total{job="api"}` rising 10 per 15 s over 10 minutes, with a reset at
@@ -317,4 +353,140 @@ async fn bad_queries_get_prometheus_errors() {
             "{params:?}: {body}"
         );
     }
+}
+
+#[tokio::test]
+async fn series_labels_and_label_values_answer_as_prometheus_does() {
+    let (_dir, router) = router().await;
+    let (status, body) = get(&router, "/api/v1/series", &[("match[]", "up")]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "success", "data": [{"__name__": "up", "job": "api"}]})
+    );
+
+    // Several match[]: the union, each series once, sorted; POST form bodies too.
+    let both = [
+        ("match[]", r#"{job="api"}"#),
+        ("match[]", "up"),
+        ("match[]", r#"requests_total{job=~"a.*"}"#),
+    ];
+    let (_, body) = post(&router, "a", "/api/v1/series", &both).await;
+    assert_eq!(
+        body["data"],
+        json!([
+            {"__name__": "requests_total", "job": "api"},
+            {"__name__": "up", "job": "api"}
+        ])
+    );
+
+    // A time range keeps only series with samples in it: `up` has one sample, at T0.
+    let after = ((T0 + 60_000) / 1000).to_string();
+    let end = ((T0 + 600_000) / 1000).to_string();
+    let (_, body) = get(
+        &router,
+        "/api/v1/series",
+        &[
+            ("match[]", r#"{job="api"}"#),
+            ("start", &after),
+            ("end", &end),
+        ],
+    )
+    .await;
+    assert_eq!(
+        body["data"],
+        json!([{"__name__": "requests_total", "job": "api"}])
+    );
+
+    // `limit` cuts, and says so as Prometheus does.
+    let (_, body) = get(
+        &router,
+        "/api/v1/series",
+        &[("match[]", r#"{job="api"}"#), ("limit", "1")],
+    )
+    .await;
+    assert_eq!(body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(body["warnings"], json!(["results truncated due to limit"]));
+
+    let (_, body) = get(&router, "/api/v1/labels", &[]).await;
+    assert_eq!(body["data"], json!(["__name__", "job"]));
+    let (_, body) = get(&router, "/api/v1/label/__name__/values", &[]).await;
+    assert_eq!(body["data"], json!(["requests_total", "up"]));
+    let (_, body) = get(
+        &router,
+        "/api/v1/label/__name__/values",
+        &[("match[]", r#"{job="api"}"#), ("start", &after)],
+    )
+    .await;
+    assert_eq!(body["data"], json!(["requests_total"]));
+    let (_, body) = get(&router, "/api/v1/label/nope/values", &[]).await;
+    assert_eq!(body["data"], json!([]));
+
+    // Another tenant sees none of it.
+    for path in [
+        "/api/v1/series",
+        "/api/v1/labels",
+        "/api/v1/label/job/values",
+    ] {
+        let (status, body) = get_as(&router, "b", path, &[("match[]", r#"{job="api"}"#)]).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(body["data"], json!([]), "{path}");
+    }
+
+    // Bad input: 400 bad_data naming the problem.
+    for (path, params, says) in [
+        ("/api/v1/series", vec![], "no match[] parameter provided"),
+        (
+            "/api/v1/series",
+            vec![("match[]", "rate(up[5m])")],
+            "not a series selector",
+        ),
+        (
+            "/api/v1/series",
+            vec![("match[]", r#"{job=~".*"}"#)],
+            "non-empty matcher",
+        ),
+        ("/api/v1/labels", vec![("match[]", "up{")], "match[]"),
+        ("/api/v1/labels", vec![("start", "yesterday")], "\"start\""),
+        (
+            "/api/v1/labels",
+            vec![("start", "20"), ("end", "10")],
+            "\"end\"",
+        ),
+        ("/api/v1/labels", vec![("limit", "-1")], "\"limit\""),
+        ("/api/v1/label/a-b/values", vec![], "invalid label name"),
+    ] {
+        let (status, body) = get(&router, path, &params).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {params:?}: {body}");
+        assert_eq!(body["errorType"], "bad_data");
+        let message = body["error"].as_str().unwrap();
+        assert!(message.contains(says), "{path} {params:?}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn format_query_and_status_answer_as_prometheus_does() {
+    let (_dir, router) = router().await;
+    let (status, body) = get(
+        &router,
+        "/api/v1/format_query",
+        &[("query", "sum by(job)(rate(requests_total{job='api'}[5m]))")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["data"],
+        r#"sum by (job) (rate(requests_total{job="api"}[5m]))"#
+    );
+    let (status, body) = get(&router, "/api/v1/format_query", &[("query", "sum(")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["errorType"], "bad_data");
+
+    let (_, body) = get(&router, "/api/v1/status/buildinfo", &[]).await;
+    assert_eq!(body["status"], "success");
+    assert_eq!(body["data"]["version"], "2.42.0");
+    let (_, body) = get(&router, "/api/v1/status/runtimeinfo", &[]).await;
+    let started = body["data"]["startTime"].as_str().unwrap();
+    assert!(started.ends_with('Z') && started.len() > 20, "{body}");
+    assert!(body["data"]["GOMAXPROCS"].as_u64().unwrap() >= 1);
 }

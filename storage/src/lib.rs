@@ -92,6 +92,15 @@ pub trait Storage: Send + Sync + fmt::Debug {
         end_ms: i64,
     ) -> Result<Vec<SeriesSamples>>;
 
+    /// Label sets of the series matching every matcher, sorted. With `range` (`[start_ms,
+    /// end_ms]`), only series with samples in it; without, every series the tenant has.
+    async fn series(
+        &self,
+        tenant: &TenantId,
+        matchers: &[Matcher],
+        range: Option<(i64, i64)>,
+    ) -> Result<Vec<Labels>>;
+
     /// Label names of the series matching `matchers` (all series when empty), sorted.
     async fn label_names(&self, tenant: &TenantId, matchers: &[Matcher]) -> Result<Vec<String>>;
 

@@ -98,6 +98,11 @@ async fn select_with_every_matcher() {
 }
 
 #[tokio::test]
+async fn series_listing() {
+    conformance::series_listing(&ClickHouse::new("series_listing")).await;
+}
+
+#[tokio::test]
 async fn label_names_and_values() {
     conformance::label_names_and_values(&ClickHouse::new("label_names_and_values")).await;
 }

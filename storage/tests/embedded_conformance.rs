@@ -71,6 +71,11 @@ async fn select_with_every_matcher() {
 }
 
 #[tokio::test]
+async fn series_listing() {
+    conformance::series_listing(&Embedded::new()).await;
+}
+
+#[tokio::test]
 async fn label_names_and_values() {
     conformance::label_names_and_values(&Embedded::new()).await;
 }

@@ -88,11 +88,27 @@ impl Steps {
 /// Parses `query` as PromQL 2.42. The parser follows Prometheus 3, where 2.42's
 /// `holt_winters` is named `double_exponential_smoothing`.
 pub fn parse(query: &str) -> Result<Expr, EvalError> {
-    let renamed = rename_function(query, "holt_winters", "double_exponential_smoothing");
+    const NEW_NAME: &str = "double_exponential_smoothing";
+    if rename_function(query, NEW_NAME, "_") != query {
+        return Err(EvalError::Parse(format!(
+            "unknown function with name \"{NEW_NAME}\" (Prometheus 2.42 calls it holt_winters)"
+        )));
+    }
+    let renamed = rename_function(query, "holt_winters", NEW_NAME);
     parser::parse(&renamed).map_err(EvalError::Parse)
 }
 
-/// `query` with calls of the function `from` renamed `to` (outside string literals).
+/// `expr` as Prometheus's formatter prints it, with 2.42's function names.
+pub fn pretty(expr: &Expr) -> String {
+    rename_function(
+        &expr.prettify(),
+        "double_exponential_smoothing",
+        "holt_winters",
+    )
+}
+
+/// `query` with calls of the function `from` renamed `to` (outside string literals and
+/// `#` comments; backquoted strings take no escapes).
 fn rename_function(query: &str, from: &str, to: &str) -> String {
     let mut out = String::with_capacity(query.len());
     let mut quote: Option<char> = None;
@@ -100,7 +116,7 @@ fn rename_function(query: &str, from: &str, to: &str) -> String {
     while let Some(c) = rest.chars().next() {
         match quote {
             Some(q) => {
-                if c == '\\' {
+                if c == '\\' && q != '`' {
                     let escaped: String = rest.chars().take(2).collect();
                     out.push_str(&escaped);
                     rest = &rest[escaped.len()..];
@@ -111,6 +127,12 @@ fn rename_function(query: &str, from: &str, to: &str) -> String {
                 }
             }
             None if c == '"' || c == '\'' || c == '`' => quote = Some(c),
+            None if c == '#' => {
+                let comment = rest.find('\n').unwrap_or(rest.len());
+                out.push_str(&rest[..comment]);
+                rest = &rest[comment..];
+                continue;
+            }
             None if rest.starts_with(from)
                 && !out.ends_with(|p: char| p.is_alphanumeric() || p == '_')
                 && rest[from.len()..].trim_start().starts_with('(') =>
@@ -217,7 +239,7 @@ impl Drop for CancelOnDrop {
 }
 
 /// The selector's matchers as storage takes them; the metric name is one of them.
-fn store_matchers(selector: &VectorSelector) -> Result<Vec<Matcher>, EvalError> {
+pub(crate) fn store_matchers(selector: &VectorSelector) -> Result<Vec<Matcher>, EvalError> {
     if !selector.matchers.or_matchers.is_empty() {
         return Err(EvalError::Parse(
             "`or` inside a selector is not PromQL 2.42".into(),
@@ -279,5 +301,45 @@ fn system_time_ms(time: &SystemTime) -> i64 {
     match time.duration_since(UNIX_EPOCH) {
         Ok(after) => millis(&after),
         Err(before) => -millis(&before.duration()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn holt_winters_is_renamed_only_where_it_is_a_call() {
+        let renamed = |q| rename_function(q, "holt_winters", "des");
+        assert_eq!(
+            renamed("holt_winters(x[5m], 0.5, 0.5)"),
+            "des(x[5m], 0.5, 0.5)"
+        );
+        assert_eq!(renamed("holt_winters (x)"), "des (x)");
+        assert_eq!(
+            renamed(r#"x{a="holt_winters(\"x"} + holt_winters(y)"#),
+            r#"x{a="holt_winters(\"x"} + des(y)"#
+        );
+        assert_eq!(renamed(r"x{a=`\` + holt_winters(y)"), r"x{a=`\` + des(y)");
+        assert_eq!(renamed("my_holt_winters(x)"), "my_holt_winters(x)");
+        assert_eq!(
+            renamed("x # holt_winters(y)\n+ holt_winters(z)"),
+            "x # holt_winters(y)\n+ des(z)"
+        );
+    }
+
+    #[test]
+    fn the_3x_name_is_not_2_42_promql() {
+        assert!(parse("holt_winters(x[5m], 0.5, 0.5)").is_ok());
+        let error = parse("double_exponential_smoothing(x[5m], 0.5, 0.5)").unwrap_err();
+        assert!(matches!(error, EvalError::Parse(m) if m.contains("holt_winters")));
+    }
+
+    #[test]
+    fn pretty_printing_keeps_2_42_names() {
+        let expr = parse("sum(holt_winters(x[5m],0.5,0.5))").unwrap();
+        assert_eq!(pretty(&expr), "sum(holt_winters(x[5m], 0.5, 0.5))");
     }
 }

@@ -867,6 +867,25 @@ impl Storage for ClickHouseStore {
         Ok(out)
     }
 
+    async fn series(
+        &self,
+        tenant: &TenantId,
+        matchers: &[Matcher],
+        range: Option<(i64, i64)>,
+    ) -> Result<Vec<Labels>> {
+        if let Some((start_ms, end_ms)) = range {
+            let selected = self.select(tenant, matchers, start_ms, end_ms).await?;
+            return Ok(selected.into_iter().map(|s| s.labels).collect());
+        }
+        let mut out: Vec<Labels> = self
+            .matching_series(tenant, matchers)
+            .await?
+            .into_values()
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     async fn label_names(&self, tenant: &TenantId, matchers: &[Matcher]) -> Result<Vec<String>> {
         let conditions: Option<Vec<_>> = matchers.iter().map(pushdown::condition).collect();
         let Some(conditions) = conditions else {

@@ -1063,6 +1063,30 @@ impl Storage for EmbeddedStore {
         Ok(out)
     }
 
+    async fn series(
+        &self,
+        tenant_id: &TenantId,
+        matchers: &[Matcher],
+        range: Option<(i64, i64)>,
+    ) -> Result<Vec<Labels>> {
+        if let Some((start_ms, end_ms)) = range {
+            let selected = self.select(tenant_id, matchers, start_ms, end_ms).await?;
+            return Ok(selected.into_iter().map(|s| s.labels).collect());
+        }
+        let Some(tenant) = self.tenant(tenant_id) else {
+            return Ok(Vec::new());
+        };
+        let state = read_lock(&tenant.state);
+        let mut out: Vec<Labels> = state
+            .index
+            .select(matchers)
+            .iter()
+            .filter_map(|id| state.index.labels(id).cloned())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     async fn label_names(&self, tenant: &TenantId, matchers: &[Matcher]) -> Result<Vec<String>> {
         let Some(tenant) = self.tenant(tenant) else {
             return Ok(Vec::new());

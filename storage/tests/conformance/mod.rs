@@ -497,6 +497,64 @@ pub async fn label_names_and_values(engine: &dyn Engine) {
     );
 }
 
+/// `series`: label sets by matchers, every series without a range, and with one only the
+/// series with samples inside it (inclusive).
+pub async fn series_listing(engine: &dyn Engine) {
+    let store = engine.open().await;
+    write_matcher_series(store.as_ref(), "a").await;
+    let a = tenant("a");
+    let late = [("__name__", HTTP), ("job", "late"), ("instance", "l:1")];
+    store
+        .write(
+            &a,
+            metrics(&[(&late, &[(T0 + 3_600_000, 1.0)])]),
+            &metrics_at(100),
+        )
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    {
+        let instances_of = |labels: Vec<Labels>| -> Vec<String> {
+            labels
+                .iter()
+                .map(|l| l.get("instance").unwrap_or_default().to_owned())
+                .collect()
+        };
+        let api = [matcher("job", MatchOp::Regex, "api|late")];
+        assert_eq!(
+            instances_of(store.series(&a, &api, None).await.unwrap()),
+            ["a:1", "a:2", "l:1"],
+            "every series, sorted by labels"
+        );
+        assert_eq!(
+            instances_of(store.series(&a, &api, Some((T0, T0))).await.unwrap()),
+            ["a:1", "a:2"],
+            "only series with samples in the range"
+        );
+        assert_eq!(
+            instances_of(
+                store
+                    .series(&a, &api, Some((T0 + 15_001, T0 + 3_600_000)))
+                    .await
+                    .unwrap()
+            ),
+            ["l:1"],
+            "the range is inclusive at its end"
+        );
+        let all = store.series(&a, &[], None).await.unwrap();
+        assert_eq!(all.len(), SERIES.len() + 1);
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "sorted, no duplicates");
+        assert!(
+            store
+                .series(&tenant("b"), &api, None)
+                .await
+                .unwrap()
+                .is_empty(),
+            "another tenant sees nothing"
+        );
+    }
+}
+
 /// Writing the same metric record again — before a flush, after it, after a restart —
 /// changes nothing; a later write of the same series and timestamp wins.
 pub async fn metric_rewrites_count_once(engine: &dyn Engine) {

@@ -1,0 +1,359 @@
+//! Prometheus's metadata endpoints: `/api/v1/series`, `/api/v1/labels`,
+//! `/api/v1/label/<name>/values`, `/api/v1/format_query` and `/api/v1/status/*`, which
+//! Grafana uses for its query editor, its variables and its data source check.
+//!
+//! Time ranges: with `match[]`, only series with samples in `[start, end]` count (exact,
+//! where Prometheus counts whole 2-hour blocks). Without `match[]`, `/labels` and
+//! `/label/<name>/values` answer from every series the tenant has, as Prometheus does for
+//! its head block: a superset, and the cheap answer for an editor's autocompletion.
+
+use std::collections::BTreeSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json as JsonBody;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use model::Labels;
+use promql_parser::parser::Expr;
+use serde_json::{Value as Json, json};
+use storage::Matcher;
+
+use crate::QueryService;
+use crate::api::parse_time;
+use crate::error::{ErrorType, QueryError};
+use crate::http::tenant_of;
+use crate::promql;
+
+/// The Prometheus release whose API this one answers as: Grafana reads the version from
+/// `buildinfo` to pick the features it may use.
+pub(crate) const PROMETHEUS_API_VERSION: &str = "2.42.0";
+
+/// A request's form parameters in order, repeated names (`match[]`) included.
+type Params = Vec<(String, String)>;
+
+fn bad(message: impl Into<String>) -> QueryError {
+    QueryError::new(ErrorType::BadData, message)
+}
+
+fn read_params(params: Result<Form<Params>, FormRejection>) -> Result<Params, QueryError> {
+    params
+        .map(|Form(p)| p)
+        .map_err(|e| bad(format!("cannot read the parameters: {e}")))
+}
+
+fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// What the series-reading endpoints share: their selectors, time range and limit.
+struct Selection {
+    /// One matcher list per `match[]`; a series matching any of them is selected.
+    selectors: Vec<Vec<Matcher>>,
+    range: Option<(i64, i64)>,
+    /// 0: no limit.
+    limit: usize,
+}
+
+impl Selection {
+    fn read(params: &Params) -> Result<Self, QueryError> {
+        let selectors = params
+            .iter()
+            .filter(|(n, _)| n == "match[]")
+            .map(|(_, text)| selector_matchers(text))
+            .collect::<Result<Vec<_>, _>>()?;
+        let start = param(params, "start")
+            .map(|t| parse_time("start", t))
+            .transpose()?;
+        let end = param(params, "end")
+            .map(|t| parse_time("end", t))
+            .transpose()?;
+        let range = match (start, end) {
+            (None, None) => None,
+            (start, end) => {
+                let (start, end) = (start.unwrap_or(i64::MIN), end.unwrap_or(i64::MAX));
+                if end < start {
+                    return Err(bad(
+                        "invalid parameter \"end\": end timestamp must not be before start time",
+                    ));
+                }
+                Some((start, end))
+            }
+        };
+        let limit = match param(params, "limit") {
+            None | Some("") => 0,
+            Some(text) => text.trim().parse::<usize>().map_err(|_| {
+                bad(format!(
+                    "invalid parameter \"limit\": {text:?} is not a non-negative integer"
+                ))
+            })?,
+        };
+        Ok(Self {
+            selectors,
+            range,
+            limit,
+        })
+    }
+
+    /// The label sets of the selected series, each once, sorted.
+    async fn series(
+        &self,
+        service: &QueryService,
+        tenant: &model::TenantId,
+    ) -> Result<Vec<Labels>, QueryError> {
+        let mut all = BTreeSet::new();
+        for matchers in &self.selectors {
+            let found = service
+                .shared
+                .store
+                .series(tenant, matchers, self.range)
+                .await
+                .map_err(|e| QueryError::new(ErrorType::Unavailable, e.to_string()))?;
+            all.extend(found);
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    /// `items` cut to the limit, with Prometheus's warning when something was cut.
+    fn limited<T>(&self, mut items: Vec<T>, warnings: &mut Vec<String>) -> Vec<T> {
+        if self.limit > 0 && items.len() > self.limit {
+            items.truncate(self.limit);
+            warnings.push("results truncated due to limit".to_owned());
+        }
+        items
+    }
+}
+
+/// A `match[]` selector's matchers. Like Prometheus, a selector must have a matcher that
+/// does not match the empty string, so it cannot select every series by accident.
+fn selector_matchers(text: &str) -> Result<Vec<Matcher>, QueryError> {
+    let invalid = |why: String| bad(format!("invalid parameter \"match[]\": {why}"));
+    let expr = promql_parser::parser::parse(text).map_err(invalid)?;
+    let Expr::VectorSelector(selector) = expr else {
+        return Err(invalid(format!(
+            "{text:?} is not a series selector such as up{{job=\"api\"}}"
+        )));
+    };
+    let matchers = promql::store_matchers(&selector).map_err(|e| invalid(e.to_string()))?;
+    if matchers.iter().all(|m| m.matches("")) {
+        return Err(invalid(format!(
+            "{text:?}: match[] must contain at least one non-empty matcher"
+        )));
+    }
+    Ok(matchers)
+}
+
+fn success(data: Json, warnings: Vec<String>) -> Response {
+    let mut body = json!({"status": "success", "data": data});
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
+    JsonBody(body).into_response()
+}
+
+fn respond(result: Result<Response, QueryError>) -> Response {
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub(crate) async fn series(
+    State(service): State<QueryService>,
+    headers: HeaderMap,
+    params: Result<Form<Params>, FormRejection>,
+) -> Response {
+    respond(
+        async {
+            let tenant = tenant_of(&service.shared, &headers)?;
+            let selection = Selection::read(&read_params(params)?)?;
+            if selection.selectors.is_empty() {
+                return Err(bad("no match[] parameter provided"));
+            }
+            let mut warnings = Vec::new();
+            let series =
+                selection.limited(selection.series(&service, &tenant).await?, &mut warnings);
+            let data: Vec<Json> = series.iter().map(labels_json).collect();
+            Ok(success(json!(data), warnings))
+        }
+        .await,
+    )
+}
+
+pub(crate) async fn label_names(
+    State(service): State<QueryService>,
+    headers: HeaderMap,
+    params: Result<Form<Params>, FormRejection>,
+) -> Response {
+    respond(
+        async {
+            let tenant = tenant_of(&service.shared, &headers)?;
+            let selection = Selection::read(&read_params(params)?)?;
+            let names: Vec<String> = if selection.selectors.is_empty() {
+                service
+                    .shared
+                    .store
+                    .label_names(&tenant, &[])
+                    .await
+                    .map_err(|e| QueryError::new(ErrorType::Unavailable, e.to_string()))?
+            } else {
+                let series = selection.series(&service, &tenant).await?;
+                let names: BTreeSet<&str> = series
+                    .iter()
+                    .flat_map(|l| l.iter().map(|l| l.name))
+                    .collect();
+                names.into_iter().map(str::to_owned).collect()
+            };
+            let mut warnings = Vec::new();
+            Ok(success(
+                json!(selection.limited(names, &mut warnings)),
+                warnings,
+            ))
+        }
+        .await,
+    )
+}
+
+pub(crate) async fn label_values(
+    State(service): State<QueryService>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    params: Result<Form<Params>, FormRejection>,
+) -> Response {
+    respond(
+        async {
+            let tenant = tenant_of(&service.shared, &headers)?;
+            // Prometheus 2.42 takes plain names; `U__` escapes came later, with UTF-8 names.
+            if !is_label_name(&name) {
+                return Err(bad(format!("invalid label name: {name:?}")));
+            }
+            let selection = Selection::read(&read_params(params)?)?;
+            let values: Vec<String> = if selection.selectors.is_empty() {
+                service
+                    .shared
+                    .store
+                    .label_values(&tenant, &name, &[])
+                    .await
+                    .map_err(|e| QueryError::new(ErrorType::Unavailable, e.to_string()))?
+            } else {
+                let series = selection.series(&service, &tenant).await?;
+                let values: BTreeSet<&str> = series.iter().filter_map(|l| l.get(&name)).collect();
+                values.into_iter().map(str::to_owned).collect()
+            };
+            let mut warnings = Vec::new();
+            Ok(success(
+                json!(selection.limited(values, &mut warnings)),
+                warnings,
+            ))
+        }
+        .await,
+    )
+}
+
+/// `[a-zA-Z_][a-zA-Z0-9_]*`, Prometheus 2.42's label names.
+fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn labels_json(labels: &Labels) -> Json {
+    Json::Object(
+        labels
+            .iter()
+            .map(|l| (l.name.to_owned(), Json::String(l.value.to_owned())))
+            .collect(),
+    )
+}
+
+/// `/api/v1/format_query`: the query as Prometheus's formatter prints it.
+pub(crate) async fn format_query(params: Result<Form<Params>, FormRejection>) -> Response {
+    respond(
+        async {
+            let params = read_params(params)?;
+            let query = param(&params, "query")
+                .filter(|q| !q.trim().is_empty())
+                .ok_or_else(|| bad("invalid parameter \"query\": the query is missing"))?;
+            let expr = promql::parse(query)?;
+            Ok(success(json!(promql::pretty(&expr)), Vec::new()))
+        }
+        .await,
+    )
+}
+
+pub(crate) async fn build_info() -> Response {
+    success(
+        json!({
+            "version": PROMETHEUS_API_VERSION,
+            "revision": concat!("meerkat-", env!("CARGO_PKG_VERSION")),
+            "branch": "meerkat",
+            "buildUser": "meerkat",
+            "buildDate": "",
+            "goVersion": "",
+        }),
+        Vec::new(),
+    )
+}
+
+pub(crate) async fn runtime_info(State(service): State<QueryService>) -> Response {
+    let started = seconds_rfc3339(service.shared.started_at);
+    let cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    success(
+        json!({
+            "startTime": started,
+            "CWD": cwd,
+            "reloadConfigSuccess": true,
+            "lastConfigTime": started,
+            "corruptionCount": 0,
+            "goroutineCount": 0,
+            "GOMAXPROCS": cores,
+            "GOGC": "",
+            "GODEBUG": "",
+            "storageRetention": service.shared.storage_retention,
+        }),
+        Vec::new(),
+    )
+}
+
+fn seconds_rfc3339(time: SystemTime) -> String {
+    let millis = time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    chrono::DateTime::from_timestamp_millis(millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn match_selectors_must_narrow_the_selection() {
+        assert_eq!(selector_matchers("up").unwrap().len(), 1);
+        assert_eq!(selector_matchers(r#"{job=~"a.+"}"#).unwrap().len(), 1);
+        for text in [r#"{job=~".*"}"#, r#"{job=""}"#, "rate(up[5m])", "up{", ""] {
+            let error = selector_matchers(text).unwrap_err();
+            assert_eq!(error.kind, ErrorType::BadData, "{text:?}");
+            assert!(error.message.contains("match[]"), "{}", error.message);
+        }
+    }
+
+    #[test]
+    fn label_names_as_prometheus_2_42_takes_them() {
+        for good in ["job", "_x", "A1_b"] {
+            assert!(is_label_name(good), "{good}");
+        }
+        for bad in ["", "1a", "a-b", "é", "a b"] {
+            assert!(!is_label_name(bad), "{bad}");
+        }
+    }
+}
