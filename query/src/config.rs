@@ -11,6 +11,12 @@ pub struct QueryConfig {
     /// The most rows an SQL result may have; past it the query fails with a message saying
     /// to aggregate or add a `LIMIT`, rather than building an answer too large to send.
     pub max_rows: u64,
+    /// The most series one PromQL query may select, over all its selectors; past it the
+    /// query fails (422) asking for narrower selectors, before it can exhaust memory.
+    pub max_series: u64,
+    /// The most samples one PromQL query may hold (Prometheus's `--query.max-samples`):
+    /// the samples its selectors read plus one point per selected series and step.
+    pub max_samples: u64,
 }
 
 impl Default for QueryConfig {
@@ -18,6 +24,8 @@ impl Default for QueryConfig {
         Self {
             timeout_seconds: 120.0,
             max_rows: 100_000,
+            max_series: 500_000,
+            max_samples: 50_000_000,
         }
     }
 }
@@ -30,8 +38,14 @@ impl QueryConfig {
                 self.timeout_seconds
             ));
         }
-        if self.max_rows == 0 {
-            return Err("query.max_rows must be at least 1".to_owned());
+        for (name, value) in [
+            ("max_rows", self.max_rows),
+            ("max_series", self.max_series),
+            ("max_samples", self.max_samples),
+        ] {
+            if value == 0 {
+                return Err(format!("query.{name} must be at least 1"));
+            }
         }
         Ok(())
     }

@@ -53,7 +53,10 @@ impl QueryService {
     ) -> Result<Self, AuthError> {
         Ok(Self {
             shared: Arc::new(Shared {
-                engine: promql::Engine::new(store.clone()),
+                engine: promql::Engine::new(store.clone()).with_limits(promql::Limits {
+                    max_series: config.max_series,
+                    max_samples: config.max_samples,
+                }),
                 store,
                 tenants: TenantResolver::new(auth)?,
                 config,

@@ -85,6 +85,10 @@ async fn send(router: &axum::Router, request: Request<Body>) -> (StatusCode, Val
 /// A counter `requests_total{job="api"}` rising 10 per 15 s over 10 minutes, with a reset at
 /// 5 minutes, and `up{job="api"}` = 1.
 async fn router() -> (TempDir, axum::Router) {
+    router_with(QueryConfig::default()).await
+}
+
+async fn router_with(config: QueryConfig) -> (TempDir, axum::Router) {
     let dir = TempDir::new().unwrap();
     let store = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap();
     let counter = (0..=40)
@@ -124,7 +128,7 @@ async fn router() -> (TempDir, axum::Router) {
         .await
         .unwrap();
     let store: Arc<dyn Storage> = Arc::new(store);
-    let service = QueryService::new(store, &AuthConfig::default(), QueryConfig::default()).unwrap();
+    let service = QueryService::new(store, &AuthConfig::default(), config).unwrap();
     (dir, service.http_routes())
 }
 
@@ -489,4 +493,60 @@ async fn format_query_and_status_answer_as_prometheus_does() {
     let started = body["data"]["startTime"].as_str().unwrap();
     assert!(started.ends_with('Z') && started.len() > 20, "{body}");
     assert!(body["data"]["GOMAXPROCS"].as_u64().unwrap() >= 1);
+}
+
+#[tokio::test]
+async fn queries_past_the_series_and_sample_limits_fail_saying_which() {
+    // Both series have samples in the 5 minutes before.
+    let at = ((T0 + 120_000) / 1000).to_string();
+    let (_dir, router) = router_with(QueryConfig {
+        max_series: 1,
+        ..QueryConfig::default()
+    })
+    .await;
+    let (status, _) = get(&router, "/api/v1/query", &[("query", "up"), ("time", &at)]).await;
+    assert_eq!(status, StatusCode::OK, "one series is within the limit");
+    // Two selectors of one series each: the limit is over the whole query.
+    for query in [r#"{job="api"}"#, "up + requests_total"] {
+        let (status, body) =
+            get(&router, "/api/v1/query", &[("query", query), ("time", &at)]).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        assert_eq!(body["errorType"], "execution");
+        assert!(
+            body["error"].as_str().unwrap().contains("query.max_series"),
+            "{body}"
+        );
+    }
+
+    // 41 samples in 10 minutes; as a range query, one point per step on top.
+    let at = ((T0 + 600_000) / 1000).to_string();
+    let (_dir, router) = router_with(QueryConfig {
+        max_samples: 60,
+        ..QueryConfig::default()
+    })
+    .await;
+    let (status, body) = get(
+        &router,
+        "/api/v1/query",
+        &[("query", "requests_total[10m]"), ("time", &at)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let start = (T0 / 1000).to_string();
+    let (status, body) = get(
+        &router,
+        "/api/v1/query_range",
+        &[
+            ("query", "requests_total"),
+            ("start", &start),
+            ("end", &at),
+            ("step", "15s"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("too many samples"),
+        "{body}"
+    );
 }

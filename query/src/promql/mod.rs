@@ -158,15 +158,40 @@ pub(crate) fn selector_key(selector: &VectorSelector) -> usize {
     selector as *const VectorSelector as usize
 }
 
+/// How much one query may select and hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_series: u64,
+    pub max_samples: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_series: 500_000,
+            max_samples: 50_000_000,
+        }
+    }
+}
+
 /// Evaluates PromQL over a store.
 #[derive(Clone, Debug)]
 pub struct Engine {
     store: Arc<dyn Storage>,
+    limits: Limits,
 }
 
 impl Engine {
     pub fn new(store: Arc<dyn Storage>) -> Self {
-        Self { store }
+        Self {
+            store,
+            limits: Limits::default(),
+        }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Evaluates `expr` for `tenant` at every step of `steps`. The evaluation itself is
@@ -181,9 +206,31 @@ impl Engine {
         let mut wanted = Vec::new();
         eval::selections(&expr, steps.start_ms, steps.end_ms, &steps, &mut wanted);
         let mut fetched: Fetched = HashMap::new();
+        let step_count = steps.times()?.len() as u64;
+        let (mut series_count, mut sample_count) = (0u64, 0u64);
         // Each selector node is listed once, with the one range it needs.
         for (selector, start_ms, end_ms) in wanted {
             let series = self.fetch(tenant, selector, start_ms, end_ms).await?;
+            series_count += series.len() as u64;
+            if series_count > self.limits.max_series {
+                return Err(EvalError::Execution(format!(
+                    "the query selects more than {} series (query.max_series); \
+                     narrow its selectors",
+                    self.limits.max_series
+                )));
+            }
+            // The samples read, and the points each series takes at every step.
+            sample_count += series
+                .iter()
+                .map(|s| s.samples.len() as u64 + step_count)
+                .sum::<u64>();
+            if sample_count > self.limits.max_samples {
+                return Err(EvalError::Execution(format!(
+                    "query processing would load too many samples into memory in query \
+                     execution (more than {}, query.max_samples)",
+                    self.limits.max_samples
+                )));
+            }
             fetched.insert(selector_key(selector), series);
         }
         let cancelled = Arc::new(AtomicBool::new(false));
