@@ -483,6 +483,11 @@ fn holt_winters(
 /// at the steps where nothing was present.
 fn absent(arg: &Expr, present: &[bool]) -> Value {
     let mut labels: LabelSet = Vec::new();
+    // Prometheus unwraps parentheses around a function's arguments before it looks.
+    let mut arg = arg;
+    while let Expr::Paren(inner) = arg {
+        arg = &inner.expr;
+    }
     let selector = match arg {
         Expr::VectorSelector(vs) => Some(vs),
         Expr::MatrixSelector(ms) => Some(&ms.vs),
