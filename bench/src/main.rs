@@ -4,6 +4,7 @@
 //! Each subcommand says what it compares.
 
 mod clickhouse_ingest;
+mod dashboard;
 mod encoding;
 mod remote_write;
 mod storage_size;
@@ -32,6 +33,8 @@ enum Command {
     StorageSize(storage_size::Args),
     /// Acknowledged → visible to a read, under load: Meerkat vs VictoriaMetrics vs Prometheus
     Visibility(visibility::Args),
+    /// Dashboard queries: Meerkat vs Prometheus vs VictoriaMetrics, median and p99 latency
+    Dashboard(dashboard::Args),
     /// Distributed mode's write path: Kafka → ingest → ClickHouse, samples per second
     ClickhouseIngest(clickhouse_ingest::Args),
 }
@@ -43,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Command::StorageSize(args) => storage_size::run(&args),
         Command::Visibility(args) => visibility::run(&args),
         Command::ClickhouseIngest(args) => clickhouse_ingest::run(&args),
+        Command::Dashboard(args) => dashboard::run(&args),
     }
 }

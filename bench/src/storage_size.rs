@@ -32,7 +32,7 @@ pub struct Args {
     hours: u64,
 }
 
-const INTERVAL_MS: i64 = 15_000;
+pub(crate) const INTERVAL_MS: i64 = 15_000;
 
 /// What a series measures, which decides how its value moves.
 #[derive(Clone, Copy)]
@@ -86,15 +86,15 @@ fn noise(series: usize, step: u64) -> u64 {
     x ^ (x >> 29)
 }
 
-struct Generator {
-    labels: Vec<Vec<(String, String)>>,
+pub(crate) struct Generator {
+    pub(crate) labels: Vec<Vec<(String, String)>>,
     kinds: Vec<Kind>,
     state: Vec<f64>,
     start_ms: i64,
 }
 
 impl Generator {
-    fn new(series: usize, start_ms: i64) -> Self {
+    pub(crate) fn new(series: usize, start_ms: i64) -> Self {
         let (labels, kinds): (Vec<_>, Vec<_>) = (0..series).map(labels_of).unzip();
         let state = (0..series)
             .map(|i| match kinds[i] {
@@ -112,7 +112,7 @@ impl Generator {
     }
 
     /// The samples of scrape round `step`, series by series.
-    fn round(&mut self, step: u64) -> Vec<Sample> {
+    pub(crate) fn round(&mut self, step: u64) -> Vec<Sample> {
         (0..self.labels.len())
             .map(|i| {
                 let r = noise(i, step);
