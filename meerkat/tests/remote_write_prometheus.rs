@@ -1,7 +1,8 @@
 //! A real Prometheus 2.42 scrapes a real node_exporter 1.5 and remote-writes to
 //! `meerkat serve`; afterwards every series and every sample Prometheus holds must be on
 //! Meerkat's bus, value for value, with the metric metadata; readable through
-//! `/api/v1/sql`; and PromQL queries on both give the same answers.
+//! `/api/v1/sql`; PromQL queries on both give the same answers, and `/api/v1/metadata`
+//! the same metadata.
 //!
 //! Needs `prometheus` and `prometheus-node-exporter`, which `./scripts/test` installs.
 
@@ -224,6 +225,50 @@ fn every_series_and_sample_prometheus_remote_writes_is_on_the_bus() {
             );
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    // `/api/v1/metadata` on `serve` gives what Prometheus gives: the scraped families'
+    // type, help and unit, which Prometheus remote-writes every second here.
+    let entries = |body: &serde_json::Value| -> BTreeMap<String, String> {
+        body["data"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(family, list)| {
+                let mut list: Vec<String> = list
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m.to_string())
+                    .collect();
+                list.sort();
+                (family.clone(), list.join(","))
+            })
+            .collect()
+    };
+    let want = entries(&prometheus.api("/api/v1/metadata"));
+    assert!(want.len() > 50, "node_exporter has many families: {want:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = get(meerkat.addr, "/api/v1/metadata").unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let got = entries(&serde_json::from_str(&answer.body).unwrap());
+        if got == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metadata differs: only in Meerkat {:?}, only in Prometheus {:?}",
+            got.iter()
+                .filter(|e| !want.contains_key(e.0))
+                .take(5)
+                .collect::<Vec<_>>(),
+            want.iter()
+                .filter(|e| got.get(e.0) != Some(e.1))
+                .take(5)
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
 
     // Stopping Prometheus flushes its remote-write queue; then Meerkat stops cleanly.

@@ -344,6 +344,41 @@ pub enum MetricType {
     StateSet,
 }
 
+impl MetricType {
+    pub const ALL: [MetricType; 8] = [
+        Self::Unknown,
+        Self::Counter,
+        Self::Gauge,
+        Self::Histogram,
+        Self::GaugeHistogram,
+        Self::Summary,
+        Self::Info,
+        Self::StateSet,
+    ];
+
+    /// The name Prometheus's metadata API gives the type.
+    pub fn prometheus_name(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Counter => "counter",
+            Self::Gauge => "gauge",
+            Self::Histogram => "histogram",
+            Self::GaugeHistogram => "gaugehistogram",
+            Self::Summary => "summary",
+            Self::Info => "info",
+            Self::StateSet => "stateset",
+        }
+    }
+
+    /// The type [`MetricType::prometheus_name`] names; `unknown` for any other name.
+    pub fn from_prometheus_name(name: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.prometheus_name() == name)
+            .unwrap_or_default()
+    }
+}
+
 /// Type, help and unit of a metric family, as carried by remote-write and scrapes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricMetadata {
@@ -361,6 +396,11 @@ pub struct MetricBatch {
 }
 
 impl MetricBatch {
+    /// Exemplars of all series.
+    pub fn exemplar_count(&self) -> usize {
+        self.series.iter().map(|s| s.exemplars.len()).sum()
+    }
+
     /// Float samples plus histogram samples: what rate limits and metrics count.
     pub fn sample_count(&self) -> usize {
         self.series

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::error::{ErrorType, QueryError};
 use crate::sql::{self, Format};
-use crate::{QueryService, Shared, api, meta};
+use crate::{QueryService, Shared, api, exemplars, meta};
 use model::TenantId;
 
 pub(crate) fn routes(service: QueryService) -> Router {
@@ -26,6 +26,11 @@ pub(crate) fn routes(service: QueryService) -> Router {
             get(meta::label_names).post(meta::label_names),
         )
         .route("/api/v1/label/{name}/values", get(meta::label_values))
+        .route("/api/v1/metadata", get(meta::metadata))
+        .route(
+            "/api/v1/query_exemplars",
+            get(exemplars::query_exemplars).post(exemplars::query_exemplars),
+        )
         .route(
             "/api/v1/format_query",
             get(meta::format_query).post(meta::format_query),

@@ -1,10 +1,11 @@
 //! Answers questions about stored telemetry, over HTTP, in the shapes Prometheus's clients
 //! expect.
 //!
-//! Today: PromQL ([`promql`], Prometheus 2.42's semantics) behind `/api/v1/query` and
-//! `/api/v1/query_range`, and `/api/v1/sql`, DataFusion SQL over the tenant's `samples`,
-//! `series`, `spans`, `logs` and `events` tables (see `storage`'s sessions), on either
-//! storage engine. The rest of Prometheus's HTTP API is still to come (issue 5).
+//! PromQL ([`promql`], Prometheus 2.42's semantics) behind Prometheus's HTTP API —
+//! `/api/v1/query`, `/api/v1/query_range`, the series, label, metadata and exemplar
+//! endpoints, `format_query` and `status` — and `/api/v1/sql`, DataFusion SQL over the
+//! tenant's `samples`, `series`, `spans`, `logs`, `events` and `exemplars` tables (see
+//! `storage`'s sessions), on either storage engine.
 //!
 //! Every request's tenant comes from the same auth as the gateway's
 //! ([`model::auth::TenantResolver`]), and a session only ever holds its tenant's tables.
@@ -12,6 +13,7 @@
 mod api;
 mod config;
 mod error;
+mod exemplars;
 mod http;
 mod meta;
 pub mod promql;

@@ -1,5 +1,6 @@
 //! Prometheus's metadata endpoints: `/api/v1/series`, `/api/v1/labels`,
-//! `/api/v1/label/<name>/values`, `/api/v1/format_query` and `/api/v1/status/*`, which
+//! `/api/v1/label/<name>/values`, `/api/v1/metadata`, `/api/v1/format_query` and
+//! `/api/v1/status/*`, which
 //! Grafana uses for its query editor, its variables and its data source check.
 //!
 //! Time ranges: with `match[]`, only series with samples in `[start, end]` count (exact,
@@ -246,6 +247,62 @@ pub(crate) async fn label_values(
                 json!(selection.limited(values, &mut warnings)),
                 warnings,
             ))
+        }
+        .await,
+    )
+}
+
+/// `/api/v1/metadata`: type, help and unit per metric family, as remote-write brought
+/// them. `limit` caps the families, `limit_per_metric` the entries of each, `metric` picks
+/// one family; negative limits are none, as in Prometheus.
+pub(crate) async fn metadata(
+    State(service): State<QueryService>,
+    headers: HeaderMap,
+    params: Result<Form<Params>, FormRejection>,
+) -> Response {
+    respond(
+        async {
+            let tenant = tenant_of(&service.shared, &headers)?;
+            let params = read_params(params)?;
+            let number = |name: &str| -> Result<i64, QueryError> {
+                match param(&params, name) {
+                    None | Some("") => Ok(-1),
+                    Some(text) => text
+                        .trim()
+                        .parse()
+                        .map_err(|_| bad(format!("{name} must be a number"))),
+                }
+            };
+            let (limit, per_metric) = (number("limit")?, number("limit_per_metric")?);
+            let metric = param(&params, "metric").filter(|m| !m.is_empty());
+            let entries = service
+                .shared
+                .store
+                .metadata(&tenant)
+                .await
+                .map_err(|e| QueryError::new(ErrorType::Unavailable, e.to_string()))?;
+            let mut families = serde_json::Map::new();
+            for entry in entries {
+                if metric.is_some_and(|m| m != entry.metric_family_name) {
+                    continue;
+                }
+                if !families.contains_key(&entry.metric_family_name) {
+                    if limit >= 0 && families.len() as i64 >= limit {
+                        continue;
+                    }
+                    families.insert(entry.metric_family_name.clone(), json!([]));
+                }
+                if let Some(Json::Array(list)) = families.get_mut(&entry.metric_family_name)
+                    && (per_metric <= 0 || (list.len() as i64) < per_metric)
+                {
+                    list.push(json!({
+                        "type": entry.metric_type.prometheus_name(),
+                        "help": entry.help,
+                        "unit": entry.unit,
+                    }));
+                }
+            }
+            Ok(success(Json::Object(families), Vec::new()))
         }
         .await,
     )

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use model::auth::AuthConfig;
-use model::{Labels, MetricBatch, Payload, Sample, Series, TenantId};
+use model::{
+    Exemplar, Labels, MetricBatch, MetricMetadata, MetricType, Payload, Sample, Series, TenantId,
+};
 use query::{QueryConfig, QueryService};
 use serde_json::{Value, json};
 use storage::embedded::{EmbeddedStore, EmbeddedStoreConfig};
@@ -82,6 +84,15 @@ async fn send(router: &axum::Router, request: Request<Body>) -> (StatusCode, Val
     )
 }
 
+fn metadata(name: &str, metric_type: MetricType, help: &str) -> MetricMetadata {
+    MetricMetadata {
+        metric_family_name: name.to_owned(),
+        metric_type,
+        help: help.to_owned(),
+        unit: String::new(),
+    }
+}
+
 /// A counter `requests_total{job="api"}` rising 10 per 15 s over 10 minutes, with a reset at
 /// 5 minutes, and `up{job="api"}` = 1.
 async fn router() -> (TempDir, axum::Router) {
@@ -107,16 +118,38 @@ async fn router_with(config: QueryConfig) -> (TempDir, axum::Router) {
     }];
     let payload = Payload::Metrics(MetricBatch {
         series: vec![
-            Series::with_samples(
-                Labels::new([("__name__", "requests_total"), ("job", "api")]).unwrap(),
-                counter,
-            ),
+            Series {
+                exemplars: vec![
+                    Exemplar {
+                        labels: Labels::new([("trace_id", "abc")]).unwrap(),
+                        value: 10.0,
+                        timestamp_ms: T0 + 60_000,
+                    },
+                    Exemplar {
+                        labels: Labels::new([("trace_id", "def")]).unwrap(),
+                        value: 50.0,
+                        timestamp_ms: T0 + 300_000,
+                    },
+                ],
+                ..Series::with_samples(
+                    Labels::new([("__name__", "requests_total"), ("job", "api")]).unwrap(),
+                    counter,
+                )
+            },
             Series::with_samples(
                 Labels::new([("__name__", "up"), ("job", "api")]).unwrap(),
                 up,
             ),
         ],
-        metadata: vec![],
+        metadata: vec![
+            metadata("requests_total", MetricType::Counter, "Requests served."),
+            metadata(
+                "requests_total",
+                MetricType::Counter,
+                "Requests, by another target.",
+            ),
+            metadata("up", MetricType::Gauge, "Whether the target is up."),
+        ],
     });
     let at = BusPosition {
         topic: "metrics".into(),
@@ -549,4 +582,94 @@ async fn queries_past_the_series_and_sample_limits_fail_saying_which() {
         body["error"].as_str().unwrap().contains("too many samples"),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn metadata_answers_as_prometheus_does() {
+    let (_dir, router) = router().await;
+    let (status, body) = get(&router, "/api/v1/metadata", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "success", "data": {
+            "requests_total": [
+                {"type": "counter", "help": "Requests served.", "unit": ""},
+                {"type": "counter", "help": "Requests, by another target.", "unit": ""}
+            ],
+            "up": [{"type": "gauge", "help": "Whether the target is up.", "unit": ""}]
+        }})
+    );
+    let (_, body) = get(&router, "/api/v1/metadata", &[("metric", "up")]).await;
+    assert_eq!(body["data"].as_object().unwrap().len(), 1);
+    assert_eq!(body["data"]["up"][0]["type"], "gauge");
+    let (_, body) = get(&router, "/api/v1/metadata", &[("limit", "1")]).await;
+    assert_eq!(body["data"].as_object().unwrap().len(), 1);
+    let (_, body) = get(&router, "/api/v1/metadata", &[("limit_per_metric", "1")]).await;
+    assert_eq!(body["data"]["requests_total"].as_array().unwrap().len(), 1);
+    let (_, body) = get(&router, "/api/v1/metadata", &[("metric", "nope")]).await;
+    assert_eq!(body["data"], json!({}));
+    let (_, body) = get_as(&router, "b", "/api/v1/metadata", &[]).await;
+    assert_eq!(body["data"], json!({}), "another tenant sees none of it");
+    let (status, body) = get(&router, "/api/v1/metadata", &[("limit", "x")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "limit must be a number");
+}
+
+#[tokio::test]
+async fn exemplars_of_the_selected_series_answer_as_prometheus_does() {
+    let (_dir, router) = router().await;
+    let start = (T0 / 1000).to_string();
+    let end = ((T0 + 600_000) / 1000).to_string();
+    let query = r#"sum(rate(requests_total{job="api"}[5m])) / sum(up)"#;
+    let (status, body) = get(
+        &router,
+        "/api/v1/query_exemplars",
+        &[("query", query), ("start", &start), ("end", &end)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "success", "data": [{
+            "seriesLabels": {"__name__": "requests_total", "job": "api"},
+            "exemplars": [
+                {"labels": {"trace_id": "abc"}, "value": "10", "timestamp": 1_700_000_060.0},
+                {"labels": {"trace_id": "def"}, "value": "50", "timestamp": 1_700_000_300.0}
+            ]
+        }]})
+    );
+    // The time range is inclusive and filters exemplars; POST form bodies work too.
+    let after = format!("{:.3}", (T0 + 60_001) as f64 / 1000.0);
+    let (_, body) = post(
+        &router,
+        "a",
+        "/api/v1/query_exemplars",
+        &[
+            ("query", "requests_total"),
+            ("start", &after),
+            ("end", &end),
+        ],
+    )
+    .await;
+    assert_eq!(body["data"][0]["exemplars"].as_array().unwrap().len(), 1);
+    assert_eq!(body["data"][0]["exemplars"][0]["labels"]["trace_id"], "def");
+    // Selectors that match no series with exemplars, and another tenant, get none.
+    for (tenant, query) in [
+        ("a", "up"),
+        ("a", r#"requests_total{job="db"}"#),
+        ("b", "requests_total"),
+    ] {
+        let (status, body) = get_as(
+            &router,
+            tenant,
+            "/api/v1/query_exemplars",
+            &[("query", query)],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["data"], json!([]), "{tenant} {query}");
+    }
+    let (status, body) = get(&router, "/api/v1/query_exemplars", &[("query", "rate(")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errorType"], "bad_data");
 }

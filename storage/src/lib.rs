@@ -13,7 +13,7 @@
 //!
 //! Reads come two ways: [`Storage::select`] hands series with their samples to the PromQL
 //! engine, and [`Storage::session`] gives a DataFusion session with the tenant's tables
-//! (`samples`, `series`, `spans`, `logs`, `events`) for SQL.
+//! (`samples`, `series`, `spans`, `logs`, `events`, `exemplars`) for SQL.
 
 pub mod clickhouse;
 pub mod embedded;
@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use async_trait::async_trait;
-use model::{Labels, Payload, Sample, TenantId};
+use model::{Labels, MetricMetadata, Payload, Sample, TenantId};
 
 pub use error::StorageError;
 pub use matcher::{MatchOp, Matcher};
@@ -112,9 +112,14 @@ pub trait Storage: Send + Sync + fmt::Debug {
         matchers: &[Matcher],
     ) -> Result<Vec<String>>;
 
+    /// The metric metadata (type, help, unit) stored for `tenant`, each distinct entry
+    /// once, sorted by metric family name. Remote-write sends it apart from samples, so a
+    /// family may have metadata and no series, or the reverse.
+    async fn metadata(&self, tenant: &TenantId) -> Result<Vec<MetricMetadata>>;
+
     /// A DataFusion session over `tenant`'s tables `samples(series_id, timestamp_ms,
     /// value)`, `series(series_id, metric_name, labels)` (labels as a JSON object), `spans`,
-    /// `logs` and `events`, with the same columns on every engine except the type of
+    /// `logs`, `events` and `exemplars`, with the same columns on every engine except the type of
     /// `series_id`, an opaque key joining `samples` to `series` (`UInt32` in the embedded
     /// store, the series fingerprint as `UInt64` in ClickHouse). Another tenant's data is
     /// never visible in it.

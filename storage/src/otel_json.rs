@@ -26,6 +26,18 @@ pub(crate) fn json_object(list: &[KeyValue]) -> Map<String, Value> {
         .collect()
 }
 
+/// A label set as a JSON object (`{"__name__":"up","job":"api"}`), as the `series` and
+/// `exemplars` tables show labels.
+pub(crate) fn labels_json(labels: &model::Labels) -> String {
+    Value::Object(
+        labels
+            .iter()
+            .map(|l| (l.name.to_owned(), Value::String(l.value.to_owned())))
+            .collect(),
+    )
+    .to_string()
+}
+
 pub(crate) fn attributes_json(list: &[KeyValue]) -> String {
     Value::Object(json_object(list)).to_string()
 }

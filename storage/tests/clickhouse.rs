@@ -103,6 +103,16 @@ async fn series_listing() {
 }
 
 #[tokio::test]
+async fn metadata_is_kept() {
+    conformance::metadata_is_kept(&ClickHouse::new("metadata_is_kept")).await;
+}
+
+#[tokio::test]
+async fn exemplars_are_kept() {
+    conformance::exemplars_are_kept(&ClickHouse::new("exemplars_are_kept")).await;
+}
+
+#[tokio::test]
 async fn label_names_and_values() {
     conformance::label_names_and_values(&ClickHouse::new("label_names_and_values")).await;
 }
@@ -196,6 +206,8 @@ async fn migrations_are_applied_once_and_the_18_16_schema_is_used() {
             (4, "logs".to_owned()),
             (5, "events".to_owned()),
             (6, "bus_offsets".to_owned()),
+            (7, "metric_metadata".to_owned()),
+            (8, "exemplars".to_owned()),
         ]
     );
     drop(store);
@@ -207,7 +219,7 @@ async fn migrations_are_applied_once_and_the_18_16_schema_is_used() {
         .fetch_one()
         .await
         .unwrap();
-    assert_eq!(rows, 6, "a second start applies nothing");
+    assert_eq!(rows, 8, "a second start applies nothing");
 
     let tenant_type: String = client
         .query("SELECT type FROM system.columns WHERE database = 'migrations' AND table = 'samples' AND name = 'tenant'")

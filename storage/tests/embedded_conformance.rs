@@ -76,6 +76,16 @@ async fn series_listing() {
 }
 
 #[tokio::test]
+async fn metadata_is_kept() {
+    conformance::metadata_is_kept(&Embedded::new()).await;
+}
+
+#[tokio::test]
+async fn exemplars_are_kept() {
+    conformance::exemplars_are_kept(&Embedded::new()).await;
+}
+
+#[tokio::test]
 async fn label_names_and_values() {
     conformance::label_names_and_values(&Embedded::new()).await;
 }

@@ -98,6 +98,19 @@ pub fn parse(query: &str) -> Result<Expr, EvalError> {
     parser::parse(&renamed).map_err(EvalError::Parse)
 }
 
+/// Every series selector in `expr`, each once.
+pub fn selectors(expr: &Expr) -> Vec<&VectorSelector> {
+    let mut found = Vec::new();
+    eval::selections(expr, 0, 0, &Steps::instant(0), &mut found);
+    let mut out: Vec<&VectorSelector> = Vec::new();
+    for (selector, _, _) in found {
+        if !out.iter().any(|s| std::ptr::eq(*s, selector)) {
+            out.push(selector);
+        }
+    }
+    out
+}
+
 /// `expr` as Prometheus's formatter prints it, with 2.42's function names.
 pub fn pretty(expr: &Expr) -> String {
     rename_function(

@@ -57,13 +57,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use clickhouse::Client;
 use datafusion::prelude::SessionContext;
-use model::{Labels, Payload, Sample, TenantId};
+use model::{Labels, MetricMetadata, MetricType, Payload, Sample, TenantId};
 use serde::{Deserialize, Serialize};
 
 pub use self::provider::{ClickHouseTable, Scan};
 use self::rows::{
-    BufferedSample, EventRow, LogRow, OffsetRow, SampleRow, SeriesRow, SpanRow, event_rows,
-    log_rows, span_rows,
+    BufferedSample, EventRow, ExemplarRow, LogRow, MetadataRow, OffsetRow, SampleRow, SeriesRow,
+    SpanRow, event_rows, exemplar_rows, log_rows, span_rows,
 };
 pub use self::schema::{Features, ServerVersion};
 use crate::{
@@ -208,6 +208,7 @@ struct Buffer {
     spans: Vec<SpanRow>,
     logs: Vec<LogRow>,
     events: Vec<EventRow>,
+    exemplars: Vec<ExemplarRow>,
     rows: usize,
 }
 
@@ -306,6 +307,7 @@ impl Buffer {
         self.spans.extend(other.spans);
         self.logs.extend(other.logs);
         self.events.extend(other.events);
+        self.exemplars.extend(other.exemplars);
         self.rows += other.rows;
     }
 }
@@ -334,6 +336,9 @@ pub struct ClickHouseStore {
     background_error: Arc<Mutex<Option<StorageError>>>,
     last_version: AtomicU64,
     closed: AtomicBool,
+    /// Metadata rows this process has inserted: remote-write resends every family's
+    /// metadata each minute, and only new entries need an insert.
+    metadata_inserted: Mutex<HashSet<MetadataRow>>,
 }
 
 impl fmt::Debug for ClickHouseStore {
@@ -417,6 +422,7 @@ async fn insert(client: &Client, buffer: &Buffer) -> Result<()> {
     insert_rows::<SpanRow>(client, "spans", &buffer.spans).await?;
     insert_rows::<LogRow>(client, "logs", &buffer.logs).await?;
     insert_rows::<EventRow>(client, "events", &buffer.events).await?;
+    insert_rows::<ExemplarRow>(client, "exemplars", &buffer.exemplars).await?;
     Ok(())
 }
 
@@ -530,6 +536,7 @@ impl ClickHouseStore {
             background_error: Arc::default(),
             last_version: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            metadata_inserted: Mutex::new(HashSet::new()),
         })
     }
 
@@ -563,7 +570,7 @@ impl ClickHouseStore {
     /// Rows of `tenant` in `table` (`series`, `samples`, `spans`, `logs`, `events`), each
     /// record once however often it was written.
     pub async fn row_count(&self, tenant: &TenantId, table: &str) -> Result<u64> {
-        if !["series", "samples", "spans", "logs", "events"].contains(&table) {
+        if !["series", "samples", "spans", "logs", "events", "exemplars"].contains(&table) {
             return Err(StorageError::Config(format!("no table {table:?}")));
         }
         self.client
@@ -626,14 +633,45 @@ impl ClickHouseStore {
         &self,
         tenant: &TenantId,
         body: &model::RemoteWriteBody,
-    ) -> Result<WriteSummary> {
+    ) -> Result<(WriteSummary, Vec<MetricMetadata>)> {
         let body = crate::remote_write::decompress(body)?;
+        let metadata = model::remote_write::WriteRequestReader::new(&body)
+            .metadata()
+            .map_err(|e| StorageError::Decode(format!("remote-write metadata: {e}")))?;
         let mut state = lock(&self.state);
         let mut buffer = MetricsBuffer::new(&mut state, tenant, self);
         crate::remote_write::for_each_series(&body, |raw, fingerprint, samples| {
             buffer.push(fingerprint, || crate::remote_write::labels(raw), samples)
         })?;
-        Ok(buffer.summary)
+        Ok((buffer.summary, metadata))
+    }
+
+    /// Inserts the entries of `metadata` this process has not inserted yet. Synchronous
+    /// (and rare), so the metadata is stored before the bus offset that carried it is.
+    async fn store_metadata(&self, tenant: &TenantId, metadata: Vec<MetricMetadata>) -> Result<()> {
+        let fresh: Vec<MetadataRow> = {
+            let inserted = lock(&self.metadata_inserted);
+            let mut fresh: Vec<MetadataRow> = metadata
+                .into_iter()
+                .map(|m| MetadataRow {
+                    tenant: tenant.as_str().to_owned(),
+                    metric_family_name: m.metric_family_name,
+                    metric_type: m.metric_type.prometheus_name().to_owned(),
+                    help: m.help,
+                    unit: m.unit,
+                })
+                .filter(|row| !inserted.contains(row))
+                .collect();
+            fresh.sort_by(|a, b| a.metric_family_name.cmp(&b.metric_family_name));
+            fresh.dedup();
+            fresh
+        };
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        insert_rows::<MetadataRow>(&self.client, "metric_metadata", &fresh).await?;
+        lock(&self.metadata_inserted).extend(fresh);
+        Ok(())
     }
 
     /// Inserts the (full) buffer on a task of its own, so ingest goes on decoding the next
@@ -757,6 +795,7 @@ impl Storage for ClickHouseStore {
             return Err(error);
         }
         let mut summary = WriteSummary::default();
+        let mut metadata = Vec::new();
         match payload {
             Payload::Spans(batch) => {
                 let versions = self.versions(batch.span_count());
@@ -773,15 +812,25 @@ impl Storage for ClickHouseStore {
                 let rows = event_rows(tenant.as_str(), events, position, versions);
                 summary.accepted = self.buffer_rows(rows, |buffer| &mut buffer.events);
             }
-            Payload::RemoteWrite(body) => summary = self.write_remote_write(tenant, &body)?,
+            Payload::RemoteWrite(body) => {
+                (summary, metadata) = self.write_remote_write(tenant, &body)?;
+            }
             metrics => {
-                let batch = metrics
+                let mut batch = metrics
                     .into_metric_batch()
                     .map_err(|e| StorageError::Decode(e.to_string()))?
                     .unwrap_or_default();
+                metadata = std::mem::take(&mut batch.metadata);
+                let exemplars = exemplar_rows(
+                    tenant.as_str(),
+                    &batch,
+                    self.versions(batch.exemplar_count()),
+                );
                 summary = self.write_metrics(tenant, batch);
+                self.buffer_rows(exemplars, |buffer| &mut buffer.exemplars);
             }
         }
+        self.store_metadata(tenant, metadata).await?;
         let full = {
             let mut state = lock(&self.state);
             let next = state
@@ -943,6 +992,28 @@ impl Storage for ClickHouseStore {
             .map_err(|e| ch_error("reading label values from", e))?;
         values.sort_unstable();
         Ok(values)
+    }
+
+    async fn metadata(&self, tenant: &TenantId) -> Result<Vec<MetricMetadata>> {
+        let rows: Vec<MetadataRow> = Sql::new(
+            "SELECT DISTINCT tenant, metric_family_name, metric_type, help, unit \
+             FROM metric_metadata WHERE tenant = ? \
+             ORDER BY metric_family_name, metric_type, help, unit",
+            &[tenant.as_str()],
+        )
+        .query(&self.client)
+        .fetch_all()
+        .await
+        .map_err(|e| ch_error("reading metric metadata from", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| MetricMetadata {
+                metric_family_name: row.metric_family_name,
+                metric_type: MetricType::from_prometheus_name(&row.metric_type),
+                help: row.help,
+                unit: row.unit,
+            })
+            .collect())
     }
 
     async fn session(&self, tenant: &TenantId) -> Result<SessionContext> {

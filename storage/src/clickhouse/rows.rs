@@ -102,6 +102,58 @@ pub(super) struct EventRow {
     pub version: u64,
 }
 
+/// A row of `exemplars`: the embedded store's columns (see `embedded/rows.rs`).
+#[derive(Clone, Debug, clickhouse::Row, Serialize, Deserialize)]
+pub(super) struct ExemplarRow {
+    pub tenant: String,
+    pub timestamp_ms: i64,
+    pub metric_name: String,
+    pub series_labels: String,
+    pub value: f64,
+    pub labels: String,
+    pub trace_id: Option<String>,
+    pub version: u64,
+}
+
+/// The exemplars of a metric batch; `versions` gives each row its version.
+pub(super) fn exemplar_rows(
+    tenant: &str,
+    batch: &model::MetricBatch,
+    mut versions: impl FnMut() -> u64,
+) -> Vec<ExemplarRow> {
+    let mut rows = Vec::new();
+    for series in &batch.series {
+        if series.exemplars.is_empty() {
+            continue;
+        }
+        let series_labels = crate::otel_json::labels_json(&series.labels);
+        let metric_name = series.labels.metric_name().unwrap_or_default();
+        for exemplar in &series.exemplars {
+            rows.push(ExemplarRow {
+                tenant: tenant.to_owned(),
+                timestamp_ms: exemplar.timestamp_ms,
+                metric_name: metric_name.to_owned(),
+                series_labels: series_labels.clone(),
+                value: exemplar.value,
+                labels: crate::otel_json::labels_json(&exemplar.labels),
+                trace_id: crate::embedded::exemplar_trace_id(&exemplar.labels),
+                version: versions(),
+            });
+        }
+    }
+    rows
+}
+
+/// A row of `metric_metadata`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, clickhouse::Row, Serialize, Deserialize)]
+pub(super) struct MetadataRow {
+    pub tenant: String,
+    pub metric_family_name: String,
+    pub metric_type: String,
+    pub help: String,
+    pub unit: String,
+}
+
 #[derive(Clone, Debug, clickhouse::Row, Serialize, Deserialize)]
 pub(super) struct OffsetRow {
     pub topic: String,

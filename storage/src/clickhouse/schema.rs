@@ -136,10 +136,57 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "bus_offsets",
         statement: bus_offsets,
     },
+    Migration {
+        version: 7,
+        name: "metric_metadata",
+        statement: metric_metadata,
+    },
+    Migration {
+        version: 8,
+        name: "exemplars",
+        statement: exemplars,
+    },
 ];
 
+/// Exemplars keyed by (tenant, series, timestamp): one per series and time, as Prometheus
+/// keeps them; the embedded store's `exemplars` columns, the time in milliseconds.
+fn exemplars(f: Features) -> String {
+    let lc = f.low_cardinality();
+    let zstd = f.codec("ZSTD(1)");
+    format!(
+        "CREATE TABLE IF NOT EXISTS exemplars (\
+         tenant {lc}, \
+         timestamp_ms Int64, \
+         metric_name {lc}, \
+         series_labels String{zstd}, \
+         value Float64, \
+         labels String{zstd}, \
+         trace_id Nullable(String), \
+         version UInt64\
+         ) ENGINE = ReplacingMergeTree(version) \
+         PARTITION BY intDiv(timestamp_ms, {MS_PER_DAY}) \
+         ORDER BY (tenant, metric_name, series_labels, timestamp_ms)"
+    )
+}
+
+/// Metric metadata (type, help, unit) by family, each distinct entry once after merges
+/// (reads say `DISTINCT` for the time before).
+fn metric_metadata(f: Features) -> String {
+    let lc = f.low_cardinality();
+    format!(
+        "CREATE TABLE IF NOT EXISTS metric_metadata (\
+         tenant {lc}, \
+         metric_family_name String, \
+         metric_type {lc}, \
+         help String, \
+         unit {lc}\
+         ) ENGINE = ReplacingMergeTree \
+         ORDER BY (tenant, metric_family_name, metric_type, help, unit)"
+    )
+}
+
 /// Tables holding time-partitioned data, which retention drops a day at a time.
-pub const DAY_PARTITIONED: [&str; 4] = ["samples", "spans", "logs", "events"];
+pub const DAY_PARTITIONED: [&str; 5] = ["samples", "spans", "logs", "events", "exemplars"];
 
 const NS_PER_DAY: &str = "86400000000000";
 const MS_PER_DAY: &str = "86400000";

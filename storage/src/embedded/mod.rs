@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
-use model::{Labels, Payload, RemoteWriteBody, Sample, TenantId};
+use model::{Labels, MetricMetadata, Payload, RemoteWriteBody, Sample, TenantId};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +40,7 @@ use self::head::SampleHead;
 use self::index::SeriesIndex;
 use self::parts::{PartMeta, day_of};
 use self::rows::DayRows;
-pub(crate) use self::rows::RowKind;
+pub(crate) use self::rows::{RowKind, exemplar_trace_id};
 use crate::{
     BusPosition, DurableOffsets, Matcher, Result, SeriesSamples, Storage, StorageError,
     WriteSummary,
@@ -97,6 +97,9 @@ struct TenantManifest {
     row_parts: BTreeMap<String, Vec<RowPartMeta>>,
     /// Next number for a file name.
     next_file: u64,
+    /// Metric metadata, saved with every manifest (small: one entry per family).
+    #[serde(default)]
+    metadata: Vec<MetricMetadata>,
 }
 
 impl TenantManifest {
@@ -139,7 +142,13 @@ struct TenantState {
     rows: BTreeMap<RowKind, Vec<Arc<DayRows>>>,
     frozen_rows: BTreeMap<RowKind, Vec<Arc<DayRows>>>,
     manifest: TenantManifest,
+    /// Metric metadata by family: the distinct entries seen, at most
+    /// `MAX_METADATA_PER_FAMILY` each (targets may disagree on help text).
+    metadata: BTreeMap<String, Vec<MetricMetadata>>,
 }
+
+/// Bounds what a sender varying help texts can make the store keep.
+const MAX_METADATA_PER_FAMILY: usize = 16;
 
 impl TenantState {
     /// The id of `labels`, creating the series if it is new.
@@ -170,8 +179,11 @@ impl TenantState {
         *newest = max;
     }
 
-    fn new(index: SeriesIndex, manifest: TenantManifest) -> Self {
+    fn new(index: SeriesIndex, mut manifest: TenantManifest) -> Self {
+        let mut metadata = BTreeMap::new();
+        remember_metadata(&mut metadata, std::mem::take(&mut manifest.metadata));
         Self {
+            metadata,
             index,
             newest: HashMap::new(),
             new_series: Vec::new(),
@@ -181,6 +193,19 @@ impl TenantState {
             rows: BTreeMap::new(),
             frozen_rows: BTreeMap::new(),
             manifest,
+        }
+    }
+}
+
+/// Adds the entries of `metadata` not yet in `known`.
+fn remember_metadata(
+    known: &mut BTreeMap<String, Vec<MetricMetadata>>,
+    metadata: impl IntoIterator<Item = MetricMetadata>,
+) {
+    for entry in metadata {
+        let entries = known.entry(entry.metric_family_name.clone()).or_default();
+        if !entries.contains(&entry) && entries.len() < MAX_METADATA_PER_FAMILY {
+            entries.push(entry);
         }
     }
 }
@@ -352,6 +377,7 @@ impl EmbeddedStore {
         let window_ms = self.out_of_order_window_ms();
         let mut summary = WriteSummary::default();
         let mut state = write_lock(&tenant.state);
+        remember_metadata(&mut state.metadata, batch.metadata);
         for series in batch.series {
             if series.samples.is_empty() {
                 continue;
@@ -369,7 +395,11 @@ impl EmbeddedStore {
         let window_ms = self.out_of_order_window_ms();
         let mut summary = WriteSummary::default();
         let body = crate::remote_write::decompress(body)?;
+        let metadata = model::remote_write::WriteRequestReader::new(&body)
+            .metadata()
+            .map_err(|e| StorageError::Decode(format!("remote-write metadata: {e}")))?;
         let mut state = write_lock(&tenant.state);
+        remember_metadata(&mut state.metadata, metadata);
         crate::remote_write::for_each_series(&body, |raw, fingerprint, samples| {
             let id = match state.index.find_raw(raw, fingerprint) {
                 Some(id) => id,
@@ -481,7 +511,12 @@ impl EmbeddedStore {
     fn manifest(&self, durable: &DurableOffsets) -> Manifest {
         let tenants: BTreeMap<String, TenantManifest> = read_lock(&self.tenants)
             .iter()
-            .map(|(id, tenant)| (id.to_string(), read_lock(&tenant.state).manifest.clone()))
+            .map(|(id, tenant)| {
+                let state = read_lock(&tenant.state);
+                let mut manifest = state.manifest.clone();
+                manifest.metadata = state.metadata.values().flatten().cloned().collect();
+                (id.to_string(), manifest)
+            })
             .collect();
         Manifest {
             version: MANIFEST_VERSION,
@@ -889,8 +924,16 @@ impl Storage for EmbeddedStore {
                     .into_metric_batch()
                     .map_err(|e| StorageError::Decode(e.to_string()))?
                     .unwrap_or_default();
+                let exemplars = rows::exemplar_rows(&batch)?;
                 let tenant = self.tenant_or_create(tenant);
                 let summary = self.write_metrics(&tenant, batch);
+                if !exemplars.is_empty() {
+                    write_lock(&tenant.state)
+                        .rows
+                        .entry(RowKind::Exemplars)
+                        .or_default()
+                        .extend(exemplars.into_iter().map(Arc::new));
+                }
                 self.advance(position);
                 return Ok(summary);
             }
@@ -1108,6 +1151,14 @@ impl Storage for EmbeddedStore {
         let state = read_lock(&tenant.state);
         let ids = state.index.select(matchers);
         Ok(state.index.label_values(name, &ids))
+    }
+
+    async fn metadata(&self, tenant: &TenantId) -> Result<Vec<MetricMetadata>> {
+        let Some(tenant) = self.tenant(tenant) else {
+            return Ok(Vec::new());
+        };
+        let state = read_lock(&tenant.state);
+        Ok(state.metadata.values().flatten().cloned().collect())
     }
 
     async fn session(&self, tenant: &TenantId) -> Result<datafusion::prelude::SessionContext> {

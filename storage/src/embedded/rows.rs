@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
-    TimestampNanosecondArray, UInt32Array, UInt64Array,
+    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray, TimestampNanosecondArray, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use model::{AnyValue, LogBatch, PlatformEvent, SpanBatch, SpanKind, StatusCode};
@@ -27,16 +27,23 @@ pub(crate) enum RowKind {
     Spans,
     Logs,
     Events,
+    Exemplars,
 }
 
 impl RowKind {
-    pub const ALL: [RowKind; 3] = [RowKind::Spans, RowKind::Logs, RowKind::Events];
+    pub const ALL: [RowKind; 4] = [
+        RowKind::Spans,
+        RowKind::Logs,
+        RowKind::Events,
+        RowKind::Exemplars,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Spans => "spans",
             Self::Logs => "logs",
             Self::Events => "events",
+            Self::Exemplars => "exemplars",
         }
     }
 
@@ -107,6 +114,19 @@ impl RowKind {
                 fields.extend(bus());
                 fields
             }
+            // One exemplar per series and timestamp, as Prometheus keeps them.
+            Self::Exemplars => vec![
+                Field::new(
+                    "timestamp",
+                    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                    false,
+                ),
+                utf8("metric_name"),
+                utf8("series_labels"),
+                Field::new("value", DataType::Float64, false),
+                utf8("labels"),
+                nullable_utf8("trace_id"),
+            ],
         };
         Arc::new(Schema::new(fields))
     }
@@ -394,6 +414,71 @@ pub(crate) fn event_rows(
     })
 }
 
+/// The exemplars of a metric batch, one row each, by day.
+pub(crate) fn exemplar_rows(batch: &model::MetricBatch) -> Result<Vec<DayRows>> {
+    let rows: Vec<(i64, ExemplarRow)> = batch
+        .series
+        .iter()
+        .flat_map(|series| {
+            let series_labels = crate::otel_json::labels_json(&series.labels);
+            let metric_name = series.labels.metric_name().unwrap_or_default().to_owned();
+            series.exemplars.iter().map(move |e| {
+                (
+                    day_of(e.timestamp_ms),
+                    ExemplarRow {
+                        timestamp_ms: e.timestamp_ms,
+                        metric_name: metric_name.clone(),
+                        series_labels: series_labels.clone(),
+                        value: e.value,
+                        labels: crate::otel_json::labels_json(&e.labels),
+                        trace_id: exemplar_trace_id(&e.labels),
+                    },
+                )
+            })
+        })
+        .collect();
+    by_day(rows, |rows| {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(
+                TimestampMillisecondArray::from(
+                    rows.iter().map(|r| r.timestamp_ms).collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
+            ),
+            string_column(rows.iter().map(|r| r.metric_name.clone()).collect()),
+            string_column(rows.iter().map(|r| r.series_labels.clone()).collect()),
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.value).collect::<Vec<_>>(),
+            )),
+            string_column(rows.iter().map(|r| r.labels.clone()).collect()),
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.trace_id.clone()).collect::<Vec<_>>(),
+            )),
+        ];
+        Ok(RecordBatch::try_new(RowKind::Exemplars.schema(), columns)?)
+    })
+}
+
+/// An exemplar as both engines store it.
+#[derive(Clone, Debug)]
+pub(crate) struct ExemplarRow {
+    pub timestamp_ms: i64,
+    pub metric_name: String,
+    pub series_labels: String,
+    pub value: f64,
+    pub labels: String,
+    pub trace_id: Option<String>,
+}
+
+/// The trace an exemplar points at: OpenTelemetry's `trace_id`, or `traceID` as some
+/// Prometheus client libraries name it.
+pub(crate) fn exemplar_trace_id(labels: &model::Labels) -> Option<String> {
+    labels
+        .get("trace_id")
+        .or_else(|| labels.get("traceID"))
+        .map(str::to_owned)
+}
+
 /// Concatenates a table's batches and keeps, for each row key, only the last row written
 /// (spans by trace and span id; log records and events by their bus position), so that a
 /// record delivered twice is stored once.
@@ -418,6 +503,21 @@ pub(crate) fn dedup(kind: RowKind, batches: &[RecordBatch]) -> Result<RecordBatc
                     column(0).unwrap_or_default(),
                     column(1).unwrap_or_default()
                 )
+            }
+            RowKind::Exemplars => {
+                let text = |i: usize| {
+                    batch
+                        .column(i)
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .map(|a| a.value(row).to_owned())
+                };
+                let time = batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .map(|a| a.value(row));
+                format!("{}/{time:?}", text(2).unwrap_or_default())
             }
             RowKind::Logs | RowKind::Events => {
                 let n = batch.num_columns();

@@ -136,16 +136,7 @@ impl EmbeddedStore {
                     if let Some(set) = state.index.labels(id) {
                         series_ids.push(id);
                         names.push(set.metric_name().unwrap_or_default().to_owned());
-                        let object: serde_json::Map<String, serde_json::Value> = set
-                            .iter()
-                            .map(|l| {
-                                (
-                                    l.name.to_owned(),
-                                    serde_json::Value::String(l.value.to_owned()),
-                                )
-                            })
-                            .collect();
-                        labels.push(serde_json::Value::Object(object).to_string());
+                        labels.push(crate::otel_json::labels_json(set));
                     }
                 }
                 let series_rows = RecordBatch::try_new(

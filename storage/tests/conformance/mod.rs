@@ -18,7 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::util::display::array_value_to_string;
-use model::{Labels, MetricBatch, Payload, Sample, Series, TenantId};
+use model::{Labels, MetricBatch, MetricMetadata, MetricType, Payload, Sample, Series, TenantId};
 use storage::{BusPosition, DurableOffsets, MatchOp, Matcher, Storage};
 
 /// Retention every engine is opened with.
@@ -850,6 +850,15 @@ pub async fn durable_across_restart(engine: &dyn Engine) {
 /// A remote-write body as the gateway puts it on the bus: protobuf `WriteRequest`
 /// (encoded here by hand, independently of any reader), snappy-compressed.
 pub fn remote_write(series: &[SeriesSpec]) -> Payload {
+    remote_write_with_metadata(series, &[])
+}
+
+/// [`remote_write`] with metadata entries: (family, type number as remote-write numbers
+/// them, help).
+pub fn remote_write_with_metadata(
+    series: &[SeriesSpec],
+    metadata: &[(&str, u64, &str)],
+) -> Payload {
     fn varint(mut v: u64, out: &mut Vec<u8>) {
         while v >= 0x80 {
             out.push((v as u8) | 0x80);
@@ -883,11 +892,149 @@ pub fn remote_write(series: &[SeriesSpec]) -> Payload {
         }
         bytes(1, &body, &mut request);
     }
+    for (family, kind, help) in metadata {
+        let mut entry = Vec::new();
+        varint(1 << 3, &mut entry);
+        varint(*kind, &mut entry);
+        bytes(2, family.as_bytes(), &mut entry);
+        bytes(4, help.as_bytes(), &mut entry);
+        bytes(3, &entry, &mut request);
+    }
     Payload::RemoteWrite(model::RemoteWriteBody {
         snappy: snap::raw::Encoder::new().compress_vec(&request).unwrap(),
         samples,
         affinity: 0,
     })
+}
+
+/// Metric metadata from metric batches and from remote-write bodies: each distinct entry
+/// once, per tenant, kept across a restart.
+pub async fn metadata_is_kept(engine: &dyn Engine) {
+    let a = tenant("a");
+    let entry = |name: &str, metric_type, help: &str| MetricMetadata {
+        metric_family_name: name.to_owned(),
+        metric_type,
+        help: help.to_owned(),
+        unit: String::new(),
+    };
+    let store = engine.open().await;
+    let batch = MetricBatch {
+        series: vec![],
+        metadata: vec![entry(
+            "http_requests_total",
+            MetricType::Counter,
+            "Requests.",
+        )],
+    };
+    store
+        .write(&a, Payload::Metrics(batch.clone()), &metrics_at(0))
+        .await
+        .unwrap();
+    let up: &[(&str, &str)] = &[("__name__", "up"), ("job", "api")];
+    // Remote-write numbers types: 1 counter, 2 gauge.
+    for (offset, body) in [
+        remote_write_with_metadata(&[(up, &[(T0, 1.0)])], &[("up", 2, "Up.")]),
+        remote_write_with_metadata(
+            &[],
+            &[("up", 2, "Up."), ("http_requests_total", 1, "Requests.")],
+        ),
+        remote_write_with_metadata(&[], &[("http_requests_total", 1, "Requests served.")]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        store
+            .write(&a, body, &metrics_at(offset as u64 + 1))
+            .await
+            .unwrap();
+    }
+    store.flush().await.unwrap();
+    let expected = vec![
+        entry(
+            "http_requests_total",
+            MetricType::Counter,
+            "Requests served.",
+        ),
+        entry("http_requests_total", MetricType::Counter, "Requests."),
+        entry("up", MetricType::Gauge, "Up."),
+    ];
+    let sorted = |mut entries: Vec<MetricMetadata>| {
+        entries.sort_by(|x, y| {
+            (&x.metric_family_name, &x.help).cmp(&(&y.metric_family_name, &y.help))
+        });
+        entries
+    };
+    assert_eq!(sorted(store.metadata(&a).await.unwrap()), expected);
+    assert!(store.metadata(&tenant("b")).await.unwrap().is_empty());
+    drop(store);
+    let store = engine.open().await;
+    assert_eq!(
+        sorted(store.metadata(&a).await.unwrap()),
+        expected,
+        "after a restart"
+    );
+}
+
+/// Exemplars of metric batches: one row per series and timestamp (a resent batch is
+/// stored once), with the series' labels, the exemplar's labels and its trace id, readable
+/// through SQL and kept across a restart; another tenant's are not visible.
+pub async fn exemplars_are_kept(engine: &dyn Engine) {
+    let a = tenant("a");
+    let exemplar = |trace: &str, value: f64, timestamp_ms: i64| model::Exemplar {
+        labels: Labels::new([("trace_id", trace)]).unwrap(),
+        value,
+        timestamp_ms,
+    };
+    let mut fast = Series::with_samples(
+        Labels::new([("__name__", "latency_bucket"), ("le", "0.1")]).unwrap(),
+        vec![Sample {
+            timestamp_ms: T0,
+            value: 4.0,
+        }],
+    );
+    fast.exemplars = vec![
+        exemplar("aa01", 0.05, T0),
+        exemplar("aa02", 0.07, T0 + 15_000),
+    ];
+    let mut slow = Series::with_samples(
+        Labels::new([("__name__", "latency_bucket"), ("le", "+Inf")]).unwrap(),
+        vec![Sample {
+            timestamp_ms: T0,
+            value: 5.0,
+        }],
+    );
+    slow.exemplars = vec![exemplar("bb01", 2.5, T0)];
+    let batch = MetricBatch {
+        series: vec![fast, slow],
+        metadata: vec![],
+    };
+    let store = engine.open().await;
+    for offset in [0, 1] {
+        store
+            .write(&a, Payload::Metrics(batch.clone()), &metrics_at(offset))
+            .await
+            .unwrap();
+    }
+    store.flush().await.unwrap();
+    engine.settle().await;
+    let query = "SELECT metric_name, series_labels, value, labels, trace_id, \
+                 CAST(timestamp AS BIGINT) - 1700000000000 FROM exemplars \
+                 ORDER BY timestamp, series_labels";
+    let expected = [
+        r#"latency_bucket,{"__name__":"latency_bucket","le":"+Inf"},2.5,{"trace_id":"bb01"},bb01,0"#,
+        r#"latency_bucket,{"__name__":"latency_bucket","le":"0.1"},0.05,{"trace_id":"aa01"},aa01,0"#,
+        r#"latency_bucket,{"__name__":"latency_bucket","le":"0.1"},0.07,{"trace_id":"aa02"},aa02,15000"#,
+    ];
+    assert_eq!(sql(store.as_ref(), "a", query).await, expected);
+    assert_eq!(engine.row_count(&a, "exemplars").await, 3);
+    assert_eq!(engine.row_count(&tenant("b"), "exemplars").await, 0);
+    drop(store);
+    let store = engine.open().await;
+    assert_eq!(
+        sql(store.as_ref(), "a", query).await,
+        expected,
+        "after a restart"
+    );
 }
 
 /// Remote-write bodies kept as received on the bus are stored like the same series in a

@@ -127,7 +127,7 @@ fn row_table(kind: RowKind) -> Result<TableDef> {
                 (RowKind::Spans, "end_time") => "end_time_ns",
                 (RowKind::Logs, "timestamp") => "timestamp_ns",
                 (RowKind::Logs, "observed_timestamp") => "observed_timestamp_ns",
-                (RowKind::Events, "timestamp") => "timestamp_ms",
+                (RowKind::Events | RowKind::Exemplars, "timestamp") => "timestamp_ms",
                 (_, name) => name,
             };
             Ok(column(source, wire_of(kind, field)?, true))
@@ -157,6 +157,7 @@ fn wire_of(kind: RowKind, field: &Field) -> Result<Wire> {
         DataType::UInt32 => Wire::UInt32,
         DataType::UInt64 => Wire::UInt64,
         DataType::Int64 | DataType::Timestamp(_, _) => Wire::Int64,
+        DataType::Float64 => Wire::Float64,
         DataType::Utf8 if field.is_nullable() => Wire::NullableString,
         DataType::Utf8 => Wire::String,
         other => {
