@@ -238,6 +238,10 @@ const QUERIES: &[&str] = &[
     "max_over_time(memory_bytes[10m:1m] @ end())",
     "sum(rate(http_requests_total[5m] @ start()))",
     "memory_bytes offset 1h",
+    // One NaN or ±Inf sample per group: stddev aggregates it to 0, stddev_over_time not.
+    r#"stddev by (instance) (memory_bytes{instance=~"b|c"})"#,
+    r#"stdvar by (instance) (memory_bytes{instance=~"b|c"})"#,
+    r#"stddev_over_time(memory_bytes{instance=~"b|c"}[{R}])"#,
     // Errors both must refuse the same way.
     "rate(memory_bytes)",
     "sum(",

@@ -407,8 +407,8 @@ impl<'a> Evaluator<'a> {
                                 .iter()
                                 .copied()
                                 .fold(f64::NAN, |m, v| if m.is_nan() || v > m { v } else { m }),
-                            token::T_STDDEV => variance(&values).sqrt(),
-                            token::T_STDVAR => variance(&values),
+                            token::T_STDDEV => group_variance(&values).sqrt(),
+                            token::T_STDVAR => group_variance(&values),
                             token::T_QUANTILE => {
                                 functions::quantile(param.unwrap_or(f64::NAN), values)
                             }
@@ -791,6 +791,22 @@ pub(super) fn mean(values: &[f64]) -> f64 {
         mean += v / count - mean / count;
     }
     mean
+}
+
+/// `stdvar`'s variance as Prometheus aggregates it: the first value is the mean and adds
+/// nothing, so one sample (even NaN or ±Inf) has variance 0, unlike `stdvar_over_time`.
+fn group_variance(values: &[f64]) -> f64 {
+    let Some((first, rest)) = values.split_first() else {
+        return f64::NAN;
+    };
+    let (mut count, mut mean, mut m2) = (1.0, *first, 0.0);
+    for v in rest {
+        count += 1.0;
+        let delta = v - mean;
+        mean += delta / count;
+        m2 += delta * (v - mean);
+    }
+    m2 / count
 }
 
 pub(super) fn variance(values: &[f64]) -> f64 {
