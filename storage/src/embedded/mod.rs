@@ -838,6 +838,24 @@ fn write_manifest(root: &Path, manifest: &Manifest) -> Result<()> {
 }
 
 /// Keeps the last of each run of equal `(series, timestamp)` in rows sorted stably by them.
+/// Sorts one series' samples by time, keeping the last written of equal timestamps.
+/// Usually already in order (parts and heads each are), so the sort is only a check.
+fn sort_and_keep_last(samples: &mut Vec<Sample>) {
+    if !samples.is_sorted_by_key(|s| s.timestamp_ms) {
+        samples.sort_by_key(|s| s.timestamp_ms); // stable: later writes stay later
+    }
+    let mut write = 0;
+    for read in 0..samples.len() {
+        if write > 0 && samples[write - 1].timestamp_ms == samples[read].timestamp_ms {
+            samples[write - 1] = samples[read];
+        } else {
+            samples[write] = samples[read];
+            write += 1;
+        }
+    }
+    samples.truncate(write);
+}
+
 fn dedup_last(rows: &mut Vec<(u32, Sample)>) {
     let mut write = 0;
     for read in 0..rows.len() {
@@ -1047,22 +1065,23 @@ impl Storage for EmbeddedStore {
                 .filter(|p| p.min_ts <= end_ms && p.max_ts >= start_ms)
                 .cloned()
                 .collect();
-            let mut memory: Vec<(u32, Sample)> = Vec::new();
             // Frozen heads, then the head: the order in which later writes win.
-            for head in state
-                .frozen
-                .iter()
-                .map(|h| h.as_ref())
-                .chain(std::iter::once(&state.head))
-            {
-                for id in ids.iter() {
-                    memory.extend(
+            let heads: Vec<Arc<SampleHead>> = state.frozen.clone();
+            let mut memory: Vec<Vec<Sample>> = Vec::with_capacity(ids.len() as usize);
+            for id in ids.iter() {
+                let mut samples = Vec::new();
+                for head in heads
+                    .iter()
+                    .map(|h| h.as_ref())
+                    .chain(std::iter::once(&state.head))
+                {
+                    samples.extend(
                         head.samples_of(id)
                             .into_iter()
-                            .filter(|s| s.timestamp_ms >= start_ms && s.timestamp_ms <= end_ms)
-                            .map(|s| (id, s)),
+                            .filter(|s| s.timestamp_ms >= start_ms && s.timestamp_ms <= end_ms),
                     );
                 }
+                memory.push(samples);
             }
             (ids, memory, parts)
         };
@@ -1070,38 +1089,46 @@ impl Storage for EmbeddedStore {
             return Ok(Vec::new());
         }
         let dir = tenant.dir.clone();
-        let mut rows = blocking(move || {
-            let mut rows: Vec<(u32, Sample)> = Vec::new();
+        // One bucket per selected series, in id order; parts are sorted by series, so a
+        // series' rank in `ids` is looked up once per run of its rows.
+        let buckets = blocking(move || {
+            let mut buckets: Vec<Vec<Sample>> = vec![Vec::new(); ids.len() as usize];
             for part in &parts {
+                let mut run: Option<(u32, usize)> = None;
                 parts::read_samples(&dir.join(&part.file), &ids, start_ms, end_ms, |id, s| {
-                    rows.push((id, s))
+                    let index = match run {
+                        Some((run_id, index)) if run_id == id => index,
+                        _ => {
+                            let index = ids.rank(id) as usize - 1;
+                            run = Some((id, index));
+                            index
+                        }
+                    };
+                    buckets[index].push(s);
                 })?;
             }
-            Ok(rows)
+            // Parts are older than anything in memory: on equal timestamps memory wins.
+            for (bucket, samples) in buckets.iter_mut().zip(memory) {
+                bucket.extend(samples);
+                sort_and_keep_last(bucket);
+            }
+            Ok((ids, buckets))
         })
         .await?;
-        // Parts are older than anything in memory: on equal timestamps memory wins.
-        rows.extend(memory);
-        rows.sort_by_key(|(id, s)| (*id, s.timestamp_ms));
-        dedup_last(&mut rows);
+        let (ids, buckets) = buckets;
         let state = read_lock(&tenant.state);
-        let mut out: Vec<SeriesSamples> = Vec::new();
-        let mut current: Option<u32> = None;
-        for (id, sample) in rows {
-            if current == Some(id) {
-                if let Some(last) = out.last_mut() {
-                    last.samples.push(sample);
-                }
-                continue;
-            }
-            current = Some(id);
-            if let Some(labels) = state.index.labels(id) {
-                out.push(SeriesSamples {
+        let mut out: Vec<SeriesSamples> = ids
+            .iter()
+            .zip(buckets)
+            .filter(|(_, samples)| !samples.is_empty())
+            .filter_map(|(id, samples)| {
+                state.index.labels(id).map(|labels| SeriesSamples {
                     labels: labels.clone(),
-                    samples: vec![sample],
-                });
-            }
-        }
+                    samples,
+                })
+            })
+            .collect();
+        drop(state);
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(out)
     }

@@ -19,14 +19,20 @@ use std::fs::{self, File};
 use std::path::Path;
 use std::sync::Arc;
 
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::{
     Array, BinaryArray, Float64Array, Float64Builder, Int64Array, Int64Builder, RecordBatch,
     UInt8Array, UInt8Builder, UInt32Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Int64Type, UInt32Type};
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::ProjectionMask;
+use datafusion::parquet::arrow::arrow_reader::{
+    ArrowPredicateFn, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter,
+};
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
+use datafusion::parquet::file::metadata::PageIndexPolicy;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::file::statistics::Statistics;
 use datafusion::parquet::schema::types::ColumnPath;
@@ -287,7 +293,10 @@ pub(crate) fn read_samples(
     mut sink: impl FnMut(u32, Sample),
 ) -> Result<()> {
     let file = File::open(path).map_err(|e| StorageError::io("opening part", path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(
+        file,
+        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
+    )?;
     let (first_id, last_id) = match (ids.min(), ids.max()) {
         (Some(a), Some(b)) => (a, b),
         _ => return Ok(()),
@@ -314,8 +323,47 @@ pub(crate) fn read_samples(
     if groups.is_empty() {
         return Ok(());
     }
+    // Late materialization: the series and time columns are decoded first, and the value
+    // columns only for the rows they select (whole pages skipped through the page index).
+    let leaf = |name: &str| {
+        builder
+            .parquet_schema()
+            .columns()
+            .iter()
+            .position(|c| c.name() == name)
+    };
+    let (Some(series_leaf), Some(time_leaf)) = (leaf("series_id"), leaf("timestamp_ms")) else {
+        return Err(StorageError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "a sample part without series_id or timestamp_ms".to_owned(),
+        });
+    };
+    let wanted = ids.clone();
+    let in_series = ArrowPredicateFn::new(
+        ProjectionMask::leaves(builder.parquet_schema(), [series_leaf]),
+        move |batch: RecordBatch| {
+            let series = batch.column(0).as_primitive::<UInt32Type>();
+            Ok(series
+                .values()
+                .iter()
+                .map(|id| Some(wanted.contains(*id)))
+                .collect())
+        },
+    );
+    let in_time = ArrowPredicateFn::new(
+        ProjectionMask::leaves(builder.parquet_schema(), [time_leaf]),
+        move |batch: RecordBatch| {
+            let times = batch.column(0).as_primitive::<Int64Type>();
+            Ok(times
+                .values()
+                .iter()
+                .map(|t| Some(*t >= start && *t <= end))
+                .collect())
+        },
+    );
     let reader = builder
         .with_row_groups(groups)
+        .with_row_filter(RowFilter::new(vec![Box::new(in_series), Box::new(in_time)]))
         .with_batch_size(64 * 1024)
         .build()?;
     for batch in reader {
@@ -345,27 +393,25 @@ pub(crate) fn read_samples(
         for row in 0..batch.num_rows() {
             let id = series.value(row);
             let timestamp_ms = timestamps.value(row);
-            if timestamp_ms >= start && timestamp_ms <= end && ids.contains(id) {
-                let value = match mantissas {
-                    Some((m, s)) if s.value(row) != FLOAT_SCALE => {
-                        if s.value(row) > MAX_SCALE {
-                            return Err(StorageError::Corrupt {
-                                path: path.to_path_buf(),
-                                reason: format!("unknown value scale {}", s.value(row)),
-                            });
-                        }
-                        from_mantissa(m.value(row), s.value(row))
+            let value = match mantissas {
+                Some((m, s)) if s.value(row) != FLOAT_SCALE => {
+                    if s.value(row) > MAX_SCALE {
+                        return Err(StorageError::Corrupt {
+                            path: path.to_path_buf(),
+                            reason: format!("unknown value scale {}", s.value(row)),
+                        });
                     }
-                    _ => floats.value(row),
-                };
-                sink(
-                    id,
-                    Sample {
-                        timestamp_ms,
-                        value,
-                    },
-                );
-            }
+                    from_mantissa(m.value(row), s.value(row))
+                }
+                _ => floats.value(row),
+            };
+            sink(
+                id,
+                Sample {
+                    timestamp_ms,
+                    value,
+                },
+            );
         }
     }
     Ok(())
