@@ -165,12 +165,8 @@ impl<'a> Evaluator<'a> {
                 Value::Vector(series) => {
                     let mut builder = VectorBuilder::new(self.times.len());
                     for s in series {
-                        let labels = drop_name(&s.labels);
-                        for (step, p) in s.points.iter().enumerate() {
-                            if let Some(v) = p {
-                                builder.push(labels.clone(), step, -v)?;
-                            }
-                        }
+                        let points = s.points.iter().map(|p| p.map(|v| -v)).collect();
+                        builder.push_series(drop_name(&s.labels), points)?;
                     }
                     Ok(Value::Vector(builder.finish()))
                 }
@@ -343,40 +339,73 @@ impl<'a> Evaluator<'a> {
             }
             _ => None,
         };
-        let mut builder = VectorBuilder::new(self.times.len());
-        for step in 0..self.times.len() {
-            // Group the step's elements.
-            let mut groups: Vec<(LabelSet, Vec<(&LabelSet, f64)>)> = Vec::new();
-            let mut index: HashMap<LabelSet, usize> = HashMap::new();
-            for series in &input {
-                let Some(v) = series.points[step] else {
-                    continue;
-                };
+        if !matches!(
+            op,
+            token::T_TOPK
+                | token::T_BOTTOMK
+                | token::T_SUM
+                | token::T_AVG
+                | token::T_COUNT
+                | token::T_GROUP
+                | token::T_MIN
+                | token::T_MAX
+                | token::T_STDDEV
+                | token::T_STDVAR
+                | token::T_QUANTILE
+        ) {
+            return Err(EvalError::Parse(format!(
+                "aggregation {} is not supported",
+                a.op
+            )));
+        }
+        // A series' group depends on its labels only: found once, not at every step.
+        let mut keys: Vec<LabelSet> = Vec::new();
+        let mut index: HashMap<LabelSet, usize> = HashMap::new();
+        let group_of: Vec<usize> = input
+            .iter()
+            .map(|series| {
                 let key = grouping(&series.labels, &a.modifier);
-                let i = *index.entry(key.clone()).or_insert_with(|| {
-                    groups.push((key, Vec::new()));
-                    groups.len() - 1
-                });
-                groups[i].1.push((&series.labels, v));
+                *index.entry(key.clone()).or_insert_with(|| {
+                    keys.push(key);
+                    keys.len() - 1
+                })
+            })
+            .collect();
+        let steps = self.times.len();
+        let selecting = matches!(op, token::T_TOPK | token::T_BOTTOMK);
+        // Per group: the step's (series, value) pairs, reused from step to step.
+        let mut members: Vec<Vec<(usize, f64)>> = vec![Vec::new(); keys.len()];
+        // topk/bottomk keep input series (in the order first selected); the others make
+        // one series per group.
+        let mut kept: Vec<Option<Vec<Option<f64>>>> =
+            vec![None; if selecting { input.len() } else { 0 }];
+        let mut kept_order: Vec<usize> = Vec::new();
+        let mut group_points: Vec<Vec<Option<f64>>> =
+            vec![Vec::new(); if selecting { 0 } else { keys.len() }];
+        let mut values: Vec<f64> = Vec::new();
+        for step in 0..steps {
+            for (i, series) in input.iter().enumerate() {
+                if let Some(v) = series.points[step] {
+                    members[group_of[i]].push((i, v));
+                }
             }
             let param = param.as_ref().map(|p| p[step]);
-            for (key, elements) in groups {
-                match op {
-                    token::T_TOPK | token::T_BOTTOMK => {
-                        let k = param.unwrap_or(0.0);
-                        // Prometheus converts k to an int64 and refuses what does not fit.
-                        if !(-9.223_372_036_854_776e18..=9.223_372_036_854_776e18).contains(&k) {
-                            return Err(EvalError::Execution(format!(
-                                "Scalar value {} overflows int64",
-                                model::format_go_f(k)
-                            )));
-                        }
-                        if k < 1.0 {
-                            continue;
-                        }
-                        let mut sorted = elements.clone();
+            for (group, elements) in members.iter_mut().enumerate() {
+                if elements.is_empty() {
+                    continue;
+                }
+                if selecting {
+                    let k = param.unwrap_or(0.0);
+                    // Prometheus converts k to an int64 and refuses what does not fit.
+                    if !(-9.223_372_036_854_776e18..=9.223_372_036_854_776e18).contains(&k) {
+                        return Err(EvalError::Execution(format!(
+                            "Scalar value {} overflows int64",
+                            model::format_go_f(k)
+                        )));
+                    }
+                    if k >= 1.0 {
                         let top = op == token::T_TOPK;
-                        sorted.sort_by(|a, b| match (a.1.is_nan(), b.1.is_nan()) {
+                        elements.sort_by(|a, b| match (a.1.is_nan(), b.1.is_nan()) {
                             // NaN last, whichever the order.
                             (true, false) => std::cmp::Ordering::Greater,
                             (false, true) => std::cmp::Ordering::Less,
@@ -388,39 +417,54 @@ impl<'a> Evaluator<'a> {
                         } else {
                             usize::MAX
                         };
-                        for (labels, v) in sorted.into_iter().take(k) {
-                            builder.push(labels.clone(), step, v)?;
+                        for &(i, v) in elements.iter().take(k) {
+                            let points = kept[i].get_or_insert_with(|| {
+                                kept_order.push(i);
+                                vec![None; steps]
+                            });
+                            points[step] = Some(v);
                         }
                     }
-                    _ => {
-                        let values: Vec<f64> = elements.iter().map(|(_, v)| *v).collect();
-                        let value = match op {
-                            token::T_SUM => values.iter().sum(),
-                            token::T_AVG => mean(&values),
-                            token::T_COUNT => values.len() as f64,
-                            token::T_GROUP => 1.0,
-                            token::T_MIN => values
-                                .iter()
-                                .copied()
-                                .fold(f64::NAN, |m, v| if m.is_nan() || v < m { v } else { m }),
-                            token::T_MAX => values
-                                .iter()
-                                .copied()
-                                .fold(f64::NAN, |m, v| if m.is_nan() || v > m { v } else { m }),
-                            token::T_STDDEV => group_variance(&values).sqrt(),
-                            token::T_STDVAR => group_variance(&values),
-                            token::T_QUANTILE => {
-                                functions::quantile(param.unwrap_or(f64::NAN), values)
-                            }
-                            _ => {
-                                return Err(EvalError::Parse(format!(
-                                    "aggregation {} is not supported",
-                                    a.op
-                                )));
-                            }
-                        };
-                        builder.push(key, step, value)?;
+                } else {
+                    values.clear();
+                    values.extend(elements.iter().map(|(_, v)| *v));
+                    let value = match op {
+                        token::T_SUM => values.iter().sum(),
+                        token::T_AVG => mean(&values),
+                        token::T_COUNT => values.len() as f64,
+                        token::T_GROUP => 1.0,
+                        token::T_MIN => values
+                            .iter()
+                            .copied()
+                            .fold(f64::NAN, |m, v| if m.is_nan() || v < m { v } else { m }),
+                        token::T_MAX => values
+                            .iter()
+                            .copied()
+                            .fold(f64::NAN, |m, v| if m.is_nan() || v > m { v } else { m }),
+                        token::T_STDDEV => group_variance(&values).sqrt(),
+                        token::T_STDVAR => group_variance(&values),
+                        _ => functions::quantile(param.unwrap_or(f64::NAN), values.clone()),
+                    };
+                    let points = &mut group_points[group];
+                    if points.is_empty() {
+                        *points = vec![None; steps];
                     }
+                    points[step] = Some(value);
+                }
+                elements.clear();
+            }
+        }
+        let mut builder = VectorBuilder::new(steps);
+        if selecting {
+            for i in kept_order {
+                if let Some(points) = kept[i].take() {
+                    builder.push_series(input[i].labels.clone(), points)?;
+                }
+            }
+        } else {
+            for (key, points) in keys.into_iter().zip(group_points) {
+                if !points.is_empty() {
+                    builder.push_series(key, points)?;
                 }
             }
         }
@@ -690,23 +734,25 @@ fn vector_scalar(
         } else {
             series.labels.clone()
         };
-        for (step, (point, s)) in series.points.iter().zip(scalar).enumerate() {
-            let Some(v) = *point else { continue };
-            let (l, r) = if scalar_left { (*s, v) } else { (v, *s) };
-            let (value, keep) = apply(op, l, r);
-            let value = if return_bool {
-                if keep { 1.0 } else { 0.0 }
-            } else if comparison {
-                // The vector's sample is kept with its own value.
-                if !keep {
-                    continue;
+        let points = series
+            .points
+            .iter()
+            .zip(scalar)
+            .map(|(point, s)| {
+                let v = (*point)?;
+                let (l, r) = if scalar_left { (*s, v) } else { (v, *s) };
+                let (value, keep) = apply(op, l, r);
+                if return_bool {
+                    Some(if keep { 1.0 } else { 0.0 })
+                } else if comparison {
+                    // The vector's sample is kept with its own value.
+                    keep.then_some(v)
+                } else {
+                    Some(value)
                 }
-                v
-            } else {
-                value
-            };
-            builder.push(labels.clone(), step, value)?;
-        }
+            })
+            .collect();
+        builder.push_series(labels, points)?;
     }
     Ok(builder.finish())
 }

@@ -226,12 +226,13 @@ fn math(name: &str) -> fn(f64) -> f64 {
 fn map_values(input: Vec<Series>, f: impl Fn(usize, f64) -> f64) -> Result<Value, EvalError> {
     let mut builder = VectorBuilder::new(input.first().map_or(0, |s| s.points.len()));
     for series in input {
-        let labels = drop_name(&series.labels);
-        for (step, point) in series.points.iter().enumerate() {
-            if let Some(v) = point {
-                builder.push(labels.clone(), step, f(step, *v))?;
-            }
-        }
+        let points = series
+            .points
+            .iter()
+            .enumerate()
+            .map(|(step, point)| point.map(|v| f(step, v)))
+            .collect();
+        builder.push_series(drop_name(&series.labels), points)?;
     }
     Ok(Value::Vector(builder.finish()))
 }
@@ -251,6 +252,7 @@ fn range_function(
         } else {
             drop_name(&series.labels)
         };
+        let mut points = vec![None; ev.times.len()];
         for (step, t) in ev.times.iter().enumerate() {
             let window = input.window(series, *t);
             if window.is_empty() {
@@ -310,10 +312,9 @@ fn range_function(
                 )),
                 _ => None,
             };
-            if let Some(value) = value {
-                builder.push(labels.clone(), step, value)?;
-            }
+            points[step] = value;
         }
+        builder.push_series(labels, points)?;
     }
     Ok(Value::Vector(builder.finish()))
 }
@@ -449,6 +450,7 @@ fn holt_winters(
     let mut builder = VectorBuilder::new(ev.times.len());
     for series in &input.series {
         let labels = drop_name(&series.labels);
+        let mut points = vec![None; ev.times.len()];
         for (step, t) in ev.times.iter().enumerate() {
             let (sf, tf) = (smoothing[step], trend[step]);
             if !(sf > 0.0 && sf < 1.0 && tf > 0.0 && tf < 1.0) {
@@ -473,8 +475,9 @@ fn holt_winters(
                 s0 = s1;
                 s1 = x + y;
             }
-            builder.push(labels.clone(), step, s1)?;
+            points[step] = Some(s1);
         }
+        builder.push_series(labels, points)?;
     }
     Ok(Value::Vector(builder.finish()))
 }
@@ -571,11 +574,7 @@ fn relabel(
     for series in ev.vector_arg(arg)? {
         let mut labels = series.labels;
         change(&mut labels);
-        for (step, point) in series.points.iter().enumerate() {
-            if let Some(v) = point {
-                builder.push(labels.clone(), step, *v)?;
-            }
-        }
+        builder.push_series(labels, series.points)?;
     }
     Ok(Value::Vector(builder.finish()))
 }
@@ -620,34 +619,64 @@ fn histogram_quantile(
     q: &[f64],
     input: Vec<Series>,
 ) -> Result<Value, EvalError> {
-    let mut builder = VectorBuilder::new(ev.times.len());
+    // Each bucket's upper bound, group and label set (name dropped) are fixed across
+    // steps: work them out once per series.
+    let mut groups: Vec<LabelSet> = Vec::new();
+    let mut group_of: std::collections::HashMap<LabelSet, usize> = std::collections::HashMap::new();
+    let mut identities: std::collections::HashMap<LabelSet, usize> =
+        std::collections::HashMap::new();
+    // (series, upper bound, group, identity)
+    let mut buckets_of: Vec<(usize, f64, usize, usize)> = Vec::new();
+    let mut identity_members: Vec<usize> = Vec::new();
+    for (i, series) in input.iter().enumerate() {
+        let Ok(upper) = parse_le(super::value::label(&series.labels, "le")) else {
+            continue;
+        };
+        let unnamed = drop_name(&series.labels);
+        let key: LabelSet = unnamed.iter().filter(|(n, _)| n != "le").cloned().collect();
+        let group = *group_of.entry(key.clone()).or_insert_with(|| {
+            groups.push(key);
+            groups.len() - 1
+        });
+        let next = identities.len();
+        let identity = *identities.entry(unnamed).or_insert(next);
+        if identity == identity_members.len() {
+            identity_members.push(0);
+        }
+        identity_members[identity] += 1;
+        buckets_of.push((i, upper, group, identity));
+    }
+    // Two series that differ only by name would be one bucket twice.
+    let shared: Vec<bool> = identity_members.iter().map(|n| *n > 1).collect();
+    let mut points: Vec<Vec<Option<f64>>> = vec![vec![None; ev.times.len()]; groups.len()];
+    let mut per_group: Vec<Vec<(f64, f64)>> = vec![Vec::new(); groups.len()];
+    let mut seen: Vec<bool> = vec![false; identity_members.len()];
     for (step, q) in q.iter().enumerate() {
-        let mut groups: Vec<(LabelSet, Vec<(f64, f64)>)> = Vec::new();
-        let mut seen: std::collections::HashSet<LabelSet> = std::collections::HashSet::new();
-        for series in &input {
-            let Some(v) = series.points[step] else {
+        for &(i, upper, group, identity) in &buckets_of {
+            let Some(v) = input[i].points[step] else {
                 continue;
             };
-            let le = super::value::label(&series.labels, "le");
-            let Ok(upper) = parse_le(le) else { continue };
-            // Two series that differ only by name would be one bucket twice.
-            if !seen.insert(drop_name(&series.labels)) {
-                return Err(EvalError::Execution(
-                    "vector cannot contain metrics with the same labelset".into(),
-                ));
+            if shared[identity] {
+                if seen[identity] {
+                    return Err(EvalError::Execution(
+                        "vector cannot contain metrics with the same labelset".into(),
+                    ));
+                }
+                seen[identity] = true;
             }
-            let key: LabelSet = drop_name(&series.labels)
-                .into_iter()
-                .filter(|(n, _)| n != "le")
-                .collect();
-            match groups.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, buckets)) => buckets.push((upper, v)),
-                None => groups.push((key, vec![(upper, v)])),
+            per_group[group].push((upper, v));
+        }
+        for (group, buckets) in per_group.iter_mut().enumerate() {
+            if !buckets.is_empty() {
+                points[group][step] = Some(bucket_quantile(*q, buckets));
+                buckets.clear();
             }
         }
-        for (key, mut buckets) in groups {
-            builder.push(key, step, bucket_quantile(*q, &mut buckets))?;
-        }
+        seen.iter_mut().for_each(|s| *s = false);
+    }
+    let mut builder = VectorBuilder::new(ev.times.len());
+    for (labels, points) in groups.into_iter().zip(points) {
+        builder.push_series(labels, points)?;
     }
     Ok(Value::Vector(builder.finish()))
 }

@@ -89,6 +89,39 @@ impl VectorBuilder {
         Ok(())
     }
 
+    /// Adds a whole series: one label set hashed once, rather than once per point. A label
+    /// set already present takes the points, and a step with two values is the same
+    /// duplicate-labelset error as [`VectorBuilder::push`].
+    pub fn push_series(
+        &mut self,
+        labels: LabelSet,
+        points: Vec<Option<f64>>,
+    ) -> Result<(), EvalError> {
+        if points.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        match self.index.get(&labels) {
+            Some(index) => {
+                let target = &mut self.series[*index].points;
+                for (slot, point) in target.iter_mut().zip(points) {
+                    if point.is_some() {
+                        if slot.is_some() {
+                            return Err(EvalError::Execution(
+                                "vector cannot contain metrics with the same labelset".into(),
+                            ));
+                        }
+                        *slot = point;
+                    }
+                }
+            }
+            None => {
+                self.index.insert(labels.clone(), self.series.len());
+                self.series.push(Series { labels, points });
+            }
+        }
+        Ok(())
+    }
+
     pub fn finish(self) -> Vec<Series> {
         self.series
     }
