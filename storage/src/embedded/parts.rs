@@ -343,10 +343,19 @@ pub(crate) fn read_samples(
         ProjectionMask::leaves(builder.parquet_schema(), [series_leaf]),
         move |batch: RecordBatch| {
             let series = batch.column(0).as_primitive::<UInt32Type>();
+            // Parts are sorted by series: each run of one id is looked up once.
+            let mut last: Option<(u32, bool)> = None;
             Ok(series
                 .values()
                 .iter()
-                .map(|id| Some(wanted.contains(*id)))
+                .map(|id| match last {
+                    Some((last_id, answer)) if last_id == *id => Some(answer),
+                    _ => {
+                        let answer = wanted.contains(*id);
+                        last = Some((*id, answer));
+                        Some(answer)
+                    }
+                })
                 .collect())
         },
     );
