@@ -127,7 +127,10 @@ async fn answer(
     let data: Vec<Json> = found
         .into_iter()
         .map(|(series, mut exemplars)| {
+            // One exemplar per series and time, as Prometheus keeps them: a batch resent
+            // after a timeout can sit in the embedded store twice until compaction.
             exemplars.sort_by_key(|e| e.0);
+            exemplars.dedup_by_key(|e| e.0);
             json!({
                 "seriesLabels": object(&series),
                 "exemplars": exemplars

@@ -106,6 +106,27 @@ impl Selection {
         service: &QueryService,
         tenant: &model::TenantId,
     ) -> Result<Vec<Labels>, QueryError> {
+        // With a range, the store reads samples to see which series have some: bound it
+        // by the query limit on series first, from the index alone.
+        if self.range.is_some() {
+            let max = service.shared.config.max_series;
+            let mut count = 0u64;
+            for matchers in &self.selectors {
+                count += service
+                    .shared
+                    .store
+                    .series(tenant, matchers, None)
+                    .await
+                    .map_err(|e| QueryError::new(ErrorType::Unavailable, e.to_string()))?
+                    .len() as u64;
+            }
+            if count > max {
+                return Err(QueryError::new(
+                    ErrorType::Execution,
+                    format!("match[] selects more than {max} series (query.max_series); narrow it"),
+                ));
+            }
+        }
         let mut all = BTreeSet::new();
         for matchers in &self.selectors {
             let found = service
@@ -139,6 +160,11 @@ fn selector_matchers(text: &str) -> Result<Vec<Matcher>, QueryError> {
             "{text:?} is not a series selector such as up{{job=\"api\"}}"
         )));
     };
+    if selector.offset.is_some() || selector.at.is_some() {
+        return Err(invalid(format!(
+            "{text:?}: a series selector takes no offset or @ modifier"
+        )));
+    }
     let matchers = promql::store_matchers(&selector).map_err(|e| invalid(e.to_string()))?;
     if matchers.iter().all(|m| m.matches("")) {
         return Err(invalid(format!(
@@ -397,7 +423,15 @@ mod tests {
     fn match_selectors_must_narrow_the_selection() {
         assert_eq!(selector_matchers("up").unwrap().len(), 1);
         assert_eq!(selector_matchers(r#"{job=~"a.+"}"#).unwrap().len(), 1);
-        for text in [r#"{job=~".*"}"#, r#"{job=""}"#, "rate(up[5m])", "up{", ""] {
+        for text in [
+            r#"{job=~".*"}"#,
+            r#"{job=""}"#,
+            "rate(up[5m])",
+            "up{",
+            "",
+            "up offset 5m",
+            "up @ 100",
+        ] {
             let error = selector_matchers(text).unwrap_err();
             assert_eq!(error.kind, ErrorType::BadData, "{text:?}");
             assert!(error.message.contains("match[]"), "{}", error.message);

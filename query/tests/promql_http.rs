@@ -673,3 +673,56 @@ async fn exemplars_of_the_selected_series_answer_as_prometheus_does() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["errorType"], "bad_data");
 }
+
+#[tokio::test]
+async fn an_exemplar_stored_twice_is_answered_once() {
+    let dir = TempDir::new().unwrap();
+    let store = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default()).unwrap();
+    let series = Series {
+        exemplars: vec![Exemplar {
+            labels: Labels::new([("trace_id", "abc")]).unwrap(),
+            value: 1.0,
+            timestamp_ms: T0,
+        }],
+        ..Series::with_samples(
+            Labels::new([("__name__", "requests_total")]).unwrap(),
+            vec![Sample {
+                timestamp_ms: T0,
+                value: 1.0,
+            }],
+        )
+    };
+    // A batch resent after a timeout: two bus records, two flushes, two parts.
+    for offset in [0, 1] {
+        let payload = Payload::Metrics(MetricBatch {
+            series: vec![series.clone()],
+            metadata: vec![],
+        });
+        let at = BusPosition {
+            topic: "metrics".into(),
+            partition: 0,
+            offset,
+        };
+        store
+            .write(&TenantId::new("a").unwrap(), payload, &at)
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let store: Arc<dyn Storage> = Arc::new(store);
+    let router = QueryService::new(store, &AuthConfig::default(), QueryConfig::default())
+        .unwrap()
+        .http_routes();
+    let (status, body) = get(
+        &router,
+        "/api/v1/query_exemplars",
+        &[("query", "requests_total")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["data"][0]["exemplars"].as_array().unwrap().len(),
+        1,
+        "{body}"
+    );
+}

@@ -222,15 +222,28 @@ impl Engine {
         let step_count = steps.times()?.len() as u64;
         let (mut series_count, mut sample_count) = (0u64, 0u64);
         // Each selector node is listed once, with the one range it needs.
+        let too_many_series = || {
+            EvalError::Execution(format!(
+                "the query selects more than {} series (query.max_series); narrow its selectors",
+                self.limits.max_series
+            ))
+        };
         for (selector, start_ms, end_ms) in wanted {
+            // The index says how many series a selector has before any sample is read (an
+            // upper bound: some may have no samples in the range).
+            let matching = self
+                .store
+                .series(tenant, &store_matchers(selector)?, None)
+                .await
+                .map_err(|e| EvalError::Storage(e.to_string()))?
+                .len() as u64;
+            if series_count + matching > self.limits.max_series {
+                return Err(too_many_series());
+            }
             let series = self.fetch(tenant, selector, start_ms, end_ms).await?;
             series_count += series.len() as u64;
             if series_count > self.limits.max_series {
-                return Err(EvalError::Execution(format!(
-                    "the query selects more than {} series (query.max_series); \
-                     narrow its selectors",
-                    self.limits.max_series
-                )));
+                return Err(too_many_series());
             }
             // The samples read, and the points each series takes at every step.
             sample_count += series

@@ -142,8 +142,8 @@ struct TenantState {
     rows: BTreeMap<RowKind, Vec<Arc<DayRows>>>,
     frozen_rows: BTreeMap<RowKind, Vec<Arc<DayRows>>>,
     manifest: TenantManifest,
-    /// Metric metadata by family: the distinct entries seen, at most
-    /// `MAX_METADATA_PER_FAMILY` each (targets may disagree on help text).
+    /// Metric metadata by family: the distinct entries seen, least recently seen first, at
+    /// most `MAX_METADATA_PER_FAMILY` each (targets may disagree on help text).
     metadata: BTreeMap<String, Vec<MetricMetadata>>,
 }
 
@@ -204,7 +204,14 @@ fn remember_metadata(
 ) {
     for entry in metadata {
         let entries = known.entry(entry.metric_family_name.clone()).or_default();
-        if !entries.contains(&entry) && entries.len() < MAX_METADATA_PER_FAMILY {
+        if let Some(seen) = entries.iter().position(|e| *e == entry) {
+            // Seen again: now the most recent.
+            let entry = entries.remove(seen);
+            entries.push(entry);
+        } else {
+            if entries.len() == MAX_METADATA_PER_FAMILY {
+                entries.remove(0); // the least recently seen goes
+            }
             entries.push(entry);
         }
     }
@@ -837,7 +844,6 @@ fn write_manifest(root: &Path, manifest: &Manifest) -> Result<()> {
     sync_dir(root)
 }
 
-/// Keeps the last of each run of equal `(series, timestamp)` in rows sorted stably by them.
 /// Sorts one series' samples by time, keeping the last written of equal timestamps.
 /// Usually already in order (parts and heads each are), so the sort is only a check.
 fn sort_and_keep_last(samples: &mut Vec<Sample>) {
@@ -856,6 +862,7 @@ fn sort_and_keep_last(samples: &mut Vec<Sample>) {
     samples.truncate(write);
 }
 
+/// Keeps the last of each run of equal `(series, timestamp)` in rows sorted stably by them.
 fn dedup_last(rows: &mut Vec<(u32, Sample)>) {
     let mut write = 0;
     for read in 0..rows.len() {
@@ -1232,5 +1239,40 @@ impl Storage for EmbeddedStore {
         self.flush().await?;
         self.closed.store(true, Ordering::Release);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use model::MetricType;
+
+    fn entry(help: &str) -> MetricMetadata {
+        MetricMetadata {
+            metric_family_name: "up".to_owned(),
+            metric_type: MetricType::Gauge,
+            help: help.to_owned(),
+            unit: String::new(),
+        }
+    }
+
+    #[test]
+    fn metadata_keeps_the_most_recently_seen_entries() {
+        let mut known = BTreeMap::new();
+        let helps: Vec<String> = (0..MAX_METADATA_PER_FAMILY + 2)
+            .map(|i| format!("help {i}"))
+            .collect();
+        remember_metadata(&mut known, helps.iter().map(|h| entry(h)));
+        // "help 2" is seen again: it becomes the newest, and survives the next one.
+        remember_metadata(&mut known, [entry("help 2"), entry("latest")]);
+        let kept: Vec<&str> = known["up"].iter().map(|e| e.help.as_str()).collect();
+        assert_eq!(kept.len(), MAX_METADATA_PER_FAMILY);
+        assert_eq!(&kept[kept.len() - 2..], ["help 2", "latest"]);
+        assert!(
+            !kept.contains(&"help 0") && !kept.contains(&"help 3"),
+            "{kept:?}"
+        );
     }
 }

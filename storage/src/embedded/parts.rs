@@ -26,6 +26,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::datatypes::{Int64Type, UInt32Type};
+use datafusion::arrow::error::ArrowError;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::arrow_reader::{
@@ -342,7 +343,10 @@ pub(crate) fn read_samples(
     let in_series = ArrowPredicateFn::new(
         ProjectionMask::leaves(builder.parquet_schema(), [series_leaf]),
         move |batch: RecordBatch| {
-            let series = batch.column(0).as_primitive::<UInt32Type>();
+            let series = batch
+                .column(0)
+                .as_primitive_opt::<UInt32Type>()
+                .ok_or_else(|| ArrowError::SchemaError("series_id is not UInt32".into()))?;
             // Parts are sorted by series: each run of one id is looked up once.
             let mut last: Option<(u32, bool)> = None;
             Ok(series
@@ -362,7 +366,10 @@ pub(crate) fn read_samples(
     let in_time = ArrowPredicateFn::new(
         ProjectionMask::leaves(builder.parquet_schema(), [time_leaf]),
         move |batch: RecordBatch| {
-            let times = batch.column(0).as_primitive::<Int64Type>();
+            let times = batch
+                .column(0)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| ArrowError::SchemaError("timestamp_ms is not Int64".into()))?;
             Ok(times
                 .values()
                 .iter()
