@@ -390,13 +390,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.targets.first().map(String::as_str) != Some("meerkat") {
         bail!("--targets must start with meerkat: the ratios are Meerkat's against the others");
     }
-    let meerkat = match &args.meerkat {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("benchmark binary has no directory")?
-            .join("meerkat"),
-    };
+    let meerkat = crate::remote_write::meerkat_binary(args.meerkat.as_deref())?;
     let steps = args.hours * 3_600_000 / INTERVAL_MS as u64;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

@@ -528,14 +528,19 @@ fn measure(server: &Server, args: &Args) -> anyhow::Result<Measurement> {
     })
 }
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
-    let meerkat = match &args.meerkat {
-        Some(path) => path.clone(),
+/// The meerkat binary to run: the one given, or the one next to this benchmark's binary.
+pub(crate) fn meerkat_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    Ok(match given {
+        Some(path) => path.to_path_buf(),
         None => std::env::current_exe()?
             .parent()
             .context("benchmark binary has no directory")?
             .join("meerkat"),
-    };
+    })
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let meerkat = meerkat_binary(args.meerkat.as_deref())?;
     println!(
         "Remote-write ingest: {} series, {} samples/request, {} concurrent, {} s per server, {} cores.\n",
         args.series,

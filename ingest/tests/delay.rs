@@ -187,6 +187,17 @@ impl Storage for Faulty {
     ) -> storage::Result<Vec<String>> {
         self.inner.label_values(tenant, name, matchers).await
     }
+    async fn series(
+        &self,
+        tenant: &TenantId,
+        matchers: &[storage::Matcher],
+        range: Option<(i64, i64)>,
+    ) -> storage::Result<Vec<model::Labels>> {
+        self.inner.series(tenant, matchers, range).await
+    }
+    async fn metadata(&self, tenant: &TenantId) -> storage::Result<Vec<model::MetricMetadata>> {
+        self.inner.metadata(tenant).await
+    }
     async fn session(
         &self,
         tenant: &TenantId,

@@ -217,26 +217,14 @@ pub(crate) async fn label_names(
         async {
             let tenant = tenant_of(&service.shared, &headers)?;
             let selection = Selection::read(&read_params(params)?)?;
-            let names: Vec<String> = if selection.selectors.is_empty() {
-                service
-                    .shared
-                    .store
-                    .label_names(&tenant, &[])
-                    .await
-                    .map_err(|e| QueryError::new(ErrorType::Unavailable, e.to_string()))?
-            } else {
-                let series = selection.series(&service, &tenant).await?;
-                let names: BTreeSet<&str> = series
+            let all = service.shared.store.label_names(&tenant, &[]);
+            label_answer(&service, &tenant, &selection, all, |series| {
+                series
                     .iter()
-                    .flat_map(|l| l.iter().map(|l| l.name))
-                    .collect();
-                names.into_iter().map(str::to_owned).collect()
-            };
-            let mut warnings = Vec::new();
-            Ok(success(
-                json!(selection.limited(names, &mut warnings)),
-                warnings,
-            ))
+                    .flat_map(|l| l.iter().map(|l| l.name.to_owned()))
+                    .collect()
+            })
+            .await
         }
         .await,
     )
@@ -256,23 +244,14 @@ pub(crate) async fn label_values(
                 return Err(bad(format!("invalid label name: {name:?}")));
             }
             let selection = Selection::read(&read_params(params)?)?;
-            let values: Vec<String> = if selection.selectors.is_empty() {
-                service
-                    .shared
-                    .store
-                    .label_values(&tenant, &name, &[])
-                    .await
-                    .map_err(|e| QueryError::new(ErrorType::Unavailable, e.to_string()))?
-            } else {
-                let series = selection.series(&service, &tenant).await?;
-                let values: BTreeSet<&str> = series.iter().filter_map(|l| l.get(&name)).collect();
-                values.into_iter().map(str::to_owned).collect()
-            };
-            let mut warnings = Vec::new();
-            Ok(success(
-                json!(selection.limited(values, &mut warnings)),
-                warnings,
-            ))
+            let all = service.shared.store.label_values(&tenant, &name, &[]);
+            label_answer(&service, &tenant, &selection, all, |series| {
+                series
+                    .iter()
+                    .filter_map(|l| l.get(&name).map(str::to_owned))
+                    .collect()
+            })
+            .await
         }
         .await,
     )
@@ -332,6 +311,30 @@ pub(crate) async fn metadata(
         }
         .await,
     )
+}
+
+/// The answer of `/labels` or `/label/<name>/values`: `all` (from the index) without
+/// `match[]`, else what `of_series` finds in the selected series; sorted, cut to the limit.
+async fn label_answer(
+    service: &QueryService,
+    tenant: &model::TenantId,
+    selection: &Selection,
+    all: impl std::future::Future<Output = storage::Result<Vec<String>>>,
+    of_series: impl Fn(&[Labels]) -> BTreeSet<String>,
+) -> Result<Response, QueryError> {
+    let found: Vec<String> = if selection.selectors.is_empty() {
+        all.await
+            .map_err(|e| QueryError::new(ErrorType::Unavailable, e.to_string()))?
+    } else {
+        of_series(&selection.series(service, tenant).await?)
+            .into_iter()
+            .collect()
+    };
+    let mut warnings = Vec::new();
+    Ok(success(
+        json!(selection.limited(found, &mut warnings)),
+        warnings,
+    ))
 }
 
 /// `[a-zA-Z_][a-zA-Z0-9_]*`, Prometheus 2.42's label names.

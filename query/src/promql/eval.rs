@@ -842,21 +842,21 @@ pub(super) fn mean(values: &[f64]) -> f64 {
 /// `stdvar`'s variance as Prometheus aggregates it: the first value is the mean and adds
 /// nothing, so one sample (even NaN or ±Inf) has variance 0, unlike `stdvar_over_time`.
 fn group_variance(values: &[f64]) -> f64 {
-    let Some((first, rest)) = values.split_first() else {
-        return f64::NAN;
-    };
-    let (mut count, mut mean, mut m2) = (1.0, *first, 0.0);
-    for v in rest {
-        count += 1.0;
-        let delta = v - mean;
-        mean += delta / count;
-        m2 += delta * (v - mean);
+    match values.split_first() {
+        Some((first, rest)) => running_variance(1.0, *first, rest),
+        None => f64::NAN,
     }
-    m2 / count
 }
 
+/// `stdvar_over_time`'s variance: Welford's running mean from 0.
 pub(super) fn variance(values: &[f64]) -> f64 {
-    let (mut count, mut mean, mut m2): (f64, f64, f64) = (0.0, 0.0, 0.0);
+    running_variance(0.0, 0.0, values)
+}
+
+/// Welford's algorithm from `count` values of mean `mean`, whose squared deviations sum
+/// to 0 so far, over `values`.
+fn running_variance(mut count: f64, mut mean: f64, values: &[f64]) -> f64 {
+    let mut m2 = 0.0;
     for v in values {
         count += 1.0;
         let delta = v - mean;

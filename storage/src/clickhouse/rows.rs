@@ -121,27 +121,19 @@ pub(super) fn exemplar_rows(
     batch: &model::MetricBatch,
     mut versions: impl FnMut() -> u64,
 ) -> Vec<ExemplarRow> {
-    let mut rows = Vec::new();
-    for series in &batch.series {
-        if series.exemplars.is_empty() {
-            continue;
-        }
-        let series_labels = crate::otel_json::labels_json(&series.labels);
-        let metric_name = series.labels.metric_name().unwrap_or_default();
-        for exemplar in &series.exemplars {
-            rows.push(ExemplarRow {
-                tenant: tenant.to_owned(),
-                timestamp_ms: exemplar.timestamp_ms,
-                metric_name: metric_name.to_owned(),
-                series_labels: series_labels.clone(),
-                value: exemplar.value,
-                labels: crate::otel_json::labels_json(&exemplar.labels),
-                trace_id: crate::embedded::exemplar_trace_id(&exemplar.labels),
-                version: versions(),
-            });
-        }
-    }
-    rows
+    crate::embedded::exemplars_of(batch)
+        .into_iter()
+        .map(|row| ExemplarRow {
+            tenant: tenant.to_owned(),
+            timestamp_ms: row.timestamp_ms,
+            metric_name: row.metric_name,
+            series_labels: row.series_labels,
+            value: row.value,
+            labels: row.labels,
+            trace_id: row.trace_id,
+            version: versions(),
+        })
+        .collect()
 }
 
 /// A row of `metric_metadata`.

@@ -40,7 +40,7 @@ use self::head::SampleHead;
 use self::index::SeriesIndex;
 use self::parts::{PartMeta, day_of};
 use self::rows::DayRows;
-pub(crate) use self::rows::{RowKind, exemplar_trace_id};
+pub(crate) use self::rows::{RowKind, exemplars_of};
 use crate::{
     BusPosition, DurableOffsets, Matcher, Result, SeriesSamples, Storage, StorageError,
     WriteSummary,

@@ -414,28 +414,31 @@ pub(crate) fn event_rows(
     })
 }
 
+/// The exemplars of a metric batch as rows, in both engines' columns.
+pub(crate) fn exemplars_of(batch: &model::MetricBatch) -> Vec<ExemplarRow> {
+    let mut rows = Vec::with_capacity(batch.exemplar_count());
+    for series in batch.series.iter().filter(|s| !s.exemplars.is_empty()) {
+        let series_labels = crate::otel_json::labels_json(&series.labels);
+        let metric_name = series.labels.metric_name().unwrap_or_default();
+        for e in &series.exemplars {
+            rows.push(ExemplarRow {
+                timestamp_ms: e.timestamp_ms,
+                metric_name: metric_name.to_owned(),
+                series_labels: series_labels.clone(),
+                value: e.value,
+                labels: crate::otel_json::labels_json(&e.labels),
+                trace_id: exemplar_trace_id(&e.labels),
+            });
+        }
+    }
+    rows
+}
+
 /// The exemplars of a metric batch, one row each, by day.
 pub(crate) fn exemplar_rows(batch: &model::MetricBatch) -> Result<Vec<DayRows>> {
-    let rows: Vec<(i64, ExemplarRow)> = batch
-        .series
-        .iter()
-        .flat_map(|series| {
-            let series_labels = crate::otel_json::labels_json(&series.labels);
-            let metric_name = series.labels.metric_name().unwrap_or_default().to_owned();
-            series.exemplars.iter().map(move |e| {
-                (
-                    day_of(e.timestamp_ms),
-                    ExemplarRow {
-                        timestamp_ms: e.timestamp_ms,
-                        metric_name: metric_name.clone(),
-                        series_labels: series_labels.clone(),
-                        value: e.value,
-                        labels: crate::otel_json::labels_json(&e.labels),
-                        trace_id: exemplar_trace_id(&e.labels),
-                    },
-                )
-            })
-        })
+    let rows: Vec<(i64, ExemplarRow)> = exemplars_of(batch)
+        .into_iter()
+        .map(|row| (day_of(row.timestamp_ms), row))
         .collect();
     by_day(rows, |rows| {
         let columns: Vec<ArrayRef> = vec![
