@@ -968,6 +968,33 @@ async fn sql_filters_on_series_prune_the_sample_parts_read() {
         read > 0 && read * 20 < total_rows,
         "the series filter should reach the sample scan: {read} of {total_rows} rows read"
     );
+
+    // `select` over the same part (many pages, most skipped by their series bounds) gives
+    // exactly the selected series and samples: two at the part's ends, and a regex set.
+    let b = Matcher::equal("__name__", "b_metric");
+    let ends = Matcher::new("i", MatchOp::Regex, "0|2999").unwrap();
+    let window = (T0 + 10 * 15_000, T0 + 20 * 15_000);
+    let found = store
+        .select(&tenant("a"), &[b.clone(), ends], window.0, window.1)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2);
+    for s in &found {
+        let values: Vec<f64> = s.samples.iter().map(|x| x.value).collect();
+        assert_eq!(
+            values,
+            (10..=20).map(f64::from).collect::<Vec<_>>(),
+            "{:?}",
+            s.labels
+        );
+    }
+    let ones = Matcher::new("i", MatchOp::Regex, "1.*").unwrap();
+    let found = store
+        .select(&tenant("a"), &[b, ones], T0, T0 + 120 * 15_000)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1 + 10 + 100 + 1000);
+    assert!(found.iter().all(|s| s.samples.len() == 120));
 }
 
 #[tokio::test]

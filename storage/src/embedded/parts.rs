@@ -30,10 +30,13 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::arrow_reader::{
-    ArrowPredicateFn, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter,
+    ArrowPredicateFn, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter, RowSelection,
+    RowSelector,
 };
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
 use datafusion::parquet::file::metadata::PageIndexPolicy;
+use datafusion::parquet::file::metadata::ParquetMetaData;
+use datafusion::parquet::file::page_index::column_index::ColumnIndexMetaData;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::file::statistics::Statistics;
 use datafusion::parquet::schema::types::ColumnPath;
@@ -377,8 +380,10 @@ pub(crate) fn read_samples(
                 .collect())
         },
     );
+    let pages = selected_pages(builder.metadata(), &groups, series_leaf, ids);
     let reader = builder
         .with_row_groups(groups)
+        .with_row_selection(pages)
         .with_row_filter(RowFilter::new(vec![Box::new(in_series), Box::new(in_time)]))
         .with_batch_size(64 * 1024)
         .build()?;
@@ -431,6 +436,57 @@ pub(crate) fn read_samples(
         }
     }
     Ok(())
+}
+
+/// The rows of `groups` on pages whose `series_id` bounds (from the page index) hold a
+/// wanted id: a selection of a few series skips the other pages without decoding them.
+/// Without a page index, every row.
+fn selected_pages(
+    metadata: &ParquetMetaData,
+    groups: &[usize],
+    series_leaf: usize,
+    ids: &RoaringBitmap,
+) -> RowSelection {
+    let mut selectors = Vec::new();
+    for &group in groups {
+        let rows = usize::try_from(metadata.row_group(group).num_rows()).unwrap_or(0);
+        let column_index = metadata
+            .column_index()
+            .and_then(|c| c.get(group))
+            .and_then(|c| c.get(series_leaf));
+        let offset_index = metadata
+            .offset_index()
+            .and_then(|o| o.get(group))
+            .and_then(|o| o.get(series_leaf));
+        let (Some(ColumnIndexMetaData::INT32(bounds)), Some(offsets)) =
+            (column_index, offset_index)
+        else {
+            selectors.push(RowSelector::select(rows));
+            continue;
+        };
+        let locations = offsets.page_locations();
+        for (page, location) in locations.iter().enumerate() {
+            let first = usize::try_from(location.first_row_index).unwrap_or(0);
+            let next = locations
+                .get(page + 1)
+                .map_or(rows, |n| usize::try_from(n.first_row_index).unwrap_or(rows));
+            // series_id is UInt32, stored as INT32 bits.
+            let wanted = match (bounds.min_value(page), bounds.max_value(page)) {
+                (Some(min), Some(max)) => {
+                    let (min, max) = (*min as u32, *max as u32);
+                    min <= max && ids.range_cardinality(min..=max) > 0
+                }
+                _ => true,
+            };
+            let count = next.saturating_sub(first);
+            selectors.push(if wanted {
+                RowSelector::select(count)
+            } else {
+                RowSelector::skip(count)
+            });
+        }
+    }
+    RowSelection::from(selectors)
 }
 
 /// Writes a row-table part.
