@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use crate::QueryService;
-use crate::error::{ErrorType, QueryError};
+use crate::error::{ErrorType, QueryError, bad};
 use crate::http::{parse_duration, tenant_of, timeout};
 use crate::promql::{self, EvalError, LabelSet, Steps, Value};
 
@@ -40,10 +40,6 @@ impl From<EvalError> for QueryError {
     }
 }
 
-fn bad(message: impl Into<String>) -> QueryError {
-    QueryError::new(ErrorType::BadData, message)
-}
-
 /// A time parameter: Unix seconds (`1700000000.5`) or RFC 3339.
 pub(crate) fn parse_time(name: &str, text: &str) -> Result<i64, QueryError> {
     let text = text.trim();
@@ -64,6 +60,30 @@ pub(crate) fn parse_time(name: &str, text: &str) -> Result<i64, QueryError> {
                 "invalid parameter \"{name}\": cannot parse {text:?} to a valid timestamp"
             ))
         })
+}
+
+/// Prometheus's check that a range does not end before it starts.
+fn check_order(start: i64, end: i64) -> Result<(), QueryError> {
+    if end < start {
+        return Err(bad(
+            "invalid parameter \"end\": end timestamp must not be before start time",
+        ));
+    }
+    Ok(())
+}
+
+/// Optional `start` and `end` parameters, each parsed when given and in order when both
+/// are.
+pub(crate) fn optional_range(
+    start: Option<&str>,
+    end: Option<&str>,
+) -> Result<(Option<i64>, Option<i64>), QueryError> {
+    let start = start.map(|t| parse_time("start", t)).transpose()?;
+    let end = end.map(|t| parse_time("end", t)).transpose()?;
+    if let (Some(start), Some(end)) = (start, end) {
+        check_order(start, end)?;
+    }
+    Ok((start, end))
 }
 
 fn now_ms() -> i64 {
@@ -123,11 +143,7 @@ async fn answer(
                 .as_deref()
                 .ok_or_else(|| bad("invalid parameter \"end\": missing"))?,
         )?;
-        if end < start {
-            return Err(bad(
-                "invalid parameter \"end\": end timestamp must not be before start time",
-            ));
-        }
+        check_order(start, end)?;
         let step = params
             .step
             .as_deref()

@@ -61,6 +61,18 @@ impl QueryError {
     }
 }
 
+/// A `bad_data` error: the request is wrong, and `message` says where.
+pub(crate) fn bad(message: impl Into<String>) -> QueryError {
+    QueryError::new(ErrorType::BadData, message)
+}
+
+/// The storage engine failed: `unavailable`, which clients retry.
+impl From<storage::StorageError> for QueryError {
+    fn from(error: storage::StorageError) -> Self {
+        Self::new(ErrorType::Unavailable, error.to_string())
+    }
+}
+
 impl From<AuthError> for QueryError {
     fn from(error: AuthError) -> Self {
         let kind = match error {

@@ -19,8 +19,8 @@ use serde_json::{Map, Value as Json, json};
 use storage::Matcher;
 
 use crate::QueryService;
-use crate::api::parse_time;
-use crate::error::{ErrorType, QueryError};
+use crate::api::optional_range;
+use crate::error::{ErrorType, QueryError, bad};
 use crate::http::tenant_of;
 use crate::promql;
 
@@ -29,10 +29,6 @@ pub(crate) struct ExemplarParams {
     query: Option<String>,
     start: Option<String>,
     end: Option<String>,
-}
-
-fn bad(message: impl Into<String>) -> QueryError {
-    QueryError::new(ErrorType::BadData, message)
 }
 
 pub(crate) async fn query_exemplars(
@@ -57,23 +53,7 @@ async fn answer(
         .query
         .filter(|q| !q.trim().is_empty())
         .ok_or_else(|| bad("invalid parameter \"query\": the query is missing"))?;
-    let start = params
-        .start
-        .as_deref()
-        .map(|t| parse_time("start", t))
-        .transpose()?;
-    let end = params
-        .end
-        .as_deref()
-        .map(|t| parse_time("end", t))
-        .transpose()?;
-    if let (Some(start), Some(end)) = (start, end)
-        && end < start
-    {
-        return Err(bad(
-            "invalid parameter \"end\": end timestamp must not be before start time",
-        ));
-    }
+    let (start, end) = optional_range(params.start.as_deref(), params.end.as_deref())?;
     let expr = promql::parse(&query)?;
     let mut selectors: Vec<(Option<String>, Vec<Matcher>)> = Vec::new();
     for selector in promql::selectors(&expr) {
@@ -172,12 +152,7 @@ async fn read_exemplars(
     end: Option<i64>,
 ) -> Result<Vec<RecordBatch>, QueryError> {
     let unavailable = |e: String| QueryError::new(ErrorType::Unavailable, e);
-    let context = service
-        .shared
-        .store
-        .session(tenant)
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
+    let context = service.shared.store.session(tenant).await?;
     let mut conditions = Vec::new();
     if let Some(start) = start {
         conditions.push(format!("timestamp >= to_timestamp_millis({start})"));

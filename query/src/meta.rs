@@ -22,8 +22,8 @@ use serde_json::{Value as Json, json};
 use storage::Matcher;
 
 use crate::QueryService;
-use crate::api::parse_time;
-use crate::error::{ErrorType, QueryError};
+use crate::api::optional_range;
+use crate::error::{ErrorType, QueryError, bad};
 use crate::http::tenant_of;
 use crate::promql;
 
@@ -33,10 +33,6 @@ pub(crate) const PROMETHEUS_API_VERSION: &str = "2.42.0";
 
 /// A request's form parameters in order, repeated names (`match[]`) included.
 type Params = Vec<(String, String)>;
-
-fn bad(message: impl Into<String>) -> QueryError {
-    QueryError::new(ErrorType::BadData, message)
-}
 
 fn read_params(params: Result<Form<Params>, FormRejection>) -> Result<Params, QueryError> {
     params
@@ -67,23 +63,9 @@ impl Selection {
             .filter(|(n, _)| n == "match[]")
             .map(|(_, text)| selector_matchers(text))
             .collect::<Result<Vec<_>, _>>()?;
-        let start = param(params, "start")
-            .map(|t| parse_time("start", t))
-            .transpose()?;
-        let end = param(params, "end")
-            .map(|t| parse_time("end", t))
-            .transpose()?;
-        let range = match (start, end) {
+        let range = match optional_range(param(params, "start"), param(params, "end"))? {
             (None, None) => None,
-            (start, end) => {
-                let (start, end) = (start.unwrap_or(i64::MIN), end.unwrap_or(i64::MAX));
-                if end < start {
-                    return Err(bad(
-                        "invalid parameter \"end\": end timestamp must not be before start time",
-                    ));
-                }
-                Some((start, end))
-            }
+            (start, end) => Some((start.unwrap_or(i64::MIN), end.unwrap_or(i64::MAX))),
         };
         let limit = match param(params, "limit") {
             None | Some("") => 0,
@@ -116,8 +98,7 @@ impl Selection {
                     .shared
                     .store
                     .series(tenant, matchers, None)
-                    .await
-                    .map_err(|e| QueryError::new(ErrorType::Unavailable, e.to_string()))?
+                    .await?
                     .len() as u64;
             }
             if count > max {
@@ -133,8 +114,7 @@ impl Selection {
                 .shared
                 .store
                 .series(tenant, matchers, self.range)
-                .await
-                .map_err(|e| QueryError::new(ErrorType::Unavailable, e.to_string()))?;
+                .await?;
             all.extend(found);
         }
         Ok(all.into_iter().collect())
@@ -280,12 +260,7 @@ pub(crate) async fn metadata(
             };
             let (limit, per_metric) = (number("limit")?, number("limit_per_metric")?);
             let metric = param(&params, "metric").filter(|m| !m.is_empty());
-            let entries = service
-                .shared
-                .store
-                .metadata(&tenant)
-                .await
-                .map_err(|e| QueryError::new(ErrorType::Unavailable, e.to_string()))?;
+            let entries = service.shared.store.metadata(&tenant).await?;
             let mut families = serde_json::Map::new();
             for entry in entries {
                 if metric.is_some_and(|m| m != entry.metric_family_name) {
@@ -323,8 +298,7 @@ async fn label_answer(
     of_series: impl Fn(&[Labels]) -> BTreeSet<String>,
 ) -> Result<Response, QueryError> {
     let found: Vec<String> = if selection.selectors.is_empty() {
-        all.await
-            .map_err(|e| QueryError::new(ErrorType::Unavailable, e.to_string()))?
+        all.await?
     } else {
         of_series(&selection.series(service, tenant).await?)
             .into_iter()
