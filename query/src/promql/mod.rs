@@ -231,16 +231,17 @@ impl Engine {
         for (selector, start_ms, end_ms) in wanted {
             // The index says how many series a selector has before any sample is read (an
             // upper bound: some may have no samples in the range).
+            let matchers = store_matchers(selector)?;
             let matching = self
                 .store
-                .series(tenant, &store_matchers(selector)?, None)
+                .series(tenant, &matchers, None)
                 .await
                 .map_err(|e| EvalError::Storage(e.to_string()))?
                 .len() as u64;
             if series_count + matching > self.limits.max_series {
                 return Err(too_many_series());
             }
-            let series = self.fetch(tenant, selector, start_ms, end_ms).await?;
+            let series = self.fetch(tenant, &matchers, start_ms, end_ms).await?;
             series_count += series.len() as u64;
             if series_count > self.limits.max_series {
                 return Err(too_many_series());
@@ -274,14 +275,13 @@ impl Engine {
     async fn fetch(
         &self,
         tenant: &TenantId,
-        selector: &VectorSelector,
+        matchers: &[Matcher],
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<RangeSeries>, EvalError> {
-        let matchers = store_matchers(selector)?;
         let series = self
             .store
-            .select(tenant, &matchers, start_ms, end_ms)
+            .select(tenant, matchers, start_ms, end_ms)
             .await
             .map_err(|e| EvalError::Storage(e.to_string()))?;
         Ok(series

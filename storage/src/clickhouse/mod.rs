@@ -651,7 +651,7 @@ impl ClickHouseStore {
     async fn store_metadata(&self, tenant: &TenantId, metadata: Vec<MetricMetadata>) -> Result<()> {
         let fresh: Vec<MetadataRow> = {
             let inserted = lock(&self.metadata_inserted);
-            let mut fresh: Vec<MetadataRow> = metadata
+            let distinct: HashSet<MetadataRow> = metadata
                 .into_iter()
                 .map(|m| MetadataRow {
                     tenant: tenant.as_str().to_owned(),
@@ -662,9 +662,7 @@ impl ClickHouseStore {
                 })
                 .filter(|row| !inserted.contains(row))
                 .collect();
-            fresh.sort_by(|a, b| a.metric_family_name.cmp(&b.metric_family_name));
-            fresh.dedup();
-            fresh
+            distinct.into_iter().collect()
         };
         if fresh.is_empty() {
             return Ok(());
