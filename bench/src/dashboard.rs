@@ -16,10 +16,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use gateway::proto::prometheus as pb;
+use model::Sample;
 
 use crate::remote_write::{Backoff, Server, post, start};
-use crate::storage_size::{Generator, INTERVAL_MS};
+use crate::storage_size::{Generator, INTERVAL_MS, one_sample_body, pb_labels};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -225,48 +225,19 @@ fn load(args: &Args, targets: &[Target], start_ms: i64, steps: u64) -> anyhow::R
         .into();
     let mut generator = Generator::new(args.series, start_ms);
     let mut histograms = Histograms::new(args.histograms);
-    let to_pb = |labels: &[Vec<(String, String)>]| -> Vec<Vec<pb::Label>> {
-        labels
-            .iter()
-            .map(|l| {
-                l.iter()
-                    .map(|(n, v)| pb::Label {
-                        name: n.clone().into(),
-                        value: v.clone().into(),
-                    })
-                    .collect()
-            })
-            .collect()
-    };
-    let mut labels = to_pb(&generator.labels);
-    labels.extend(to_pb(&histograms.labels));
+    let mut labels = pb_labels(&generator.labels);
+    labels.extend(pb_labels(&histograms.labels));
     let mut encoder = snap::raw::Encoder::new();
     let began = Instant::now();
     for step in 0..steps {
-        let mut samples: Vec<(i64, f64)> = generator
-            .round(step)
-            .into_iter()
-            .map(|s| (s.timestamp_ms, s.value))
-            .collect();
+        let mut samples = generator.round(step);
         let at = start_ms + step as i64 * INTERVAL_MS;
-        samples.extend(histograms.round(step).into_iter().map(|v| (at, v)));
+        samples.extend(histograms.round(step).into_iter().map(|value| Sample {
+            timestamp_ms: at,
+            value,
+        }));
         for (chunk_labels, chunk_samples) in labels.chunks(5_000).zip(samples.chunks(5_000)) {
-            let request = pb::WriteRequest {
-                timeseries: chunk_labels
-                    .iter()
-                    .zip(chunk_samples)
-                    .map(|(l, (t, v))| pb::TimeSeries {
-                        labels: l.clone(),
-                        samples: vec![pb::Sample {
-                            value: *v,
-                            timestamp: *t,
-                        }],
-                        ..Default::default()
-                    })
-                    .collect(),
-                metadata: vec![],
-            };
-            let body = encoder.compress_vec(&prost::Message::encode_to_vec(&request))?;
+            let body = one_sample_body(&mut encoder, chunk_labels, chunk_samples)?;
             for target in targets {
                 let mut backoff = Backoff::new();
                 loop {

@@ -138,6 +138,45 @@ impl Generator {
     }
 }
 
+/// Label sets as remote-write carries them.
+pub(crate) fn pb_labels(labels: &[Vec<(String, String)>]) -> Vec<Vec<pb::Label>> {
+    labels
+        .iter()
+        .map(|l| {
+            l.iter()
+                .map(|(n, v)| pb::Label {
+                    name: n.clone().into(),
+                    value: v.clone().into(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A snappy remote-write body: each series of `labels` with its one sample of `samples`.
+pub(crate) fn one_sample_body(
+    encoder: &mut snap::raw::Encoder,
+    labels: &[Vec<pb::Label>],
+    samples: &[Sample],
+) -> anyhow::Result<Vec<u8>> {
+    let request = pb::WriteRequest {
+        timeseries: labels
+            .iter()
+            .zip(samples)
+            .map(|(l, s)| pb::TimeSeries {
+                labels: l.clone(),
+                samples: vec![pb::Sample {
+                    value: s.value,
+                    timestamp: s.timestamp_ms,
+                }],
+                ..Default::default()
+            })
+            .collect(),
+        metadata: vec![],
+    };
+    Ok(encoder.compress_vec(&prost::Message::encode_to_vec(&request))?)
+}
+
 fn dir_bytes(path: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![path.to_path_buf()];
@@ -239,38 +278,12 @@ fn victoria_metrics(args: &Args, steps: u64, start_ms: i64) -> anyhow::Result<u6
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut generator = Generator::new(args.series, start_ms);
-    let labels: Vec<Vec<pb::Label>> = generator
-        .labels
-        .iter()
-        .map(|l| {
-            l.iter()
-                .map(|(n, v)| pb::Label {
-                    name: n.clone().into(),
-                    value: v.clone().into(),
-                })
-                .collect()
-        })
-        .collect();
+    let labels = pb_labels(&generator.labels);
     let mut encoder = snap::raw::Encoder::new();
     for step in 0..steps {
         let samples = generator.round(step);
         for (chunk_labels, chunk_samples) in labels.chunks(5_000).zip(samples.chunks(5_000)) {
-            let request = pb::WriteRequest {
-                timeseries: chunk_labels
-                    .iter()
-                    .zip(chunk_samples)
-                    .map(|(l, s)| pb::TimeSeries {
-                        labels: l.clone(),
-                        samples: vec![pb::Sample {
-                            value: s.value,
-                            timestamp: s.timestamp_ms,
-                        }],
-                        ..Default::default()
-                    })
-                    .collect(),
-                metadata: vec![],
-            };
-            let body = encoder.compress_vec(&prost::Message::encode_to_vec(&request))?;
+            let body = one_sample_body(&mut encoder, chunk_labels, chunk_samples)?;
             crate::remote_write::post(&agent, &format!("{base}/api/v1/write"), &body)
                 .context("remote-write to victoria-metrics")?;
         }
