@@ -85,10 +85,12 @@ impl Steps {
     }
 }
 
+/// Prometheus 3's name for 2.42's `holt_winters`, which the parser knows.
+const NEW_NAME: &str = "double_exponential_smoothing";
+
 /// Parses `query` as PromQL 2.42. The parser follows Prometheus 3, where 2.42's
 /// `holt_winters` is named `double_exponential_smoothing`.
 pub fn parse(query: &str) -> Result<Expr, EvalError> {
-    const NEW_NAME: &str = "double_exponential_smoothing";
     if rename_function(query, NEW_NAME, "_") != query {
         return Err(EvalError::Parse(format!(
             "unknown function with name \"{NEW_NAME}\" (Prometheus 2.42 calls it holt_winters)"
@@ -113,11 +115,7 @@ pub fn selectors(expr: &Expr) -> Vec<&VectorSelector> {
 
 /// `expr` as Prometheus's formatter prints it, with 2.42's function names.
 pub fn pretty(expr: &Expr) -> String {
-    rename_function(
-        &expr.prettify(),
-        "double_exponential_smoothing",
-        "holt_winters",
-    )
+    rename_function(&expr.prettify(), NEW_NAME, "holt_winters")
 }
 
 /// `query` with calls of the function `from` renamed `to` (outside string literals and
