@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use model::Sample;
 
-use crate::remote_write::{Backoff, Server, post, start};
+use crate::remote_write::{Backoff, Server, post, start_in};
 use crate::storage_size::{Generator, INTERVAL_MS, one_sample_body, pb_labels};
 
 #[derive(Debug, clap::Args)]
@@ -45,6 +45,30 @@ pub struct Args {
     /// The meerkat binary (default: next to this benchmark's binary)
     #[arg(long)]
     meerkat: Option<PathBuf>,
+    /// Keeps Meerkat's data here; a later run with the same `--series`, `--histograms` and
+    /// `--hours` reuses it instead of loading again (its queries then end when that data
+    /// ends), so a change to the read path is measured in minutes
+    #[arg(long)]
+    meerkat_data: Option<PathBuf>,
+}
+
+/// What a kept Meerkat data directory holds, written once it holds every sample.
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct KeptData {
+    series: usize,
+    histograms: usize,
+    hours: u64,
+    end_ms: i64,
+}
+
+const KEPT_DATA_FILE: &str = "bench-dashboard.json";
+
+/// The kept data set in `dir`, if one of this shape is complete there.
+fn kept_data(args: &Args, dir: &std::path::Path) -> Option<KeptData> {
+    let text = std::fs::read_to_string(dir.join(KEPT_DATA_FILE)).ok()?;
+    let kept: KeptData = serde_json::from_str(&text).ok()?;
+    (kept.series == args.series && kept.histograms == args.histograms && kept.hours == args.hours)
+        .then_some(kept)
 }
 
 const BUCKETS: [&str; 10] = [
@@ -366,7 +390,26 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
-    let end_ms = (now_ms - 600_000) / 60_000 * 60_000;
+    let kept = args
+        .meerkat_data
+        .as_deref()
+        .and_then(|dir| kept_data(args, dir));
+    if kept.is_some() && args.targets.len() > 1 {
+        bail!("--meerkat-data holds an earlier run's data: compare it with --targets meerkat only");
+    }
+    if let (Some(dir), None) = (&args.meerkat_data, &kept) {
+        if dir.exists() {
+            bail!(
+                "--meerkat-data {} exists but holds no complete data of this shape",
+                dir.display()
+            );
+        }
+        std::fs::create_dir_all(dir)?;
+    }
+    let end_ms = match &kept {
+        Some(kept) => kept.end_ms,
+        None => (now_ms - 600_000) / 60_000 * 60_000,
+    };
     let start_ms = end_ms - steps as i64 * INTERVAL_MS;
     let series = args.series + args.histograms * (BUCKETS.len() + 2);
     println!(
@@ -379,7 +422,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     let mut targets = Vec::new();
     for name in &args.targets {
-        let server = start(name, &meerkat)?;
+        let data_dir = args.meerkat_data.as_deref().filter(|_| name == "meerkat");
+        let server = start_in(name, &meerkat, data_dir)?;
         let base = server
             .write_url
             .strip_suffix("/api/v1/write")
@@ -391,10 +435,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             base,
         });
     }
-    load(args, &targets, start_ms, steps)?;
+    if kept.is_none() {
+        load(args, &targets, start_ms, steps)?;
+    }
     for target in &targets {
         wait_complete(target, args, end_ms, steps)?;
         eprintln!("  {} holds all the data", target.server.name);
+    }
+    if let (Some(dir), None) = (&args.meerkat_data, &kept) {
+        let shape = KeptData {
+            series: args.series,
+            histograms: args.histograms,
+            hours: args.hours,
+            end_ms,
+        };
+        std::fs::write(dir.join(KEPT_DATA_FILE), serde_json::to_string(&shape)?)?;
     }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(300)))

@@ -206,7 +206,8 @@ pub(crate) struct Server {
     pub name: &'static str,
     pub child: Child,
     pub write_url: String,
-    _dir: tempfile::TempDir,
+    /// The data directory, removed on drop unless the caller gave its own.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Server {
@@ -240,7 +241,24 @@ pub(crate) fn wait_ready(url: &str) -> anyhow::Result<()> {
 }
 
 pub(crate) fn start(target: &str, meerkat: &Path) -> anyhow::Result<Server> {
-    let dir = tempfile::tempdir()?;
+    start_in(target, meerkat, None)
+}
+
+/// Starts `target` on `data_dir` (kept after the server stops), or on a temporary directory.
+pub(crate) fn start_in(
+    target: &str,
+    meerkat: &Path,
+    data_dir: Option<&Path>,
+) -> anyhow::Result<Server> {
+    let temporary = match data_dir {
+        Some(_) => None,
+        None => Some(tempfile::tempdir()?),
+    };
+    let dir: &Path = match (data_dir, &temporary) {
+        (Some(path), _) => path,
+        (None, Some(temporary)) => temporary.path(),
+        (None, None) => bail!("no data directory"),
+    };
     let addr = free_addr()?;
     let quiet = || Stdio::null();
     let (name, child, ready, write_path) = match target {
@@ -250,7 +268,7 @@ pub(crate) fn start(target: &str, meerkat: &Path) -> anyhow::Result<Server> {
                 .arg("--http-listen")
                 .arg(addr.to_string())
                 .arg("--data-dir")
-                .arg(dir.path())
+                .arg(dir)
                 .arg("--log-level")
                 .arg("warn")
                 .env("MEERKAT_OTLP_GRPC_LISTEN", "127.0.0.1:0")
@@ -263,7 +281,7 @@ pub(crate) fn start(target: &str, meerkat: &Path) -> anyhow::Result<Server> {
         }
         "victoriametrics" => {
             let child = Command::new("victoria-metrics")
-                .arg(format!("-storageDataPath={}", dir.path().display()))
+                .arg(format!("-storageDataPath={}", dir.display()))
                 .arg(format!("-httpListenAddr={addr}"))
                 .arg("-loggerLevel=ERROR")
                 .stdout(quiet())
@@ -273,13 +291,13 @@ pub(crate) fn start(target: &str, meerkat: &Path) -> anyhow::Result<Server> {
             ("victoriametrics", child, "/health", "/api/v1/write")
         }
         "prometheus" => {
-            let config = dir.path().join("prometheus.yml");
+            let config = dir.join("prometheus.yml");
             std::fs::write(&config, "global:\n  scrape_interval: 1h\n")?;
             let child = Command::new("prometheus")
                 .arg(format!("--config.file={}", config.display()))
                 .arg(format!(
                     "--storage.tsdb.path={}",
-                    dir.path().join("tsdb").display()
+                    dir.join("tsdb").display()
                 ))
                 .arg(format!("--web.listen-address={addr}"))
                 .arg("--web.enable-remote-write-receiver")
@@ -296,7 +314,7 @@ pub(crate) fn start(target: &str, meerkat: &Path) -> anyhow::Result<Server> {
         name,
         child,
         write_url: format!("http://{addr}{write_path}"),
-        _dir: dir,
+        _dir: temporary,
     };
     wait_ready(&format!("http://{addr}{ready}"))?;
     Ok(server)

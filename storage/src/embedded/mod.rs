@@ -235,6 +235,8 @@ pub struct EmbeddedStore {
     /// One flush (or retention pass) at a time.
     flush_lock: tokio::sync::Mutex<()>,
     closed: AtomicBool,
+    /// Sample parts opened for reading, kept until removed.
+    sample_parts: Arc<parts::SamplePartCache>,
 }
 
 fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -340,6 +342,7 @@ impl EmbeddedStore {
             durable: Mutex::new(durable),
             flush_lock: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
+            sample_parts: Arc::default(),
         };
         if !replaced.is_empty() {
             // The rewritten parts are in the manifest before the old ones go: a crash in
@@ -729,6 +732,7 @@ impl EmbeddedStore {
         self.save_manifest(&durable).await?;
         for file in replaced {
             let path = dir.join(file);
+            self.sample_parts.forget(&path);
             if let Err(error) = fs::remove_file(&path) {
                 tracing::warn!(path = %path.display(), %error, "cannot remove a compacted part");
             }
@@ -743,6 +747,79 @@ impl EmbeddedStore {
             .map(|t| read_lock(&t.state).manifest.parts.len())
             .sum()
     }
+}
+
+/// The series of a selection in slices to read in parallel, in id order: one per core,
+/// each of at least [`SERIES_PER_SLICE`] series.
+fn select_slices(ids: &RoaringBitmap) -> Vec<RoaringBitmap> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let count = (ids.len() / SERIES_PER_SLICE).clamp(1, cores);
+    let per_slice = ids.len().div_ceil(count).max(1);
+    let mut slices = Vec::new();
+    let mut current = RoaringBitmap::new();
+    for id in ids {
+        current.insert(id);
+        if current.len() == per_slice {
+            slices.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() || slices.is_empty() {
+        slices.push(current);
+    }
+    slices
+}
+
+/// Below this many series per slice a selection is read on one thread.
+const SERIES_PER_SLICE: u64 = 64;
+
+/// Reads a slice of a selection from `parts` (each with its time bounds) and merges in the
+/// slice's samples from memory (`memory`, one entry per series, in id order, newer than
+/// any part's); returns each series' samples, in time order, one per timestamp.
+fn read_slice(
+    parts: &[(Arc<parts::SamplePart>, i64, i64)],
+    slice: &RoaringBitmap,
+    memory: Vec<Vec<Sample>>,
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Vec<Vec<Sample>>> {
+    // Sized up front from each part's row count for the series, scaled by how much of the
+    // part's time range the query covers: a series' samples are not copied as they grow.
+    let mut buckets: Vec<Vec<Sample>> = slice
+        .iter()
+        .zip(&memory)
+        .map(|(id, memory)| {
+            let expected: f64 = parts
+                .iter()
+                .map(|(part, min_ts, max_ts)| {
+                    let covered = (end_ms.min(*max_ts) - start_ms.max(*min_ts) + 1).max(0);
+                    let span = (max_ts - min_ts + 1).max(1);
+                    part.rows_of(id) as f64 * (covered as f64 / span as f64).min(1.0)
+                })
+                .sum();
+            Vec::with_capacity(expected.ceil() as usize + memory.len() + 2)
+        })
+        .collect();
+    for (part, _, _) in parts {
+        // Parts are sorted by series: a series' rank is looked up once per run of rows.
+        let mut run: Option<(u32, usize)> = None;
+        part.read(slice, start_ms, end_ms, |id, sample| {
+            let index = match run {
+                Some((run_id, index)) if run_id == id => index,
+                _ => {
+                    let index = slice.rank(id) as usize - 1;
+                    run = Some((id, index));
+                    index
+                }
+            };
+            buckets[index].push(sample);
+        })?;
+    }
+    // Parts are older than anything in memory: on equal timestamps memory wins.
+    for (bucket, samples) in buckets.iter_mut().zip(memory) {
+        bucket.extend(samples);
+        sort_and_keep_last(bucket);
+    }
+    Ok(buckets)
 }
 
 /// A day's parts are merged at once when the day is over; the current day's only once it
@@ -775,6 +852,10 @@ fn merge_parts(
     output: &Path,
     series: u32,
 ) -> Result<Option<(u64, u64, i64, i64)>> {
+    let inputs = inputs
+        .iter()
+        .map(|path| parts::SamplePart::open(path))
+        .collect::<Result<Vec<_>>>()?;
     let mut writer = parts::PartWriter::create(output, parts::PartKind::Compacted)?;
     let (mut rows_total, mut min_ts, mut max_ts) = (0u64, i64::MAX, i64::MIN);
     let mut start = 0u32;
@@ -783,8 +864,8 @@ fn merge_parts(
         let mut ids = RoaringBitmap::new();
         ids.insert_range(start..end);
         let mut rows: Vec<(u32, Sample)> = Vec::new();
-        for input in inputs {
-            parts::read_samples(input, &ids, i64::MIN, i64::MAX, |id, sample| {
+        for input in &inputs {
+            input.read(&ids, i64::MIN, i64::MAX, |id, sample| {
                 rows.push((id, sample))
             })?;
         }
@@ -1096,33 +1177,32 @@ impl Storage for EmbeddedStore {
             return Ok(Vec::new());
         }
         let dir = tenant.dir.clone();
-        // One bucket per selected series, in id order; parts are sorted by series, so a
-        // series' rank in `ids` is looked up once per run of its rows.
-        let buckets = blocking(move || {
-            let mut buckets: Vec<Vec<Sample>> = vec![Vec::new(); ids.len() as usize];
-            for part in &parts {
-                let mut run: Option<(u32, usize)> = None;
-                parts::read_samples(&dir.join(&part.file), &ids, start_ms, end_ms, |id, s| {
-                    let index = match run {
-                        Some((run_id, index)) if run_id == id => index,
-                        _ => {
-                            let index = ids.rank(id) as usize - 1;
-                            run = Some((id, index));
-                            index
-                        }
-                    };
-                    buckets[index].push(s);
-                })?;
-            }
-            // Parts are older than anything in memory: on equal timestamps memory wins.
-            for (bucket, samples) in buckets.iter_mut().zip(memory) {
-                bucket.extend(samples);
-                sort_and_keep_last(bucket);
-            }
-            Ok((ids, buckets))
+        let cache = self.sample_parts.clone();
+        let opened = blocking(move || {
+            parts
+                .iter()
+                .map(|part| Ok((cache.get(&dir.join(&part.file))?, part.min_ts, part.max_ts)))
+                .collect::<Result<Vec<_>>>()
         })
         .await?;
-        let (ids, buckets) = buckets;
+        let opened = Arc::new(opened);
+        // The selection is read in as many slices of series as there are cores, each on
+        // its own thread; a slice's buckets are in id order, so the slices concatenate.
+        let slices = select_slices(&ids);
+        let mut reads = Vec::new();
+        let mut memory = memory.into_iter();
+        for slice in slices {
+            let slice_memory: Vec<Vec<Sample>> =
+                memory.by_ref().take(slice.len() as usize).collect();
+            let opened = opened.clone();
+            reads.push(blocking(move || {
+                read_slice(&opened, &slice, slice_memory, start_ms, end_ms)
+            }));
+        }
+        let mut buckets = Vec::with_capacity(ids.len() as usize);
+        for read in reads {
+            buckets.extend(read.await?);
+        }
         let state = read_lock(&tenant.state);
         let mut out: Vec<SeriesSamples> = ids
             .iter()
@@ -1228,6 +1308,7 @@ impl Storage for EmbeddedStore {
         let durable = lock(&self.durable).clone();
         self.save_manifest(&durable).await?;
         for path in doomed {
+            self.sample_parts.forget(&path);
             if let Err(error) = fs::remove_file(&path) {
                 tracing::warn!(path = %path.display(), %error, "cannot remove a part dropped by retention");
             }

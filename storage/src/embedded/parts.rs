@@ -16,7 +16,7 @@
 //! costs next to nothing in a run), so SQL's `value` stays non-null.
 
 use std::fs::{self, File};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::AsArray;
@@ -24,19 +24,16 @@ use datafusion::arrow::array::{
     Array, BinaryArray, Float64Array, Float64Builder, Int64Array, Int64Builder, RecordBatch,
     UInt8Array, UInt8Builder, UInt32Array,
 };
+use datafusion::arrow::datatypes::UInt32Type;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::arrow::datatypes::{Int64Type, UInt32Type};
-use datafusion::arrow::error::ArrowError;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::arrow_reader::{
-    ArrowPredicateFn, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter, RowSelection,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
     RowSelector,
 };
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
 use datafusion::parquet::file::metadata::PageIndexPolicy;
-use datafusion::parquet::file::metadata::ParquetMetaData;
-use datafusion::parquet::file::page_index::column_index::ColumnIndexMetaData;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::file::statistics::Statistics;
 use datafusion::parquet::schema::types::ColumnPath;
@@ -287,206 +284,374 @@ impl PartWriter {
     }
 }
 
-/// Reads the samples of the series in `ids` within `[start, end]` from a part, skipping
-/// row groups whose statistics rule them out.
-pub(crate) fn read_samples(
-    path: &Path,
-    ids: &RoaringBitmap,
-    start: i64,
-    end: i64,
-    mut sink: impl FnMut(u32, Sample),
-) -> Result<()> {
-    let file = File::open(path).map_err(|e| StorageError::io("opening part", path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(
-        file,
-        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
-    )?;
-    let (first_id, last_id) = match (ids.min(), ids.max()) {
-        (Some(a), Some(b)) => (a, b),
-        _ => return Ok(()),
-    };
-    let mut groups = Vec::new();
-    for (index, group) in builder.metadata().row_groups().iter().enumerate() {
-        let range_i64 = |column: usize| match group.column(column).statistics() {
-            Some(Statistics::Int64(s)) => s.min_opt().zip(s.max_opt()).map(|(a, b)| (*a, *b)),
-            Some(Statistics::Int32(s)) => s
-                .min_opt()
-                .zip(s.max_opt())
-                .map(|(a, b)| (i64::from(*a), i64::from(*b))),
-            _ => None,
-        };
-        let series_overlap = range_i64(0).is_none_or(|(min, max)| {
-            let (min, max) = (min as u32, max as u32);
-            min <= last_id && max >= first_id && ids.range_cardinality(min..=max) > 0
-        });
-        let time_overlap = range_i64(1).is_none_or(|(min, max)| min <= end && max >= start);
-        if series_overlap && time_overlap {
-            groups.push(index);
-        }
-    }
-    if groups.is_empty() {
-        return Ok(());
-    }
-    // Late materialization: the series and time columns are decoded first, and the value
-    // columns only for the rows they select (whole pages skipped through the page index).
-    let leaf = |name: &str| {
-        builder
-            .parquet_schema()
-            .columns()
+/// A sample part opened for reading: its footer (with the page index) and where each
+/// series' rows begin. Parts never change once written, so the store opens each once and
+/// keeps it ([`SamplePartCache`]); a read then goes straight to the rows of the series it
+/// selects, decoding neither the `series_id` column nor the pages of other series.
+#[derive(Debug)]
+pub(crate) struct SamplePart {
+    path: PathBuf,
+    /// Kept open: a read that raced a compaction still reads the part it was given.
+    file: File,
+    metadata: ArrowReaderMetadata,
+    /// Each series' id and first row, ascending; `None` if the part is not sorted by series
+    /// (no writer makes such a part, but one found is read row by row rather than refused).
+    runs: Option<Vec<(u32, u64)>>,
+    rows: u64,
+}
+
+/// A contiguous range of one series' rows.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    id: u32,
+    first: u64,
+    len: u64,
+}
+
+impl SamplePart {
+    /// Reads the footer and the `series_id` column (once: the runs are kept).
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| StorageError::io("opening part", path, e))?;
+        let metadata = ArrowReaderMetadata::load(
+            &file,
+            ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
+        )?;
+        let rows = metadata
+            .metadata()
+            .row_groups()
             .iter()
-            .position(|c| c.name() == name)
-    };
-    let (Some(series_leaf), Some(time_leaf)) = (leaf("series_id"), leaf("timestamp_ms")) else {
-        return Err(StorageError::Corrupt {
-            path: path.to_path_buf(),
-            reason: "a sample part without series_id or timestamp_ms".to_owned(),
-        });
-    };
-    let wanted = ids.clone();
-    let in_series = ArrowPredicateFn::new(
-        ProjectionMask::leaves(builder.parquet_schema(), [series_leaf]),
-        move |batch: RecordBatch| {
-            let series = batch
+            .map(|g| u64::try_from(g.num_rows()).unwrap_or(0))
+            .sum();
+        let series_leaf = leaf(&metadata, path, "series_id")?;
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
+            .with_projection(ProjectionMask::leaves(
+                metadata.parquet_schema(),
+                [series_leaf],
+            ))
+            .with_batch_size(64 * 1024)
+            .build()?;
+        let mut runs: Vec<(u32, u64)> = Vec::new();
+        let mut sorted = true;
+        let mut row = 0u64;
+        for batch in reader {
+            let batch = batch?;
+            let ids = batch
                 .column(0)
                 .as_primitive_opt::<UInt32Type>()
-                .ok_or_else(|| ArrowError::SchemaError("series_id is not UInt32".into()))?;
-            // Parts are sorted by series: each run of one id is looked up once.
-            let mut last: Option<(u32, bool)> = None;
-            Ok(series
-                .values()
-                .iter()
-                .map(|id| match last {
-                    Some((last_id, answer)) if last_id == *id => Some(answer),
-                    _ => {
-                        let answer = wanted.contains(*id);
-                        last = Some((*id, answer));
-                        Some(answer)
-                    }
-                })
-                .collect())
-        },
-    );
-    let in_time = ArrowPredicateFn::new(
-        ProjectionMask::leaves(builder.parquet_schema(), [time_leaf]),
-        move |batch: RecordBatch| {
-            let times = batch
-                .column(0)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(|| ArrowError::SchemaError("timestamp_ms is not Int64".into()))?;
-            Ok(times
-                .values()
-                .iter()
-                .map(|t| Some(*t >= start && *t <= end))
-                .collect())
-        },
-    );
-    let pages = selected_pages(builder.metadata(), &groups, series_leaf, ids);
-    let reader = builder
-        .with_row_groups(groups)
-        .with_row_selection(pages)
-        .with_row_filter(RowFilter::new(vec![Box::new(in_series), Box::new(in_time)]))
-        .with_batch_size(64 * 1024)
-        .build()?;
-    for batch in reader {
-        let batch = batch?;
-        let column = |name: &str| batch.column_by_name(name).map(|c| c.as_any());
-        let corrupt = || StorageError::Corrupt {
+                .ok_or_else(|| StorageError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: "series_id is not UInt32".to_owned(),
+                })?;
+            for id in ids.values() {
+                match runs.last() {
+                    Some((last, _)) if last == id => {}
+                    Some((last, _)) if last > id => sorted = false,
+                    _ => runs.push((*id, row)),
+                }
+                row += 1;
+            }
+        }
+        let file = File::open(path).map_err(|e| StorageError::io("opening part", path, e))?;
+        Ok(Self {
             path: path.to_path_buf(),
-            reason: "unexpected columns in a sample part".to_owned(),
+            file,
+            metadata,
+            runs: sorted.then_some(runs),
+            rows,
+        })
+    }
+
+    /// Another handle on the part's file (the reader takes one by value).
+    fn reopen(&self) -> Result<File> {
+        self.file
+            .try_clone()
+            .map_err(|e| StorageError::io("opening part", &self.path, e))
+    }
+
+    /// Rows of each series in `ids` held by this part, in id order.
+    fn runs_of(&self, ids: &RoaringBitmap) -> Option<Vec<Run>> {
+        let runs = self.runs.as_ref()?;
+        let run = |index: usize| {
+            let (id, first) = runs[index];
+            let next = runs.get(index + 1).map_or(self.rows, |(_, row)| *row);
+            Run {
+                id,
+                first,
+                len: next - first,
+            }
         };
-        let (Some(series), Some(timestamps), Some(floats)) = (
-            column("series_id").and_then(|c| c.downcast_ref::<UInt32Array>()),
+        // Walk whichever side is shorter.
+        Some(if ids.len() < runs.len() as u64 {
+            ids.iter()
+                .filter_map(|id| runs.binary_search_by_key(&id, |(r, _)| *r).ok())
+                .map(run)
+                .collect()
+        } else {
+            (0..runs.len())
+                .filter(|i| ids.contains(runs[*i].0))
+                .map(run)
+                .collect()
+        })
+    }
+
+    /// How many rows of series `id` this part holds.
+    pub fn rows_of(&self, id: u32) -> u64 {
+        let Some(runs) = &self.runs else {
+            return 0;
+        };
+        match runs.binary_search_by_key(&id, |(r, _)| *r) {
+            Ok(index) => runs.get(index + 1).map_or(self.rows, |(_, row)| *row) - runs[index].1,
+            Err(_) => 0,
+        }
+    }
+
+    /// Calls `sink` with the samples of the series in `ids` within `[start, end]`, each
+    /// series' in time order.
+    pub fn read(
+        &self,
+        ids: &RoaringBitmap,
+        start: i64,
+        end: i64,
+        mut sink: impl FnMut(u32, Sample),
+    ) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let Some(runs) = self.runs_of(ids) else {
+            return self.read_unsorted(ids, start, end, sink);
+        };
+        // Each row group that holds a wanted row and overlaps the time range, and the
+        // wanted rows' ranges within it, in file order; rows come out in that order.
+        let mut groups = Vec::new();
+        let mut selectors = Vec::new();
+        let mut order: Vec<(u32, u64)> = Vec::new();
+        let mut next_run = 0;
+        let mut group_first = 0u64;
+        for (index, group) in self.metadata.metadata().row_groups().iter().enumerate() {
+            let group_rows = u64::try_from(group.num_rows()).unwrap_or(0);
+            let group_end = group_first + group_rows;
+            let time_overlap = match group.column(1).statistics() {
+                Some(Statistics::Int64(s)) => s
+                    .min_opt()
+                    .zip(s.max_opt())
+                    .is_none_or(|(min, max)| *min <= end && *max >= start),
+                _ => true,
+            };
+            while next_run < runs.len() && runs[next_run].first + runs[next_run].len <= group_first
+            {
+                next_run += 1;
+            }
+            let mut cursor = group_first;
+            let mut group_selectors = Vec::new();
+            let mut group_order = Vec::new();
+            for run in runs[next_run..].iter().take_while(|r| r.first < group_end) {
+                let first = run.first.max(group_first);
+                let last = (run.first + run.len).min(group_end);
+                if first > cursor {
+                    group_selectors.push(RowSelector::skip((first - cursor) as usize));
+                }
+                group_selectors.push(RowSelector::select((last - first) as usize));
+                group_order.push((run.id, last - first));
+                cursor = last;
+            }
+            if time_overlap && !group_order.is_empty() {
+                if group_end > cursor {
+                    group_selectors.push(RowSelector::skip((group_end - cursor) as usize));
+                }
+                groups.push(index);
+                selectors.extend(group_selectors);
+                order.extend(group_order);
+            }
+            group_first = group_end;
+        }
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let file = self.reopen()?;
+        let mut leaves = Vec::new();
+        for name in ["timestamp_ms", "value", "value_int", "value_scale"] {
+            if let Ok(index) = leaf(&self.metadata, &self.path, name) {
+                leaves.push(index);
+            }
+        }
+        let reader =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
+                .with_projection(ProjectionMask::leaves(
+                    self.metadata.parquet_schema(),
+                    leaves,
+                ))
+                .with_row_groups(groups)
+                .with_row_selection(RowSelection::from(selectors))
+                .with_batch_size(64 * 1024)
+                .build()?;
+        // Which series the next rows belong to: `order`'s ranges, consumed as rows come.
+        let mut order = order.into_iter();
+        let (mut id, mut left) = (0u32, 0u64);
+        for batch in reader {
+            let batch = batch?;
+            let columns = SampleColumns::of(&batch, &self.path)?;
+            for row in 0..batch.num_rows() {
+                while left == 0 {
+                    (id, left) = order.next().ok_or_else(|| StorageError::Corrupt {
+                        path: self.path.clone(),
+                        reason: "more rows than selected".to_owned(),
+                    })?;
+                }
+                left -= 1;
+                let timestamp_ms = columns.timestamps.value(row);
+                if timestamp_ms < start || timestamp_ms > end {
+                    continue;
+                }
+                let value = columns.value(row, &self.path)?;
+                sink(
+                    id,
+                    Sample {
+                        timestamp_ms,
+                        value,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::read`] for a part not sorted by series: every row, filtered by id.
+    fn read_unsorted(
+        &self,
+        ids: &RoaringBitmap,
+        start: i64,
+        end: i64,
+        mut sink: impl FnMut(u32, Sample),
+    ) -> Result<()> {
+        let file = self.reopen()?;
+        let reader =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
+                .with_batch_size(64 * 1024)
+                .build()?;
+        for batch in reader {
+            let batch = batch?;
+            let columns = SampleColumns::of(&batch, &self.path)?;
+            let series = batch
+                .column_by_name("series_id")
+                .and_then(|c| c.as_primitive_opt::<UInt32Type>())
+                .ok_or_else(|| corrupt_columns(&self.path))?;
+            for row in 0..batch.num_rows() {
+                let (id, timestamp_ms) = (series.value(row), columns.timestamps.value(row));
+                if ids.contains(id) && timestamp_ms >= start && timestamp_ms <= end {
+                    let value = columns.value(row, &self.path)?;
+                    sink(
+                        id,
+                        Sample {
+                            timestamp_ms,
+                            value,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn corrupt_columns(path: &Path) -> StorageError {
+    StorageError::Corrupt {
+        path: path.to_path_buf(),
+        reason: "unexpected columns in a sample part".to_owned(),
+    }
+}
+
+/// The index of the leaf column `name` of a part.
+fn leaf(metadata: &ArrowReaderMetadata, path: &Path, name: &str) -> Result<usize> {
+    metadata
+        .parquet_schema()
+        .columns()
+        .iter()
+        .position(|c| c.name() == name)
+        .ok_or_else(|| StorageError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("a sample part without {name}"),
+        })
+}
+
+/// A batch's time and value columns.
+struct SampleColumns<'a> {
+    timestamps: &'a Int64Array,
+    floats: &'a Float64Array,
+    /// Absent from parts written before integer mantissas.
+    mantissas: Option<(&'a Int64Array, &'a UInt8Array)>,
+}
+
+impl<'a> SampleColumns<'a> {
+    fn of(batch: &'a RecordBatch, path: &Path) -> Result<Self> {
+        let column = |name: &str| batch.column_by_name(name).map(|c| c.as_any());
+        let (Some(timestamps), Some(floats)) = (
             column("timestamp_ms").and_then(|c| c.downcast_ref::<Int64Array>()),
             column("value").and_then(|c| c.downcast_ref::<Float64Array>()),
         ) else {
-            return Err(corrupt());
+            return Err(corrupt_columns(path));
         };
-        // Absent from parts written before integer mantissas.
         let mantissas = match (column("value_int"), column("value_scale")) {
             (Some(m), Some(s)) => Some(
                 m.downcast_ref::<Int64Array>()
                     .zip(s.downcast_ref::<UInt8Array>())
-                    .ok_or_else(corrupt)?,
+                    .ok_or_else(|| corrupt_columns(path))?,
             ),
             (None, None) => None,
-            _ => return Err(corrupt()),
+            _ => return Err(corrupt_columns(path)),
         };
-        for row in 0..batch.num_rows() {
-            let id = series.value(row);
-            let timestamp_ms = timestamps.value(row);
-            let value = match mantissas {
-                Some((m, s)) if s.value(row) != FLOAT_SCALE => {
-                    if s.value(row) > MAX_SCALE {
-                        return Err(StorageError::Corrupt {
-                            path: path.to_path_buf(),
-                            reason: format!("unknown value scale {}", s.value(row)),
-                        });
-                    }
-                    from_mantissa(m.value(row), s.value(row))
-                }
-                _ => floats.value(row),
-            };
-            sink(
-                id,
-                Sample {
-                    timestamp_ms,
-                    value,
-                },
-            );
-        }
+        Ok(Self {
+            timestamps,
+            floats,
+            mantissas,
+        })
     }
-    Ok(())
+
+    fn value(&self, row: usize, path: &Path) -> Result<f64> {
+        Ok(match self.mantissas {
+            Some((m, s)) if s.value(row) != FLOAT_SCALE => {
+                if s.value(row) > MAX_SCALE {
+                    return Err(StorageError::Corrupt {
+                        path: path.to_path_buf(),
+                        reason: format!("unknown value scale {}", s.value(row)),
+                    });
+                }
+                from_mantissa(m.value(row), s.value(row))
+            }
+            _ => self.floats.value(row),
+        })
+    }
 }
 
-/// The rows of `groups` on pages whose `series_id` bounds (from the page index) hold a
-/// wanted id: a selection of a few series skips the other pages without decoding them.
-/// Without a page index, every row.
-fn selected_pages(
-    metadata: &ParquetMetaData,
-    groups: &[usize],
-    series_leaf: usize,
-    ids: &RoaringBitmap,
-) -> RowSelection {
-    let mut selectors = Vec::new();
-    for &group in groups {
-        let rows = usize::try_from(metadata.row_group(group).num_rows()).unwrap_or(0);
-        let column_index = metadata
-            .column_index()
-            .and_then(|c| c.get(group))
-            .and_then(|c| c.get(series_leaf));
-        let offset_index = metadata
-            .offset_index()
-            .and_then(|o| o.get(group))
-            .and_then(|o| o.get(series_leaf));
-        let (Some(ColumnIndexMetaData::INT32(bounds)), Some(offsets)) =
-            (column_index, offset_index)
-        else {
-            selectors.push(RowSelector::select(rows));
-            continue;
-        };
-        let locations = offsets.page_locations();
-        for (page, location) in locations.iter().enumerate() {
-            let first = usize::try_from(location.first_row_index).unwrap_or(0);
-            let next = locations
-                .get(page + 1)
-                .map_or(rows, |n| usize::try_from(n.first_row_index).unwrap_or(rows));
-            // series_id is UInt32, stored as INT32 bits.
-            let wanted = match (bounds.min_value(page), bounds.max_value(page)) {
-                (Some(min), Some(max)) => {
-                    let (min, max) = (*min as u32, *max as u32);
-                    min <= max && ids.range_cardinality(min..=max) > 0
-                }
-                _ => true,
-            };
-            let count = next.saturating_sub(first);
-            selectors.push(if wanted {
-                RowSelector::select(count)
-            } else {
-                RowSelector::skip(count)
-            });
+/// The open sample parts, by path: each part is opened once, not per read. Entries go
+/// when their part is removed.
+#[derive(Debug, Default)]
+pub(crate) struct SamplePartCache {
+    parts: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<SamplePart>>>,
+}
+
+impl SamplePartCache {
+    pub fn get(&self, path: &Path) -> Result<Arc<SamplePart>> {
+        if let Some(part) = self.lock().get(path) {
+            return Ok(part.clone());
         }
+        // Opened outside the lock: two readers may both open it, and one copy is kept.
+        let part = Arc::new(SamplePart::open(path)?);
+        Ok(self
+            .lock()
+            .entry(path.to_path_buf())
+            .or_insert(part)
+            .clone())
     }
-    RowSelection::from(selectors)
+
+    pub fn forget(&self, path: &Path) {
+        self.lock().remove(path);
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, Arc<SamplePart>>> {
+        self.parts.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Writes a row-table part.
@@ -622,5 +787,123 @@ mod tests {
         assert_eq!(mantissa(123.456, 2), None);
         assert_eq!(mantissa(123.456, 3), Some(123_456));
         assert_eq!(from_mantissa(123_456, 3), 123.456);
+    }
+
+    /// Series 0..40 with 0 to 96 samples each (series 3 has none), every 1 s.
+    fn many_series() -> Vec<(u32, Sample)> {
+        let mut rows = Vec::new();
+        for id in (0..40u32).filter(|id| *id != 3) {
+            for i in 0..(id * 37 % 97) {
+                rows.push((
+                    id,
+                    Sample {
+                        timestamp_ms: i64::from(i) * 1000,
+                        value: f64::from(id) + f64::from(i) / 4.0,
+                    },
+                ));
+            }
+        }
+        rows
+    }
+
+    /// Writes `rows` as a part with small row groups and pages, so that runs cross both.
+    fn write_small_part(path: &Path, rows: &[(u32, Sample)]) {
+        let properties = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(700))
+            .set_data_page_row_count_limit(64)
+            .set_write_batch_size(64)
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .build();
+        write_durably(path, &samples_batch(rows).unwrap(), properties).unwrap();
+    }
+
+    /// What a read must give: `rows` of `ids` within `[start, end]`, in order.
+    fn expected(
+        rows: &[(u32, Sample)],
+        ids: &RoaringBitmap,
+        start: i64,
+        end: i64,
+    ) -> Vec<(u32, Sample)> {
+        rows.iter()
+            .filter(|(id, s)| ids.contains(*id) && s.timestamp_ms >= start && s.timestamp_ms <= end)
+            .copied()
+            .collect()
+    }
+
+    fn read_all(
+        part: &SamplePart,
+        ids: &RoaringBitmap,
+        start: i64,
+        end: i64,
+    ) -> Vec<(u32, Sample)> {
+        let mut out = Vec::new();
+        part.read(ids, start, end, |id, s| out.push((id, s)))
+            .unwrap();
+        out
+    }
+
+    /// Selections to try: everything, sparse, one series at either end, a series with no
+    /// rows, ids beyond the part, and runs that cross row groups.
+    fn selections() -> Vec<RoaringBitmap> {
+        let mut every_seventh = RoaringBitmap::new();
+        every_seventh.extend((0..40).step_by(7));
+        vec![
+            (0..40).collect(),
+            every_seventh,
+            [0].into_iter().collect(),
+            [39].into_iter().collect(),
+            [3].into_iter().collect(),
+            [3, 500, 501].into_iter().collect(),
+            (10..14).collect(),
+            RoaringBitmap::new(),
+        ]
+    }
+
+    #[test]
+    fn a_part_read_gives_exactly_the_selected_series_rows_in_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part.parquet");
+        let rows = many_series();
+        write_small_part(&path, &rows);
+        let part = SamplePart::open(&path).unwrap();
+        assert!(part.runs.is_some(), "a sorted part is indexed by series");
+        assert!(part.metadata.metadata().num_row_groups() > 2);
+        assert_eq!(part.rows_of(5), 5 * 37 % 97);
+        assert_eq!(part.rows_of(3), 0);
+        for ids in selections() {
+            for (start, end) in [
+                (i64::MIN, i64::MAX),
+                (10_000, 20_000),
+                (0, 0),
+                (95_000, 99_000),
+                (200_000, 300_000),
+            ] {
+                assert_eq!(
+                    read_all(&part, &ids, start, end),
+                    expected(&rows, &ids, start, end),
+                    "ids {ids:?}, range {start}..={end}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_part_not_sorted_by_series_is_read_row_by_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part.parquet");
+        let mut rows = many_series();
+        // Series 20 onwards first: the part is no longer sorted by series.
+        let split = rows.iter().position(|(id, _)| *id == 20).unwrap();
+        rows.rotate_left(split);
+        write_small_part(&path, &rows);
+        let part = SamplePart::open(&path).unwrap();
+        assert!(part.runs.is_none());
+        for ids in selections() {
+            assert_eq!(
+                read_all(&part, &ids, 10_000, 50_000),
+                expected(&rows, &ids, 10_000, 50_000),
+                "ids {ids:?}"
+            );
+        }
     }
 }
