@@ -75,6 +75,39 @@ pub(super) fn selections<'a>(
     }
 }
 
+/// `f` over `items`, in order, spread over the cores when there is enough work (`steps`
+/// evaluations per item): series are evaluated independently, and a 2-core machine
+/// otherwise leaves one idle while a dashboard waits.
+pub(super) fn map_parallel<T: Sync, R: Send>(
+    items: &[T],
+    steps: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let work = items.len().saturating_mul(steps.max(1));
+    if cores < 2 || items.len() < 2 || work < PARALLEL_MIN_WORK {
+        return items.iter().map(&f).collect();
+    }
+    let per_thread = items.len().div_ceil(cores);
+    std::thread::scope(|scope| {
+        let f = &f;
+        let handles: Vec<_> = items
+            .chunks(per_thread)
+            .map(|chunk| scope.spawn(move || chunk.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
+/// Below this many series-steps, threads cost more than they save.
+const PARALLEL_MIN_WORK: usize = 50_000;
+
 /// A range-vector argument: raw series and how each step's window is taken from them.
 pub(super) struct RangeInput {
     pub series: Vec<RangeSeries>,

@@ -5,7 +5,7 @@ use promql_parser::parser::{Call, Expr};
 use regex::Regex;
 
 use super::EvalError;
-use super::eval::{Evaluator, RangeInput, mean, type_error, variance};
+use super::eval::{Evaluator, RangeInput, map_parallel, mean, type_error, variance};
 use super::value::{LabelSet, METRIC_NAME, Series, Value, VectorBuilder, drop_name, set_label};
 
 pub(super) fn call(ev: &Evaluator<'_>, call: &Call) -> Result<Value, EvalError> {
@@ -242,16 +242,9 @@ fn range_function(
     ev: &Evaluator<'_>,
     name: &str,
     input: &RangeInput,
-    param: impl Fn(usize) -> Option<f64>,
+    param: impl Fn(usize) -> Option<f64> + Sync,
 ) -> Result<Value, EvalError> {
-    let mut builder = VectorBuilder::new(ev.times.len());
-    for series in &input.series {
-        // last_over_time keeps the metric name (Prometheus 2.42).
-        let labels = if name == "last_over_time" {
-            series.labels.clone()
-        } else {
-            drop_name(&series.labels)
-        };
+    let points = map_parallel(&input.series, ev.times.len(), |series| {
         let mut points = vec![None; ev.times.len()];
         for (step, t) in ev.times.iter().enumerate() {
             let window = input.window(series, *t);
@@ -259,64 +252,86 @@ fn range_function(
                 continue;
             }
             let (from, to) = input.bounds(*t);
-            let value = match name {
-                "rate" => extrapolated(window, from, to, true, true),
-                "increase" => extrapolated(window, from, to, true, false),
-                "delta" => extrapolated(window, from, to, false, false),
-                "irate" => instant_rate(window, true),
-                "idelta" => instant_rate(window, false),
-                "changes" => Some(
-                    window
-                        .windows(2)
-                        .filter(|w| w[0].1 != w[1].1 && !(w[0].1.is_nan() && w[1].1.is_nan()))
-                        .count() as f64,
-                ),
-                "resets" => Some(window.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64),
-                "deriv" => regression(window, window[0].0).map(|(slope, _)| slope),
-                "predict_linear" => {
-                    let seconds = param(step).unwrap_or(0.0);
-                    regression(window, *t).map(|(slope, intercept)| intercept + slope * seconds)
-                }
-                "avg_over_time" => {
-                    let values: Vec<f64> = window.iter().map(|(_, v)| *v).collect();
-                    Some(mean(&values))
-                }
-                "min_over_time" => Some(
-                    window
-                        .iter()
-                        .map(|(_, v)| *v)
-                        .fold(f64::NAN, |m, v| if m.is_nan() || v < m { v } else { m }),
-                ),
-                "max_over_time" => Some(
-                    window
-                        .iter()
-                        .map(|(_, v)| *v)
-                        .fold(f64::NAN, |m, v| if m.is_nan() || v > m { v } else { m }),
-                ),
-                "sum_over_time" => Some(window.iter().map(|(_, v)| *v).sum()),
-                "count_over_time" => Some(window.len() as f64),
-                "last_over_time" => window.last().map(|(_, v)| *v),
-                "present_over_time" => Some(1.0),
-                "stddev_over_time" | "stdvar_over_time" => {
-                    let values: Vec<f64> = window.iter().map(|(_, v)| *v).collect();
-                    let variance = variance(&values);
-                    Some(if name == "stddev_over_time" {
-                        variance.sqrt()
-                    } else {
-                        variance
-                    })
-                }
-                "quantile_over_time" => Some(quantile(
-                    param(step).unwrap_or(f64::NAN),
-                    window.iter().map(|(_, v)| *v).collect(),
-                )),
-                _ => None,
-            };
-            points[step] = value;
+            points[step] = range_value(name, window, from, to, *t, param(step));
         }
+        points
+    });
+    let mut builder = VectorBuilder::new(ev.times.len());
+    for (series, points) in input.series.iter().zip(points) {
+        // last_over_time keeps the metric name (Prometheus 2.42).
+        let labels = if name == "last_over_time" {
+            series.labels.clone()
+        } else {
+            drop_name(&series.labels)
+        };
         builder.push_series(labels, points)?;
     }
     Ok(Value::Vector(builder.finish()))
+}
+
+/// A range function's value over one non-empty window ending at step time `t`, with the
+/// window's bounds `[from, to]` and the function's scalar parameter at that step.
+fn range_value(
+    name: &str,
+    window: &[(i64, f64)],
+    from: i64,
+    to: i64,
+    t: i64,
+    param: Option<f64>,
+) -> Option<f64> {
+    match name {
+        "rate" => extrapolated(window, from, to, true, true),
+        "increase" => extrapolated(window, from, to, true, false),
+        "delta" => extrapolated(window, from, to, false, false),
+        "irate" => instant_rate(window, true),
+        "idelta" => instant_rate(window, false),
+        "changes" => Some(
+            window
+                .windows(2)
+                .filter(|w| w[0].1 != w[1].1 && !(w[0].1.is_nan() && w[1].1.is_nan()))
+                .count() as f64,
+        ),
+        "resets" => Some(window.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64),
+        "deriv" => regression(window, window[0].0).map(|(slope, _)| slope),
+        "predict_linear" => {
+            let seconds = param.unwrap_or(0.0);
+            regression(window, t).map(|(slope, intercept)| intercept + slope * seconds)
+        }
+        "avg_over_time" => {
+            let values: Vec<f64> = window.iter().map(|(_, v)| *v).collect();
+            Some(mean(&values))
+        }
+        "min_over_time" => Some(
+            window
+                .iter()
+                .map(|(_, v)| *v)
+                .fold(f64::NAN, |m, v| if m.is_nan() || v < m { v } else { m }),
+        ),
+        "max_over_time" => Some(
+            window
+                .iter()
+                .map(|(_, v)| *v)
+                .fold(f64::NAN, |m, v| if m.is_nan() || v > m { v } else { m }),
+        ),
+        "sum_over_time" => Some(window.iter().map(|(_, v)| *v).sum()),
+        "count_over_time" => Some(window.len() as f64),
+        "last_over_time" => window.last().map(|(_, v)| *v),
+        "present_over_time" => Some(1.0),
+        "stddev_over_time" | "stdvar_over_time" => {
+            let values: Vec<f64> = window.iter().map(|(_, v)| *v).collect();
+            let variance = variance(&values);
+            Some(if name == "stddev_over_time" {
+                variance.sqrt()
+            } else {
+                variance
+            })
+        }
+        "quantile_over_time" => Some(quantile(
+            param.unwrap_or(f64::NAN),
+            window.iter().map(|(_, v)| *v).collect(),
+        )),
+        _ => None,
+    }
 }
 
 /// `rate`, `increase` and `delta`: the change over the window, extrapolated towards its

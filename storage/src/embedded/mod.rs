@@ -772,34 +772,29 @@ fn select_slices(ids: &RoaringBitmap) -> Vec<RoaringBitmap> {
 /// Below this many series per slice a selection is read on one thread.
 const SERIES_PER_SLICE: u64 = 64;
 
-/// Reads a slice of a selection from `parts` (each with its time bounds) and merges in the
+/// Reads a slice of a selection from `parts` and merges in the
 /// slice's samples from memory (`memory`, one entry per series, in id order, newer than
 /// any part's); returns each series' samples, in time order, one per timestamp.
 fn read_slice(
-    parts: &[(Arc<parts::SamplePart>, i64, i64)],
+    parts: &[Arc<parts::SamplePart>],
     slice: &RoaringBitmap,
     memory: Vec<Vec<Sample>>,
     start_ms: i64,
     end_ms: i64,
 ) -> Result<Vec<Vec<Sample>>> {
-    // Sized up front from each part's row count for the series, scaled by how much of the
-    // part's time range the query covers: a series' samples are not copied as they grow.
+    // Sized up front from each part's index: a series' samples are not copied as they grow.
     let mut buckets: Vec<Vec<Sample>> = slice
         .iter()
         .zip(&memory)
         .map(|(id, memory)| {
-            let expected: f64 = parts
+            let expected: u64 = parts
                 .iter()
-                .map(|(part, min_ts, max_ts)| {
-                    let covered = (end_ms.min(*max_ts) - start_ms.max(*min_ts) + 1).max(0);
-                    let span = (max_ts - min_ts + 1).max(1);
-                    part.rows_of(id) as f64 * (covered as f64 / span as f64).min(1.0)
-                })
+                .map(|part| part.rows_within(id, start_ms, end_ms))
                 .sum();
-            Vec::with_capacity(expected.ceil() as usize + memory.len() + 2)
+            Vec::with_capacity(expected as usize + memory.len())
         })
         .collect();
-    for (part, _, _) in parts {
+    for part in parts {
         // Parts are sorted by series: a series' rank is looked up once per run of rows.
         let mut run: Option<(u32, usize)> = None;
         part.read(slice, start_ms, end_ms, |id, sample| {
@@ -1181,7 +1176,7 @@ impl Storage for EmbeddedStore {
         let opened = blocking(move || {
             parts
                 .iter()
-                .map(|part| Ok((cache.get(&dir.join(&part.file))?, part.min_ts, part.max_ts)))
+                .map(|part| cache.get(&dir.join(&part.file)))
                 .collect::<Result<Vec<_>>>()
         })
         .await?;

@@ -24,8 +24,8 @@ use datafusion::arrow::array::{
     Array, BinaryArray, Float64Array, Float64Builder, Int64Array, Int64Builder, RecordBatch,
     UInt8Array, UInt8Builder, UInt32Array,
 };
-use datafusion::arrow::datatypes::UInt32Type;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Int64Type, UInt32Type};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::arrow_reader::{
@@ -175,9 +175,16 @@ fn writer_properties(kind: PartKind) -> WriterProperties {
             Encoding::DELTA_BINARY_PACKED,
         )
         .set_max_row_group_row_count(Some(1 << 20))
+        .set_data_page_row_count_limit(PAGE_ROWS)
         .set_statistics_enabled(EnabledStatistics::Page)
         .build()
 }
+
+/// Rows per data page. A read decompresses and decodes every page that holds a row it
+/// wants, and a day of one series at 15 s is 5,760 rows: at Parquet's default of 20,000
+/// a selection of a few series scattered through a part decodes about six times the rows
+/// it keeps; at this size about twice, for a few more page headers.
+const PAGE_ROWS: usize = 4096;
 
 /// Writes `batch` to `path` durably (see [`PartWriter::finish`]).
 fn write_durably(path: &Path, batch: &RecordBatch, properties: WriterProperties) -> Result<u64> {
@@ -284,20 +291,34 @@ impl PartWriter {
     }
 }
 
-/// A sample part opened for reading: its footer (with the page index) and where each
-/// series' rows begin. Parts never change once written, so the store opens each once and
-/// keeps it ([`SamplePartCache`]); a read then goes straight to the rows of the series it
-/// selects, decoding neither the `series_id` column nor the pages of other series.
+/// A sample part opened for reading: its footer (with the page index), where each series'
+/// rows begin, and every [`CHECKPOINT_ROWS`]th timestamp of each. Parts never change once
+/// written, so the store opens each once and keeps it ([`SamplePartCache`]); a read then
+/// goes straight to the rows of the series it selects, within a checkpoint of its time
+/// range, decoding neither the `series_id` column nor the pages of other series.
 #[derive(Debug)]
 pub(crate) struct SamplePart {
     path: PathBuf,
     /// Kept open: a read that raced a compaction still reads the part it was given.
     file: File,
     metadata: ArrowReaderMetadata,
-    /// Each series' id and first row, ascending; `None` if the part is not sorted by series
-    /// (no writer makes such a part, but one found is read row by row rather than refused).
-    runs: Option<Vec<(u32, u64)>>,
+    /// `None` if the part is not sorted by series and time (no writer makes such a part,
+    /// but one found is read row by row rather than refused).
+    index: Option<SeriesIndex>,
     rows: u64,
+}
+
+/// Rows between two kept timestamps of a series: 8 bytes kept per this many rows.
+const CHECKPOINT_ROWS: u64 = 256;
+
+/// Where each series' rows are in a part sorted by series then time.
+#[derive(Debug, Default)]
+struct SeriesIndex {
+    /// Per series, ascending: its id, its first row, and where its checkpoints start in
+    /// `checkpoints`.
+    runs: Vec<(u32, u64, usize)>,
+    /// Per series, the timestamps of its rows `first`, `first + CHECKPOINT_ROWS`, ...
+    checkpoints: Vec<i64>,
 }
 
 /// A contiguous range of one series' rows.
@@ -308,8 +329,58 @@ struct Run {
     len: u64,
 }
 
+impl SeriesIndex {
+    /// Adds the row `row` of series `id` at `timestamp_ms`; false if it breaks the order.
+    fn add(&mut self, id: u32, row: u64, timestamp_ms: i64, previous_ts: &mut i64) -> bool {
+        match self.runs.last() {
+            Some((last, first, _)) if *last == id => {
+                if timestamp_ms < *previous_ts {
+                    return false;
+                }
+                if (row - first).is_multiple_of(CHECKPOINT_ROWS) {
+                    self.checkpoints.push(timestamp_ms);
+                }
+            }
+            Some((last, _, _)) if *last > id => return false,
+            _ => {
+                self.runs.push((id, row, self.checkpoints.len()));
+                self.checkpoints.push(timestamp_ms);
+            }
+        }
+        *previous_ts = timestamp_ms;
+        true
+    }
+
+    /// The rows of the run at `index` (of a part of `rows` rows) that can hold samples in
+    /// `[start, end]`: a superset by less than a checkpoint at each end.
+    fn run_within(&self, index: usize, rows: u64, start: i64, end: i64) -> Run {
+        let (id, first, from) = self.runs[index];
+        let (next, to) = self
+            .runs
+            .get(index + 1)
+            .map_or((rows, self.checkpoints.len()), |(_, row, at)| (*row, *at));
+        let kept = &self.checkpoints[from..to];
+        // The last checkpoint before `start` may precede rows in range; every row from the
+        // first checkpoint after `end` on is past it.
+        let low = kept.partition_point(|t| *t < start).saturating_sub(1) as u64;
+        let high = kept.partition_point(|t| *t <= end) as u64;
+        let begin = (first + low * CHECKPOINT_ROWS).min(next);
+        let stop = (first + high * CHECKPOINT_ROWS).min(next);
+        Run {
+            id,
+            first: begin,
+            len: stop.saturating_sub(begin),
+        }
+    }
+
+    fn find(&self, id: u32) -> Option<usize> {
+        self.runs.binary_search_by_key(&id, |(r, _, _)| *r).ok()
+    }
+}
+
 impl SamplePart {
-    /// Reads the footer and the `series_id` column (once: the runs are kept).
+    /// Reads the footer and the `series_id` and `timestamp_ms` columns (once: the index
+    /// is kept).
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| StorageError::io("opening part", path, e))?;
         let metadata = ArrowReaderMetadata::load(
@@ -323,40 +394,46 @@ impl SamplePart {
             .map(|g| u64::try_from(g.num_rows()).unwrap_or(0))
             .sum();
         let series_leaf = leaf(&metadata, path, "series_id")?;
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
-            .with_projection(ProjectionMask::leaves(
-                metadata.parquet_schema(),
-                [series_leaf],
-            ))
-            .with_batch_size(64 * 1024)
-            .build()?;
-        let mut runs: Vec<(u32, u64)> = Vec::new();
-        let mut sorted = true;
-        let mut row = 0u64;
-        for batch in reader {
+        let time_leaf = leaf(&metadata, path, "timestamp_ms")?;
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
+            file.try_clone()
+                .map_err(|e| StorageError::io("opening part", path, e))?,
+            metadata.clone(),
+        )
+        .with_projection(ProjectionMask::leaves(
+            metadata.parquet_schema(),
+            [series_leaf, time_leaf],
+        ))
+        .with_batch_size(64 * 1024)
+        .build()?;
+        let mut index = SeriesIndex::default();
+        let mut ordered = true;
+        let (mut row, mut previous_ts) = (0u64, i64::MIN);
+        'batches: for batch in reader {
             let batch = batch?;
-            let ids = batch
-                .column(0)
-                .as_primitive_opt::<UInt32Type>()
-                .ok_or_else(|| StorageError::Corrupt {
-                    path: path.to_path_buf(),
-                    reason: "series_id is not UInt32".to_owned(),
-                })?;
-            for id in ids.values() {
-                match runs.last() {
-                    Some((last, _)) if last == id => {}
-                    Some((last, _)) if last > id => sorted = false,
-                    _ => runs.push((*id, row)),
+            let (Some(ids), Some(times)) = (
+                batch
+                    .column_by_name("series_id")
+                    .and_then(|c| c.as_primitive_opt::<UInt32Type>()),
+                batch
+                    .column_by_name("timestamp_ms")
+                    .and_then(|c| c.as_primitive_opt::<Int64Type>()),
+            ) else {
+                return Err(corrupt_columns(path));
+            };
+            for (id, timestamp_ms) in ids.values().iter().zip(times.values()) {
+                if !index.add(*id, row, *timestamp_ms, &mut previous_ts) {
+                    ordered = false;
+                    break 'batches;
                 }
                 row += 1;
             }
         }
-        let file = File::open(path).map_err(|e| StorageError::io("opening part", path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
             metadata,
-            runs: sorted.then_some(runs),
+            index: ordered.then_some(index),
             rows,
         })
     }
@@ -368,41 +445,33 @@ impl SamplePart {
             .map_err(|e| StorageError::io("opening part", &self.path, e))
     }
 
-    /// Rows of each series in `ids` held by this part, in id order.
-    fn runs_of(&self, ids: &RoaringBitmap) -> Option<Vec<Run>> {
-        let runs = self.runs.as_ref()?;
-        let run = |index: usize| {
-            let (id, first) = runs[index];
-            let next = runs.get(index + 1).map_or(self.rows, |(_, row)| *row);
-            Run {
-                id,
-                first,
-                len: next - first,
-            }
-        };
+    /// The rows that can hold samples of each series in `ids` within `[start, end]`, in
+    /// id order.
+    fn runs_of(&self, ids: &RoaringBitmap, start: i64, end: i64) -> Option<Vec<Run>> {
+        let index = self.index.as_ref()?;
+        let run = |i: usize| index.run_within(i, self.rows, start, end);
         // Walk whichever side is shorter.
-        Some(if ids.len() < runs.len() as u64 {
+        let runs: Vec<Run> = if ids.len() < index.runs.len() as u64 {
             ids.iter()
-                .filter_map(|id| runs.binary_search_by_key(&id, |(r, _)| *r).ok())
+                .filter_map(|id| index.find(id))
                 .map(run)
                 .collect()
         } else {
-            (0..runs.len())
-                .filter(|i| ids.contains(runs[*i].0))
+            (0..index.runs.len())
+                .filter(|i| ids.contains(index.runs[*i].0))
                 .map(run)
                 .collect()
-        })
+        };
+        Some(runs.into_iter().filter(|r| r.len > 0).collect())
     }
 
-    /// How many rows of series `id` this part holds.
-    pub fn rows_of(&self, id: u32) -> u64 {
-        let Some(runs) = &self.runs else {
-            return 0;
-        };
-        match runs.binary_search_by_key(&id, |(r, _)| *r) {
-            Ok(index) => runs.get(index + 1).map_or(self.rows, |(_, row)| *row) - runs[index].1,
-            Err(_) => 0,
-        }
+    /// About how many rows of series `id` fall in `[start, end]` (at most a checkpoint
+    /// more at each end).
+    pub fn rows_within(&self, id: u32, start: i64, end: i64) -> u64 {
+        self.index
+            .as_ref()
+            .and_then(|index| Some(index.run_within(index.find(id)?, self.rows, start, end).len))
+            .unwrap_or(0)
     }
 
     /// Calls `sink` with the samples of the series in `ids` within `[start, end]`, each
@@ -417,7 +486,7 @@ impl SamplePart {
         if ids.is_empty() {
             return Ok(());
         }
-        let Some(runs) = self.runs_of(ids) else {
+        let Some(runs) = self.runs_of(ids, start, end) else {
             return self.read_unsorted(ids, start, end, sink);
         };
         // Each row group that holds a wanted row and overlaps the time range, and the
@@ -866,10 +935,10 @@ mod tests {
         let rows = many_series();
         write_small_part(&path, &rows);
         let part = SamplePart::open(&path).unwrap();
-        assert!(part.runs.is_some(), "a sorted part is indexed by series");
+        assert!(part.index.is_some(), "a sorted part is indexed by series");
         assert!(part.metadata.metadata().num_row_groups() > 2);
-        assert_eq!(part.rows_of(5), 5 * 37 % 97);
-        assert_eq!(part.rows_of(3), 0);
+        assert_eq!(part.rows_within(5, i64::MIN, i64::MAX), 5 * 37 % 97);
+        assert_eq!(part.rows_within(3, i64::MIN, i64::MAX), 0);
         for ids in selections() {
             for (start, end) in [
                 (i64::MIN, i64::MAX),
@@ -897,7 +966,7 @@ mod tests {
         rows.rotate_left(split);
         write_small_part(&path, &rows);
         let part = SamplePart::open(&path).unwrap();
-        assert!(part.runs.is_none());
+        assert!(part.index.is_none());
         for ids in selections() {
             assert_eq!(
                 read_all(&part, &ids, 10_000, 50_000),
@@ -905,5 +974,75 @@ mod tests {
                 "ids {ids:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_time_range_reads_only_the_checkpoints_around_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part.parquet");
+        // Three series of 3,000 samples 15 s apart, one with a gap in the middle.
+        let mut rows = Vec::new();
+        for id in [1u32, 2, 4] {
+            for i in (0..3000i64).filter(|i| id != 2 || !(1000..2000).contains(i)) {
+                rows.push((
+                    id,
+                    Sample {
+                        timestamp_ms: i * 15_000,
+                        value: i as f64,
+                    },
+                ));
+            }
+        }
+        write_small_part(&path, &rows);
+        let part = SamplePart::open(&path).unwrap();
+        let ids: RoaringBitmap = [1, 2, 4].into_iter().collect();
+        let t = |i: i64| i * 15_000;
+        for (start, end) in [
+            (t(0), t(0)),
+            (t(255), t(256)),
+            (t(1000), t(1099)),
+            (t(1200), t(1800)),
+            (t(2999), t(2999)),
+            (t(1000) + 1, t(1001) - 1),
+            (t(-5), t(3)),
+            (t(2990), t(4000)),
+        ] {
+            assert_eq!(
+                read_all(&part, &ids, start, end),
+                expected(&rows, &ids, start, end),
+                "range {start}..={end}"
+            );
+            for id in [1, 2, 4] {
+                let exact = rows
+                    .iter()
+                    .filter(|(i, s)| *i == id && s.timestamp_ms >= start && s.timestamp_ms <= end)
+                    .count() as u64;
+                let within = part.rows_within(id, start, end);
+                assert!(
+                    within >= exact && within <= exact + 2 * CHECKPOINT_ROWS,
+                    "series {id}, range {start}..={end}: {within} rows for {exact}"
+                );
+            }
+        }
+        // An hour of a series is read from a checkpoint or two, not from all its rows.
+        assert!(part.rows_within(1, t(1200), t(1440)) <= 241 + 2 * CHECKPOINT_ROWS);
+        assert!(part.rows_within(2, t(1200), t(1800)) <= CHECKPOINT_ROWS);
+    }
+
+    #[test]
+    fn a_series_out_of_time_order_is_read_row_by_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part.parquet");
+        let mut rows = many_series();
+        let at = rows.iter().position(|(id, _)| *id == 9).unwrap();
+        rows.swap(at, at + 1);
+        write_small_part(&path, &rows);
+        let part = SamplePart::open(&path).unwrap();
+        assert!(part.index.is_none());
+        let ids: RoaringBitmap = (5..12).collect();
+        assert_eq!(
+            read_all(&part, &ids, 0, 30_000),
+            expected(&rows, &ids, 0, 30_000)
+        );
     }
 }
