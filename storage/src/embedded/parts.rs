@@ -321,6 +321,16 @@ struct SeriesIndex {
     checkpoints: Vec<i64>,
 }
 
+/// What a read takes from one row group: which rows, and whose they are.
+struct GroupRead {
+    index: usize,
+    selectors: Vec<RowSelector>,
+    /// Series and row count of each selected range, in order.
+    order: Vec<(u32, u64)>,
+    /// Whether the group has rows whose value is in the float column.
+    floats: bool,
+}
+
 /// A contiguous range of one series' rows.
 #[derive(Clone, Copy, Debug)]
 struct Run {
@@ -491,11 +501,10 @@ impl SamplePart {
         };
         // Each row group that holds a wanted row and overlaps the time range, and the
         // wanted rows' ranges within it, in file order; rows come out in that order.
-        let mut groups = Vec::new();
-        let mut selectors = Vec::new();
-        let mut order: Vec<(u32, u64)> = Vec::new();
+        let mut plan: Vec<GroupRead> = Vec::new();
         let mut next_run = 0;
         let mut group_first = 0u64;
+        let scale_leaf = leaf(&self.metadata, &self.path, "value_scale").ok();
         for (index, group) in self.metadata.metadata().row_groups().iter().enumerate() {
             let group_rows = u64::try_from(group.num_rows()).unwrap_or(0);
             let group_end = group_first + group_rows;
@@ -511,50 +520,84 @@ impl SamplePart {
                 next_run += 1;
             }
             let mut cursor = group_first;
-            let mut group_selectors = Vec::new();
-            let mut group_order = Vec::new();
+            let mut selectors = Vec::new();
+            let mut order = Vec::new();
             for run in runs[next_run..].iter().take_while(|r| r.first < group_end) {
                 let first = run.first.max(group_first);
                 let last = (run.first + run.len).min(group_end);
                 if first > cursor {
-                    group_selectors.push(RowSelector::skip((first - cursor) as usize));
+                    selectors.push(RowSelector::skip((first - cursor) as usize));
                 }
-                group_selectors.push(RowSelector::select((last - first) as usize));
-                group_order.push((run.id, last - first));
+                selectors.push(RowSelector::select((last - first) as usize));
+                order.push((run.id, last - first));
                 cursor = last;
             }
-            if time_overlap && !group_order.is_empty() {
+            if time_overlap && !order.is_empty() {
                 if group_end > cursor {
-                    group_selectors.push(RowSelector::skip((group_end - cursor) as usize));
+                    selectors.push(RowSelector::skip((group_end - cursor) as usize));
                 }
-                groups.push(index);
-                selectors.extend(group_selectors);
-                order.extend(group_order);
+                // Most groups hold integer mantissas only: their float column (8 zero bytes
+                // a row once decompressed) is not read at all.
+                let floats = match scale_leaf.map(|leaf| group.column(leaf).statistics()) {
+                    Some(Some(Statistics::Int32(s))) => {
+                        s.max_opt().is_none_or(|max| *max == i32::from(FLOAT_SCALE))
+                    }
+                    _ => true,
+                };
+                plan.push(GroupRead {
+                    index,
+                    selectors,
+                    order,
+                    floats,
+                });
             }
             group_first = group_end;
         }
-        if groups.is_empty() {
+        for reads in plan.chunk_by(|a, b| a.floats == b.floats) {
+            self.read_groups(reads, start, end, &mut sink)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the planned rows of consecutive row groups that all have, or all lack, float
+    /// rows.
+    fn read_groups(
+        &self,
+        reads: &[GroupRead],
+        start: i64,
+        end: i64,
+        sink: &mut impl FnMut(u32, Sample),
+    ) -> Result<()> {
+        let Some(first) = reads.first() else {
             return Ok(());
-        }
-        let file = self.reopen()?;
-        let mut leaves = Vec::new();
-        for name in ["timestamp_ms", "value", "value_int", "value_scale"] {
-            if let Ok(index) = leaf(&self.metadata, &self.path, name) {
-                leaves.push(index);
-            }
-        }
-        let reader =
-            ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
-                .with_projection(ProjectionMask::leaves(
-                    self.metadata.parquet_schema(),
-                    leaves,
-                ))
-                .with_row_groups(groups)
-                .with_row_selection(RowSelection::from(selectors))
-                .with_batch_size(64 * 1024)
-                .build()?;
-        // Which series the next rows belong to: `order`'s ranges, consumed as rows come.
-        let mut order = order.into_iter();
+        };
+        let names: &[&str] = if first.floats {
+            &["timestamp_ms", "value", "value_int", "value_scale"]
+        } else {
+            &["timestamp_ms", "value_int", "value_scale"]
+        };
+        let leaves: Vec<usize> = names
+            .iter()
+            .filter_map(|name| leaf(&self.metadata, &self.path, name).ok())
+            .collect();
+        let selectors: Vec<RowSelector> = reads
+            .iter()
+            .flat_map(|r| r.selectors.iter().copied())
+            .collect();
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
+            self.reopen()?,
+            self.metadata.clone(),
+        )
+        .with_projection(ProjectionMask::leaves(
+            self.metadata.parquet_schema(),
+            leaves,
+        ))
+        .with_row_groups(reads.iter().map(|r| r.index).collect())
+        .with_row_selection(RowSelection::from(selectors))
+        .with_batch_size(64 * 1024)
+        .build()?;
+        // Which series the next rows belong to: the ranges in order, consumed as rows come.
+        let mut order = reads.iter().flat_map(|r| r.order.iter().copied());
         let (mut id, mut left) = (0u32, 0u64);
         for batch in reader {
             let batch = batch?;
@@ -645,7 +688,8 @@ fn leaf(metadata: &ArrowReaderMetadata, path: &Path, name: &str) -> Result<usize
 /// A batch's time and value columns.
 struct SampleColumns<'a> {
     timestamps: &'a Int64Array,
-    floats: &'a Float64Array,
+    /// Not read from row groups without float rows.
+    floats: Option<&'a Float64Array>,
     /// Absent from parts written before integer mantissas.
     mantissas: Option<(&'a Int64Array, &'a UInt8Array)>,
 }
@@ -653,11 +697,16 @@ struct SampleColumns<'a> {
 impl<'a> SampleColumns<'a> {
     fn of(batch: &'a RecordBatch, path: &Path) -> Result<Self> {
         let column = |name: &str| batch.column_by_name(name).map(|c| c.as_any());
-        let (Some(timestamps), Some(floats)) = (
-            column("timestamp_ms").and_then(|c| c.downcast_ref::<Int64Array>()),
-            column("value").and_then(|c| c.downcast_ref::<Float64Array>()),
-        ) else {
+        let Some(timestamps) = column("timestamp_ms").and_then(|c| c.downcast_ref::<Int64Array>())
+        else {
             return Err(corrupt_columns(path));
+        };
+        let floats = match column("value") {
+            Some(c) => Some(
+                c.downcast_ref::<Float64Array>()
+                    .ok_or_else(|| corrupt_columns(path))?,
+            ),
+            None => None,
         };
         let mantissas = match (column("value_int"), column("value_scale")) {
             (Some(m), Some(s)) => Some(
@@ -686,7 +735,14 @@ impl<'a> SampleColumns<'a> {
                 }
                 from_mantissa(m.value(row), s.value(row))
             }
-            _ => self.floats.value(row),
+            _ => self
+                .floats
+                .ok_or_else(|| StorageError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: "a float row in a row group whose statistics say it has none"
+                        .to_owned(),
+                })?
+                .value(row),
         })
     }
 }
@@ -858,7 +914,8 @@ mod tests {
         assert_eq!(from_mantissa(123_456, 3), 123.456);
     }
 
-    /// Series 0..40 with 0 to 96 samples each (series 3 has none), every 1 s.
+    /// Series 0..40 with 0 to 96 samples each (series 3 has none), every 1 s; series 36
+    /// onwards hold thirds, which only the float column keeps.
     fn many_series() -> Vec<(u32, Sample)> {
         let mut rows = Vec::new();
         for id in (0..40u32).filter(|id| *id != 3) {
@@ -867,7 +924,7 @@ mod tests {
                     id,
                     Sample {
                         timestamp_ms: i64::from(i) * 1000,
-                        value: f64::from(id) + f64::from(i) / 4.0,
+                        value: f64::from(id) + f64::from(i) / if id < 36 { 4.0 } else { 3.0 },
                     },
                 ));
             }
@@ -878,7 +935,7 @@ mod tests {
     /// Writes `rows` as a part with small row groups and pages, so that runs cross both.
     fn write_small_part(path: &Path, rows: &[(u32, Sample)]) {
         let properties = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(700))
+            .set_max_row_group_row_count(Some(300))
             .set_data_page_row_count_limit(64)
             .set_write_batch_size(64)
             .set_statistics_enabled(EnabledStatistics::Page)
@@ -936,7 +993,19 @@ mod tests {
         write_small_part(&path, &rows);
         let part = SamplePart::open(&path).unwrap();
         assert!(part.index.is_some(), "a sorted part is indexed by series");
-        assert!(part.metadata.metadata().num_row_groups() > 2);
+        let groups = part.metadata.metadata().row_groups();
+        let with_floats = groups
+            .iter()
+            .filter(|g| {
+                matches!(g.column(4).statistics(), Some(Statistics::Int32(s))
+                    if s.max_opt() == Some(&i32::from(FLOAT_SCALE)))
+            })
+            .count();
+        assert!(
+            with_floats > 0 && with_floats < groups.len() - 1,
+            "{with_floats} of {} row groups have float rows",
+            groups.len()
+        );
         assert_eq!(part.rows_within(5, i64::MIN, i64::MAX), 5 * 37 % 97);
         assert_eq!(part.rows_within(3, i64::MIN, i64::MAX), 0);
         for ids in selections() {
