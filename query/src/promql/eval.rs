@@ -1,5 +1,6 @@
 //! Evaluation of a parsed expression at every step, on prefetched series.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,14 +110,16 @@ pub(super) fn map_parallel<T: Sync, R: Send>(
 const PARALLEL_MIN_WORK: usize = 50_000;
 
 /// A range-vector argument: raw series and how each step's window is taken from them.
-pub(super) struct RangeInput {
-    pub series: Vec<RangeSeries>,
+pub(super) struct RangeInput<'a> {
+    /// Borrowed from the fetched series when they hold no staleness marker to drop (the
+    /// usual case: a day of a few thousand series is not copied again).
+    pub series: Vec<Cow<'a, RangeSeries>>,
     pub range_ms: i64,
     pub offset_ms: i64,
     pub at_ms: Option<i64>,
 }
 
-impl RangeInput {
+impl RangeInput<'_> {
     /// The window's bounds at step time `t`: `[end - range, end]`, both inclusive.
     pub fn bounds(&self, t: i64) -> (i64, i64) {
         let end = self.at_ms.unwrap_or(t) - self.offset_ms;
@@ -255,20 +258,26 @@ impl<'a> Evaluator<'a> {
     }
 
     /// A range-vector argument (a matrix selector or a subquery).
-    pub fn range_input(&self, expr: &Expr) -> Result<RangeInput, EvalError> {
+    pub fn range_input(&self, expr: &Expr) -> Result<RangeInput<'a>, EvalError> {
         match unparen(expr) {
             Expr::MatrixSelector(MatrixSelector { vs, range }) => Ok(RangeInput {
                 series: self
                     .fetched(vs)
                     .iter()
-                    .map(|s| RangeSeries {
-                        labels: s.labels.clone(),
-                        samples: s
-                            .samples
-                            .iter()
-                            .copied()
-                            .filter(|(_, v)| !model::is_stale_nan(*v))
-                            .collect(),
+                    .map(|s| {
+                        if s.samples.iter().any(|(_, v)| model::is_stale_nan(*v)) {
+                            Cow::Owned(RangeSeries {
+                                labels: s.labels.clone(),
+                                samples: s
+                                    .samples
+                                    .iter()
+                                    .copied()
+                                    .filter(|(_, v)| !model::is_stale_nan(*v))
+                                    .collect(),
+                            })
+                        } else {
+                            Cow::Borrowed(s)
+                        }
                     })
                     .collect(),
                 range_ms: millis(range),
@@ -285,7 +294,7 @@ impl<'a> Evaluator<'a> {
 
     /// A subquery: its expression evaluated at steps aligned to multiples of its step,
     /// covering every window the outer steps need.
-    fn subquery(&self, sq: &SubqueryExpr) -> Result<RangeInput, EvalError> {
+    fn subquery(&self, sq: &SubqueryExpr) -> Result<RangeInput<'a>, EvalError> {
         let step = sq
             .step
             .as_ref()
@@ -328,7 +337,7 @@ impl<'a> Evaluator<'a> {
             other => return Err(type_error("a subquery", &other)),
         };
         Ok(RangeInput {
-            series,
+            series: series.into_iter().map(Cow::Owned).collect(),
             range_ms: range,
             offset_ms: offset,
             at_ms: at,

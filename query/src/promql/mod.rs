@@ -290,9 +290,10 @@ impl Engine {
                     .iter()
                     .map(|l| (l.name.to_owned(), l.value.to_owned()))
                     .collect(),
+                // Same layout: collected in place, not copied.
                 samples: s
                     .samples
-                    .iter()
+                    .into_iter()
                     .map(|x| (x.timestamp_ms, x.value))
                     .collect(),
             })
