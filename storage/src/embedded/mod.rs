@@ -257,17 +257,21 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| StorageError::io("syncing directory", dir, e))
 }
 
-/// Runs blocking file work off the async reactor.
-async fn blocking<T: Send + 'static>(
+/// Runs blocking file work off the async reactor. The work starts at the call, not at
+/// the first poll, so several started before any is awaited run in parallel.
+fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| {
-        StorageError::io(
-            "running storage task",
-            PathBuf::new(),
-            std::io::Error::other(e),
-        )
-    })?
+) -> impl Future<Output = Result<T>> {
+    let task = tokio::task::spawn_blocking(work);
+    async move {
+        task.await.map_err(|e| {
+            StorageError::io(
+                "running storage task",
+                PathBuf::new(),
+                std::io::Error::other(e),
+            )
+        })?
+    }
 }
 
 impl EmbeddedStore {

@@ -16,6 +16,7 @@
 //! costs next to nothing in a run), so SQL's `value` stays non-null.
 
 use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -33,8 +34,10 @@ use datafusion::parquet::arrow::arrow_reader::{
     RowSelector,
 };
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
+use datafusion::parquet::errors::Result as ParquetResult;
 use datafusion::parquet::file::metadata::PageIndexPolicy;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use datafusion::parquet::file::reader::{ChunkReader, Length};
 use datafusion::parquet::file::statistics::Statistics;
 use datafusion::parquet::schema::types::ColumnPath;
 use model::{Labels, Sample};
@@ -300,7 +303,7 @@ impl PartWriter {
 pub(crate) struct SamplePart {
     path: PathBuf,
     /// Kept open: a read that raced a compaction still reads the part it was given.
-    file: File,
+    file: PartFile,
     metadata: ArrowReaderMetadata,
     /// `None` if the part is not sorted by series and time (no writer makes such a part,
     /// but one found is read row by row rather than refused).
@@ -319,6 +322,50 @@ struct SeriesIndex {
     runs: Vec<(u32, u64, usize)>,
     /// Per series, the timestamps of its rows `first`, `first + CHECKPOINT_ROWS`, ...
     checkpoints: Vec<i64>,
+}
+
+/// An open part file read with positional reads (`pread`). Parquet's own `File` reader
+/// seeks a duplicated descriptor, whose offset every duplicate shares, so two threads
+/// reading one part would read each other's bytes.
+#[derive(Clone, Debug)]
+struct PartFile(Arc<File>);
+
+impl Length for PartFile {
+    fn len(&self) -> u64 {
+        self.0.metadata().map_or(0, |m| m.len())
+    }
+}
+
+impl ChunkReader for PartFile {
+    // Buffered as Parquet buffers its own: page headers are read a few bytes at a time.
+    type T = std::io::BufReader<PositionedReader>;
+
+    fn get_read(&self, start: u64) -> ParquetResult<Self::T> {
+        Ok(std::io::BufReader::new(PositionedReader {
+            file: self.0.clone(),
+            position: start,
+        }))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> ParquetResult<bytes::Bytes> {
+        let mut buffer = vec![0; length];
+        self.0.read_exact_at(&mut buffer, start)?;
+        Ok(buffer.into())
+    }
+}
+
+/// A reader of a part file from a position of its own.
+struct PositionedReader {
+    file: Arc<File>,
+    position: u64,
+}
+
+impl std::io::Read for PositionedReader {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.file.read_at(buffer, self.position)?;
+        self.position += read as u64;
+        Ok(read)
+    }
 }
 
 /// What a read takes from one row group: which rows, and whose they are.
@@ -405,17 +452,15 @@ impl SamplePart {
             .sum();
         let series_leaf = leaf(&metadata, path, "series_id")?;
         let time_leaf = leaf(&metadata, path, "timestamp_ms")?;
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
-            file.try_clone()
-                .map_err(|e| StorageError::io("opening part", path, e))?,
-            metadata.clone(),
-        )
-        .with_projection(ProjectionMask::leaves(
-            metadata.parquet_schema(),
-            [series_leaf, time_leaf],
-        ))
-        .with_batch_size(64 * 1024)
-        .build()?;
+        let file = PartFile(Arc::new(file));
+        let reader =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), metadata.clone())
+                .with_projection(ProjectionMask::leaves(
+                    metadata.parquet_schema(),
+                    [series_leaf, time_leaf],
+                ))
+                .with_batch_size(64 * 1024)
+                .build()?;
         let mut index = SeriesIndex::default();
         let mut ordered = true;
         let (mut row, mut previous_ts) = (0u64, i64::MIN);
@@ -448,11 +493,9 @@ impl SamplePart {
         })
     }
 
-    /// Another handle on the part's file (the reader takes one by value).
-    fn reopen(&self) -> Result<File> {
-        self.file
-            .try_clone()
-            .map_err(|e| StorageError::io("opening part", &self.path, e))
+    /// A handle on the part's file for one reader.
+    fn reopen(&self) -> Result<PartFile> {
+        Ok(self.file.clone())
     }
 
     /// The rows that can hold samples of each series in `ids` within `[start, end]`, in
@@ -1113,5 +1156,28 @@ mod tests {
             read_all(&part, &ids, 0, 30_000),
             expected(&rows, &ids, 0, 30_000)
         );
+    }
+
+    #[test]
+    fn threads_reading_one_part_each_get_their_own_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part.parquet");
+        let rows = many_series();
+        write_small_part(&path, &rows);
+        let part = SamplePart::open(&path).unwrap();
+        let halves: [RoaringBitmap; 2] = [(0..20).collect(), (20..40).collect()];
+        std::thread::scope(|scope| {
+            for ids in &halves {
+                let (part, rows) = (&part, &rows);
+                scope.spawn(move || {
+                    for _ in 0..50 {
+                        assert_eq!(
+                            read_all(part, ids, i64::MIN, i64::MAX),
+                            expected(rows, ids, i64::MIN, i64::MAX)
+                        );
+                    }
+                });
+            }
+        });
     }
 }
