@@ -8,7 +8,7 @@ use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
 use crate::QueryService;
@@ -108,10 +108,69 @@ pub(crate) async fn range(
     respond(answer(&service, &headers, params, true).await)
 }
 
-fn respond(result: Result<Json, QueryError>) -> Response {
+fn respond(result: Result<QueryData, QueryError>) -> Response {
     match result {
-        Ok(data) => JsonBody(json!({"status": "success", "data": data})).into_response(),
+        Ok(data) => JsonBody(Success {
+            status: "success",
+            data,
+        })
+        .into_response(),
         Err(error) => error.into_response(),
+    }
+}
+
+#[derive(Serialize)]
+struct Success {
+    status: &'static str,
+    data: QueryData,
+}
+
+/// A query's `data`. A range query's matrix is written straight from the evaluated
+/// points: a dashboard panel is hundreds of thousands of them, and building each as a
+/// JSON tree first cost more than evaluating it.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum QueryData {
+    Tree(Json),
+    Matrix(Matrix),
+}
+
+#[derive(Serialize)]
+struct Matrix {
+    #[serde(rename = "resultType")]
+    result_type: &'static str,
+    result: Vec<MatrixSeries>,
+}
+
+/// `{"metric": {...}, "values": [[seconds, "value"], ...]}`.
+struct MatrixSeries {
+    labels: LabelSet,
+    points: Vec<(i64, f64)>,
+}
+
+impl Serialize for MatrixSeries {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Labels<'a>(&'a LabelSet);
+        impl Serialize for Labels<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
+            }
+        }
+        struct Points<'a>(&'a [(i64, f64)]);
+        impl Serialize for Points<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(
+                    self.0
+                        .iter()
+                        .map(|(t, v)| (*t as f64 / 1000.0, model::format_go_f(*v))),
+                )
+            }
+        }
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("metric", &Labels(&self.labels))?;
+        map.serialize_entry("values", &Points(&self.points))?;
+        map.end()
     }
 }
 
@@ -120,7 +179,7 @@ async fn answer(
     headers: &HeaderMap,
     params: Result<Form<QueryParams>, FormRejection>,
     is_range: bool,
-) -> Result<Json, QueryError> {
+) -> Result<QueryData, QueryError> {
     let shared = &service.shared;
     let tenant = tenant_of(shared, headers)?;
     let Form(params) = params.map_err(|e| bad(format!("cannot read the parameters: {e}")))?;
@@ -189,9 +248,9 @@ async fn answer(
             )
         })??;
     Ok(if is_range {
-        range_json(value, &steps)?
+        QueryData::Matrix(range_matrix(value, &steps)?)
     } else {
-        instant_json(value, steps.start_ms)
+        QueryData::Tree(instant_json(value, steps.start_ms))
     })
 }
 
@@ -245,26 +304,22 @@ fn instant_json(value: Value, at: i64) -> Json {
 
 /// A range query's result: always a matrix, series sorted by their labels as Prometheus
 /// sorts them.
-fn range_json(value: Value, steps: &Steps) -> Result<Json, QueryError> {
+fn range_matrix(value: Value, steps: &Steps) -> Result<Matrix, QueryError> {
     let times = steps.times()?;
-    let mut series: Vec<(LabelSet, Vec<Json>)> = match value {
-        Value::Scalar(values) => vec![(
-            Vec::new(),
-            times
-                .iter()
-                .zip(values)
-                .map(|(t, v)| sample(*t, v))
-                .collect(),
-        )],
+    let mut series: Vec<MatrixSeries> = match value {
+        Value::Scalar(values) => vec![MatrixSeries {
+            labels: Vec::new(),
+            points: times.iter().copied().zip(values).collect(),
+        }],
         Value::Vector(series) => series
             .into_iter()
-            .map(|s| {
-                let points = times
+            .map(|s| MatrixSeries {
+                points: times
                     .iter()
                     .zip(&s.points)
-                    .filter_map(|(t, p)| p.map(|v| sample(*t, v)))
-                    .collect();
-                (s.labels, points)
+                    .filter_map(|(t, p)| p.map(|v| (*t, v)))
+                    .collect(),
+                labels: s.labels,
             })
             .collect(),
         other => {
@@ -274,13 +329,10 @@ fn range_json(value: Value, steps: &Steps) -> Result<Json, QueryError> {
             )));
         }
     };
-    series.retain(|(_, points)| !points.is_empty());
-    series.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(json!({
-        "resultType": "matrix",
-        "result": series
-            .into_iter()
-            .map(|(labels, values)| json!({"metric": metric(&labels), "values": values}))
-            .collect::<Vec<_>>(),
-    }))
+    series.retain(|s| !s.points.is_empty());
+    series.sort_by(|a, b| a.labels.cmp(&b.labels));
+    Ok(Matrix {
+        result_type: "matrix",
+        result: series,
+    })
 }

@@ -654,17 +654,9 @@ impl SamplePart {
                 }
                 left -= 1;
                 let timestamp_ms = columns.timestamps.value(row);
-                if timestamp_ms < start || timestamp_ms > end {
-                    continue;
+                if timestamp_ms >= start && timestamp_ms <= end {
+                    sink(id, columns.sample(row, &self.path)?);
                 }
-                let value = columns.value(row, &self.path)?;
-                sink(
-                    id,
-                    Sample {
-                        timestamp_ms,
-                        value,
-                    },
-                );
             }
         }
         Ok(())
@@ -693,14 +685,7 @@ impl SamplePart {
             for row in 0..batch.num_rows() {
                 let (id, timestamp_ms) = (series.value(row), columns.timestamps.value(row));
                 if ids.contains(id) && timestamp_ms >= start && timestamp_ms <= end {
-                    let value = columns.value(row, &self.path)?;
-                    sink(
-                        id,
-                        Sample {
-                            timestamp_ms,
-                            value,
-                        },
-                    );
+                    sink(id, columns.sample(row, &self.path)?);
                 }
             }
         }
@@ -764,6 +749,13 @@ impl<'a> SampleColumns<'a> {
             timestamps,
             floats,
             mantissas,
+        })
+    }
+
+    fn sample(&self, row: usize, path: &Path) -> Result<Sample> {
+        Ok(Sample {
+            timestamp_ms: self.timestamps.value(row),
+            value: self.value(row, path)?,
         })
     }
 
