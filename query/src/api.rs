@@ -111,18 +111,20 @@ pub(crate) async fn range(
 fn respond(result: Result<QueryData, QueryError>) -> Response {
     match result {
         Ok(data) => JsonBody(Success {
-            status: "success",
             data,
+            status: "success",
         })
         .into_response(),
         Err(error) => error.into_response(),
     }
 }
 
+/// Fields in the order the `json!` objects this replaced wrote them (sorted keys), so the
+/// bytes stay the same.
 #[derive(Serialize)]
 struct Success {
-    status: &'static str,
     data: QueryData,
+    status: &'static str,
 }
 
 /// A query's `data`. A range query's matrix is written straight from the evaluated
@@ -137,9 +139,9 @@ enum QueryData {
 
 #[derive(Serialize)]
 struct Matrix {
+    result: Vec<MatrixSeries>,
     #[serde(rename = "resultType")]
     result_type: &'static str,
-    result: Vec<MatrixSeries>,
 }
 
 /// `{"metric": {...}, "values": [[seconds, "value"], ...]}`.

@@ -736,10 +736,10 @@ impl EmbeddedStore {
         self.save_manifest(&durable).await?;
         for file in replaced {
             let path = dir.join(file);
-            self.sample_parts.forget(&path);
             if let Err(error) = fs::remove_file(&path) {
                 tracing::warn!(path = %path.display(), %error, "cannot remove a compacted part");
             }
+            self.sample_parts.forget(&path);
         }
         Ok(())
     }
@@ -817,6 +817,11 @@ fn read_slice(
     for (bucket, samples) in buckets.iter_mut().zip(memory) {
         bucket.extend(samples);
         sort_and_keep_last(bucket);
+        // The estimate covers whole checkpoints: a short range over many series would
+        // otherwise hold hundreds of unused slots per series through evaluation.
+        if bucket.capacity() > 2 * bucket.len() + 64 {
+            bucket.shrink_to_fit();
+        }
     }
     Ok(buckets)
 }
@@ -1307,10 +1312,10 @@ impl Storage for EmbeddedStore {
         let durable = lock(&self.durable).clone();
         self.save_manifest(&durable).await?;
         for path in doomed {
-            self.sample_parts.forget(&path);
             if let Err(error) = fs::remove_file(&path) {
                 tracing::warn!(path = %path.display(), %error, "cannot remove a part dropped by retention");
             }
+            self.sample_parts.forget(&path);
         }
         Ok(())
     }

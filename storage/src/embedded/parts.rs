@@ -783,33 +783,71 @@ impl<'a> SampleColumns<'a> {
 }
 
 /// The open sample parts, by path: each part is opened once, not per read. Entries go
-/// when their part is removed.
+/// when their part is removed, and the least recently read go beyond [`OPEN_PARTS`] (each
+/// holds a file descriptor).
 #[derive(Debug, Default)]
 pub(crate) struct SamplePartCache {
-    parts: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<SamplePart>>>,
+    parts: std::sync::Mutex<CachedParts>,
 }
+
+#[derive(Debug, Default)]
+struct CachedParts {
+    /// Each part with the tick of its last read.
+    parts: std::collections::HashMap<PathBuf, (Arc<SamplePart>, u64)>,
+    tick: u64,
+}
+
+/// Most parts kept open: well under the usual 1,024 descriptors per process.
+const OPEN_PARTS: usize = 256;
 
 impl SamplePartCache {
     pub fn get(&self, path: &Path) -> Result<Arc<SamplePart>> {
-        if let Some(part) = self.lock().get(path) {
-            return Ok(part.clone());
+        {
+            let mut cached = self.lock();
+            cached.tick += 1;
+            let tick = cached.tick;
+            if let Some((part, used)) = cached.parts.get_mut(path) {
+                *used = tick;
+                return Ok(part.clone());
+            }
         }
         // Opened outside the lock: two readers may both open it, and one copy is kept.
         let part = Arc::new(SamplePart::open(path)?);
-        Ok(self
-            .lock()
+        let mut cached = self.lock();
+        let tick = cached.tick;
+        let kept = cached
+            .parts
             .entry(path.to_path_buf())
-            .or_insert(part)
-            .clone())
+            .or_insert((part, tick))
+            .0
+            .clone();
+        // A compaction may have removed the file while it was being opened, after its
+        // `forget`: such a part is read this once and not kept.
+        if kept.file.0.metadata().is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.nlink() == 0
+        }) {
+            cached.parts.remove(path);
+        }
+        while cached.parts.len() > OPEN_PARTS {
+            let oldest = cached
+                .parts
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(path, _)| path.clone());
+            match oldest {
+                Some(oldest) => cached.parts.remove(&oldest),
+                None => break,
+            };
+        }
+        Ok(kept)
     }
 
     pub fn forget(&self, path: &Path) {
-        self.lock().remove(path);
+        self.lock().parts.remove(path);
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, Arc<SamplePart>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedParts> {
         self.parts.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -1171,5 +1209,32 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn the_part_cache_keeps_at_most_its_limit_dropping_the_least_recently_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("part-0.parquet");
+        write_small_part(&first, &many_series());
+        let paths: Vec<PathBuf> = (0..=OPEN_PARTS)
+            .map(|i| {
+                let path = dir.path().join(format!("part-{i}.parquet"));
+                if i > 0 {
+                    fs::copy(&first, &path).unwrap();
+                }
+                path
+            })
+            .collect();
+        let cache = SamplePartCache::default();
+        cache.get(&paths[0]).unwrap();
+        cache.get(&paths[1]).unwrap();
+        cache.get(&paths[0]).unwrap(); // part 1 is now the least recently read
+        for path in &paths[2..] {
+            cache.get(path).unwrap();
+        }
+        let cached = cache.lock();
+        assert_eq!(cached.parts.len(), OPEN_PARTS);
+        assert!(cached.parts.contains_key(&paths[0]));
+        assert!(!cached.parts.contains_key(&paths[1]));
     }
 }
