@@ -162,11 +162,7 @@ impl Serialize for MatrixSeries {
         struct Points<'a>(&'a [(i64, f64)]);
         impl Serialize for Points<'_> {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_seq(
-                    self.0
-                        .iter()
-                        .map(|(t, v)| (*t as f64 / 1000.0, model::format_go_f(*v))),
-                )
+                serializer.collect_seq(self.0.iter().map(|(t, v)| point(*t, *v)))
             }
         }
         let mut map = serializer.serialize_map(Some(2))?;
@@ -257,11 +253,20 @@ async fn answer(
 }
 
 fn seconds(t: i64) -> Json {
-    json!(t as f64 / 1000.0)
+    json!(epoch_seconds(t))
+}
+
+fn epoch_seconds(t: i64) -> f64 {
+    t as f64 / 1000.0
+}
+
+/// A sample as Prometheus writes it: seconds as a number, the value as a string.
+fn point(t: i64, v: f64) -> (f64, String) {
+    (epoch_seconds(t), model::format_go_f(v))
 }
 
 fn sample(t: i64, v: f64) -> Json {
-    json!([seconds(t), model::format_go_f(v)])
+    json!(point(t, v))
 }
 
 fn metric(labels: &[(String, String)]) -> Json {

@@ -1016,6 +1016,16 @@ mod tests {
         write_durably(path, &samples_batch(rows).unwrap(), properties).unwrap();
     }
 
+    /// `rows` written as a small part in a temporary directory (kept while the part is
+    /// read), and the part opened.
+    fn small_part(rows: &[(u32, Sample)]) -> (tempfile::TempDir, SamplePart) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part.parquet");
+        write_small_part(&path, rows);
+        let part = SamplePart::open(&path).unwrap();
+        (dir, part)
+    }
+
     /// What a read must give: `rows` of `ids` within `[start, end]`, in order.
     fn expected(
         rows: &[(u32, Sample)],
@@ -1060,11 +1070,8 @@ mod tests {
 
     #[test]
     fn a_part_read_gives_exactly_the_selected_series_rows_in_range() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("part.parquet");
         let rows = many_series();
-        write_small_part(&path, &rows);
-        let part = SamplePart::open(&path).unwrap();
+        let (_dir, part) = small_part(&rows);
         assert!(part.index.is_some(), "a sorted part is indexed by series");
         let groups = part.metadata.metadata().row_groups();
         let with_floats = groups
@@ -1100,14 +1107,11 @@ mod tests {
 
     #[test]
     fn a_part_not_sorted_by_series_is_read_row_by_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("part.parquet");
         let mut rows = many_series();
         // Series 20 onwards first: the part is no longer sorted by series.
         let split = rows.iter().position(|(id, _)| *id == 20).unwrap();
         rows.rotate_left(split);
-        write_small_part(&path, &rows);
-        let part = SamplePart::open(&path).unwrap();
+        let (_dir, part) = small_part(&rows);
         assert!(part.index.is_none());
         for ids in selections() {
             assert_eq!(
@@ -1120,8 +1124,6 @@ mod tests {
 
     #[test]
     fn a_time_range_reads_only_the_checkpoints_around_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("part.parquet");
         // Three series of 3,000 samples 15 s apart, one with a gap in the middle.
         let mut rows = Vec::new();
         for id in [1u32, 2, 4] {
@@ -1135,8 +1137,7 @@ mod tests {
                 ));
             }
         }
-        write_small_part(&path, &rows);
-        let part = SamplePart::open(&path).unwrap();
+        let (_dir, part) = small_part(&rows);
         let ids: RoaringBitmap = [1, 2, 4].into_iter().collect();
         let t = |i: i64| i * 15_000;
         for (start, end) in [
@@ -1173,13 +1174,10 @@ mod tests {
 
     #[test]
     fn a_series_out_of_time_order_is_read_row_by_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("part.parquet");
         let mut rows = many_series();
         let at = rows.iter().position(|(id, _)| *id == 9).unwrap();
         rows.swap(at, at + 1);
-        write_small_part(&path, &rows);
-        let part = SamplePart::open(&path).unwrap();
+        let (_dir, part) = small_part(&rows);
         assert!(part.index.is_none());
         let ids: RoaringBitmap = (5..12).collect();
         assert_eq!(
@@ -1190,11 +1188,8 @@ mod tests {
 
     #[test]
     fn threads_reading_one_part_each_get_their_own_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("part.parquet");
         let rows = many_series();
-        write_small_part(&path, &rows);
-        let part = SamplePart::open(&path).unwrap();
+        let (_dir, part) = small_part(&rows);
         let halves: [RoaringBitmap; 2] = [(0..20).collect(), (20..40).collect()];
         std::thread::scope(|scope| {
             for ids in &halves {
