@@ -493,11 +493,6 @@ impl SamplePart {
         })
     }
 
-    /// A handle on the part's file for one reader.
-    fn reopen(&self) -> Result<PartFile> {
-        Ok(self.file.clone())
-    }
-
     /// The rows that can hold samples of each series in `ids` within `[start, end]`, in
     /// id order.
     fn runs_of(&self, ids: &RoaringBitmap, start: i64, end: i64) -> Option<Vec<Run>> {
@@ -628,7 +623,7 @@ impl SamplePart {
             .flat_map(|r| r.selectors.iter().copied())
             .collect();
         let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
-            self.reopen()?,
+            self.file.clone(),
             self.metadata.clone(),
         )
         .with_projection(ProjectionMask::leaves(
@@ -670,7 +665,7 @@ impl SamplePart {
         end: i64,
         mut sink: impl FnMut(u32, Sample),
     ) -> Result<()> {
-        let file = self.reopen()?;
+        let file = self.file.clone();
         let reader =
             ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
                 .with_batch_size(64 * 1024)
