@@ -9,6 +9,7 @@ pub mod auth;
 mod envelope;
 mod error;
 mod events;
+pub mod histogram;
 mod labels;
 mod metrics;
 mod otel;
@@ -23,6 +24,7 @@ pub use events::{
     AlertEvent, AlertState, DeployEvent, DeployPhase, EventKind, KubernetesEvent,
     KubernetesEventType, PipelineEvent, PipelinePhase, PlatformEvent,
 };
+pub use histogram::FloatHistogram;
 pub use labels::{
     Label, Labels, METRIC_NAME_LABEL, fingerprint_of, is_valid_label_name, is_valid_metric_name,
 };

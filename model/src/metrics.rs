@@ -56,6 +56,28 @@ pub enum ResetHint {
     Gauge,
 }
 
+impl ResetHint {
+    pub const ALL: [ResetHint; 4] = [Self::Unknown, Self::Yes, Self::No, Self::Gauge];
+
+    /// The hint's name as storage keeps it (and Prometheus's enum names it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Yes => "yes",
+            Self::No => "no",
+            Self::Gauge => "gauge",
+        }
+    }
+
+    /// The hint [`ResetHint::name`] names; `Unknown` for any other name.
+    pub fn from_name(name: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|hint| hint.name() == name)
+            .unwrap_or_default()
+    }
+}
+
 /// Bucket counts of a native histogram, in the two encodings remote-write carries.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum HistogramCounts {

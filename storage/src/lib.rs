@@ -13,7 +13,7 @@
 //!
 //! Reads come two ways: [`Storage::select`] hands series with their samples to the PromQL
 //! engine, and [`Storage::session`] gives a DataFusion session with the tenant's tables
-//! (`samples`, `series`, `spans`, `logs`, `events`, `exemplars`) for SQL.
+//! (`samples`, `histograms`, `series`, `spans`, `logs`, `events`, `exemplars`) for SQL.
 
 pub mod clickhouse;
 pub mod embedded;
@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use async_trait::async_trait;
-use model::{Labels, MetricMetadata, Payload, Sample, TenantId};
+use model::{FloatHistogram, Labels, MetricMetadata, Payload, Sample, TenantId};
 
 pub use error::StorageError;
 pub use matcher::{MatchOp, Matcher};
@@ -58,8 +58,19 @@ pub struct WriteSummary {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SeriesSamples {
     pub labels: Labels,
-    /// Sorted by timestamp, one sample per timestamp.
+    /// Float samples, sorted by timestamp, one sample per timestamp.
     pub samples: Vec<Sample>,
+    /// Native histogram samples, sorted by timestamp, one per timestamp. A series may have
+    /// both kinds (it changed type), at different timestamps.
+    pub histograms: Vec<HistogramSample>,
+}
+
+/// One native histogram sample. Storage keeps the counts as floats, as PromQL reads them
+/// (integer counts are exact below 2^53).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramSample {
+    pub timestamp_ms: i64,
+    pub histogram: FloatHistogram,
 }
 
 /// A storage engine.
@@ -82,8 +93,8 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// The offsets covered by durable data: where to resume consuming after a restart.
     async fn durable_offsets(&self) -> Result<DurableOffsets>;
 
-    /// Series of `tenant` matching every matcher, with their samples in `[start_ms, end_ms]`.
-    /// Series without samples in the range are left out.
+    /// Series of `tenant` matching every matcher, with their float and histogram samples
+    /// in `[start_ms, end_ms]`. Series without samples in the range are left out.
     async fn select(
         &self,
         tenant: &TenantId,
@@ -121,8 +132,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// value)`, `series(series_id, metric_name, labels)` (labels as a JSON object), `spans`,
     /// `logs`, `events` and `exemplars`, with the same columns on every engine except the type of
     /// `series_id`, an opaque key joining `samples` to `series` (`UInt32` in the embedded
-    /// store, the series fingerprint as `UInt64` in ClickHouse). Another tenant's data is
-    /// never visible in it.
+    /// store, the series fingerprint as `UInt64` in ClickHouse). Native histogram samples
+    /// are the `histograms` table (`series_id`, `timestamp_ms`, `schema`, `zero_threshold`,
+    /// `zero_count`, `count`, `sum`, `counter_reset`, and the buckets as lists of indexes
+    /// and counts per side). Another tenant's data is never visible in it.
     async fn session(&self, tenant: &TenantId) -> Result<datafusion::prelude::SessionContext>;
 
     /// Removes data older than the retention period.

@@ -93,6 +93,11 @@ impl Engine for ClickHouse {
 }
 
 #[tokio::test]
+async fn histograms_are_kept() {
+    conformance::histograms_are_kept(&ClickHouse::new("histograms_are_kept")).await;
+}
+
+#[tokio::test]
 async fn select_with_every_matcher() {
     conformance::select_with_every_matcher(&ClickHouse::new("select_with_every_matcher")).await;
 }

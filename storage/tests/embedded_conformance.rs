@@ -66,6 +66,11 @@ impl Engine for Embedded {
 }
 
 #[tokio::test]
+async fn histograms_are_kept() {
+    conformance::histograms_are_kept(&Embedded::new()).await;
+}
+
+#[tokio::test]
 async fn select_with_every_matcher() {
     conformance::select_with_every_matcher(&Embedded::new()).await;
 }

@@ -62,8 +62,8 @@ use serde::{Deserialize, Serialize};
 
 pub use self::provider::{ClickHouseTable, Scan};
 use self::rows::{
-    BufferedSample, EventRow, ExemplarRow, LogRow, MetadataRow, OffsetRow, SampleRow, SeriesRow,
-    SpanRow, event_rows, exemplar_rows, log_rows, span_rows,
+    BufferedSample, EventRow, ExemplarRow, HistogramRow, LogRow, MetadataRow, OffsetRow, SampleRow,
+    SeriesRow, SpanRow, event_rows, exemplar_rows, log_rows, span_rows,
 };
 pub use self::schema::{Features, ServerVersion};
 use crate::{
@@ -205,6 +205,7 @@ struct Buffer {
     series: Vec<SeriesRow>,
     series_keys: HashMap<TenantId, HashSet<u64>>,
     samples: HashMap<TenantId, Vec<BufferedSample>>,
+    histograms: Vec<HistogramRow>,
     spans: Vec<SpanRow>,
     logs: Vec<LogRow>,
     events: Vec<EventRow>,
@@ -219,6 +220,7 @@ struct MetricsBuffer<'a> {
     series_rows: &'a mut Vec<SeriesRow>,
     keys: &'a mut HashSet<u64>,
     samples: &'a mut Vec<BufferedSample>,
+    histograms: &'a mut Vec<HistogramRow>,
     rows: &'a mut usize,
     /// Reserves each series' versions: the count is known only once its samples are read.
     store: &'a ClickHouseStore,
@@ -239,21 +241,23 @@ impl<'a> MetricsBuffer<'a> {
             series_rows: &mut buffer.series,
             keys: buffer.series_keys.entry(tenant.clone()).or_default(),
             samples: buffer.samples.entry(tenant.clone()).or_default(),
+            histograms: &mut buffer.histograms,
             rows: &mut buffer.rows,
             store,
             summary: WriteSummary::default(),
         }
     }
 
-    /// Buffers a series' samples, and its series row the first time this process sees
-    /// it (only then are its labels asked for).
+    /// Buffers a series' float and histogram samples, and its series row the first time
+    /// this process sees it (only then are its labels asked for).
     fn push(
         &mut self,
         fingerprint: u64,
         labels: impl FnOnce() -> Result<Labels>,
         samples: &[Sample],
+        histograms: &[model::NativeHistogram],
     ) -> Result<()> {
-        if samples.is_empty() {
+        if samples.is_empty() && histograms.is_empty() {
             return Ok(());
         }
         if !self.known.is_some_and(|k| k.contains(&fingerprint))
@@ -283,8 +287,15 @@ impl<'a> MetricsBuffer<'a> {
                 version,
             });
         }
-        *self.rows += samples.len();
-        self.summary.accepted += samples.len() as u64;
+        if !histograms.is_empty() {
+            let first_version = self.store.reserve_versions(histograms.len() as u64);
+            self.histograms
+                .extend((first_version..).zip(histograms).map(|(version, h)| {
+                    HistogramRow::new(self.tenant.as_str(), fingerprint, h, version)
+                }));
+        }
+        *self.rows += samples.len() + histograms.len();
+        self.summary.accepted += (samples.len() + histograms.len()) as u64;
         Ok(())
     }
 }
@@ -304,6 +315,7 @@ impl Buffer {
         for (tenant, samples) in other.samples {
             self.samples.entry(tenant).or_default().extend(samples);
         }
+        self.histograms.extend(other.histograms);
         self.spans.extend(other.spans);
         self.logs.extend(other.logs);
         self.events.extend(other.events);
@@ -419,6 +431,7 @@ async fn insert(client: &Client, buffer: &Buffer) -> Result<()> {
             .await
             .map_err(|e| ch_error("inserting samples into", e))?;
     }
+    insert_rows::<HistogramRow>(client, "histograms", &buffer.histograms).await?;
     insert_rows::<SpanRow>(client, "spans", &buffer.spans).await?;
     insert_rows::<LogRow>(client, "logs", &buffer.logs).await?;
     insert_rows::<EventRow>(client, "events", &buffer.events).await?;
@@ -555,8 +568,8 @@ impl ClickHouseStore {
         &self.client
     }
 
-    /// A DataFusion session over `tenant`'s tables (`samples`, `series`, `spans`, `logs`,
-    /// `events`, with the embedded store's columns), read from ClickHouse when a query
+    /// A DataFusion session over `tenant`'s tables (`samples`, `histograms`, `series`,
+    /// `spans`, `logs`, `events`, `exemplars`, with the embedded store's columns), read from ClickHouse when a query
     /// runs: rows inserted so far are visible, buffered ones are not. Another tenant's rows
     /// are never read.
     pub async fn session(&self, tenant: &TenantId) -> Result<SessionContext> {
@@ -567,10 +580,19 @@ impl ClickHouseStore {
         provider::session(&client, tenant)
     }
 
-    /// Rows of `tenant` in `table` (`series`, `samples`, `spans`, `logs`, `events`), each
-    /// record once however often it was written.
+    /// Rows of `tenant` in `table` (`series`, `samples`, `histograms`, `spans`, `logs`,
+    /// `events`, `exemplars`), each record once however often it was written.
     pub async fn row_count(&self, tenant: &TenantId, table: &str) -> Result<u64> {
-        if !["series", "samples", "spans", "logs", "events", "exemplars"].contains(&table) {
+        let tables = [
+            "series",
+            "samples",
+            "histograms",
+            "spans",
+            "logs",
+            "events",
+            "exemplars",
+        ];
+        if !tables.contains(&table) {
             return Err(StorageError::Config(format!("no table {table:?}")));
         }
         self.client
@@ -622,7 +644,12 @@ impl ClickHouseStore {
         for series in batch.series {
             let labels = series.labels;
             // Cannot fail: the labels are at hand.
-            let _ = buffer.push(labels.fingerprint(), move || Ok(labels), &series.samples);
+            let _ = buffer.push(
+                labels.fingerprint(),
+                move || Ok(labels),
+                &series.samples,
+                &series.histograms,
+            );
         }
         buffer.summary
     }
@@ -641,7 +668,13 @@ impl ClickHouseStore {
         let mut state = lock(&self.state);
         let mut buffer = MetricsBuffer::new(&mut state, tenant, self);
         crate::remote_write::for_each_series(&body, |raw, fingerprint, samples| {
-            buffer.push(fingerprint, || crate::remote_write::labels(raw), samples)
+            // Bodies kept as received carry float samples only (the gateway's rule).
+            buffer.push(
+                fingerprint,
+                || crate::remote_write::labels(raw),
+                samples,
+                &[],
+            )
         })?;
         Ok((buffer.summary, metadata))
     }
@@ -868,16 +901,30 @@ impl Storage for ClickHouseStore {
         let series = self.matching_series(tenant, matchers).await?;
         let fingerprints: Vec<u64> = series.keys().copied().collect();
         let mut samples: HashMap<u64, Vec<Sample>> = HashMap::new();
+        let mut histograms: HashMap<u64, Vec<crate::HistogramSample>> = HashMap::new();
         for chunk in fingerprints.chunks(FINGERPRINTS_PER_QUERY) {
             let list = chunk
                 .iter()
                 .map(u64::to_string)
                 .collect::<Vec<_>>()
                 .join(",");
+            // Histograms are read beside the samples, and collapsed the same way.
+            let histogram_rows = self
+                .client
+                .query(&format!(
+                    "SELECT ?fields FROM histograms \
+                     WHERE tenant = ? AND fingerprint IN ({list}) \
+                     AND timestamp_ms >= ? AND timestamp_ms <= ? \
+                     ORDER BY fingerprint, timestamp_ms, version"
+                ))
+                .bind(tenant.as_str())
+                .bind(start_ms)
+                .bind(end_ms)
+                .fetch_all::<HistogramRow>();
             // Duplicates not merged yet come sorted by version, and the last one of each
             // (series, timestamp) is kept: the latest write. Measured on 18.16 against
             // `FINAL` and `argMax(value, version) ... GROUP BY` (see the module doc).
-            let rows: Vec<(u64, i64, f64, u64)> = self
+            let sample_rows = self
                 .client
                 .query(&format!(
                     "SELECT fingerprint, timestamp_ms, value, version FROM samples \
@@ -888,9 +935,22 @@ impl Storage for ClickHouseStore {
                 .bind(tenant.as_str())
                 .bind(start_ms)
                 .bind(end_ms)
-                .fetch_all()
-                .await
-                .map_err(|e| ch_error("reading samples from", e))?;
+                .fetch_all::<(u64, i64, f64, u64)>();
+            let (rows, histogram_rows) = tokio::join!(sample_rows, histogram_rows);
+            let rows = rows.map_err(|e| ch_error("reading samples from", e))?;
+            for row in histogram_rows.map_err(|e| ch_error("reading histograms from", e))? {
+                let fingerprint = row.fingerprint;
+                let sample = row.sample().ok_or_else(|| {
+                    StorageError::Decode(format!(
+                        "histograms of series {fingerprint} in ClickHouse: bucket indexes and counts do not pair up"
+                    ))
+                })?;
+                let series = histograms.entry(fingerprint).or_default();
+                match series.last_mut() {
+                    Some(last) if last.timestamp_ms == sample.timestamp_ms => *last = sample,
+                    _ => series.push(sample),
+                }
+            }
             for (fingerprint, timestamp_ms, value, _) in rows {
                 let series = samples.entry(fingerprint).or_default();
                 match series.last_mut() {
@@ -905,9 +965,13 @@ impl Storage for ClickHouseStore {
         let mut out: Vec<SeriesSamples> = series
             .into_iter()
             .filter_map(|(fingerprint, labels)| {
-                samples
-                    .remove(&fingerprint)
-                    .map(|samples| SeriesSamples { labels, samples })
+                let samples = samples.remove(&fingerprint).unwrap_or_default();
+                let histograms = histograms.remove(&fingerprint).unwrap_or_default();
+                (!samples.is_empty() || !histograms.is_empty()).then_some(SeriesSamples {
+                    labels,
+                    samples,
+                    histograms,
+                })
             })
             .collect();
         out.sort_by(|a, b| a.labels.cmp(&b.labels));

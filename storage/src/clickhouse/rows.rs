@@ -136,6 +136,79 @@ pub(super) fn exemplar_rows(
         .collect()
 }
 
+/// A row of `histograms`: one native histogram sample (see the table in `schema.rs`).
+#[derive(Clone, Debug, clickhouse::Row, Serialize, Deserialize)]
+pub(super) struct HistogramRow {
+    pub tenant: String,
+    pub fingerprint: u64,
+    pub timestamp_ms: i64,
+    pub schema: i32,
+    pub zero_threshold: f64,
+    pub zero_count: f64,
+    pub count: f64,
+    pub sum: f64,
+    pub counter_reset: String,
+    pub positive_indexes: Vec<i32>,
+    pub positive_counts: Vec<f64>,
+    pub negative_indexes: Vec<i32>,
+    pub negative_counts: Vec<f64>,
+    pub version: u64,
+}
+
+impl HistogramRow {
+    pub fn new(tenant: &str, fingerprint: u64, h: &model::NativeHistogram, version: u64) -> Self {
+        let float = model::FloatHistogram::from_native(h);
+        let (positive_indexes, positive_counts) = float.positive.iter().copied().unzip();
+        let (negative_indexes, negative_counts) = float.negative.iter().copied().unzip();
+        Self {
+            tenant: tenant.to_owned(),
+            fingerprint,
+            timestamp_ms: h.timestamp_ms,
+            schema: float.schema,
+            zero_threshold: float.zero_threshold,
+            zero_count: float.zero_count,
+            count: float.count,
+            sum: float.sum,
+            counter_reset: float.counter_reset.name().to_owned(),
+            positive_indexes,
+            positive_counts,
+            negative_indexes,
+            negative_counts,
+            version,
+        }
+    }
+
+    /// The sample this row holds; `None` when its bucket arrays do not pair up.
+    pub fn sample(self) -> Option<crate::HistogramSample> {
+        if self.positive_indexes.len() != self.positive_counts.len()
+            || self.negative_indexes.len() != self.negative_counts.len()
+        {
+            return None;
+        }
+        Some(crate::HistogramSample {
+            timestamp_ms: self.timestamp_ms,
+            histogram: model::FloatHistogram {
+                counter_reset: model::ResetHint::from_name(&self.counter_reset),
+                schema: self.schema,
+                zero_threshold: self.zero_threshold,
+                zero_count: self.zero_count,
+                count: self.count,
+                sum: self.sum,
+                positive: self
+                    .positive_indexes
+                    .into_iter()
+                    .zip(self.positive_counts)
+                    .collect(),
+                negative: self
+                    .negative_indexes
+                    .into_iter()
+                    .zip(self.negative_counts)
+                    .collect(),
+            },
+        })
+    }
+}
+
 /// A row of `metric_metadata`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, clickhouse::Row, Serialize, Deserialize)]
 pub(super) struct MetadataRow {

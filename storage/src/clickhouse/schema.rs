@@ -146,7 +146,40 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "exemplars",
         statement: exemplars,
     },
+    Migration {
+        version: 9,
+        name: "histograms",
+        statement: histograms,
+    },
 ];
+
+/// Native histogram samples keyed by (tenant, series, timestamp), the latest write winning
+/// as for samples: the embedded store's `histograms` columns (see `embedded/histograms.rs`),
+/// each side's buckets as parallel arrays of indexes and counts.
+fn histograms(f: Features) -> String {
+    let lc = f.low_cardinality();
+    let zstd = f.codec("ZSTD(1)");
+    format!(
+        "CREATE TABLE IF NOT EXISTS histograms (\
+         tenant {lc}, \
+         fingerprint UInt64, \
+         timestamp_ms Int64, \
+         schema Int32, \
+         zero_threshold Float64, \
+         zero_count Float64, \
+         count Float64, \
+         sum Float64, \
+         counter_reset {lc}, \
+         positive_indexes Array(Int32){zstd}, \
+         positive_counts Array(Float64){zstd}, \
+         negative_indexes Array(Int32){zstd}, \
+         negative_counts Array(Float64){zstd}, \
+         version UInt64\
+         ) ENGINE = ReplacingMergeTree(version) \
+         PARTITION BY intDiv(timestamp_ms, {MS_PER_DAY}) \
+         ORDER BY (tenant, fingerprint, timestamp_ms)"
+    )
+}
 
 /// Exemplars keyed by (tenant, series, timestamp): one per series and time, as Prometheus
 /// keeps them; the embedded store's `exemplars` columns, the time in milliseconds.
@@ -186,7 +219,14 @@ fn metric_metadata(f: Features) -> String {
 }
 
 /// Tables holding time-partitioned data, which retention drops a day at a time.
-pub const DAY_PARTITIONED: [&str; 5] = ["samples", "spans", "logs", "events", "exemplars"];
+pub const DAY_PARTITIONED: [&str; 6] = [
+    "samples",
+    "histograms",
+    "spans",
+    "logs",
+    "events",
+    "exemplars",
+];
 
 const NS_PER_DAY: &str = "86400000000000";
 const MS_PER_DAY: &str = "86400000";

@@ -20,6 +20,7 @@
 //! Reads see the head, heads being flushed, and the parts, merged per series.
 
 mod head;
+mod histograms;
 mod index;
 mod parts;
 mod rows;
@@ -37,6 +38,7 @@ use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
 use self::head::SampleHead;
+pub(crate) use self::histograms::item_field as histogram_list_item;
 use self::index::SeriesIndex;
 use self::parts::{PartMeta, day_of};
 use self::rows::DayRows;
@@ -177,6 +179,34 @@ impl TenantState {
         });
         self.head.extend(id, accepted);
         *newest = max;
+    }
+
+    /// The histogram samples of a series within the out-of-order window, as rows; the
+    /// window is the series' (float and histogram samples alike).
+    fn accept_histograms(
+        &mut self,
+        id: u32,
+        histograms: &[model::NativeHistogram],
+        window_ms: i64,
+        summary: &mut WriteSummary,
+    ) -> Vec<histograms::HistogramRow> {
+        let newest = self.newest.entry(id).or_insert(i64::MIN);
+        let oldest_allowed = newest.saturating_sub(window_ms);
+        let mut rows = Vec::with_capacity(histograms.len());
+        for histogram in histograms {
+            if histogram.timestamp_ms < oldest_allowed {
+                summary.too_old += 1;
+                continue;
+            }
+            *newest = (*newest).max(histogram.timestamp_ms);
+            summary.accepted += 1;
+            rows.push(histograms::HistogramRow {
+                series_id: id,
+                timestamp_ms: histogram.timestamp_ms,
+                histogram: model::FloatHistogram::from_native(histogram),
+            });
+        }
+        rows
     }
 
     fn new(index: SeriesIndex, mut manifest: TenantManifest) -> Self {
@@ -387,19 +417,38 @@ impl EmbeddedStore {
         (self.config.out_of_order_window_seconds as i64).saturating_mul(1000)
     }
 
-    fn write_metrics(&self, tenant: &Tenant, batch: model::MetricBatch) -> WriteSummary {
+    fn write_metrics(&self, tenant: &Tenant, batch: model::MetricBatch) -> Result<WriteSummary> {
         let window_ms = self.out_of_order_window_ms();
         let mut summary = WriteSummary::default();
         let mut state = write_lock(&tenant.state);
         remember_metadata(&mut state.metadata, batch.metadata);
+        let mut histogram_rows = Vec::new();
         for series in batch.series {
-            if series.samples.is_empty() {
+            if series.samples.is_empty() && series.histograms.is_empty() {
                 continue;
             }
             let id = state.series_id(&series.labels);
-            state.append(id, &series.samples, window_ms, &mut summary);
+            if !series.samples.is_empty() {
+                state.append(id, &series.samples, window_ms, &mut summary);
+            }
+            if !series.histograms.is_empty() {
+                histogram_rows.extend(state.accept_histograms(
+                    id,
+                    &series.histograms,
+                    window_ms,
+                    &mut summary,
+                ));
+            }
         }
-        summary
+        if !histogram_rows.is_empty() {
+            let days = histograms::day_rows(histogram_rows)?;
+            state
+                .rows
+                .entry(RowKind::Histograms)
+                .or_default()
+                .extend(days.into_iter().map(Arc::new));
+        }
+        Ok(summary)
     }
 
     /// Writes a remote-write body as the gateway accepted it, reading it in place: a series
@@ -753,6 +802,65 @@ impl EmbeddedStore {
     }
 }
 
+/// Where a selection's histogram samples are: the parts of the days it covers, and the
+/// rows not yet flushed (oldest first, the order in which later writes win).
+struct HistogramSources {
+    files: Vec<PathBuf>,
+    memory: Vec<datafusion::arrow::array::RecordBatch>,
+}
+
+impl HistogramSources {
+    fn of(state: &TenantState, dir: &Path, start_ms: i64, end_ms: i64) -> Self {
+        let (first_day, last_day) = (day_of(start_ms), day_of(end_ms));
+        let covered = |day: i64| day >= first_day && day <= last_day;
+        let files = state
+            .manifest
+            .row_parts
+            .get(RowKind::Histograms.name())
+            .into_iter()
+            .flatten()
+            .filter(|p| covered(p.day))
+            .map(|p| dir.join(&p.file))
+            .collect();
+        let memory = state
+            .frozen_rows
+            .get(&RowKind::Histograms)
+            .into_iter()
+            .chain(state.rows.get(&RowKind::Histograms))
+            .flatten()
+            .filter(|d| covered(d.day))
+            .map(|d| d.batch.clone())
+            .collect();
+        Self { files, memory }
+    }
+
+    /// The samples of the series in `ids` within `[start_ms, end_ms]`, by series; read on
+    /// a blocking thread, which starts at the call.
+    fn read(
+        self,
+        ids: &RoaringBitmap,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> impl Future<Output = Result<HashMap<u32, Vec<crate::HistogramSample>>>> + use<> {
+        let ids = ids.clone();
+        let empty = self.files.is_empty() && self.memory.is_empty();
+        blocking(move || {
+            let mut by_series: HashMap<u32, Vec<crate::HistogramSample>> = HashMap::new();
+            if empty {
+                return Ok(by_series);
+            }
+            let mut push = |id: u32, sample| by_series.entry(id).or_default().push(sample);
+            for file in &self.files {
+                histograms::read_part(file, &ids, start_ms, end_ms, &mut push)?;
+            }
+            for batch in &self.memory {
+                histograms::decode(batch, &ids, start_ms, end_ms, &mut push)?;
+            }
+            Ok(histograms::settle(by_series))
+        })
+    }
+}
+
 /// The series of a selection in slices to read in parallel, in id order: one per core,
 /// each of at least [`SERIES_PER_SLICE`] series.
 fn select_slices(ids: &RoaringBitmap) -> Vec<RoaringBitmap> {
@@ -1036,7 +1144,7 @@ impl Storage for EmbeddedStore {
                     .unwrap_or_default();
                 let exemplars = rows::exemplar_rows(&batch)?;
                 let tenant = self.tenant_or_create(tenant);
-                let summary = self.write_metrics(&tenant, batch);
+                let summary = self.write_metrics(&tenant, batch)?;
                 if !exemplars.is_empty() {
                     write_lock(&tenant.state)
                         .rows
@@ -1147,9 +1255,10 @@ impl Storage for EmbeddedStore {
         let Some(tenant) = self.tenant(tenant) else {
             return Ok(Vec::new());
         };
-        let (ids, memory, parts) = {
+        let (ids, memory, parts, histogram_sources) = {
             let state = read_lock(&tenant.state);
             let ids = state.index.select(matchers);
+            let histogram_sources = HistogramSources::of(&state, &tenant.dir, start_ms, end_ms);
             let parts: Vec<PartMeta> = state
                 .manifest
                 .parts
@@ -1175,11 +1284,13 @@ impl Storage for EmbeddedStore {
                 }
                 memory.push(samples);
             }
-            (ids, memory, parts)
+            (ids, memory, parts, histogram_sources)
         };
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        // Read beside the float samples (a blocking task starts at once).
+        let histograms = histogram_sources.read(&ids, start_ms, end_ms);
         let dir = tenant.dir.clone();
         let cache = self.sample_parts.clone();
         let opened = blocking(move || {
@@ -1207,15 +1318,20 @@ impl Storage for EmbeddedStore {
         for read in reads {
             buckets.extend(read.await?);
         }
+        let mut histograms = histograms.await?;
         let state = read_lock(&tenant.state);
         let mut out: Vec<SeriesSamples> = ids
             .iter()
             .zip(buckets)
-            .filter(|(_, samples)| !samples.is_empty())
             .filter_map(|(id, samples)| {
+                let histograms = histograms.remove(&id).unwrap_or_default();
+                if samples.is_empty() && histograms.is_empty() {
+                    return None;
+                }
                 state.index.labels(id).map(|labels| SeriesSamples {
                     labels: labels.clone(),
                     samples,
+                    histograms,
                 })
             })
             .collect();

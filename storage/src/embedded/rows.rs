@@ -28,14 +28,17 @@ pub(crate) enum RowKind {
     Logs,
     Events,
     Exemplars,
+    /// Native histogram samples (see `histograms`).
+    Histograms,
 }
 
 impl RowKind {
-    pub const ALL: [RowKind; 4] = [
+    pub const ALL: [RowKind; 5] = [
         RowKind::Spans,
         RowKind::Logs,
         RowKind::Events,
         RowKind::Exemplars,
+        RowKind::Histograms,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +47,7 @@ impl RowKind {
             Self::Logs => "logs",
             Self::Events => "events",
             Self::Exemplars => "exemplars",
+            Self::Histograms => "histograms",
         }
     }
 
@@ -127,6 +131,7 @@ impl RowKind {
                 utf8("labels"),
                 nullable_utf8("trace_id"),
             ],
+            Self::Histograms => super::histograms::fields(),
         };
         Arc::new(Schema::new(fields))
     }
@@ -483,8 +488,9 @@ pub(crate) fn exemplar_trace_id(labels: &model::Labels) -> Option<String> {
 }
 
 /// Concatenates a table's batches and keeps, for each row key, only the last row written
-/// (spans by trace and span id; log records and events by their bus position), so that a
-/// record delivered twice is stored once.
+/// (spans by trace and span id; log records and events by their bus position; histogram
+/// samples by series and time, and those sorted by them), so that a record delivered twice
+/// is stored once.
 pub(crate) fn dedup(kind: RowKind, batches: &[RecordBatch]) -> Result<RecordBatch> {
     use datafusion::arrow::array::{Array, UInt32Array as U32, UInt64Array as U64, UInt64Builder};
     use datafusion::arrow::compute::{concat_batches, take_record_batch};
@@ -522,6 +528,7 @@ pub(crate) fn dedup(kind: RowKind, batches: &[RecordBatch]) -> Result<RecordBatc
                     .map(|a| a.value(row));
                 format!("{}/{time:?}", text(2).unwrap_or_default())
             }
+            RowKind::Histograms => format!("{:?}", super::histograms::key(&batch, row)),
             RowKind::Logs | RowKind::Events => {
                 let n = batch.num_columns();
                 let partition = batch
@@ -550,11 +557,16 @@ pub(crate) fn dedup(kind: RowKind, batches: &[RecordBatch]) -> Result<RecordBatc
             keep.push(row as u64);
         }
     }
-    if keep.len() == rows {
-        return Ok(batch);
+    let batch = if keep.len() == rows {
+        batch
+    } else {
+        keep.reverse();
+        let mut indices = UInt64Builder::with_capacity(keep.len());
+        indices.append_slice(&keep);
+        take_record_batch(&batch, &indices.finish())?
+    };
+    match kind {
+        RowKind::Histograms => super::histograms::sorted(batch),
+        _ => Ok(batch),
     }
-    keep.reverse();
-    let mut indices = UInt64Builder::with_capacity(keep.len());
-    indices.append_slice(&keep);
-    Ok(take_record_batch(&batch, &indices.finish())?)
 }

@@ -1037,6 +1037,205 @@ pub async fn exemplars_are_kept(engine: &dyn Engine) {
     );
 }
 
+/// An integer native histogram at `t`: `n` observations in the zero bucket and bucket
+/// spans `[-1, 0]` and `[3]` (schema 1).
+fn native_histogram(t: i64, n: u64) -> model::NativeHistogram {
+    model::NativeHistogram {
+        timestamp_ms: t,
+        schema: 1,
+        zero_threshold: 0.001,
+        sum: n as f64 * 1.5,
+        reset_hint: model::ResetHint::No,
+        counts: model::HistogramCounts::Integer {
+            count: 4 * n,
+            zero_count: n,
+            positive_deltas: vec![n as i64, n as i64, -(n as i64)],
+            negative_deltas: vec![],
+        },
+        positive_spans: vec![
+            model::BucketSpan {
+                offset: -1,
+                length: 2,
+            },
+            model::BucketSpan {
+                offset: 2,
+                length: 1,
+            },
+        ],
+        negative_spans: vec![],
+    }
+}
+
+/// A float native histogram at `t` with a negative bucket and a stale-marker sum.
+fn float_histogram(t: i64, count: f64) -> model::NativeHistogram {
+    model::NativeHistogram {
+        timestamp_ms: t,
+        schema: -1,
+        zero_threshold: 0.0,
+        sum: model::stale_nan(),
+        reset_hint: model::ResetHint::Gauge,
+        counts: model::HistogramCounts::Float {
+            count,
+            zero_count: 0.0,
+            positive_counts: vec![count / 2.0],
+            negative_counts: vec![count / 4.0, count / 4.0],
+        },
+        positive_spans: vec![model::BucketSpan {
+            offset: 2,
+            length: 1,
+        }],
+        negative_spans: vec![model::BucketSpan {
+            offset: 0,
+            length: 2,
+        }],
+    }
+}
+
+/// The histogram samples of each series of `tenant` selected by `matchers`.
+async fn histograms_of(
+    store: &dyn Storage,
+    tenant_name: &str,
+    matchers: &[Matcher],
+    start_ms: i64,
+    end_ms: i64,
+) -> Vec<(String, Vec<(i64, model::FloatHistogram)>)> {
+    store
+        .select(&tenant(tenant_name), matchers, start_ms, end_ms)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| {
+            (
+                s.labels.to_string(),
+                s.histograms
+                    .into_iter()
+                    .map(|h| (h.timestamp_ms, h.histogram))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Native histogram samples are kept exactly (integer and float counts, every bucket, a
+/// stale sum bit for bit), beside float samples of the same series; a rewrite of one
+/// timestamp keeps the latest, a replayed record counts once, reads select by matchers and
+/// time, SQL shows them in `histograms`, and all of it survives a restart.
+pub async fn histograms_are_kept(engine: &dyn Engine) {
+    let a = tenant("a");
+    let latency = Labels::new([("__name__", "latency_seconds"), ("job", "api")]).unwrap();
+    let sizes = Labels::new([("__name__", "sizes"), ("job", "db")]).unwrap();
+    let batch = |histograms: Vec<(Labels, Vec<model::NativeHistogram>, Vec<Sample>)>| {
+        Payload::Metrics(MetricBatch {
+            series: histograms
+                .into_iter()
+                .map(|(labels, histograms, samples)| Series {
+                    labels,
+                    samples,
+                    histograms,
+                    exemplars: vec![],
+                })
+                .collect(),
+            metadata: vec![],
+        })
+    };
+    let first = batch(vec![
+        (
+            latency.clone(),
+            (0..3)
+                .map(|i| native_histogram(T0 + i * 15_000, 1 + i as u64))
+                .collect(),
+            // A float sample between histograms: the series changed type, and back.
+            vec![Sample {
+                timestamp_ms: T0 + 50_000,
+                value: 7.0,
+            }],
+        ),
+        (sizes.clone(), vec![float_histogram(T0, 8.0)], vec![]),
+    ]);
+    // The latest write of T0 + 15 s wins.
+    let rewrite = batch(vec![(
+        latency.clone(),
+        vec![native_histogram(T0 + 15_000, 9)],
+        vec![],
+    )]);
+    let store = engine.open().await;
+    for (offset, payload) in [(0, first.clone()), (1, first), (2, rewrite)] {
+        let summary = store.write(&a, payload, &metrics_at(offset)).await.unwrap();
+        assert!(summary.accepted > 0);
+    }
+    store.flush().await.unwrap();
+    engine.settle().await;
+
+    let float = |h: model::NativeHistogram| model::FloatHistogram::from_native(&h);
+    let expected_latency: Vec<(i64, model::FloatHistogram)> = vec![
+        (T0, float(native_histogram(T0, 1))),
+        (T0 + 15_000, float(native_histogram(T0 + 15_000, 9))),
+        (T0 + 30_000, float(native_histogram(T0 + 30_000, 3))),
+    ];
+    let check = |got: Vec<(String, Vec<(i64, model::FloatHistogram)>)>, when: &str| {
+        assert_eq!(got.len(), 2, "{when}: {got:?}");
+        assert_eq!(got[0].0, latency.to_string(), "{when}");
+        assert_eq!(got[0].1, expected_latency, "{when}");
+        assert_eq!(got[1].0, sizes.to_string(), "{when}");
+        let (t, sizes_histogram) = &got[1].1[0];
+        assert_eq!(*t, T0);
+        assert_eq!(
+            sizes_histogram.sum.to_bits(),
+            model::STALE_NAN_BITS,
+            "{when}"
+        );
+        assert_eq!(sizes_histogram.positive, vec![(2, 4.0)], "{when}");
+        assert_eq!(sizes_histogram.negative, vec![(0, 2.0), (1, 2.0)], "{when}");
+        assert_eq!(sizes_histogram.counter_reset, model::ResetHint::Gauge);
+    };
+    check(
+        histograms_of(store.as_ref(), "a", &[], i64::MIN, i64::MAX).await,
+        "after a flush",
+    );
+    // The float sample is there too, and only it among the float samples.
+    assert_eq!(
+        everything(store.as_ref(), "a").await,
+        vec![
+            (latency.to_string(), vec![(T0 + 50_000, 7.0)]),
+            (sizes.to_string(), vec![])
+        ]
+    );
+    // Matchers and the time range select histograms as they do samples.
+    let job_api = [matcher("job", MatchOp::Equal, "api")];
+    assert_eq!(
+        histograms_of(store.as_ref(), "a", &job_api, T0 + 10_000, T0 + 40_000).await,
+        vec![(latency.to_string(), expected_latency[1..].to_vec())]
+    );
+    let sizes_only = [matcher("__name__", MatchOp::Equal, "sizes")];
+    assert!(
+        histograms_of(store.as_ref(), "a", &sizes_only, T0 + 1, T0 + 60_000)
+            .await
+            .is_empty(),
+        "a series without samples in the range is left out"
+    );
+    assert!(
+        histograms_of(store.as_ref(), "b", &[], i64::MIN, i64::MAX)
+            .await
+            .is_empty()
+    );
+    assert_eq!(engine.row_count(&a, "histograms").await, 4);
+    let query = "SELECT CAST(timestamp_ms AS BIGINT) - 1700000000000, schema, count,                  zero_count, counter_reset, positive_indexes, positive_counts,                  negative_indexes, negative_counts FROM histograms                  ORDER BY timestamp_ms, schema";
+    let expected_sql = [
+        "0,-1,8.0,0.0,gauge,[2],[4.0],[0, 1],[2.0, 2.0]",
+        "0,1,4.0,1.0,no,[-1, 0, 3],[1.0, 2.0, 1.0],[],[]",
+        "15000,1,36.0,9.0,no,[-1, 0, 3],[9.0, 18.0, 9.0],[],[]",
+        "30000,1,12.0,3.0,no,[-1, 0, 3],[3.0, 6.0, 3.0],[],[]",
+    ];
+    assert_eq!(sql(store.as_ref(), "a", query).await, expected_sql);
+    drop(store);
+    let store = engine.open().await;
+    check(
+        histograms_of(store.as_ref(), "a", &[], i64::MIN, i64::MAX).await,
+        "after a restart",
+    );
+    assert_eq!(sql(store.as_ref(), "a", query).await, expected_sql);
+}
+
 /// Remote-write bodies kept as received on the bus are stored like the same series in a
 /// metric batch: one series per label set whichever way it arrived, before and after a
 /// restart; a body that is not what the gateway accepted is a decode error.
@@ -1310,7 +1509,7 @@ async fn sql_schemas(store: &dyn Storage) -> BTreeMap<String, Vec<String>> {
     use datafusion::arrow::datatypes::DataType;
     let context = store.session(&tenant("a")).await.unwrap();
     let mut out = BTreeMap::new();
-    for table in ["samples", "series", "spans", "logs", "events"] {
+    for table in ["samples", "histograms", "series", "spans", "logs", "events"] {
         let frame = context.table(table).await.unwrap();
         let columns = frame
             .schema()
@@ -1421,6 +1620,13 @@ pub async fn sql_reads_the_same_on_every_engine(engine: &dyn Engine) {
             "series_id: key|timestamp_ms: Int64|value: Float64",
         ),
         ("series", "series_id: key|metric_name: Utf8|labels: Utf8"),
+        (
+            "histograms",
+            "series_id: key|timestamp_ms: Int64|schema: Int32|zero_threshold: Float64|\
+             zero_count: Float64|count: Float64|sum: Float64|counter_reset: Utf8|\
+             positive_indexes: List(non-null Int32)|positive_counts: List(non-null Float64)|\
+             negative_indexes: List(non-null Int32)|negative_counts: List(non-null Float64)",
+        ),
         (
             "spans",
             "trace_id: Utf8|span_id: Utf8|parent_span_id: Utf8?|service_name: Utf8|name: Utf8|\

@@ -176,7 +176,10 @@ fn pushed(
         let Some((field, column)) = column_of(table, expr) else {
             return Ok(None);
         };
-        if matches!(column.wire, Wire::Float64 | Wire::Labels) {
+        if matches!(
+            column.wire,
+            Wire::Float64 | Wire::Labels | Wire::Int32List | Wire::Float64List
+        ) {
             return Ok(None);
         }
         let name = format!("g{}", selected.len());
@@ -273,7 +276,10 @@ fn pushed_function(
         // count(*)
         return Some(add("toInt64(count())".into(), Wire::Int64, DataType::Int64));
     };
-    if column.wire == Wire::Labels {
+    if matches!(
+        column.wire,
+        Wire::Labels | Wire::Int32List | Wire::Float64List
+    ) {
         return None;
     }
     let source = &column.source;

@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Float64Array, Int32Array, Int64Array, StringBuilder};
-use datafusion::arrow::array::{UInt32Array, UInt64Array};
+use datafusion::arrow::array::{
+    Float64Builder, Int32Builder, ListBuilder, UInt32Array, UInt64Array,
+};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field};
 
@@ -34,6 +36,8 @@ pub(super) enum Values {
     UInt64(Vec<u64>),
     Float64(Vec<f64>),
     String(StringBuilder),
+    Int32List(ListBuilder<Int32Builder>),
+    Float64List(ListBuilder<Float64Builder>),
 }
 
 impl Values {
@@ -47,6 +51,12 @@ impl Values {
             Wire::String | Wire::NullableString | Wire::Labels => {
                 Self::String(StringBuilder::new())
             }
+            Wire::Int32List => Self::Int32List(
+                ListBuilder::new(Int32Builder::new()).with_field(list_item(DataType::Int32)),
+            ),
+            Wire::Float64List => Self::Float64List(
+                ListBuilder::new(Float64Builder::new()).with_field(list_item(DataType::Float64)),
+            ),
         }
     }
 
@@ -59,6 +69,8 @@ impl Values {
             Self::UInt64(v) => Arc::new(UInt64Array::from(v)),
             Self::Float64(v) => Arc::new(Float64Array::from(v)),
             Self::String(mut builder) => Arc::new(builder.finish()),
+            Self::Int32List(mut builder) => Arc::new(builder.finish()),
+            Self::Float64List(mut builder) => Arc::new(builder.finish()),
         };
         if array.data_type() == field.data_type() {
             return Ok(array);
@@ -73,6 +85,11 @@ impl Values {
             ))),
         }
     }
+}
+
+/// The element field of list columns: the embedded store's (non-null items).
+fn list_item(item: DataType) -> Arc<Field> {
+    Arc::new(crate::embedded::histogram_list_item(item))
 }
 
 /// Reads values off a byte slice; `None` when the slice ends first.
@@ -124,6 +141,21 @@ impl<'a> Reader<'a> {
             .map_err(|_| malformed("a string that is not UTF-8"))
     }
 
+    /// An array of fixed-size numbers, each decoded from its little-endian bytes.
+    fn numbers<const N: usize, T>(&mut self, decode: fn([u8; N]) -> T) -> Result<Option<Vec<T>>> {
+        let Some(count) = self.length()? else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for _ in 0..count {
+            let Some(bytes) = self.array::<N>() else {
+                return Ok(None);
+            };
+            out.push(decode(bytes));
+        }
+        Ok(Some(out))
+    }
+
     fn strings(&mut self) -> Result<Option<Vec<&'a str>>> {
         let Some(count) = self.length()? else {
             return Ok(None);
@@ -148,6 +180,8 @@ enum Value<'a> {
     Float64(f64),
     String(Option<&'a str>),
     Labels(Vec<&'a str>, Vec<&'a str>),
+    Int32List(Vec<i32>),
+    Float64List(Vec<f64>),
 }
 
 fn read<'a>(reader: &mut Reader<'a>, wire: Wire) -> Result<Option<Value<'a>>> {
@@ -172,6 +206,8 @@ fn read<'a>(reader: &mut Reader<'a>, wire: Wire) -> Result<Option<Value<'a>>> {
             };
             reader.strings()?.map(|values| Value::Labels(names, values))
         }
+        Wire::Int32List => reader.numbers(i32::from_le_bytes)?.map(Value::Int32List),
+        Wire::Float64List => reader.numbers(f64::from_le_bytes)?.map(Value::Float64List),
     })
 }
 
@@ -249,6 +285,10 @@ fn store(column: &mut Values, value: Value<'_>) -> Result<()> {
                 .map(|(n, v)| (n.to_owned(), serde_json::Value::String(v.to_owned())))
                 .collect();
             c.append_value(serde_json::Value::Object(object).to_string());
+        }
+        (Values::Int32List(c), Value::Int32List(v)) => c.append_value(v.into_iter().map(Some)),
+        (Values::Float64List(c), Value::Float64List(v)) => {
+            c.append_value(v.into_iter().map(Some));
         }
         _ => return Err(malformed("a value of another type than its column")),
     }

@@ -26,6 +26,10 @@ pub(super) enum Wire {
     /// `label_names, label_values`: two `Array(String)`, turned into the JSON object the
     /// embedded store shows (18.16 cannot write JSON itself).
     Labels,
+    /// `Array(Int32)`, a list of Int32.
+    Int32List,
+    /// `Array(Float64)`, a list of Float64.
+    Float64List,
 }
 
 /// How versions of one record not yet merged by `ReplacingMergeTree` are collapsed.
@@ -73,9 +77,47 @@ impl TableDef {
 pub(crate) fn all() -> Result<Vec<TableDef>> {
     let mut tables = vec![samples(), series()];
     for kind in RowKind::ALL {
-        tables.push(row_table(kind)?);
+        tables.push(match kind {
+            RowKind::Histograms => histograms(),
+            _ => row_table(kind)?,
+        });
     }
     Ok(tables)
+}
+
+/// `histograms`: the embedded store's columns, with the fingerprint as `series_id` (as in
+/// `samples`). The bucket arrays are not filtered in ClickHouse.
+fn histograms() -> TableDef {
+    let schema = RowKind::Histograms.schema();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| match (field.name().as_str(), field.data_type()) {
+            ("series_id", _) => column("fingerprint", Wire::UInt64, true),
+            (name, DataType::List(item)) if item.data_type() == &DataType::Int32 => {
+                column(name, Wire::Int32List, false)
+            }
+            (name, DataType::List(_)) => column(name, Wire::Float64List, false),
+            (name, DataType::Int32) => column(name, Wire::Int32, true),
+            (name, DataType::Int64) => column(name, Wire::Int64, true),
+            (name, DataType::Float64) => column(name, Wire::Float64, true),
+            (name, _) => column(name, Wire::String, true),
+        })
+        .collect();
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|field| match field.name().as_str() {
+            "series_id" => Field::new("series_id", DataType::UInt64, false),
+            _ => field.as_ref().clone(),
+        })
+        .collect();
+    TableDef {
+        name: "histograms",
+        schema: Arc::new(Schema::new(fields)),
+        columns,
+        dedup: Dedup::Final,
+    }
 }
 
 fn samples() -> TableDef {
