@@ -308,6 +308,22 @@ pub fn format_go_f(value: f64) -> String {
     }
 }
 
+/// Formats a sample value the way Prometheus's HTTP API writes one (its `MarshalValue`):
+/// Go's shortest `'f'` form, or its `'e'` form below 1e-6 and from 1e21 in magnitude, so
+/// `0.25`, `1e-07`, `1.7976931348623157e+308`.
+pub fn format_api_value(value: f64) -> String {
+    let magnitude = value.abs();
+    if value.is_finite() && magnitude != 0.0 && !(1e-6..1e21).contains(&magnitude) {
+        let scientific = format!("{value:e}");
+        if let Some((mantissa, exponent)) = scientific.split_once('e') {
+            let exponent: i32 = exponent.parse().unwrap_or(0);
+            let sign = if exponent < 0 { '-' } else { '+' };
+            return format!("{mantissa}e{sign}{:02}", exponent.abs());
+        }
+    }
+    format_go_f(value)
+}
+
 /// Formats a float the way Prometheus writes `le` and `quantile` label values (Go's
 /// `strconv.FormatFloat(v, 'g', -1, 64)`), so series built by Meerkat carry exactly the
 /// label values Prometheus would give them: `0.005`, `100000`, `1e+06`, `+Inf`.
@@ -435,6 +451,27 @@ impl MetricBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_values_are_written_as_prometheus_writes_them() {
+        let cases = [
+            (0.25, "0.25"),
+            (0.0, "0"),
+            (-0.0, "-0"),
+            (1e-6, "0.000001"),
+            (1e-7, "1e-07"),
+            (-2.5e-9, "-2.5e-09"),
+            (123456789.0, "123456789"),
+            (1e20, "100000000000000000000"),
+            (1e21, "1e+21"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (f64::NAN, "NaN"),
+            (f64::NEG_INFINITY, "-Inf"),
+        ];
+        for (value, text) in cases {
+            assert_eq!(format_api_value(value), text, "{value}");
+        }
+    }
 
     fn integer_histogram(count: u64, positive_deltas: Vec<i64>, length: u32) -> NativeHistogram {
         NativeHistogram {

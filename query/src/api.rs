@@ -14,7 +14,7 @@ use serde_json::{Value as Json, json};
 use crate::QueryService;
 use crate::error::{ErrorType, QueryError, bad};
 use crate::http::{parse_duration, tenant_of, timeout};
-use crate::promql::{self, EvalError, LabelSet, Steps, Value};
+use crate::promql::{self, EvalError, Histogram, LabelSet, Steps, Value};
 
 /// Prometheus refuses range queries of more points than this per series.
 const MAX_POINTS: i64 = 11_000;
@@ -144,10 +144,19 @@ struct Matrix {
     result_type: &'static str,
 }
 
-/// `{"metric": {...}, "values": [[seconds, "value"], ...]}`.
+/// `{"metric": {...}, "values": [[seconds, "value"], ...], "histograms": [[seconds,
+/// {...}], ...]}`, each list only when the series has points of its kind, as Prometheus
+/// writes a series.
 struct MatrixSeries {
     labels: LabelSet,
     points: Vec<(i64, f64)>,
+    histograms: Vec<(i64, Histogram)>,
+}
+
+impl MatrixSeries {
+    fn is_empty(&self) -> bool {
+        self.points.is_empty() && self.histograms.is_empty()
+    }
 }
 
 impl Serialize for MatrixSeries {
@@ -165,9 +174,77 @@ impl Serialize for MatrixSeries {
                 serializer.collect_seq(self.0.iter().map(|(t, v)| point(*t, *v)))
             }
         }
-        let mut map = serializer.serialize_map(Some(2))?;
+        struct Histograms<'a>(&'a [(i64, Histogram)]);
+        impl Serialize for Histograms<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(
+                    self.0
+                        .iter()
+                        .map(|(t, h)| (Timestamp(*t), HistogramJson(h))),
+                )
+            }
+        }
+        let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("metric", &Labels(&self.labels))?;
-        map.serialize_entry("values", &Points(&self.points))?;
+        if !self.points.is_empty() {
+            map.serialize_entry("values", &Points(&self.points))?;
+        }
+        if !self.histograms.is_empty() {
+            map.serialize_entry("histograms", &Histograms(&self.histograms))?;
+        }
+        map.end()
+    }
+}
+
+/// A sample time as Prometheus writes it: seconds, a whole number when it is one.
+#[derive(Clone, Copy)]
+pub(crate) struct Timestamp(pub(crate) i64);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0 % 1000 == 0 {
+            serializer.serialize_i64(self.0 / 1000)
+        } else {
+            serializer.serialize_f64(self.0 as f64 / 1000.0)
+        }
+    }
+}
+
+/// A native histogram as Prometheus writes it: `{"count": "…", "sum": "…", "buckets":
+/// [[boundaries, "lower", "upper", "count"], …]}`, the populated buckets only, and
+/// `boundaries` 0 (lower open, upper closed), 1 (lower closed, upper open), 2 (both open)
+/// or 3 (both closed).
+struct HistogramJson<'a>(&'a model::FloatHistogram);
+
+impl Serialize for HistogramJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let h = self.0;
+        let buckets: Vec<(u8, String, String, String)> = h
+            .all_buckets()
+            .into_iter()
+            .filter(|b| b.count != 0.0)
+            .map(|b| {
+                let boundaries = match (b.lower_inclusive, b.upper_inclusive) {
+                    (false, true) => 0,
+                    (true, false) => 1,
+                    (false, false) => 2,
+                    (true, true) => 3,
+                };
+                (
+                    boundaries,
+                    model::format_api_value(b.lower),
+                    model::format_api_value(b.upper),
+                    model::format_api_value(b.count),
+                )
+            })
+            .collect();
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("count", &model::format_api_value(h.count))?;
+        map.serialize_entry("sum", &model::format_api_value(h.sum))?;
+        if !buckets.is_empty() {
+            map.serialize_entry("buckets", &buckets)?;
+        }
         map.end()
     }
 }
@@ -253,20 +330,20 @@ async fn answer(
 }
 
 fn seconds(t: i64) -> Json {
-    json!(epoch_seconds(t))
-}
-
-fn epoch_seconds(t: i64) -> f64 {
-    t as f64 / 1000.0
+    json!(Timestamp(t))
 }
 
 /// A sample as Prometheus writes it: seconds as a number, the value as a string.
-fn point(t: i64, v: f64) -> (f64, String) {
-    (epoch_seconds(t), model::format_go_f(v))
+fn point(t: i64, v: f64) -> (Timestamp, String) {
+    (Timestamp(t), model::format_api_value(v))
 }
 
 fn sample(t: i64, v: f64) -> Json {
     json!(point(t, v))
+}
+
+fn histogram_sample(t: i64, h: &model::FloatHistogram) -> Json {
+    json!((Timestamp(t), HistogramJson(h)))
 }
 
 fn metric(labels: &[(String, String)]) -> Json {
@@ -289,21 +366,25 @@ fn instant_json(value: Value, at: i64) -> Json {
             "resultType": "vector",
             "result": series
                 .iter()
-                .filter_map(|s| {
-                    s.points.first().copied().flatten().map(|v| {
-                        json!({"metric": metric(&s.labels), "value": sample(at, v)})
-                    })
+                .filter_map(|s| match (s.points.first().copied().flatten(), s.histogram(0)) {
+                    (Some(v), _) => Some(json!({"metric": metric(&s.labels), "value": sample(at, v)})),
+                    (None, Some(h)) => Some(json!({
+                        "metric": metric(&s.labels),
+                        "histogram": histogram_sample(at, h),
+                    })),
+                    (None, None) => None,
                 })
                 .collect::<Vec<_>>(),
         }),
         Value::Matrix(series) => json!({
             "resultType": "matrix",
             "result": series
-                .iter()
-                .map(|s| json!({
-                    "metric": metric(&s.labels),
-                    "values": s.samples.iter().map(|(t, v)| sample(*t, *v)).collect::<Vec<_>>(),
-                }))
+                .into_iter()
+                .map(|s| MatrixSeries {
+                    labels: s.labels,
+                    points: s.samples,
+                    histograms: s.histograms,
+                })
                 .collect::<Vec<_>>(),
         }),
     }
@@ -317,6 +398,7 @@ fn range_matrix(value: Value, steps: &Steps) -> Result<Matrix, QueryError> {
         Value::Scalar(values) => vec![MatrixSeries {
             labels: Vec::new(),
             points: times.iter().copied().zip(values).collect(),
+            histograms: Vec::new(),
         }],
         Value::Vector(series) => series
             .into_iter()
@@ -325,6 +407,11 @@ fn range_matrix(value: Value, steps: &Steps) -> Result<Matrix, QueryError> {
                     .iter()
                     .zip(&s.points)
                     .filter_map(|(t, p)| p.map(|v| (*t, v)))
+                    .collect(),
+                histograms: times
+                    .iter()
+                    .zip(&s.histograms)
+                    .filter_map(|(t, h)| h.clone().map(|h| (*t, h)))
                     .collect(),
                 labels: s.labels,
             })
@@ -336,7 +423,7 @@ fn range_matrix(value: Value, steps: &Steps) -> Result<Matrix, QueryError> {
             )));
         }
     };
-    series.retain(|s| !s.points.is_empty());
+    series.retain(|s| !s.is_empty());
     series.sort_by(|a, b| a.labels.cmp(&b.labels));
     Ok(Matrix {
         result_type: "matrix",

@@ -117,8 +117,8 @@ async fn answer(
                     .into_iter()
                     .map(|(t, v, labels)| json!({
                         "labels": object(&labels),
-                        "value": model::format_go_f(v),
-                        "timestamp": t as f64 / 1000.0,
+                        "value": model::format_api_value(v),
+                        "timestamp": crate::api::Timestamp(t),
                     }))
                     .collect::<Vec<_>>(),
             })

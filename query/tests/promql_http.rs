@@ -180,7 +180,7 @@ async fn instant_and_range_queries_answer_as_prometheus_does() {
     assert_eq!(
         body,
         json!({"status": "success", "data": {"resultType": "vector", "result": [
-            {"metric": {"__name__": "up", "job": "api"}, "value": [1_700_000_120.0, "1"]}
+            {"metric": {"__name__": "up", "job": "api"}, "value": [1_700_000_120, "1"]}
         ]}})
     );
 
@@ -216,7 +216,7 @@ async fn instant_and_range_queries_answer_as_prometheus_does() {
     .await;
     assert_eq!(
         body["data"],
-        json!({"resultType": "scalar", "result": [1_700_000_120.0, "3"]})
+        json!({"resultType": "scalar", "result": [1_700_000_120, "3"]})
     );
 
     // A range query: one point per step where the series has a value, as strings.
@@ -236,7 +236,7 @@ async fn instant_and_range_queries_answer_as_prometheus_does() {
     assert_eq!(
         body["data"],
         json!({"resultType": "matrix", "result": [{"metric": {"job": "api"}, "values": [
-            [1_700_000_000.0, "2"], [1_700_000_120.0, "2"], [1_700_000_240.0, "2"]
+            [1_700_000_000, "2"], [1_700_000_120, "2"], [1_700_000_240, "2"]
         ]}]})
     );
     // The matrix is serialized without a JSON tree; its bytes stay those of one (keys in
@@ -655,8 +655,8 @@ async fn exemplars_of_the_selected_series_answer_as_prometheus_does() {
         json!({"status": "success", "data": [{
             "seriesLabels": {"__name__": "requests_total", "job": "api"},
             "exemplars": [
-                {"labels": {"trace_id": "abc"}, "value": "10", "timestamp": 1_700_000_060.0},
-                {"labels": {"trace_id": "def"}, "value": "50", "timestamp": 1_700_000_300.0}
+                {"labels": {"trace_id": "abc"}, "value": "10", "timestamp": 1_700_000_060},
+                {"labels": {"trace_id": "def"}, "value": "50", "timestamp": 1_700_000_300}
             ]
         }]})
     );

@@ -13,7 +13,8 @@ use promql_parser::parser::{
 
 use super::functions;
 use super::value::{
-    LabelSet, METRIC_NAME, RangeSeries, Series, Value, VectorBuilder, drop_name, label,
+    Histogram, LabelSet, METRIC_NAME, RangeSeries, Series, Value, VectorBuilder, drop_name,
+    label,
 };
 use super::{EvalError, Fetched, LOOKBACK_MS, Steps, at_ms, millis, offset_ms};
 
@@ -126,12 +127,70 @@ impl RangeInput<'_> {
         (end - self.range_ms, end)
     }
 
-    /// The samples of `series` in the window at `t`.
+    /// The float samples of `series` in the window at `t`.
     pub fn window<'s>(&self, series: &'s RangeSeries, t: i64) -> &'s [(i64, f64)] {
         let (from, to) = self.bounds(t);
-        let lo = series.samples.partition_point(|(ts, _)| *ts < from);
-        let hi = series.samples.partition_point(|(ts, _)| *ts <= to);
-        &series.samples[lo..hi.max(lo)]
+        within(&series.samples, from, to)
+    }
+
+    /// The native histogram samples of `series` in the window at `t`.
+    pub fn histogram_window<'s>(
+        &self,
+        series: &'s RangeSeries,
+        t: i64,
+    ) -> &'s [(i64, Histogram)] {
+        let (from, to) = self.bounds(t);
+        within(&series.histograms, from, to)
+    }
+}
+
+/// The samples of `samples` (sorted by time) in `[from, to]`.
+fn within<T>(samples: &[(i64, T)], from: i64, to: i64) -> &[(i64, T)] {
+    let lo = samples.partition_point(|(ts, _)| *ts < from);
+    let hi = samples.partition_point(|(ts, _)| *ts <= to);
+    &samples[lo..hi.max(lo)]
+}
+
+/// The newest sample of a series at or before a time, of either kind.
+enum Latest<'s> {
+    Float(i64, f64),
+    Histogram(i64, &'s Histogram),
+}
+
+impl Latest<'_> {
+    fn timestamp(&self) -> i64 {
+        match self {
+            Self::Float(t, _) | Self::Histogram(t, _) => *t,
+        }
+    }
+
+    fn is_stale(&self) -> bool {
+        match self {
+            Self::Float(_, v) => model::is_stale_nan(*v),
+            Self::Histogram(_, h) => h.is_stale(),
+        }
+    }
+}
+
+/// The newest sample of `series` at or before `reference`.
+fn latest(series: &RangeSeries, reference: i64) -> Option<Latest<'_>> {
+    let float = series
+        .samples
+        .partition_point(|(ts, _)| *ts <= reference)
+        .checked_sub(1)
+        .map(|i| Latest::Float(series.samples[i].0, series.samples[i].1));
+    if series.histograms.is_empty() {
+        return float;
+    }
+    let histogram = series
+        .histograms
+        .partition_point(|(ts, _)| *ts <= reference)
+        .checked_sub(1)
+        .map(|i| Latest::Histogram(series.histograms[i].0, &series.histograms[i].1));
+    match (float, histogram) {
+        (Some(f), Some(h)) if h.timestamp() > f.timestamp() => Some(h),
+        (Some(f), _) => Some(f),
+        (None, h) => h,
     }
 }
 
@@ -174,8 +233,9 @@ impl<'a> Evaluator<'a> {
                     .map(|s| RangeSeries {
                         labels: s.labels.clone(),
                         samples: input.window(s, t).to_vec(),
+                        histograms: input.histogram_window(s, t).to_vec(),
                     })
-                    .filter(|s| !s.samples.is_empty())
+                    .filter(|s| !s.samples.is_empty() || !s.histograms.is_empty())
                     .collect();
                 Ok(Value::Matrix(series))
             }
@@ -225,33 +285,65 @@ impl<'a> Evaluator<'a> {
             .map_or(&[], |v| v.as_slice())
     }
 
-    /// An instant selector: at each step the newest sample within the lookback, unless it
-    /// is a staleness marker.
+    /// An instant selector: at each step the newest sample (float or histogram) within
+    /// the lookback, unless it is a staleness marker.
     fn select(&self, vs: &VectorSelector) -> Vec<Series> {
-        self.select_with(vs, |_, v| v)
+        self.select_each(vs, |series, steps| {
+            let mut points = vec![None; steps.len()];
+            let mut histograms = Vec::new();
+            for (step, sample) in steps.iter().enumerate() {
+                match sample {
+                    Some(Latest::Float(_, v)) => points[step] = Some(*v),
+                    Some(Latest::Histogram(_, h)) => {
+                        if histograms.is_empty() {
+                            histograms = vec![None; steps.len()];
+                        }
+                        histograms[step] = Some(Histogram::clone(h));
+                    }
+                    None => {}
+                }
+            }
+            Series {
+                labels: series.labels.clone(),
+                points,
+                histograms,
+            }
+        })
     }
 
-    /// An instant selector's series, each point `f(sample time, sample value)`.
-    pub fn select_with(&self, vs: &VectorSelector, f: impl Fn(i64, f64) -> f64) -> Vec<Series> {
+    /// An instant selector's series with each sample's time (in seconds) as its value:
+    /// `timestamp()` of a selector.
+    pub fn select_timestamps(&self, vs: &VectorSelector) -> Vec<Series> {
+        self.select_each(vs, |series, steps| {
+            let points = steps
+                .iter()
+                .map(|s| s.as_ref().map(|s| s.timestamp() as f64 / 1000.0))
+                .collect();
+            Series::floats(series.labels.clone(), points)
+        })
+    }
+
+    /// Each series of an instant selector made by `make` from its live sample at every
+    /// step (`None` where it has none, or only a staleness marker); series with no sample
+    /// at any step are left out.
+    fn select_each<'s>(
+        &'s self,
+        vs: &VectorSelector,
+        make: impl Fn(&'s RangeSeries, &[Option<Latest<'s>>]) -> Series,
+    ) -> Vec<Series> {
         let at = at_ms(&vs.at, &self.query);
         let offset = offset_ms(&vs.offset);
         let mut out = Vec::new();
+        let mut steps: Vec<Option<Latest<'s>>> = Vec::with_capacity(self.times.len());
         for series in self.fetched(vs) {
-            let points: Vec<Option<f64>> = self
-                .times
-                .iter()
-                .map(|t| {
-                    let reference = at.unwrap_or(*t) - offset;
-                    let after = series.samples.partition_point(|(ts, _)| *ts <= reference);
-                    let (ts, v) = *series.samples.get(after.checked_sub(1)?)?;
-                    (ts >= reference - LOOKBACK_MS && !model::is_stale_nan(v)).then(|| f(ts, v))
-                })
-                .collect();
-            if points.iter().any(Option::is_some) {
-                out.push(Series {
-                    labels: series.labels.clone(),
-                    points,
-                });
+            steps.clear();
+            steps.extend(self.times.iter().map(|t| {
+                let reference = at.unwrap_or(*t) - offset;
+                latest(series, reference)
+                    .filter(|s| s.timestamp() >= reference - LOOKBACK_MS && !s.is_stale())
+            }));
+            if steps.iter().any(Option::is_some) {
+                out.push(make(series, &steps));
             }
         }
         out
@@ -265,7 +357,9 @@ impl<'a> Evaluator<'a> {
                     .fetched(vs)
                     .iter()
                     .map(|s| {
-                        if s.samples.iter().any(|(_, v)| model::is_stale_nan(*v)) {
+                        let stale_float = s.samples.iter().any(|(_, v)| model::is_stale_nan(*v));
+                        let stale_histogram = s.histograms.iter().any(|(_, h)| h.is_stale());
+                        if stale_float || stale_histogram {
                             Cow::Owned(RangeSeries {
                                 labels: s.labels.clone(),
                                 samples: s
@@ -273,6 +367,12 @@ impl<'a> Evaluator<'a> {
                                     .iter()
                                     .copied()
                                     .filter(|(_, v)| !model::is_stale_nan(*v))
+                                    .collect(),
+                                histograms: s
+                                    .histograms
+                                    .iter()
+                                    .filter(|(_, h)| !h.is_stale())
+                                    .cloned()
                                     .collect(),
                             })
                         } else {
@@ -322,18 +422,23 @@ impl<'a> Evaluator<'a> {
             Value::Vector(series) => series
                 .into_iter()
                 .map(|s| RangeSeries {
-                    labels: s.labels,
                     samples: times
                         .iter()
-                        .zip(s.points)
+                        .zip(&s.points)
                         .filter_map(|(t, p)| p.map(|v| (*t, v)))
                         .collect(),
+                    histograms: times
+                        .iter()
+                        .zip(&s.histograms)
+                        .filter_map(|(t, h)| h.clone().map(|h| (*t, h)))
+                        .collect(),
+                    labels: s.labels,
                 })
                 .collect(),
-            Value::Scalar(values) => vec![RangeSeries {
-                labels: Vec::new(),
-                samples: times.iter().copied().zip(values).collect(),
-            }],
+            Value::Scalar(values) => vec![RangeSeries::floats(
+                Vec::new(),
+                times.iter().copied().zip(values).collect(),
+            )],
             other => return Err(type_error("a subquery", &other)),
         };
         Ok(RangeInput {
@@ -425,14 +530,64 @@ impl<'a> Evaluator<'a> {
         let mut group_points: Vec<Vec<Option<f64>>> =
             vec![Vec::new(); if selecting { 0 } else { keys.len() }];
         let mut values: Vec<f64> = Vec::new();
+        // Native histograms count in `count` and `group`, and add up in `sum` (a group of
+        // floats and histograms has no sum); the other aggregations take floats only.
+        let histogram_aware = matches!(op, token::T_SUM | token::T_COUNT | token::T_GROUP)
+            && input.iter().any(Series::has_histograms);
+        let mut histogram_members: Vec<Vec<usize>> =
+            vec![Vec::new(); if histogram_aware { keys.len() } else { 0 }];
+        let mut group_histograms: Vec<Vec<Option<Histogram>>> =
+            vec![Vec::new(); histogram_members.len()];
         for step in 0..steps {
             for (i, series) in input.iter().enumerate() {
                 if let Some(v) = series.points[step] {
                     members[group_of[i]].push((i, v));
+                } else if histogram_aware && series.histogram(step).is_some() {
+                    histogram_members[group_of[i]].push(i);
                 }
             }
             let param = param.as_ref().map(|p| p[step]);
             for (group, elements) in members.iter_mut().enumerate() {
+                let histograms = histogram_members
+                    .get_mut(group)
+                    .map(std::mem::take)
+                    .unwrap_or_default();
+                if !histograms.is_empty() {
+                    let value = match op {
+                        token::T_COUNT => Some((elements.len() + histograms.len()) as f64),
+                        token::T_GROUP => Some(1.0),
+                        _ => None,
+                    };
+                    if op == token::T_SUM && elements.is_empty() {
+                        let sum = histograms
+                            .iter()
+                            .filter_map(|i| input[*i].histogram(step))
+                            .fold(None, |sum: Option<model::FloatHistogram>, h| {
+                                Some(match sum {
+                                    None => model::FloatHistogram::clone(h),
+                                    Some(mut sum) => {
+                                        sum.add(h);
+                                        sum
+                                    }
+                                })
+                            });
+                        let slot = &mut group_histograms[group];
+                        if slot.is_empty() {
+                            *slot = vec![None; steps];
+                        }
+                        slot[step] = sum.map(std::sync::Arc::new);
+                    }
+                    if let Some(value) = value {
+                        let points = &mut group_points[group];
+                        if points.is_empty() {
+                            *points = vec![None; steps];
+                        }
+                        points[step] = Some(value);
+                    }
+                    // A sum of floats and histograms has no value.
+                    elements.clear();
+                    continue;
+                }
                 if elements.is_empty() {
                     continue;
                 }
@@ -504,10 +659,22 @@ impl<'a> Evaluator<'a> {
                 }
             }
         } else {
+            let mut group_histograms = group_histograms.into_iter();
             for (key, points) in keys.into_iter().zip(group_points) {
-                if !points.is_empty() {
-                    builder.push_series(key, points)?;
+                let histograms = group_histograms.next().unwrap_or_default();
+                if points.is_empty() && histograms.is_empty() {
+                    continue;
                 }
+                let points = if points.is_empty() {
+                    vec![None; steps]
+                } else {
+                    points
+                };
+                builder.push_whole(Series {
+                    labels: key,
+                    points,
+                    histograms,
+                })?;
             }
         }
         Ok(Value::Vector(builder.finish()))
@@ -605,28 +772,34 @@ impl<'a> Evaluator<'a> {
                 series
                     .iter()
                     .zip(signatures)
-                    .filter(|(s, _)| s.points[step].is_some())
+                    .filter(|(s, _)| s.present(step))
                     .map(|(_, sig)| sig.clone())
                     .collect()
             };
             let right = present(rhs, &right_signatures);
             for (s, sig) in lhs.iter().zip(&left_signatures) {
-                let Some(v) = s.points[step] else { continue };
+                if !s.present(step) {
+                    continue;
+                }
                 let keep = match op {
                     token::T_LAND => right.contains(sig),
                     token::T_LUNLESS => !right.contains(sig),
                     _ => true,
                 };
                 if keep {
-                    builder.push(s.labels.clone(), step, v)?;
+                    builder.push_value(s.labels.clone(), step, s.points[step], s.histogram(step))?;
                 }
             }
             if op == token::T_LOR {
                 let left = present(lhs, &left_signatures);
                 for (s, sig) in rhs.iter().zip(&right_signatures) {
-                    let Some(v) = s.points[step] else { continue };
-                    if !left.contains(sig) {
-                        builder.push(s.labels.clone(), step, v)?;
+                    if s.present(step) && !left.contains(sig) {
+                        builder.push_value(
+                            s.labels.clone(),
+                            step,
+                            s.points[step],
+                            s.histogram(step),
+                        )?;
                     }
                 }
             }
@@ -650,9 +823,11 @@ impl<'a> Evaluator<'a> {
         let (many, one) = if one_to_many { (rhs, lhs) } else { (lhs, rhs) };
         let mut builder = VectorBuilder::new(self.times.len());
         for step in 0..self.times.len() {
-            let mut one_side: HashMap<LabelSet, (&LabelSet, f64)> = HashMap::new();
+            let mut one_side: HashMap<LabelSet, (&LabelSet, Operand<'_>)> = HashMap::new();
             for s in one {
-                let Some(v) = s.points[step] else { continue };
+                let Some(v) = Operand::of(s, step) else {
+                    continue;
+                };
                 let sig = signature(&s.labels, matching);
                 if one_side.insert(sig.clone(), (&s.labels, v)).is_some() {
                     let side = if one_to_many { "left" } else { "right" };
@@ -665,7 +840,9 @@ impl<'a> Evaluator<'a> {
             }
             let mut matched: HashMap<LabelSet, ()> = HashMap::new();
             for s in many {
-                let Some(v) = s.points[step] else { continue };
+                let Some(v) = Operand::of(s, step) else {
+                    continue;
+                };
                 let sig = signature(&s.labels, matching);
                 let Some((one_labels, one_value)) = one_side.get(&sig) else {
                     continue;
@@ -675,13 +852,23 @@ impl<'a> Evaluator<'a> {
                 } else {
                     (v, *one_value)
                 };
-                let (value, keep) = apply(op, vl, vr);
-                let value = if return_bool {
-                    if keep { 1.0 } else { 0.0 }
-                } else if !keep {
-                    continue;
-                } else {
-                    value
+                // Of two histograms only a sum means something; a histogram and a float
+                // have no result (Prometheus 2.42 checks matching first, then drops).
+                let result = match (vl, vr) {
+                    (Operand::Float(l), Operand::Float(r)) => {
+                        let (value, keep) = apply(op, l, r);
+                        if return_bool {
+                            Some(Operand::Float(if keep { 1.0 } else { 0.0 }))
+                        } else if !keep {
+                            continue;
+                        } else {
+                            Some(Operand::Float(value))
+                        }
+                    }
+                    (Operand::Histogram(_), Operand::Histogram(_)) if op == token::T_ADD => {
+                        Some(vl)
+                    }
+                    _ => None,
                 };
                 let labels = result_labels(&s.labels, one_labels, op, matching, card, return_bool);
                 if matches!(card, VectorMatchCardinality::OneToOne) {
@@ -696,10 +883,37 @@ impl<'a> Evaluator<'a> {
                             .into(),
                     ));
                 }
-                builder.push(labels, step, value)?;
+                match (result, vl, vr) {
+                    (Some(Operand::Float(value)), _, _) => builder.push(labels, step, value)?,
+                    (Some(_), Operand::Histogram(l), Operand::Histogram(r)) => {
+                        // The coarser one takes the finer (Prometheus's order of operands).
+                        let (base, other) = if r.schema >= l.schema { (l, r) } else { (r, l) };
+                        let mut sum = model::FloatHistogram::clone(base);
+                        sum.add(other);
+                        builder.push_histogram(labels, step, std::sync::Arc::new(sum))?;
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(Value::Vector(builder.finish()))
+    }
+}
+
+/// One side's value at a step in a binary operation between vectors.
+#[derive(Clone, Copy)]
+enum Operand<'s> {
+    Float(f64),
+    Histogram(&'s Histogram),
+}
+
+impl<'s> Operand<'s> {
+    fn of(series: &'s Series, step: usize) -> Option<Self> {
+        match (series.points[step], series.histogram(step)) {
+            (Some(v), _) => Some(Self::Float(v)),
+            (None, Some(h)) => Some(Self::Histogram(h)),
+            (None, None) => None,
+        }
     }
 }
 

@@ -4,9 +4,16 @@ use chrono::{DateTime, Datelike, Timelike};
 use promql_parser::parser::{Call, Expr};
 use regex::Regex;
 
+use std::sync::Arc;
+
+use model::FloatHistogram;
+
 use super::EvalError;
 use super::eval::{Evaluator, RangeInput, map_parallel, mean, type_error, variance};
-use super::value::{LabelSet, METRIC_NAME, Series, Value, VectorBuilder, drop_name, set_label};
+use super::value::{
+    Histogram, LabelSet, METRIC_NAME, RangeSeries, Series, Value, VectorBuilder, drop_name,
+    set_label,
+};
 
 pub(super) fn call(ev: &Evaluator<'_>, call: &Call) -> Result<Value, EvalError> {
     let name = call.func.name;
@@ -46,14 +53,18 @@ pub(super) fn call(ev: &Evaluator<'_>, call: &Call) -> Result<Value, EvalError> 
             let present: Vec<bool> = ev
                 .times
                 .iter()
-                .map(|t| input.series.iter().any(|s| !input.window(s, *t).is_empty()))
+                .map(|t| {
+                    input.series.iter().any(|s| {
+                        !input.window(s, *t).is_empty() || !input.histogram_window(s, *t).is_empty()
+                    })
+                })
                 .collect();
             Ok(absent(arg(0)?, &present))
         }
         "absent" => {
             let input = ev.vector_arg(arg(0)?)?;
             let present: Vec<bool> = (0..ev.times.len())
-                .map(|step| input.iter().any(|s| s.points[step].is_some()))
+                .map(|step| input.iter().any(|s| s.present(step)))
                 .collect();
             Ok(absent(arg(0)?, &present))
         }
@@ -106,19 +117,20 @@ pub(super) fn call(ev: &Evaluator<'_>, call: &Call) -> Result<Value, EvalError> 
         )),
         "vector" => {
             let values = ev.scalar_arg(arg(0)?)?;
-            Ok(Value::Vector(vec![Series {
-                labels: Vec::new(),
-                points: values.into_iter().map(Some).collect(),
-            }]))
+            Ok(Value::Vector(vec![Series::floats(
+                Vec::new(),
+                values.into_iter().map(Some).collect(),
+            )]))
         }
         "scalar" => {
             let input = ev.vector_arg(arg(0)?)?;
             Ok(Value::Scalar(
                 (0..ev.times.len())
                     .map(|step| {
-                        let mut present = input.iter().filter_map(|s| s.points[step]);
+                        // One sample of either kind; a histogram has no scalar value.
+                        let mut present = input.iter().filter(|s| s.present(step));
                         match (present.next(), present.next()) {
-                            (Some(v), None) => v,
+                            (Some(s), None) => s.points[step].unwrap_or(f64::NAN),
                             _ => f64::NAN,
                         }
                     })
@@ -150,14 +162,23 @@ pub(super) fn call(ev: &Evaluator<'_>, call: &Call) -> Result<Value, EvalError> 
             let q = ev.scalar_arg(arg(0)?)?;
             histogram_quantile(ev, &q, ev.vector_arg(arg(1)?)?)
         }
+        "histogram_count" => map_histograms(ev.vector_arg(arg(0)?)?, |_, h| h.count),
+        "histogram_sum" => map_histograms(ev.vector_arg(arg(0)?)?, |_, h| h.sum),
+        "histogram_fraction" => {
+            let lower = ev.scalar_arg(arg(0)?)?;
+            let upper = ev.scalar_arg(arg(1)?)?;
+            map_histograms(ev.vector_arg(arg(2)?)?, |step, h| {
+                histogram_fraction(lower[step], upper[step], h)
+            })
+        }
         "minute" | "hour" | "day_of_month" | "day_of_week" | "day_of_year" | "days_in_month"
         | "month" | "year" => {
             let input = match args.first() {
                 Some(e) => ev.vector_arg(e)?,
-                None => vec![Series {
-                    labels: Vec::new(),
-                    points: ev.times.iter().map(|t| Some(*t as f64 / 1000.0)).collect(),
-                }],
+                None => vec![Series::floats(
+                    Vec::new(),
+                    ev.times.iter().map(|t| Some(*t as f64 / 1000.0)).collect(),
+                )],
             };
             map_values(input, |_, v| date_part(name, v))
         }
@@ -244,8 +265,11 @@ fn range_function(
     input: &RangeInput,
     param: impl Fn(usize) -> Option<f64> + Sync,
 ) -> Result<Value, EvalError> {
-    let points = map_parallel(&input.series, ev.times.len(), |series| {
+    let results = map_parallel(&input.series, ev.times.len(), |series| {
         let mut points = vec![None; ev.times.len()];
+        if !series.histograms.is_empty() {
+            return range_histogram_values(ev, name, input, series, &param);
+        }
         for (step, t) in ev.times.iter().enumerate() {
             let window = input.window(series, *t);
             if window.is_empty() {
@@ -254,19 +278,65 @@ fn range_function(
             let (from, to) = input.bounds(*t);
             points[step] = range_value(name, window, from, to, *t, param(step));
         }
-        points
+        (points, Vec::new())
     });
     let mut builder = VectorBuilder::new(ev.times.len());
-    for (series, points) in input.series.iter().zip(points) {
+    for (series, (points, histograms)) in input.series.iter().zip(results) {
         // last_over_time keeps the metric name (Prometheus 2.42).
         let labels = if name == "last_over_time" {
             series.labels.clone()
         } else {
             drop_name(&series.labels)
         };
-        builder.push_series(labels, points)?;
+        builder.push_whole(Series {
+            labels,
+            points,
+            histograms,
+        })?;
     }
     Ok(Value::Vector(builder.finish()))
+}
+
+/// A range function over a series that has native histogram samples: `rate`, `increase`
+/// and `delta` of a window of histograms are histograms (of a window of both kinds,
+/// nothing, as in Prometheus); `count_over_time` and `present_over_time` count samples
+/// of both kinds; the other functions take the float samples only.
+fn range_histogram_values(
+    ev: &Evaluator<'_>,
+    name: &str,
+    input: &RangeInput,
+    series: &RangeSeries,
+    param: &impl Fn(usize) -> Option<f64>,
+) -> (Vec<Option<f64>>, Vec<Option<Histogram>>) {
+    let steps = ev.times.len();
+    let mut points = vec![None; steps];
+    let mut histograms = vec![None; steps];
+    for (step, t) in ev.times.iter().enumerate() {
+        let floats = input.window(series, *t);
+        let hists = input.histogram_window(series, *t);
+        let (from, to) = input.bounds(*t);
+        match name {
+            "rate" | "increase" | "delta" if !hists.is_empty() => {
+                if floats.is_empty() {
+                    let counter = name != "delta";
+                    histograms[step] = histogram_extrapolated(hists, from, to, counter, name == "rate")
+                        .map(Arc::new);
+                }
+            }
+            "count_over_time" | "present_over_time" if !floats.is_empty() || !hists.is_empty() => {
+                points[step] = Some(if name == "count_over_time" {
+                    (floats.len() + hists.len()) as f64
+                } else {
+                    1.0
+                });
+            }
+            _ if !floats.is_empty() => {
+                points[step] = range_value(name, floats, from, to, *t, param(step));
+            }
+            _ => {}
+        }
+    }
+    (points, histograms)
 }
 
 /// A range function's value over one non-empty window ending at step time `t`, with the
@@ -357,12 +427,72 @@ fn extrapolated(
             previous = *v;
         }
     }
-    let mut to_start = (first.0 - range_start) as f64 / 1000.0;
-    let to_end = (range_end - last.0) as f64 / 1000.0;
-    let sampled = (last.0 - first.0) as f64 / 1000.0;
-    let average_gap = sampled / (window.len() - 1) as f64;
-    if counter && result > 0.0 && first.1 >= 0.0 {
-        let to_zero = sampled * (first.1 / result);
+    // A counter cannot go below zero: extrapolation stops where it would reach it.
+    let zero_point = (counter && result > 0.0 && first.1 >= 0.0).then(|| first.1 / result);
+    let window_times = (first.0, last.0, window.len());
+    Some(result * extrapolation(window_times, range_start, range_end, zero_point, per_second))
+}
+
+/// `rate`, `increase` and `delta` of native histograms: the last histogram less the
+/// first, at the lowest resolution in the window, plus every histogram before a counter
+/// reset, extrapolated as floats are (without the stop at zero, as in Prometheus 2.42).
+fn histogram_extrapolated(
+    window: &[(i64, Histogram)],
+    range_start: i64,
+    range_end: i64,
+    counter: bool,
+    per_second: bool,
+) -> Option<FloatHistogram> {
+    if window.len() < 2 {
+        return None;
+    }
+    let (first, last) = (&window[0], &window[window.len() - 1]);
+    let mut schema = first.1.schema.min(last.1.schema);
+    if counter {
+        for (_, h) in &window[1..window.len() - 1] {
+            schema = schema.min(h.schema);
+        }
+    }
+    let mut result = last.1.copy_to_schema(schema);
+    result.sub(&first.1);
+    if counter {
+        let mut previous = &first.1;
+        for (_, current) in &window[1..] {
+            if current.detect_reset(previous) {
+                result.add(previous);
+            }
+            previous = current;
+        }
+    }
+    result.compact();
+    let window_times = (first.0, last.0, window.len());
+    result.scale(extrapolation(
+        window_times,
+        range_start,
+        range_end,
+        None,
+        per_second,
+    ));
+    Some(result)
+}
+
+/// Prometheus's extrapolation of a change over a window `(first time, last time, samples)`
+/// to the edges of `[range_start, range_end]`: the factor to multiply the change by (and
+/// per second, for a rate). `zero_point` is where a counter would reach zero before the
+/// first sample, as a fraction of the sampled interval.
+fn extrapolation(
+    (first, last, samples): (i64, i64, usize),
+    range_start: i64,
+    range_end: i64,
+    zero_point: Option<f64>,
+    per_second: bool,
+) -> f64 {
+    let mut to_start = (first - range_start) as f64 / 1000.0;
+    let to_end = (range_end - last) as f64 / 1000.0;
+    let sampled = (last - first) as f64 / 1000.0;
+    let average_gap = sampled / (samples - 1) as f64;
+    if let Some(fraction) = zero_point {
+        let to_zero = sampled * fraction;
         if to_zero < to_start {
             to_start = to_zero;
         }
@@ -379,11 +509,11 @@ fn extrapolated(
     } else {
         average_gap / 2.0
     };
-    result *= interval / sampled;
+    let mut factor = interval / sampled;
     if per_second {
-        result /= (range_end - range_start) as f64 / 1000.0;
+        factor /= (range_end - range_start) as f64 / 1000.0;
     }
-    Some(result)
+    factor
 }
 
 /// `irate` and `idelta`: from the last two samples.
@@ -532,7 +662,7 @@ fn absent(arg: &Expr, present: &[bool]) -> Value {
     if points.iter().all(Option::is_none) {
         return Value::Vector(Vec::new());
     }
-    Value::Vector(vec![Series { labels, points }])
+    Value::Vector(vec![Series::floats(labels, points)])
 }
 
 fn timestamp(ev: &Evaluator<'_>, arg: &Expr) -> Result<Value, EvalError> {
@@ -542,10 +672,18 @@ fn timestamp(ev: &Evaluator<'_>, arg: &Expr) -> Result<Value, EvalError> {
         inner = &p.expr;
     }
     let input = match inner {
-        Expr::VectorSelector(vs) => ev.select_with(vs, |ts, _| ts as f64 / 1000.0),
+        Expr::VectorSelector(vs) => ev.select_timestamps(vs),
         other => {
+            // Samples of either kind have the step's time.
             let input = ev.vector_arg(other)?;
-            return map_values(input, |step, _| ev.times[step] as f64 / 1000.0);
+            let mut builder = VectorBuilder::new(ev.times.len());
+            for series in input {
+                let points = (0..ev.times.len())
+                    .map(|step| series.present(step).then(|| ev.times[step] as f64 / 1000.0))
+                    .collect();
+                builder.push_series(drop_name(&series.labels), points)?;
+            }
+            return Ok(Value::Vector(builder.finish()));
         }
     };
     map_values(input, |_, v| v)
@@ -586,10 +724,9 @@ fn relabel(
     change: impl Fn(&mut LabelSet),
 ) -> Result<Value, EvalError> {
     let mut builder = VectorBuilder::new(ev.times.len());
-    for series in ev.vector_arg(arg)? {
-        let mut labels = series.labels;
-        change(&mut labels);
-        builder.push_series(labels, series.points)?;
+    for mut series in ev.vector_arg(arg)? {
+        change(&mut series.labels);
+        builder.push_whole(series)?;
     }
     Ok(Value::Vector(builder.finish()))
 }
@@ -628,7 +765,9 @@ fn string_args(ev: &Evaluator<'_>, args: &[&Expr]) -> Result<Vec<String>, EvalEr
         .collect()
 }
 
-/// `histogram_quantile` over classic buckets (`le` labels), as Prometheus 2.42.
+/// `histogram_quantile` over classic buckets (`le` labels) and native histograms, as
+/// Prometheus 2.42: a native histogram and classic buckets of the same labels at one step
+/// give neither a result.
 fn histogram_quantile(
     ev: &Evaluator<'_>,
     q: &[f64],
@@ -666,6 +805,10 @@ fn histogram_quantile(
     let mut points: Vec<Vec<Option<f64>>> = vec![vec![None; ev.times.len()]; groups.len()];
     let mut per_group: Vec<Vec<(f64, f64)>> = vec![Vec::new(); groups.len()];
     let mut seen: Vec<bool> = vec![false; identity_members.len()];
+    let natives: Vec<usize> = (0..input.len())
+        .filter(|i| input[*i].has_histograms())
+        .collect();
+    let mut native_points: Vec<Vec<Option<f64>>> = vec![vec![None; ev.times.len()]; natives.len()];
     for (step, q) in q.iter().enumerate() {
         for &(i, upper, group, identity) in &buckets_of {
             let Some(v) = input[i].points[step] else {
@@ -681,6 +824,28 @@ fn histogram_quantile(
             }
             per_group[group].push((upper, v));
         }
+        for (native, &i) in natives.iter().enumerate() {
+            let series = &input[i];
+            let Some(h) = series.histogram(step) else {
+                continue;
+            };
+            // Classic buckets of the same name and labels at this step?
+            let name = super::value::label(&series.labels, METRIC_NAME);
+            let conflicting = super::value::label(&series.labels, "le").is_empty()
+                .then(|| group_of.get(&drop_name(&series.labels)).copied())
+                .flatten()
+                .filter(|group| {
+                    buckets_of.iter().any(|&(b, _, g, _)| {
+                        g == *group
+                            && input[b].points[step].is_some()
+                            && super::value::label(&input[b].labels, METRIC_NAME) == name
+                    })
+                });
+            match conflicting {
+                Some(group) => per_group[group].clear(),
+                None => native_points[native][step] = Some(native_quantile(*q, h)),
+            }
+        }
         for (group, buckets) in per_group.iter_mut().enumerate() {
             if !buckets.is_empty() {
                 points[group][step] = Some(bucket_quantile(*q, buckets));
@@ -690,10 +855,128 @@ fn histogram_quantile(
         seen.iter_mut().for_each(|s| *s = false);
     }
     let mut builder = VectorBuilder::new(ev.times.len());
+    for (i, points) in natives.into_iter().zip(native_points) {
+        builder.push_series(drop_name(&input[i].labels), points)?;
+    }
     for (labels, points) in groups.into_iter().zip(points) {
         builder.push_series(labels, points)?;
     }
     Ok(Value::Vector(builder.finish()))
+}
+
+/// Applies `f(step, histogram)` to every native histogram value, the name dropped; float
+/// values are left out (`histogram_count`, `histogram_sum`, `histogram_fraction`).
+fn map_histograms(
+    input: Vec<Series>,
+    f: impl Fn(usize, &FloatHistogram) -> f64,
+) -> Result<Value, EvalError> {
+    let mut builder = VectorBuilder::new(input.first().map_or(0, |s| s.points.len()));
+    for series in input.iter().filter(|s| s.has_histograms()) {
+        let points = series
+            .histograms
+            .iter()
+            .enumerate()
+            .map(|(step, h)| h.as_ref().map(|h| f(step, h)))
+            .collect();
+        builder.push_series(drop_name(&series.labels), points)?;
+    }
+    Ok(Value::Vector(builder.finish()))
+}
+
+/// The bucket an observation of rank `rank` falls in: the first whose cumulative count
+/// reaches it (or the last), with that cumulative count; a histogram with no buckets has
+/// an empty one from 0 to 0, as Prometheus's zero-valued bucket.
+fn rank_bucket(h: &FloatHistogram, rank: f64) -> (model::histogram::Bucket, f64) {
+    let mut found = model::histogram::Bucket {
+        lower: 0.0,
+        upper: 0.0,
+        lower_inclusive: false,
+        upper_inclusive: false,
+        count: 0.0,
+    };
+    let mut count = 0.0;
+    for bucket in h.all_buckets() {
+        found = bucket;
+        count += bucket.count;
+        if count >= rank {
+            break;
+        }
+    }
+    (found, count)
+}
+
+/// A bucket straddling zero (the zero bucket) of a histogram with buckets on one side only
+/// is taken to end at zero on the other.
+fn one_sided(h: &FloatHistogram, mut bucket: model::histogram::Bucket) -> model::histogram::Bucket {
+    if bucket.lower < 0.0 && bucket.upper > 0.0 {
+        if h.negative.is_empty() && !h.positive.is_empty() {
+            bucket.lower = 0.0;
+        } else if h.positive.is_empty() && !h.negative.is_empty() {
+            bucket.upper = 0.0;
+        }
+    }
+    bucket
+}
+
+/// `histogram_quantile` of a native histogram: linear interpolation within the bucket the
+/// rank falls in, as Prometheus 2.42's `histogramQuantile`.
+fn native_quantile(q: f64, h: &FloatHistogram) -> f64 {
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    if h.count == 0.0 || q.is_nan() {
+        return f64::NAN;
+    }
+    let mut rank = q * h.count;
+    let (bucket, count) = rank_bucket(h, rank);
+    let bucket = one_sided(h, bucket);
+    // Rounding may take the buckets' total above the count.
+    let count = count.min(h.count);
+    if count < rank {
+        // Not reached (observations of NaN): the top of the highest bucket.
+        return bucket.upper;
+    }
+    rank -= count - bucket.count;
+    bucket.lower + (bucket.upper - bucket.lower) * (rank / bucket.count)
+}
+
+/// `histogram_fraction`: the share of observations between `lower` and `upper`, buckets
+/// split by linear interpolation, as Prometheus 2.42's `histogramFraction`.
+fn histogram_fraction(lower: f64, upper: f64, h: &FloatHistogram) -> f64 {
+    if h.count == 0.0 || lower.is_nan() || upper.is_nan() {
+        return f64::NAN;
+    }
+    if lower >= upper {
+        return 0.0;
+    }
+    let (mut rank, mut lower_rank, mut upper_rank) = (0.0, None, None);
+    for bucket in h.all_buckets() {
+        let b = one_sided(h, bucket);
+        if lower_rank.is_none() && b.lower >= lower {
+            lower_rank = Some(rank);
+        }
+        if upper_rank.is_none() && b.lower >= upper {
+            upper_rank = Some(rank);
+        }
+        if lower_rank.is_some() && upper_rank.is_some() {
+            break;
+        }
+        if lower_rank.is_none() && b.lower < lower && b.upper > lower {
+            lower_rank = Some(rank + b.count * (lower - b.lower) / (b.upper - b.lower));
+        }
+        if upper_rank.is_none() && b.lower < upper && b.upper > upper {
+            upper_rank = Some(rank + b.count * (upper - b.lower) / (b.upper - b.lower));
+        }
+        if lower_rank.is_some() && upper_rank.is_some() {
+            break;
+        }
+        rank += b.count;
+    }
+    let within = |r: Option<f64>| r.filter(|r| *r <= h.count).unwrap_or(h.count);
+    (within(upper_rank) - within(lower_rank)) / h.count
 }
 
 fn parse_le(text: &str) -> Result<f64, ()> {

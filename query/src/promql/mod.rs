@@ -26,7 +26,7 @@ use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
 use storage::{MatchOp as StoreOp, Matcher, Storage};
 use thiserror::Error;
 
-pub use self::value::{LabelSet, RangeSeries, Series, Value};
+pub use self::value::{Histogram, LabelSet, RangeSeries, Series, Value};
 
 /// Prometheus's default lookback: an instant selector takes the newest sample at most this
 /// old.
@@ -247,7 +247,7 @@ impl Engine {
             // The samples read, and the points each series takes at every step.
             sample_count += series
                 .iter()
-                .map(|s| s.samples.len() as u64 + step_count)
+                .map(|s| (s.samples.len() + s.histograms.len()) as u64 + step_count)
                 .sum::<u64>();
             if sample_count > self.limits.max_samples {
                 return Err(EvalError::Execution(format!(
@@ -295,6 +295,11 @@ impl Engine {
                     .samples
                     .into_iter()
                     .map(|x| (x.timestamp_ms, x.value))
+                    .collect(),
+                histograms: s
+                    .histograms
+                    .into_iter()
+                    .map(|h| (h.timestamp_ms, Arc::new(h.histogram)))
                     .collect(),
             })
             .collect())
