@@ -106,6 +106,32 @@ fn export(transport: &str, endpoint: &str, tenant: &str) -> String {
     stdout
 }
 
+/// `histogram_count`, `histogram_sum` and the median of the SDK's exponential histogram
+/// `rpc_duration_seconds` as Meerkat's PromQL answers them for `tenant`, once ingested.
+fn native_histogram_answers(addr: std::net::SocketAddr, tenant: &str) -> (f64, f64, f64) {
+    let ask = |query: &str| -> Option<f64> {
+        let path = format!("/api/v1/query?query={}", common::url_encode(query));
+        let answer = common::get_with(addr, &path, &[("X-Scope-OrgID", tenant)])?;
+        let body = &answer.body[answer.body.find('{')?..=answer.body.rfind('}')?];
+        let json: serde_json::Value = serde_json::from_str(body).ok()?;
+        json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let selector = r#"rpc_duration_seconds{rpc_method="Pay"}"#;
+        if let Some(count) = ask(&format!("histogram_count({selector})")) {
+            let sum = ask(&format!("histogram_sum({selector})")).unwrap();
+            let median = ask(&format!("histogram_quantile(0.5, {selector})")).unwrap();
+            return (count, sum, median);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{tenant}: the exponential histogram never became queryable"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 fn value(series: &BTreeMap<String, Series>, name: &str) -> f64 {
     series
         .get(name)
@@ -159,6 +185,14 @@ fn the_opentelemetry_sdk_exports_over_grpc_and_http() {
 
     let grpc_out = export("grpc", &format!("http://{grpc}"), "otel-grpc");
     let http_out = export("http", &format!("http://{http}"), "otel-http");
+    // The exponential histogram is a native histogram to PromQL.
+    for tenant in ["otel-grpc", "otel-http"] {
+        let (count, sum, median) = native_histogram_answers(meerkat.addr, tenant);
+        assert_eq!(count, 5.0, "{tenant}");
+        assert!((sum - 3.257).abs() < 1e-9, "{tenant}: {sum}");
+        // The third of five observations is 0.004: its bucket's bounds hold it.
+        assert!(median > 0.0035 && median <= 0.0045, "{tenant}: {median}");
+    }
     meerkat.signal("TERM");
     assert_eq!(meerkat.wait().code(), Some(0), "{:?}", meerkat.seen);
 

@@ -242,6 +242,62 @@ const QUERIES: &[&str] = &[
     r#"stddev by (instance) (memory_bytes{instance=~"b|c"})"#,
     r#"stdvar by (instance) (memory_bytes{instance=~"b|c"})"#,
     r#"stddev_over_time(memory_bytes{instance=~"b|c"}[{R}])"#,
+    // Native histograms: counters (a reset, a change of resolution, a staleness marker)
+    // and a gauge histogram of float counts with negative buckets.
+    "rpc_duration_seconds",
+    r#"rpc_duration_seconds{instance="b"}"#,
+    "rpc_duration_seconds[{R}]",
+    "queue_size",
+    "queue_size[{R}]",
+    "rate(rpc_duration_seconds[{R}])",
+    "increase(rpc_duration_seconds[{R}])",
+    "delta(queue_size[{R}])",
+    "rate(rpc_duration_seconds[{R}] offset 10m)",
+    "sum(rate(rpc_duration_seconds[{R}]))",
+    "sum by (instance) (increase(rpc_duration_seconds[{R}]))",
+    "sum(rpc_duration_seconds)",
+    r#"sum({__name__=~"rpc_duration_seconds|memory_bytes"})"#,
+    "count(rpc_duration_seconds)",
+    r#"count by (__name__) ({__name__=~"rpc_duration_seconds|queue_size|memory_bytes"})"#,
+    "group by (instance) (rpc_duration_seconds)",
+    "histogram_quantile(0.9, rate(rpc_duration_seconds[{R}]))",
+    "histogram_quantile(0.5, sum(rate(rpc_duration_seconds[{R}])))",
+    "histogram_quantile(0.99, sum by (instance) (rate(rpc_duration_seconds[{R}])))",
+    "histogram_quantile(0, rpc_duration_seconds)",
+    "histogram_quantile(1, rpc_duration_seconds)",
+    "histogram_quantile(0.25, queue_size)",
+    "histogram_quantile(0.75, queue_size)",
+    "histogram_quantile(1.5, queue_size)",
+    "histogram_quantile(-1, queue_size)",
+    r#"histogram_quantile(0.9, {__name__=~"rpc_duration_seconds|request_duration_seconds_bucket"})"#,
+    "histogram_count(rpc_duration_seconds)",
+    "histogram_sum(rpc_duration_seconds)",
+    "histogram_count(rate(rpc_duration_seconds[{R}]))",
+    "histogram_sum(rate(rpc_duration_seconds[{R}])) / histogram_count(rate(rpc_duration_seconds[{R}]))",
+    "histogram_fraction(0, 0.1, rpc_duration_seconds)",
+    "histogram_fraction(0.01, 2, rate(rpc_duration_seconds[{R}]))",
+    "histogram_fraction(-3, 0, queue_size)",
+    "histogram_fraction(-1, 1, queue_size)",
+    "histogram_fraction(2, 1, queue_size)",
+    "histogram_count(memory_bytes)",
+    "rpc_duration_seconds + rpc_duration_seconds",
+    "rpc_duration_seconds + on (instance) group_left rate(rpc_duration_seconds[5m])",
+    "rpc_duration_seconds and on (instance) build_info",
+    r#"rpc_duration_seconds unless on (instance) build_info{instance="a"}"#,
+    "rpc_duration_seconds or memory_bytes",
+    "count_over_time(rpc_duration_seconds[{R}])",
+    "present_over_time(queue_size[{R}])",
+    r#"absent_over_time(rpc_duration_seconds{instance="c"}[{R}])"#,
+    "timestamp(rpc_duration_seconds)",
+    "timestamp(rate(rpc_duration_seconds[5m]))",
+    r#"absent(rpc_duration_seconds{instance="c"})"#,
+    r#"label_replace(rpc_duration_seconds, "host", "h-$1", "instance", "(.*)")"#,
+    "max_over_time(histogram_quantile(0.9, rate(rpc_duration_seconds[5m]))[30m:1m])",
+    "rate(rpc_duration_seconds[10m:1m])",
+    "histogram_count(sum(rpc_duration_seconds)[10m:2m] offset 1m)",
+    // Where Prometheus 2.42 reads a histogram as the float 0 (listed as differences).
+    "abs(rpc_duration_seconds)",
+    "max(rpc_duration_seconds)",
     // Errors both must refuse the same way.
     "rate(memory_bytes)",
     "sum(",
@@ -276,10 +332,132 @@ impl SplitMix {
     }
 }
 
-/// One series: labels, and its samples as (timestamp, value).
+/// One series: labels, and its samples as (timestamp, value) and native histograms.
+#[derive(Default)]
 struct Generated {
     labels: Vec<(String, String)>,
     samples: Vec<(i64, f64)>,
+    histograms: Vec<pb::Histogram>,
+}
+
+/// A span list covering the bucket indexes `lowest..=highest` in one run.
+fn one_span(lowest: i32, highest: i32) -> Vec<pb::BucketSpan> {
+    vec![pb::BucketSpan {
+        offset: lowest,
+        length: (highest - lowest + 1) as u32,
+    }]
+}
+
+/// The bucket index of a positive observation at `schema` (Prometheus's: the smallest
+/// `i` with `2^(i·2^-schema) >= value`).
+fn bucket_index(value: f64, schema: i32) -> i32 {
+    (value.log2() * 2f64.powi(schema)).ceil() as i32
+}
+
+/// Counter histograms of `rpc_duration_seconds`, every bucket of a fixed range present
+/// in every sample (so that no store's layout differs): `a` is reset at 40 minutes, `b`
+/// falls from schema 2 to schema 0 at 30 minutes, `c` ends with a staleness marker at 45.
+fn rpc_histograms(rng: &mut SplitMix, base_ms: i64, instance: &str) -> Vec<pb::Histogram> {
+    let zero_threshold = 0.001;
+    let mut out = Vec::new();
+    let (mut count, mut zero, mut sum) = (0u64, 0u64, 0.0f64);
+    let mut observations: Vec<f64> = Vec::new();
+    for i in 0..POINTS {
+        let t = base_ms + i * STEP_MS + 300;
+        let minute = (t - base_ms) / MINUTE;
+        if instance == "c" && minute >= 45 {
+            out.push(pb::Histogram {
+                count: Some(pb::histogram::Count::CountInt(0)),
+                sum: f64::from_bits(0x7ff0_0000_0000_0002),
+                schema: 2,
+                zero_threshold,
+                zero_count: Some(pb::histogram::ZeroCount::ZeroCountInt(0)),
+                timestamp: t,
+                ..Default::default()
+            });
+            break;
+        }
+        if instance == "a" && i == 160 {
+            (count, zero, sum) = (0, 0, 0.0);
+            observations.clear();
+        }
+        for _ in 0..(rng.next() % 12) {
+            // Mostly 1 ms to 10 s, some in the zero bucket.
+            let value = if rng.unit() < 0.05 {
+                rng.unit() * zero_threshold
+            } else {
+                10f64.powf(rng.unit() * 4.0 - 3.0)
+            };
+            count += 1;
+            sum += value;
+            if value <= zero_threshold {
+                zero += 1;
+            } else {
+                observations.push(value);
+            }
+        }
+        let schema = if instance == "b" && minute >= 30 {
+            0
+        } else {
+            2
+        };
+        let (lowest, highest) = (
+            bucket_index(zero_threshold, schema),
+            bucket_index(10.0, schema),
+        );
+        let mut buckets = vec![0i64; (highest - lowest + 1) as usize];
+        for value in &observations {
+            buckets[(bucket_index(*value, schema) - lowest) as usize] += 1;
+        }
+        let mut previous = 0;
+        let deltas = buckets
+            .iter()
+            .map(|b| {
+                let delta = b - previous;
+                previous = *b;
+                delta
+            })
+            .collect();
+        out.push(pb::Histogram {
+            count: Some(pb::histogram::Count::CountInt(count)),
+            sum,
+            schema,
+            zero_threshold,
+            zero_count: Some(pb::histogram::ZeroCount::ZeroCountInt(zero)),
+            positive_spans: one_span(lowest, highest),
+            positive_deltas: deltas,
+            timestamp: t,
+            ..Default::default()
+        });
+    }
+    out
+}
+
+/// A gauge histogram of float counts, `queue_size`: values from -4 to 8 each sample anew.
+fn queue_histograms(rng: &mut SplitMix, base_ms: i64) -> Vec<pb::Histogram> {
+    (0..POINTS)
+        .map(|i| {
+            let positive: Vec<f64> = (0..8).map(|_| (rng.next() % 20) as f64 * 0.5).collect();
+            let negative: Vec<f64> = (0..4).map(|_| (rng.next() % 10) as f64 * 0.25).collect();
+            let zero = (rng.next() % 5) as f64;
+            let count = zero + positive.iter().sum::<f64>() + negative.iter().sum::<f64>() + 0.5;
+            pb::Histogram {
+                count: Some(pb::histogram::Count::CountFloat(count)),
+                sum: rng.unit() * 100.0 - 30.0,
+                schema: 1,
+                zero_threshold: 0.5,
+                zero_count: Some(pb::histogram::ZeroCount::ZeroCountFloat(zero)),
+                // Schema 1 buckets 0..=7 are (1, 8]; negative 0..=3 are [-2, -1].
+                positive_spans: one_span(0, 7),
+                positive_counts: positive,
+                negative_spans: one_span(0, 3),
+                negative_counts: negative,
+                reset_hint: pb::histogram::ResetHint::Gauge as i32,
+                timestamp: base_ms + i * STEP_MS + 800,
+                ..Default::default()
+            }
+        })
+        .collect()
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -328,6 +506,7 @@ fn generate(base_ms: i64) -> Vec<Generated> {
                         ("method", method),
                     ]),
                     samples,
+                    ..Default::default()
                 });
             }
         }
@@ -351,6 +530,7 @@ fn generate(base_ms: i64) -> Vec<Generated> {
                         ("mode", mode),
                     ]),
                     samples,
+                    ..Default::default()
                 });
             }
         }
@@ -379,6 +559,7 @@ fn generate(base_ms: i64) -> Vec<Generated> {
                 ("instance", instance),
             ]),
             samples,
+            ..Default::default()
         });
         out.push(Generated {
             labels: labels(&[
@@ -387,6 +568,7 @@ fn generate(base_ms: i64) -> Vec<Generated> {
                 ("version", if instance == "c" { "1.1" } else { "1.2" }),
             ]),
             samples: times(0).into_iter().map(|t| (t, 1.0)).collect(),
+            ..Default::default()
         });
     }
     // Classic histograms: cumulative buckets, `_sum` and `_count`.
@@ -421,7 +603,11 @@ fn generate(base_ms: i64) -> Vec<Generated> {
             if i < 5 {
                 l.push(("le".to_owned(), bounds[i].to_owned()));
             }
-            out.push(Generated { labels: l, samples });
+            out.push(Generated {
+                labels: l,
+                samples,
+                ..Default::default()
+            });
         }
     }
     // Temperatures: `attic` stops for 10 minutes (past the lookback); `lab` is marked stale
@@ -445,8 +631,26 @@ fn generate(base_ms: i64) -> Vec<Generated> {
         out.push(Generated {
             labels: labels(&[("__name__", "temperature"), ("room", room)]),
             samples,
+            ..Default::default()
         });
     }
+    // Native histograms.
+    for instance in ["a", "b", "c"] {
+        out.push(Generated {
+            labels: labels(&[
+                ("__name__", "rpc_duration_seconds"),
+                ("job", "api"),
+                ("instance", instance),
+            ]),
+            histograms: rpc_histograms(&mut rng, base_ms, instance),
+            ..Default::default()
+        });
+    }
+    out.push(Generated {
+        labels: labels(&[("__name__", "queue_size"), ("instance", "a")]),
+        histograms: queue_histograms(&mut rng, base_ms),
+        ..Default::default()
+    });
     // 300 series of one metric, fractional values (no ties for topk and sort).
     for id in 0..300 {
         let shard = (id % 7).to_string();
@@ -458,6 +662,7 @@ fn generate(base_ms: i64) -> Vec<Generated> {
         out.push(Generated {
             labels: labels(&[("__name__", "hc_gauge"), ("id", &id), ("shard", &shard)]),
             samples,
+            ..Default::default()
         });
     }
     out
@@ -493,9 +698,15 @@ fn write_requests(data: &[Generated], base_ms: i64) -> Vec<Vec<u8>> {
                                 timestamp: *t,
                             })
                             .collect(),
+                        histograms: g
+                            .histograms
+                            .iter()
+                            .filter(|h| h.timestamp >= from && h.timestamp < to)
+                            .cloned()
+                            .collect(),
                         ..Default::default()
                     })
-                    .filter(|s| !s.samples.is_empty())
+                    .filter(|s| !s.samples.is_empty() || !s.histograms.is_empty())
                     .collect(),
                 metadata: vec![],
             };
@@ -564,19 +775,92 @@ enum Answer {
     Series {
         kind: String,
         /// Label set (JSON) → points; order kept for `sort` checks.
-        series: Vec<(String, Vec<(i64, f64)>)>,
+        series: Vec<(String, Vec<(i64, Point)>)>,
     },
 }
 
-fn point(pair: &Value) -> (i64, f64) {
-    let t = (pair[0].as_f64().unwrap() * 1000.0).round() as i64;
-    let v = match pair[1].as_str().unwrap() {
+/// A point's value: a float, or a native histogram as the API writes it (count, sum, and
+/// each populated bucket's boundary rule, bounds and count).
+#[derive(Debug, PartialEq)]
+enum Point {
+    Float(f64),
+    Histogram {
+        count: f64,
+        sum: f64,
+        buckets: Vec<(u64, f64, f64, f64)>,
+    },
+}
+
+fn number(text: &Value) -> f64 {
+    match text.as_str().unwrap() {
         "NaN" => f64::NAN,
         "+Inf" => f64::INFINITY,
         "-Inf" => f64::NEG_INFINITY,
         text => text.parse().unwrap(),
-    };
-    (t, v)
+    }
+}
+
+fn time_of(pair: &Value) -> i64 {
+    (pair[0].as_f64().unwrap() * 1000.0).round() as i64
+}
+
+fn point(pair: &Value) -> (i64, Point) {
+    (time_of(pair), Point::Float(number(&pair[1])))
+}
+
+fn histogram_point(pair: &Value) -> (i64, Point) {
+    let h = &pair[1];
+    let buckets = h["buckets"]
+        .as_array()
+        .map(|buckets| {
+            buckets
+                .iter()
+                .map(|b| {
+                    (
+                        b[0].as_u64().unwrap(),
+                        number(&b[1]),
+                        number(&b[2]),
+                        number(&b[3]),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        time_of(pair),
+        Point::Histogram {
+            count: number(&h["count"]),
+            sum: number(&h["sum"]),
+            buckets,
+        },
+    )
+}
+
+fn same_point(a: &Point, b: &Point) -> bool {
+    match (a, b) {
+        (Point::Float(a), Point::Float(b)) => same_value(*a, *b),
+        (
+            Point::Histogram {
+                count: count_a,
+                sum: sum_a,
+                buckets: buckets_a,
+            },
+            Point::Histogram {
+                count: count_b,
+                sum: sum_b,
+                buckets: buckets_b,
+            },
+        ) => {
+            same_value(*count_a, *count_b)
+                && same_value(*sum_a, *sum_b)
+                && buckets_a.len() == buckets_b.len()
+                && buckets_a.iter().zip(buckets_b).all(|(a, b)| {
+                    // Boundaries exactly: they are the same buckets or not.
+                    a.0 == b.0 && a.1 == b.1 && a.2 == b.2 && same_value(a.3, b.3)
+                })
+        }
+        _ => false,
+    }
 }
 
 fn answer(status: u16, body: &Value) -> Answer {
@@ -597,10 +881,20 @@ fn answer(status: u16, body: &Value) -> Answer {
             .map(|s| {
                 let labels: BTreeMap<String, String> =
                     serde_json::from_value(s["metric"].clone()).unwrap();
-                let points = match s.get("values") {
-                    Some(values) => values.as_array().unwrap().iter().map(point).collect(),
-                    None => vec![point(&s["value"])],
-                };
+                let mut points: Vec<(i64, Point)> = Vec::new();
+                if let Some(values) = s.get("values") {
+                    points.extend(values.as_array().unwrap().iter().map(point));
+                }
+                if let Some(histograms) = s.get("histograms") {
+                    points.extend(histograms.as_array().unwrap().iter().map(histogram_point));
+                }
+                if let Some(value) = s.get("value") {
+                    points.push(point(value));
+                }
+                if let Some(histogram) = s.get("histogram") {
+                    points.push(histogram_point(histogram));
+                }
+                points.sort_by_key(|(t, _)| *t);
                 (serde_json::to_string(&labels).unwrap(), points)
             })
             .collect(),
@@ -646,9 +940,9 @@ fn difference(want: &Answer, got: &Answer, ordered: bool) -> Option<String> {
             if ordered && want_labels != got_labels {
                 return Some(format!("order {got_labels:?}, Prometheus {want_labels:?}"));
             }
-            let want_map: BTreeMap<&String, &Vec<(i64, f64)>> =
+            let want_map: BTreeMap<&String, &Vec<(i64, Point)>> =
                 want_series.iter().map(|(l, p)| (l, p)).collect();
-            let got_map: BTreeMap<&String, &Vec<(i64, f64)>> =
+            let got_map: BTreeMap<&String, &Vec<(i64, Point)>> =
                 got_series.iter().map(|(l, p)| (l, p)).collect();
             let want_keys: BTreeSet<_> = want_map.keys().collect();
             let got_keys: BTreeSet<_> = got_map.keys().collect();
@@ -671,7 +965,7 @@ fn difference(want: &Answer, got: &Answer, ordered: bool) -> Option<String> {
                     ));
                 }
                 for (w, g) in want_points.iter().zip(got_points.iter()) {
-                    if w.0 != g.0 || !same_value(w.1, g.1) {
+                    if w.0 != g.0 || !same_point(&w.1, &g.1) {
                         return Some(format!("{labels}: {g:?}, Prometheus {w:?}"));
                     }
                 }
@@ -681,17 +975,20 @@ fn difference(want: &Answer, got: &Answer, ordered: bool) -> Option<String> {
     }
 }
 
-/// Polls until `meerkat` holds `samples` samples.
+/// Polls until `meerkat` holds `samples` samples (float and histogram).
 fn wait_until_stored(meerkat: SocketAddr, samples: usize) {
-    let path = format!(
-        "/api/v1/sql?query={}",
-        url_encode("SELECT count(*) FROM samples")
-    );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let count = |table: &str| {
+        let path = format!(
+            "/api/v1/sql?query={}",
+            url_encode(&format!("SELECT count(*) FROM {table}"))
+        );
         let (status, body) = api(meerkat, &path);
         assert_eq!(status, 200, "{body}");
-        let stored = body["data"]["rows"][0][0].as_u64().unwrap() as usize;
+        body["data"]["rows"][0][0].as_u64().unwrap() as usize
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let stored = count("samples") + count("histograms");
         if stored >= samples {
             assert_eq!(
                 stored, samples,
@@ -756,7 +1053,10 @@ fn compare_with_prometheus(env: &[(&str, &str)], engine: &str) {
     let prometheus = Prometheus::start_with(
         &prometheus_dir,
         "global:\n  scrape_interval: 1m\n",
-        &["--web.enable-remote-write-receiver"],
+        &[
+            "--web.enable-remote-write-receiver",
+            "--enable-feature=native-histograms",
+        ],
     );
 
     // An hour ending about now, on a whole minute, so that day/hour functions see today.
@@ -766,7 +1066,10 @@ fn compare_with_prometheus(env: &[(&str, &str)], engine: &str) {
         .as_millis() as i64;
     let base_ms = (now_ms - 70 * MINUTE) / MINUTE * MINUTE;
     let data = generate(base_ms);
-    let total: usize = data.iter().map(|g| g.samples.len()).sum();
+    let total: usize = data
+        .iter()
+        .map(|g| g.samples.len() + g.histograms.len())
+        .sum();
     for body in write_requests(&data, base_ms) {
         remote_write(prometheus.addr, &body);
         remote_write(meerkat.addr, &body);

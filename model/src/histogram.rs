@@ -423,11 +423,8 @@ fn buckets_reset(current: &[(i32, f64)], previous: &[(i32, f64)]) -> bool {
     for &(index, count) in previous {
         while current.next_if(|(i, _)| *i < index).is_some() {}
         match current.peek() {
-            Some((i, c)) if *i == index => {
-                if *c < count {
-                    return true;
-                }
-            }
+            Some((i, c)) if *i == index && *c < count => return true,
+            Some((i, _)) if *i == index => {}
             _ if count != 0.0 => return true,
             _ => {}
         }

@@ -31,7 +31,8 @@ pub use labels::{
 pub use metrics::{
     BucketSpan, ClassicBucket, ClassicHistogram, Exemplar, HistogramCounts, MetricBatch,
     MetricMetadata, MetricType, NATIVE_HISTOGRAM_SCHEMAS, NativeHistogram, ResetHint,
-    STALE_NAN_BITS, Sample, Series, format_api_value, format_go_f, format_prometheus_float, is_stale_nan, stale_nan,
+    STALE_NAN_BITS, Sample, Series, format_api_value, format_go_f, format_prometheus_float,
+    is_stale_nan, stale_nan,
 };
 pub use otel::{
     AnyValue, InstrumentationScope, KeyValue, LogBatch, LogRecord, Resource, ResourceLogs,

@@ -341,8 +341,7 @@ async fn range_mismatch(engine: &Engine, tenant: &TenantId, eval: &Eval) -> Opti
             series
                 .into_iter()
                 .filter_map(|s| {
-                    s.points[1]
-                        .map(|v| query::promql::Series::floats(s.labels, vec![Some(v)]))
+                    s.points[1].map(|v| query::promql::Series::floats(s.labels, vec![Some(v)]))
                 })
                 .collect(),
         ),

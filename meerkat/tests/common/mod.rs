@@ -143,13 +143,23 @@ pub struct HttpResponse {
 
 /// A plain HTTP/1.1 GET, so the tests depend on no HTTP client crate.
 pub fn get(addr: SocketAddr, path: &str) -> Option<HttpResponse> {
+    get_with(addr, path, &[])
+}
+
+/// A plain HTTP/1.1 GET with extra headers.
+#[allow(dead_code)] // not every test file sends headers
+pub fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Option<HttpResponse> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n"
     )
     .ok()?;
     read_response(&mut stream)

@@ -16,6 +16,7 @@ from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 # The SDK renamed these while logs are unstable; take whichever this version has.
 InMemoryLogExporter = getattr(logs_export, "InMemoryLogRecordExporter", None) or logs_export.InMemoryLogExporter
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -78,9 +79,11 @@ ok = result == SpanExportResult.SUCCESS and len(spans) == 2
 failures += not ok
 print(f"exported traces {'ok' if ok else result} {trace_id}")
 
-# Metrics: a counter, an up-down counter, a gauge and a histogram, cumulative temporality.
+# Metrics: a counter, an up-down counter, a gauge, a histogram and an exponential histogram
+# (a native histogram in Prometheus's terms), cumulative temporality.
 reader = InMemoryMetricReader()
-meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+exponential = View(instrument_name="rpc.duration", aggregation=ExponentialBucketHistogramAggregation())
+meter_provider = MeterProvider(resource=resource, metric_readers=[reader], views=[exponential])
 meter = meter_provider.get_meter("meerkat.test", "1.0")
 orders = meter.create_counter("orders.processed", unit="{order}", description="Orders processed.")
 orders.add(3, {"payment.method": "card"})
@@ -93,6 +96,9 @@ meter.create_observable_gauge(
 latency = meter.create_histogram("http.server.request.duration", unit="s", description="Request latency.")
 for value in (0.004, 0.02, 0.3, 1.5):
     latency.record(value, {"http.route": "/checkout"})
+rpc = meter.create_histogram("rpc.duration", unit="s", description="RPC latency.")
+for value in (0.001, 0.002, 0.004, 0.25, 3.0):
+    rpc.record(value, {"rpc.method": "Pay"})
 data = reader.get_metrics_data()
 result = metric_exporter.export(data)
 ok = result == MetricExportResult.SUCCESS

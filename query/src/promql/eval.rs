@@ -13,8 +13,7 @@ use promql_parser::parser::{
 
 use super::functions;
 use super::value::{
-    Histogram, LabelSet, METRIC_NAME, RangeSeries, Series, Value, VectorBuilder, drop_name,
-    label,
+    Histogram, LabelSet, METRIC_NAME, RangeSeries, Series, Value, VectorBuilder, drop_name, label,
 };
 use super::{EvalError, Fetched, LOOKBACK_MS, Steps, at_ms, millis, offset_ms};
 
@@ -134,11 +133,7 @@ impl RangeInput<'_> {
     }
 
     /// The native histogram samples of `series` in the window at `t`.
-    pub fn histogram_window<'s>(
-        &self,
-        series: &'s RangeSeries,
-        t: i64,
-    ) -> &'s [(i64, Histogram)] {
+    pub fn histogram_window<'s>(&self, series: &'s RangeSeries, t: i64) -> &'s [(i64, Histogram)] {
         let (from, to) = self.bounds(t);
         within(&series.histograms, from, to)
     }
@@ -787,7 +782,12 @@ impl<'a> Evaluator<'a> {
                     _ => true,
                 };
                 if keep {
-                    builder.push_value(s.labels.clone(), step, s.points[step], s.histogram(step))?;
+                    builder.push_value(
+                        s.labels.clone(),
+                        step,
+                        s.points[step],
+                        s.histogram(step),
+                    )?;
                 }
             }
             if op == token::T_LOR {

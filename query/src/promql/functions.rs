@@ -316,12 +316,12 @@ fn range_histogram_values(
         let hists = input.histogram_window(series, *t);
         let (from, to) = input.bounds(*t);
         match name {
+            // A window of both kinds has no rate.
+            "rate" | "increase" | "delta" if !hists.is_empty() && !floats.is_empty() => {}
             "rate" | "increase" | "delta" if !hists.is_empty() => {
-                if floats.is_empty() {
-                    let counter = name != "delta";
-                    histograms[step] = histogram_extrapolated(hists, from, to, counter, name == "rate")
-                        .map(Arc::new);
-                }
+                let counter = name != "delta";
+                histograms[step] =
+                    histogram_extrapolated(hists, from, to, counter, name == "rate").map(Arc::new);
             }
             "count_over_time" | "present_over_time" if !floats.is_empty() || !hists.is_empty() => {
                 points[step] = Some(if name == "count_over_time" {
@@ -831,7 +831,8 @@ fn histogram_quantile(
             };
             // Classic buckets of the same name and labels at this step?
             let name = super::value::label(&series.labels, METRIC_NAME);
-            let conflicting = super::value::label(&series.labels, "le").is_empty()
+            let conflicting = super::value::label(&series.labels, "le")
+                .is_empty()
                 .then(|| group_of.get(&drop_name(&series.labels)).copied())
                 .flatten()
                 .filter(|group| {

@@ -160,7 +160,8 @@ impl VectorBuilder {
             Some(index) => *index,
             None => {
                 let index = self.series.len();
-                self.series.push(Series::floats(labels.clone(), vec![None; self.steps]));
+                self.series
+                    .push(Series::floats(labels.clone(), vec![None; self.steps]));
                 self.index.insert(labels, index);
                 index
             }

@@ -337,7 +337,11 @@ mod tests {
                 count,
                 sum: f64::from_bits(model::STALE_NAN_BITS),
                 positive: vec![(-3, 0.0), (4, count - 1.0)],
-                negative: if id % 2 == 0 { vec![(1, 0.5)] } else { vec![] },
+                negative: if id.is_multiple_of(2) {
+                    vec![(1, 0.5)]
+                } else {
+                    vec![]
+                },
             },
         }
     }
