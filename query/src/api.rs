@@ -35,6 +35,7 @@ impl From<EvalError> for QueryError {
             EvalError::Parse(_) => ErrorType::BadData,
             EvalError::Execution(_) => ErrorType::Execution,
             EvalError::Storage(_) => ErrorType::Unavailable,
+            EvalError::Canceled => ErrorType::Canceled,
         };
         QueryError::new(kind, error.to_string())
     }

@@ -21,6 +21,9 @@ pub enum ErrorType {
     Unavailable,
     /// No tenant for the request (401).
     Unauthorized,
+    /// The query was stopped because its client went away (499, nginx's and Prometheus's
+    /// "client closed request").
+    Canceled,
 }
 
 impl ErrorType {
@@ -31,6 +34,7 @@ impl ErrorType {
             Self::Timeout => "timeout",
             Self::Unavailable => "unavailable",
             Self::Unauthorized => "unauthorized",
+            Self::Canceled => "canceled",
         }
     }
 
@@ -40,6 +44,7 @@ impl ErrorType {
             Self::Execution => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Timeout | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Canceled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         }
     }
 }
@@ -91,5 +96,35 @@ impl IntoResponse for QueryError {
             "error": self.message,
         });
         (self.kind.status(), Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn each_error_type_has_prometheus_s_name_and_status() {
+        for (kind, name, status) in [
+            (ErrorType::BadData, "bad_data", 400),
+            (ErrorType::Execution, "execution", 422),
+            (ErrorType::Timeout, "timeout", 503),
+            (ErrorType::Unavailable, "unavailable", 503),
+            (ErrorType::Unauthorized, "unauthorized", 401),
+            (ErrorType::Canceled, "canceled", 499),
+        ] {
+            let response = QueryError::new(kind, "why").into_response();
+            assert_eq!(response.status().as_u16(), status, "{name}");
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                json,
+                json!({"status": "error", "errorType": name, "error": "why"})
+            );
+        }
     }
 }

@@ -243,7 +243,7 @@ impl<'a> Evaluator<'a> {
 
     pub fn eval(&self, expr: &Expr) -> Result<Value, EvalError> {
         if self.cancelled.load(Ordering::Relaxed) {
-            return Err(EvalError::Execution("query was cancelled".into()));
+            return Err(EvalError::Canceled);
         }
         match expr {
             Expr::NumberLiteral(n) => Ok(Value::Scalar(vec![n.val; self.times.len()])),
@@ -1120,4 +1120,22 @@ fn running_variance(mut count: f64, mut mean: f64, values: &[f64]) -> f64 {
         m2 += delta * (v - mean);
     }
     m2 / count
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn an_evaluation_nobody_waits_for_stops_as_canceled() {
+        let fetched = Fetched::new();
+        let cancelled = Arc::new(AtomicBool::new(true));
+        let evaluator = Evaluator::new(&fetched, Steps::instant(0))
+            .unwrap()
+            .with_cancel(cancelled);
+        let expr = super::super::parse("sum(rate(x[5m]))").unwrap();
+        assert_eq!(evaluator.eval_top(&expr), Err(EvalError::Canceled));
+    }
 }

@@ -46,6 +46,9 @@ pub enum EvalError {
     /// Storage failed.
     #[error("{0}")]
     Storage(String),
+    /// Nobody waits for the answer any more (`canceled`): the client went away.
+    #[error("query was canceled")]
+    Canceled,
 }
 
 /// The steps of a query: `start`, `start + step`, … up to `end` (milliseconds).
