@@ -112,6 +112,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
         range: Option<(i64, i64)>,
     ) -> Result<Vec<Labels>>;
 
+    /// How many series match every matcher, whether or not they have samples now: what a
+    /// query's series limit checks before any sample is read. Engines with an index in
+    /// memory answer without building the label sets.
+    async fn series_count(&self, tenant: &TenantId, matchers: &[Matcher]) -> Result<u64> {
+        Ok(self.series(tenant, matchers, None).await?.len() as u64)
+    }
+
     /// Label names of the series matching `matchers` (all series when empty), sorted.
     async fn label_names(&self, tenant: &TenantId, matchers: &[Matcher]) -> Result<Vec<String>>;
 

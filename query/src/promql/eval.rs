@@ -139,6 +139,53 @@ impl RangeInput<'_> {
     }
 }
 
+/// A window sliding forward over one series' samples as a query's steps go forward: after
+/// a binary search for the first step, each bound only moves ahead, so all the steps'
+/// windows cost one pass over the samples instead of two binary searches a step.
+#[derive(Debug, Default)]
+pub(super) struct Sliding {
+    lo: usize,
+    hi: usize,
+    started: bool,
+}
+
+impl Sliding {
+    /// The samples of `samples` (sorted by time) in `[from, to]`; `from` and `to` must not
+    /// go back from one call to the next.
+    pub fn window<'s, T>(&mut self, samples: &'s [(i64, T)], from: i64, to: i64) -> &'s [(i64, T)] {
+        if !self.started {
+            self.started = true;
+            self.lo = samples.partition_point(|(ts, _)| *ts < from);
+            self.hi = self.lo;
+        }
+        while self.lo < samples.len() && samples[self.lo].0 < from {
+            self.lo += 1;
+        }
+        self.hi = self.hi.max(self.lo);
+        while self.hi < samples.len() && samples[self.hi].0 <= to {
+            self.hi += 1;
+        }
+        &samples[self.lo..self.hi]
+    }
+
+    /// Where the last window starts in the samples.
+    pub fn start(&self) -> usize {
+        self.lo
+    }
+
+    /// How many samples are at or before `at` (which must not go back either).
+    pub fn count_to(&mut self, samples: &[(i64, impl Sized)], at: i64) -> usize {
+        if !self.started {
+            self.started = true;
+            self.hi = samples.partition_point(|(ts, _)| *ts <= at);
+        }
+        while self.hi < samples.len() && samples[self.hi].0 <= at {
+            self.hi += 1;
+        }
+        self.hi
+    }
+}
+
 /// The samples of `samples` (sorted by time) in `[from, to]`.
 fn within<T>(samples: &[(i64, T)], from: i64, to: i64) -> &[(i64, T)] {
     let lo = samples.partition_point(|(ts, _)| *ts < from);
@@ -167,19 +214,22 @@ impl Latest<'_> {
     }
 }
 
-/// The newest sample of `series` at or before `reference`.
-fn latest(series: &RangeSeries, reference: i64) -> Option<Latest<'_>> {
-    let float = series
-        .samples
-        .partition_point(|(ts, _)| *ts <= reference)
+/// The newest sample of `series` at or before `reference`, which goes forward from one
+/// call to the next (the cursors keep where the last call ended).
+fn latest<'s>(
+    series: &'s RangeSeries,
+    reference: i64,
+    cursors: &mut [Sliding; 2],
+) -> Option<Latest<'s>> {
+    let float = cursors[0]
+        .count_to(&series.samples, reference)
         .checked_sub(1)
         .map(|i| Latest::Float(series.samples[i].0, series.samples[i].1));
     if series.histograms.is_empty() {
         return float;
     }
-    let histogram = series
-        .histograms
-        .partition_point(|(ts, _)| *ts <= reference)
+    let histogram = cursors[1]
+        .count_to(&series.histograms, reference)
         .checked_sub(1)
         .map(|i| Latest::Histogram(series.histograms[i].0, &series.histograms[i].1));
     match (float, histogram) {
@@ -332,9 +382,10 @@ impl<'a> Evaluator<'a> {
         let mut steps: Vec<Option<Latest<'s>>> = Vec::with_capacity(self.times.len());
         for series in self.fetched(vs) {
             steps.clear();
+            let mut cursors = [Sliding::default(), Sliding::default()];
             steps.extend(self.times.iter().map(|t| {
                 let reference = at.unwrap_or(*t) - offset;
-                latest(series, reference)
+                latest(series, reference, &mut cursors)
                     .filter(|s| s.timestamp() >= reference - LOOKBACK_MS && !s.is_stale())
             }));
             if steps.iter().any(Option::is_some) {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use model::FloatHistogram;
 
 use super::EvalError;
-use super::eval::{Evaluator, RangeInput, map_parallel, mean, type_error, variance};
+use super::eval::{Evaluator, RangeInput, Sliding, map_parallel, mean, type_error, variance};
 use super::value::{
     Histogram, LabelSet, METRIC_NAME, RangeSeries, Series, Value, VectorBuilder, drop_name,
     set_label,
@@ -270,12 +270,47 @@ fn range_function(
         if !series.histograms.is_empty() {
             return range_histogram_values(ev, name, input, series, &param);
         }
+        let mut sliding = Sliding::default();
+        if matches!(name, "rate" | "increase") {
+            // Counter resets found once per series, not once per window that holds them.
+            let resets = counter_resets(&series.samples);
+            let mut next_reset = 0;
+            for (step, t) in ev.times.iter().enumerate() {
+                let (from, to) = input.bounds(*t);
+                let window = sliding.window(&series.samples, from, to);
+                if window.len() < 2 {
+                    continue;
+                }
+                let first = sliding.start();
+                while next_reset < resets.len() && resets[next_reset] <= first {
+                    next_reset += 1;
+                }
+                // Each reset inside the window adds the value before it, in order, as
+                // Prometheus's loop over the window does.
+                let mut result = window[window.len() - 1].1 - window[0].1;
+                for reset in resets[next_reset..]
+                    .iter()
+                    .take_while(|r| **r < first + window.len())
+                {
+                    result += series.samples[reset - 1].1;
+                }
+                points[step] = Some(extrapolate_change(
+                    window,
+                    result,
+                    from,
+                    to,
+                    true,
+                    name == "rate",
+                ));
+            }
+            return (points, Vec::new());
+        }
         for (step, t) in ev.times.iter().enumerate() {
-            let window = input.window(series, *t);
+            let (from, to) = input.bounds(*t);
+            let window = sliding.window(&series.samples, from, to);
             if window.is_empty() {
                 continue;
             }
-            let (from, to) = input.bounds(*t);
             points[step] = range_value(name, window, from, to, *t, param(step));
         }
         (points, Vec::new())
@@ -311,10 +346,11 @@ fn range_histogram_values(
     let steps = ev.times.len();
     let mut points = vec![None; steps];
     let mut histograms = vec![None; steps];
+    let (mut float_cursor, mut histogram_cursor) = (Sliding::default(), Sliding::default());
     for (step, t) in ev.times.iter().enumerate() {
-        let floats = input.window(series, *t);
-        let hists = input.histogram_window(series, *t);
         let (from, to) = input.bounds(*t);
+        let floats = float_cursor.window(&series.samples, from, to);
+        let hists = histogram_cursor.window(&series.histograms, from, to);
         match name {
             // A window of both kinds has no rate.
             "rate" | "increase" | "delta" if !hists.is_empty() && !floats.is_empty() => {}
@@ -427,10 +463,37 @@ fn extrapolated(
             previous = *v;
         }
     }
+    Some(extrapolate_change(
+        window,
+        result,
+        range_start,
+        range_end,
+        counter,
+        per_second,
+    ))
+}
+
+/// The indexes of the samples below their predecessor: a counter's resets.
+fn counter_resets(samples: &[(i64, f64)]) -> Vec<usize> {
+    (1..samples.len())
+        .filter(|i| samples[*i].1 < samples[i - 1].1)
+        .collect()
+}
+
+/// `result`, the change over `window` (at least two samples), extrapolated to the range.
+fn extrapolate_change(
+    window: &[(i64, f64)],
+    result: f64,
+    range_start: i64,
+    range_end: i64,
+    counter: bool,
+    per_second: bool,
+) -> f64 {
+    let (first, last) = (window[0], window[window.len() - 1]);
     // A counter cannot go below zero: extrapolation stops where it would reach it.
     let zero_point = (counter && result > 0.0 && first.1 >= 0.0).then(|| first.1 / result);
     let window_times = (first.0, last.0, window.len());
-    Some(result * extrapolation(window_times, range_start, range_end, zero_point, per_second))
+    result * extrapolation(window_times, range_start, range_end, zero_point, per_second)
 }
 
 /// `rate`, `increase` and `delta` of native histograms: the last histogram less the

@@ -235,10 +235,9 @@ impl Engine {
             let matchers = store_matchers(selector)?;
             let matching = self
                 .store
-                .series(tenant, &matchers, None)
+                .series_count(tenant, &matchers)
                 .await
-                .map_err(|e| EvalError::Storage(e.to_string()))?
-                .len() as u64;
+                .map_err(|e| EvalError::Storage(e.to_string()))?;
             if series_count + matching > self.limits.max_series {
                 return Err(too_many_series());
             }

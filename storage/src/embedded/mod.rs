@@ -906,25 +906,42 @@ fn read_slice(
             Vec::with_capacity(expected as usize + memory.len())
         })
         .collect();
+    // A run of a part is in time order with one sample per timestamp; only a bucket whose
+    // runs overlap in time (two parts of one day, or memory over a part) needs sorting.
+    let mut unsettled = vec![false; buckets.len()];
+    fn append(bucket: &mut Vec<Sample>, unsettled: &mut bool, run: &[Sample]) {
+        if let (Some(last), Some(first)) = (bucket.last(), run.first())
+            && first.timestamp_ms <= last.timestamp_ms
+        {
+            *unsettled = true;
+        }
+        bucket.extend_from_slice(run);
+    }
     for part in parts {
         // Parts are sorted by series: a series' rank is looked up once per run of rows.
-        let mut run: Option<(u32, usize)> = None;
-        part.read(slice, start_ms, end_ms, |id, sample| {
-            let index = match run {
-                Some((run_id, index)) if run_id == id => index,
+        let mut last: Option<(u32, usize)> = None;
+        part.read(slice, start_ms, end_ms, |id, run| {
+            let index = match last {
+                Some((last_id, index)) if last_id == id => index,
                 _ => {
                     let index = slice.rank(id) as usize - 1;
-                    run = Some((id, index));
+                    last = Some((id, index));
                     index
                 }
             };
-            buckets[index].push(sample);
+            append(&mut buckets[index], &mut unsettled[index], run);
         })?;
     }
     // Parts are older than anything in memory: on equal timestamps memory wins.
-    for (bucket, samples) in buckets.iter_mut().zip(memory) {
-        bucket.extend(samples);
-        sort_and_keep_last(bucket);
+    for ((bucket, unsettled), samples) in buckets.iter_mut().zip(&mut unsettled).zip(memory) {
+        // The head keeps arrival order, which the out-of-order window lets go back.
+        if !samples.is_sorted_by(|a, b| a.timestamp_ms < b.timestamp_ms) {
+            *unsettled = true;
+        }
+        append(bucket, unsettled, &samples);
+        if *unsettled {
+            sort_and_keep_last(bucket);
+        }
         // The estimate covers whole checkpoints: a short range over many series would
         // otherwise hold hundreds of unused slots per series through evaluation.
         if bucket.capacity() > 2 * bucket.len() + 64 {
@@ -977,8 +994,8 @@ fn merge_parts(
         ids.insert_range(start..end);
         let mut rows: Vec<(u32, Sample)> = Vec::new();
         for input in &inputs {
-            input.read(&ids, i64::MIN, i64::MAX, |id, sample| {
-                rows.push((id, sample))
+            input.read(&ids, i64::MIN, i64::MAX, |id, run| {
+                rows.extend(run.iter().map(|sample| (id, *sample)));
             })?;
         }
         rows.sort_by_key(|(id, s)| (*id, s.timestamp_ms));
@@ -1259,13 +1276,17 @@ impl Storage for EmbeddedStore {
             let state = read_lock(&tenant.state);
             let ids = state.index.select(matchers);
             let histogram_sources = HistogramSources::of(&state, &tenant.dir, start_ms, end_ms);
-            let parts: Vec<PartMeta> = state
+            let mut parts: Vec<PartMeta> = state
                 .manifest
                 .parts
                 .iter()
                 .filter(|p| p.min_ts <= end_ms && p.max_ts >= start_ms)
                 .cloned()
                 .collect();
+            // Read day by day, so that each series' samples arrive in time order (a
+            // compacted day goes to the end of the manifest); within a day, the order in
+            // which later writes win.
+            parts.sort_by_key(|p| p.day);
             // Frozen heads, then the head: the order in which later writes win.
             let heads: Vec<Arc<SampleHead>> = state.frozen.clone();
             let mut memory: Vec<Vec<Sample>> = Vec::with_capacity(ids.len() as usize);
@@ -1362,6 +1383,12 @@ impl Storage for EmbeddedStore {
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    async fn series_count(&self, tenant: &TenantId, matchers: &[Matcher]) -> Result<u64> {
+        Ok(self
+            .tenant(tenant)
+            .map_or(0, |t| read_lock(&t.state).index.select(matchers).len()))
     }
 
     async fn label_names(&self, tenant: &TenantId, matchers: &[Matcher]) -> Result<Vec<String>> {

@@ -523,13 +523,14 @@ impl SamplePart {
     }
 
     /// Calls `sink` with the samples of the series in `ids` within `[start, end]`, each
-    /// series' in time order.
+    /// series' in time order, a run of one series' samples at a time (a series may come
+    /// in several runs, one after the other).
     pub fn read(
         &self,
         ids: &RoaringBitmap,
         start: i64,
         end: i64,
-        mut sink: impl FnMut(u32, Sample),
+        mut sink: impl FnMut(u32, &[Sample]),
     ) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
@@ -604,7 +605,7 @@ impl SamplePart {
         reads: &[GroupRead],
         start: i64,
         end: i64,
-        sink: &mut impl FnMut(u32, Sample),
+        sink: &mut impl FnMut(u32, &[Sample]),
     ) -> Result<()> {
         let Some(first) = reads.first() else {
             return Ok(());
@@ -637,20 +638,27 @@ impl SamplePart {
         // Which series the next rows belong to: the ranges in order, consumed as rows come.
         let mut order = reads.iter().flat_map(|r| r.order.iter().copied());
         let (mut id, mut left) = (0u32, 0u64);
+        let mut samples: Vec<Sample> = Vec::new();
         for batch in reader {
             let batch = batch?;
-            let columns = SampleColumns::of(&batch, &self.path)?;
-            for row in 0..batch.num_rows() {
+            SampleColumns::of(&batch, &self.path)?.samples(&self.path, &mut samples)?;
+            let mut rest = samples.as_slice();
+            while !rest.is_empty() {
                 while left == 0 {
                     (id, left) = order.next().ok_or_else(|| StorageError::Corrupt {
                         path: self.path.clone(),
                         reason: "more rows than selected".to_owned(),
                     })?;
                 }
-                left -= 1;
-                let timestamp_ms = columns.timestamps.value(row);
-                if timestamp_ms >= start && timestamp_ms <= end {
-                    sink(id, columns.sample(row, &self.path)?);
+                let take = rest.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let (run, after) = rest.split_at(take);
+                left -= take as u64;
+                rest = after;
+                // A run covers whole checkpoints: its ends may be outside the range.
+                let from = run.partition_point(|s| s.timestamp_ms < start);
+                let to = run.partition_point(|s| s.timestamp_ms <= end);
+                if from < to {
+                    sink(id, &run[from..to]);
                 }
             }
         }
@@ -663,7 +671,7 @@ impl SamplePart {
         ids: &RoaringBitmap,
         start: i64,
         end: i64,
-        mut sink: impl FnMut(u32, Sample),
+        mut sink: impl FnMut(u32, &[Sample]),
     ) -> Result<()> {
         let file = self.file.clone();
         let reader =
@@ -680,7 +688,7 @@ impl SamplePart {
             for row in 0..batch.num_rows() {
                 let (id, timestamp_ms) = (series.value(row), columns.timestamps.value(row));
                 if ids.contains(id) && timestamp_ms >= start && timestamp_ms <= end {
-                    sink(id, columns.sample(row, &self.path)?);
+                    sink(id, &[columns.sample(row, &self.path)?]);
                 }
             }
         }
@@ -745,6 +753,64 @@ impl<'a> SampleColumns<'a> {
             floats,
             mantissas,
         })
+    }
+
+    /// Every row of the batch as a sample, into `out` (cleared first). One pass over the
+    /// columns rather than a row at a time: scales are checked for the whole batch first,
+    /// so the conversion itself has no error path.
+    fn samples(&self, path: &Path, out: &mut Vec<Sample>) -> Result<()> {
+        out.clear();
+        let times = self.timestamps.values();
+        let Some((mantissas, scales)) = self.mantissas else {
+            let floats = self.floats.ok_or_else(|| corrupt_columns(path))?;
+            out.extend(times.iter().zip(floats.values()).map(|(t, v)| Sample {
+                timestamp_ms: *t,
+                value: *v,
+            }));
+            return Ok(());
+        };
+        let scales = scales.values();
+        if let Some(bad) = scales
+            .iter()
+            .find(|s| **s > MAX_SCALE && **s != FLOAT_SCALE)
+        {
+            return Err(StorageError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("unknown value scale {bad}"),
+            });
+        }
+        match self.floats {
+            Some(floats) => out.extend(
+                times
+                    .iter()
+                    .zip(mantissas.values().iter().zip(scales))
+                    .zip(floats.values())
+                    .map(|((t, (m, s)), v)| Sample {
+                        timestamp_ms: *t,
+                        value: if *s == FLOAT_SCALE {
+                            *v
+                        } else {
+                            from_mantissa(*m, *s)
+                        },
+                    }),
+            ),
+            None => {
+                if scales.contains(&FLOAT_SCALE) {
+                    return Err(StorageError::Corrupt {
+                        path: path.to_path_buf(),
+                        reason: "a float row in a row group whose statistics say it has none"
+                            .to_owned(),
+                    });
+                }
+                out.extend(times.iter().zip(mantissas.values().iter().zip(scales)).map(
+                    |(t, (m, s))| Sample {
+                        timestamp_ms: *t,
+                        value: from_mantissa(*m, *s),
+                    },
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn sample(&self, row: usize, path: &Path) -> Result<Sample> {
@@ -1041,8 +1107,10 @@ mod tests {
         end: i64,
     ) -> Vec<(u32, Sample)> {
         let mut out = Vec::new();
-        part.read(ids, start, end, |id, s| out.push((id, s)))
-            .unwrap();
+        part.read(ids, start, end, |id, run| {
+            out.extend(run.iter().map(|s| (id, *s)));
+        })
+        .unwrap();
         out
     }
 

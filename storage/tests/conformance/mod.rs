@@ -526,6 +526,11 @@ pub async fn series_listing(engine: &dyn Engine) {
             ["a:1", "a:2", "l:1"],
             "every series, sorted by labels"
         );
+        assert_eq!(store.series_count(&a, &api).await.unwrap(), 3);
+        assert_eq!(
+            store.series_count(&tenant("nobody"), &api).await.unwrap(),
+            0
+        );
         assert_eq!(
             instances_of(store.series(&a, &api, Some((T0, T0))).await.unwrap()),
             ["a:1", "a:2"],
