@@ -19,6 +19,7 @@
 //!
 //! Reads see the head, heads being flushed, and the parts, merged per series.
 
+mod blocks;
 mod head;
 mod histograms;
 mod index;
@@ -56,6 +57,9 @@ pub struct EmbeddedStoreConfig {
     pub out_of_order_window_seconds: u64,
     /// Data older than this is removed, a whole day at a time.
     pub retention_seconds: u64,
+    /// Memory for decoded samples kept for the next query (0: none). A dashboard asks for
+    /// the same series again at every refresh; what is kept is not decoded again.
+    pub read_cache_bytes: u64,
 }
 
 impl Default for EmbeddedStoreConfig {
@@ -63,6 +67,7 @@ impl Default for EmbeddedStoreConfig {
         Self {
             out_of_order_window_seconds: 3600,
             retention_seconds: 15 * 24 * 3600,
+            read_cache_bytes: 256 << 20,
         }
     }
 }
@@ -267,6 +272,8 @@ pub struct EmbeddedStore {
     closed: AtomicBool,
     /// Sample parts opened for reading, kept until removed.
     sample_parts: Arc<parts::SamplePartCache>,
+    /// Decoded blocks of sample parts, kept for the next read.
+    decoded_blocks: Arc<blocks::DecodedBlocks>,
 }
 
 fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -368,6 +375,7 @@ impl EmbeddedStore {
                 }),
             );
         }
+        let decoded_blocks = Arc::new(blocks::DecodedBlocks::new(config.read_cache_bytes));
         let store = Self {
             root,
             config,
@@ -377,6 +385,7 @@ impl EmbeddedStore {
             flush_lock: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
             sample_parts: Arc::default(),
+            decoded_blocks,
         };
         if !replaced.is_empty() {
             // The rewritten parts are in the manifest before the old ones go: a crash in
@@ -889,6 +898,7 @@ const SERIES_PER_SLICE: u64 = 64;
 /// any part's); returns each series' samples, in time order, one per timestamp.
 fn read_slice(
     parts: &[Arc<parts::SamplePart>],
+    cache: &blocks::DecodedBlocks,
     slice: &RoaringBitmap,
     memory: Vec<Vec<Sample>>,
     start_ms: i64,
@@ -920,7 +930,7 @@ fn read_slice(
     for part in parts {
         // Parts are sorted by series: a series' rank is looked up once per run of rows.
         let mut last: Option<(u32, usize)> = None;
-        part.read(slice, start_ms, end_ms, |id, run| {
+        part.read(slice, start_ms, end_ms, Some(cache), |id, run| {
             let index = match last {
                 Some((last_id, index)) if last_id == id => index,
                 _ => {
@@ -994,7 +1004,8 @@ fn merge_parts(
         ids.insert_range(start..end);
         let mut rows: Vec<(u32, Sample)> = Vec::new();
         for input in &inputs {
-            input.read(&ids, i64::MIN, i64::MAX, |id, run| {
+            // Not through the block cache: a compaction reads every block once.
+            input.read(&ids, i64::MIN, i64::MAX, None, |id, run| {
                 rows.extend(run.iter().map(|sample| (id, *sample)));
             })?;
         }
@@ -1330,9 +1341,9 @@ impl Storage for EmbeddedStore {
         for slice in slices {
             let slice_memory: Vec<Vec<Sample>> =
                 memory.by_ref().take(slice.len() as usize).collect();
-            let opened = opened.clone();
+            let (opened, cache) = (opened.clone(), self.decoded_blocks.clone());
             reads.push(blocking(move || {
-                read_slice(&opened, &slice, slice_memory, start_ms, end_ms)
+                read_slice(&opened, &cache, &slice, slice_memory, start_ms, end_ms)
             }));
         }
         let mut buckets = Vec::with_capacity(ids.len() as usize);

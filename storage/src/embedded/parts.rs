@@ -44,6 +44,7 @@ use model::{Labels, Sample};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
+use super::blocks::{BlockKey, DecodedBlocks};
 use crate::{Result, StorageError};
 
 /// What the manifest records about a sample part.
@@ -301,6 +302,9 @@ impl PartWriter {
 /// range, decoding neither the `series_id` column nor the pages of other series.
 #[derive(Debug)]
 pub(crate) struct SamplePart {
+    /// Unique among the parts opened by this process: the part's key in the decoded
+    /// block cache.
+    id: u64,
     path: PathBuf,
     /// Kept open: a read that raced a compaction still reads the part it was given.
     file: PartFile,
@@ -386,6 +390,30 @@ struct Run {
     len: u64,
 }
 
+/// The blocks `low..high` of one series' rows `first..end` in a part; block `k` is its
+/// rows from `first + k · CHECKPOINT_ROWS`, [`CHECKPOINT_ROWS`] of them (fewer at the end).
+#[derive(Clone, Copy, Debug)]
+struct SeriesBlocks {
+    id: u32,
+    first: u64,
+    end: u64,
+    low: u32,
+    high: u32,
+}
+
+impl SeriesBlocks {
+    /// The rows of blocks `from..to`.
+    fn run(&self, from: u32, to: u32) -> Run {
+        let begin = (self.first + u64::from(from) * CHECKPOINT_ROWS).min(self.end);
+        let stop = (self.first + u64::from(to) * CHECKPOINT_ROWS).min(self.end);
+        Run {
+            id: self.id,
+            first: begin,
+            len: stop.saturating_sub(begin),
+        }
+    }
+}
+
 impl SeriesIndex {
     /// Adds the row `row` of series `id` at `timestamp_ms`; false if it breaks the order.
     fn add(&mut self, id: u32, row: u64, timestamp_ms: i64, previous_ts: &mut i64) -> bool {
@@ -408,9 +436,10 @@ impl SeriesIndex {
         true
     }
 
-    /// The rows of the run at `index` (of a part of `rows` rows) that can hold samples in
-    /// `[start, end]`: a superset by less than a checkpoint at each end.
-    fn run_within(&self, index: usize, rows: u64, start: i64, end: i64) -> Run {
+    /// The blocks (rows between checkpoints) of the run at `index` (of a part of `rows`
+    /// rows) that can hold samples in `[start, end]`: a superset by less than a
+    /// checkpoint at each end.
+    fn blocks_within(&self, index: usize, rows: u64, start: i64, end: i64) -> SeriesBlocks {
         let (id, first, from) = self.runs[index];
         let (next, to) = self
             .runs
@@ -419,15 +448,21 @@ impl SeriesIndex {
         let kept = &self.checkpoints[from..to];
         // The last checkpoint before `start` may precede rows in range; every row from the
         // first checkpoint after `end` on is past it.
-        let low = kept.partition_point(|t| *t < start).saturating_sub(1) as u64;
-        let high = kept.partition_point(|t| *t <= end) as u64;
-        let begin = (first + low * CHECKPOINT_ROWS).min(next);
-        let stop = (first + high * CHECKPOINT_ROWS).min(next);
-        Run {
+        let low = kept.partition_point(|t| *t < start).saturating_sub(1);
+        let high = kept.partition_point(|t| *t <= end);
+        SeriesBlocks {
             id,
-            first: begin,
-            len: stop.saturating_sub(begin),
+            first,
+            end: next,
+            low: u32::try_from(low).unwrap_or(u32::MAX),
+            high: u32::try_from(high.max(low)).unwrap_or(u32::MAX),
         }
+    }
+
+    /// The rows of the run at `index` that can hold samples in `[start, end]`.
+    fn run_within(&self, index: usize, rows: u64, start: i64, end: i64) -> Run {
+        let blocks = self.blocks_within(index, rows, start, end);
+        blocks.run(blocks.low, blocks.high)
     }
 
     fn find(&self, id: u32) -> Option<usize> {
@@ -484,7 +519,9 @@ impl SamplePart {
                 row += 1;
             }
         }
+        static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Ok(Self {
+            id: OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             path: path.to_path_buf(),
             file,
             metadata,
@@ -493,24 +530,32 @@ impl SamplePart {
         })
     }
 
-    /// The rows that can hold samples of each series in `ids` within `[start, end]`, in
-    /// id order.
-    fn runs_of(&self, ids: &RoaringBitmap, start: i64, end: i64) -> Option<Vec<Run>> {
+    /// The blocks that can hold samples of each series in `ids` within `[start, end]`, in
+    /// id order (series without any left out).
+    fn series_blocks(
+        &self,
+        ids: &RoaringBitmap,
+        start: i64,
+        end: i64,
+    ) -> Option<Vec<SeriesBlocks>> {
         let index = self.index.as_ref()?;
-        let run = |i: usize| index.run_within(i, self.rows, start, end);
-        // Walk whichever side is shorter.
-        let runs: Vec<Run> = if ids.len() < index.runs.len() as u64 {
+        let blocks = |i: usize| index.blocks_within(i, self.rows, start, end);
+        let all: Vec<SeriesBlocks> = if ids.len() < index.runs.len() as u64 {
             ids.iter()
                 .filter_map(|id| index.find(id))
-                .map(run)
+                .map(blocks)
                 .collect()
         } else {
             (0..index.runs.len())
                 .filter(|i| ids.contains(index.runs[*i].0))
-                .map(run)
+                .map(blocks)
                 .collect()
         };
-        Some(runs.into_iter().filter(|r| r.len > 0).collect())
+        Some(
+            all.into_iter()
+                .filter(|b| b.run(b.low, b.high).len > 0)
+                .collect(),
+        )
     }
 
     /// About how many rows of series `id` fall in `[start, end]` (at most a checkpoint
@@ -525,19 +570,114 @@ impl SamplePart {
     /// Calls `sink` with the samples of the series in `ids` within `[start, end]`, each
     /// series' in time order, a run of one series' samples at a time (a series may come
     /// in several runs, one after the other).
+    ///
+    /// With `cache`, blocks found there are not decoded, and the blocks decoded are kept
+    /// in it.
     pub fn read(
         &self,
         ids: &RoaringBitmap,
         start: i64,
         end: i64,
+        cache: Option<&DecodedBlocks>,
         mut sink: impl FnMut(u32, &[Sample]),
     ) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
-        let Some(runs) = self.runs_of(ids, start, end) else {
+        let Some(series) = self.series_blocks(ids, start, end) else {
             return self.read_unsorted(ids, start, end, sink);
         };
+        match cache.filter(|c| c.is_enabled()) {
+            Some(cache) => self.read_through(&series, start, end, cache, sink),
+            None => {
+                let runs: Vec<Run> = series.iter().map(|b| b.run(b.low, b.high)).collect();
+                self.read_runs(&runs, start, end, &mut sink)
+            }
+        }
+    }
+
+    /// [`Self::read`] through the block cache: the kept blocks of each series, and the
+    /// others decoded (whole, unfiltered by time, so that they can be kept).
+    fn read_through(
+        &self,
+        series: &[SeriesBlocks],
+        start: i64,
+        end: i64,
+        cache: &DecodedBlocks,
+        mut sink: impl FnMut(u32, &[Sample]),
+    ) -> Result<()> {
+        let mut found: Vec<Vec<Option<Arc<[Sample]>>>> = Vec::with_capacity(series.len());
+        // The missing blocks as ranges `(series, from, to)`, in file order.
+        let mut missing: Vec<(usize, u32, u32)> = Vec::new();
+        let mut kept = Vec::new();
+        for (i, s) in series.iter().enumerate() {
+            cache.get(self.id, s.id, s.low..s.high, &mut kept);
+            let mut block = s.low;
+            for chunk in kept.chunk_by(|a, b| a.is_some() == b.is_some()) {
+                let next = block + chunk.len() as u32;
+                if chunk[0].is_none() {
+                    missing.push((i, block, next));
+                }
+                block = next;
+            }
+            found.push(std::mem::take(&mut kept));
+        }
+        if !missing.is_empty() {
+            let runs: Vec<Run> = missing
+                .iter()
+                .map(|(i, from, to)| series[*i].run(*from, *to))
+                .collect();
+            let mut decoded: Vec<Sample> =
+                Vec::with_capacity(runs.iter().map(|r| r.len as usize).sum());
+            self.read_runs(&runs, i64::MIN, i64::MAX, &mut |_, samples| {
+                decoded.extend_from_slice(samples)
+            })?;
+            let mut fresh = Vec::new();
+            let mut rest = decoded.as_slice();
+            for (i, from, to) in missing {
+                let s = &series[i];
+                for block in from..to {
+                    let rows = s.run(block, block + 1).len as usize;
+                    if rest.len() < rows {
+                        return Err(StorageError::Corrupt {
+                            path: self.path.clone(),
+                            reason: "fewer rows than selected".to_owned(),
+                        });
+                    }
+                    let (samples, after) = rest.split_at(rows);
+                    rest = after;
+                    let samples: Arc<[Sample]> = samples.into();
+                    found[i][(block - s.low) as usize] = Some(samples.clone());
+                    let key = BlockKey {
+                        part: self.id,
+                        series: s.id,
+                        block,
+                    };
+                    fresh.push((key, samples));
+                }
+            }
+            cache.insert(fresh);
+        }
+        for (s, blocks) in series.iter().zip(found) {
+            for samples in blocks.iter().flatten() {
+                let from = samples.partition_point(|x| x.timestamp_ms < start);
+                let to = samples.partition_point(|x| x.timestamp_ms <= end);
+                if from < to {
+                    sink(s.id, &samples[from..to]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the rows of `runs` (in file order) and hands out those within `[start, end]`.
+    fn read_runs(
+        &self,
+        runs: &[Run],
+        start: i64,
+        end: i64,
+        sink: &mut impl FnMut(u32, &[Sample]),
+    ) -> Result<()> {
         // Each row group that holds a wanted row and overlaps the time range, and the
         // wanted rows' ranges within it, in file order; rows come out in that order.
         let mut plan: Vec<GroupRead> = Vec::new();
@@ -593,7 +733,7 @@ impl SamplePart {
             group_first = group_end;
         }
         for reads in plan.chunk_by(|a, b| a.floats == b.floats) {
-            self.read_groups(reads, start, end, &mut sink)?;
+            self.read_groups(reads, start, end, sink)?;
         }
         Ok(())
     }
@@ -1107,7 +1247,7 @@ mod tests {
         end: i64,
     ) -> Vec<(u32, Sample)> {
         let mut out = Vec::new();
-        part.read(ids, start, end, |id, run| {
+        part.read(ids, start, end, None, |id, run| {
             out.extend(run.iter().map(|s| (id, *s)));
         })
         .unwrap();
@@ -1233,6 +1373,84 @@ mod tests {
         // An hour of a series is read from a checkpoint or two, not from all its rows.
         assert!(part.rows_within(1, t(1200), t(1440)) <= 241 + 2 * CHECKPOINT_ROWS);
         assert!(part.rows_within(2, t(1200), t(1800)) <= CHECKPOINT_ROWS);
+    }
+
+    #[test]
+    fn reads_through_the_block_cache_give_what_reads_without_it_give() {
+        // Three series of 3,000 samples, one with a gap; a budget of a few blocks, so
+        // that reads find some blocks kept, decode others, and evict.
+        let mut rows = Vec::new();
+        for id in [1u32, 2, 4] {
+            for i in (0..3000i64).filter(|i| id != 2 || !(1000..2000).contains(i)) {
+                let value = if i % 500 == 7 {
+                    f64::NAN
+                } else {
+                    i as f64 / 4.0
+                };
+                rows.push((
+                    id,
+                    Sample {
+                        timestamp_ms: i * 15_000,
+                        value,
+                    },
+                ));
+            }
+        }
+        let (_dir, part) = small_part(&rows);
+        let block_bytes = (CHECKPOINT_ROWS as usize * std::mem::size_of::<Sample>() + 64) as u64;
+        let cache = DecodedBlocks::new(6 * block_bytes);
+        let t = |i: i64| i * 15_000;
+        let ranges = [
+            (t(2700), t(2999)),
+            (t(2500), t(2999)),
+            (t(2700), t(2999)),
+            (t(0), t(2999)),
+            (t(1000) + 1, t(1001) - 1),
+            (t(255), t(256)),
+            (t(2990), t(4000)),
+            (t(-5), t(3)),
+        ];
+        let same = |a: &[(u32, Sample)], b: &[(u32, Sample)]| {
+            a.len() == b.len()
+                && a.iter().zip(b).all(|(x, y)| {
+                    x.0 == y.0
+                        && x.1.timestamp_ms == y.1.timestamp_ms
+                        && x.1.value.to_bits() == y.1.value.to_bits()
+                })
+        };
+        for ids in selections()
+            .into_iter()
+            .chain([[1u32, 2, 4].into_iter().collect()])
+        {
+            for (start, end) in ranges {
+                let mut through = Vec::new();
+                part.read(&ids, start, end, Some(&cache), |id, run| {
+                    through.extend(run.iter().map(|s| (id, *s)));
+                })
+                .unwrap();
+                assert!(
+                    same(&through, &read_all(&part, &ids, start, end)),
+                    "{ids:?} {start}..={end}"
+                );
+                assert!(cache.bytes() <= 6 * block_bytes);
+            }
+        }
+        // A repeated read is served from the cache: what it holds does not change.
+        let ids: RoaringBitmap = [1].into_iter().collect();
+        let mut first = Vec::new();
+        part.read(&ids, t(2900), t(2999), Some(&cache), |_, run| {
+            first.extend_from_slice(run)
+        })
+        .unwrap();
+        let held = cache.bytes();
+        let mut again = Vec::new();
+        part.read(&ids, t(2900), t(2999), Some(&cache), |_, run| {
+            again.extend_from_slice(run)
+        })
+        .unwrap();
+        assert_eq!(first.len(), 100);
+        assert_eq!(first, again);
+        assert_eq!(cache.bytes(), held);
     }
 
     #[test]
