@@ -19,6 +19,10 @@ use std::sync::{Arc, Mutex};
 
 use model::Sample;
 
+/// A block's samples, shared with the reads using it (a `Vec` behind the `Arc`: made
+/// from the decoded rows without copying them again).
+pub(crate) type Block = Arc<Vec<Sample>>;
+
 /// Which block: the part (a number the part got when opened), the series, and the block's
 /// number within the series' rows in that part.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -38,7 +42,7 @@ pub(crate) struct DecodedBlocks {
 #[derive(Debug, Default)]
 struct State {
     /// Each block with whether it was read since the clock last passed it.
-    blocks: HashMap<BlockKey, (Arc<[Sample]>, bool)>,
+    blocks: HashMap<BlockKey, (Block, bool)>,
     /// The clock: every block in `blocks`, once.
     queue: VecDeque<BlockKey>,
     bytes: u64,
@@ -46,7 +50,7 @@ struct State {
 
 /// What one block costs the budget: its samples and its share of the map and the queue.
 fn cost(samples: &[Sample]) -> u64 {
-    (std::mem::size_of_val(samples) + 64) as u64
+    (std::mem::size_of_val(samples) + 96) as u64
 }
 
 impl DecodedBlocks {
@@ -73,7 +77,7 @@ impl DecodedBlocks {
         part: u64,
         series: u32,
         blocks: std::ops::Range<u32>,
-        out: &mut Vec<Option<Arc<[Sample]>>>,
+        out: &mut Vec<Option<Block>>,
     ) {
         out.clear();
         let mut state = self.lock();
@@ -91,7 +95,7 @@ impl DecodedBlocks {
     }
 
     /// Keeps `blocks` (decoded by a read), making room by the clock.
-    pub fn insert(&self, blocks: impl IntoIterator<Item = (BlockKey, Arc<[Sample]>)>) {
+    pub fn insert(&self, blocks: impl IntoIterator<Item = (BlockKey, Block)>) {
         if !self.is_enabled() {
             return;
         }
@@ -129,7 +133,8 @@ impl DecodedBlocks {
         }
     }
 
-    /// Bytes held now (for tests and metrics).
+    /// Bytes held now.
+    #[cfg(test)]
     pub fn bytes(&self) -> u64 {
         self.lock().bytes
     }
@@ -139,13 +144,15 @@ impl DecodedBlocks {
 mod tests {
     use super::*;
 
-    fn block(samples: usize) -> Arc<[Sample]> {
-        (0..samples)
-            .map(|i| Sample {
-                timestamp_ms: i as i64,
-                value: i as f64,
-            })
-            .collect()
+    fn block(samples: usize) -> Block {
+        Arc::new(
+            (0..samples)
+                .map(|i| Sample {
+                    timestamp_ms: i as i64,
+                    value: i as f64,
+                })
+                .collect(),
+        )
     }
 
     fn key(block: u32) -> BlockKey {

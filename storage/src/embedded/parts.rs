@@ -44,7 +44,7 @@ use model::{Labels, Sample};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
-use super::blocks::{BlockKey, DecodedBlocks};
+use super::blocks::{Block, BlockKey, DecodedBlocks};
 use crate::{Result, StorageError};
 
 /// What the manifest records about a sample part.
@@ -606,7 +606,7 @@ impl SamplePart {
         cache: &DecodedBlocks,
         mut sink: impl FnMut(u32, &[Sample]),
     ) -> Result<()> {
-        let mut found: Vec<Vec<Option<Arc<[Sample]>>>> = Vec::with_capacity(series.len());
+        let mut found: Vec<Vec<Option<Block>>> = Vec::with_capacity(series.len());
         // The missing blocks as ranges `(series, from, to)`, in file order.
         let mut missing: Vec<(usize, u32, u32)> = Vec::new();
         let mut kept = Vec::new();
@@ -627,34 +627,52 @@ impl SamplePart {
                 .iter()
                 .map(|(i, from, to)| series[*i].run(*from, *to))
                 .collect();
-            let mut decoded: Vec<Sample> =
-                Vec::with_capacity(runs.iter().map(|r| r.len as usize).sum());
-            self.read_runs(&runs, i64::MIN, i64::MAX, &mut |_, samples| {
-                decoded.extend_from_slice(samples)
-            })?;
+            // The decoded rows go straight into their blocks, in file order.
+            let mut expected = missing
+                .iter()
+                .flat_map(|&(i, from, to)| (from..to).map(move |block| (i, block)));
+            let mut filling: Option<(usize, u32, Vec<Sample>, usize)> = None;
             let mut fresh = Vec::new();
-            let mut rest = decoded.as_slice();
-            for (i, from, to) in missing {
+            let mut finish = |(i, block, samples, _): (usize, u32, Vec<Sample>, usize)| {
+                let samples = Arc::new(samples);
                 let s = &series[i];
-                for block in from..to {
-                    let rows = s.run(block, block + 1).len as usize;
-                    if rest.len() < rows {
-                        return Err(StorageError::Corrupt {
-                            path: self.path.clone(),
-                            reason: "fewer rows than selected".to_owned(),
-                        });
-                    }
-                    let (samples, after) = rest.split_at(rows);
-                    rest = after;
-                    let samples: Arc<[Sample]> = samples.into();
-                    found[i][(block - s.low) as usize] = Some(samples.clone());
-                    let key = BlockKey {
-                        part: self.id,
-                        series: s.id,
-                        block,
+                found[i][(block - s.low) as usize] = Some(samples.clone());
+                let key = BlockKey {
+                    part: self.id,
+                    series: s.id,
+                    block,
+                };
+                fresh.push((key, samples));
+            };
+            let mut overflow = false;
+            self.read_runs(&runs, i64::MIN, i64::MAX, &mut |_, mut samples| {
+                while !samples.is_empty() {
+                    let current = match &mut filling {
+                        Some(current) => current,
+                        None => {
+                            let Some((i, block)) = expected.next() else {
+                                overflow = true;
+                                return;
+                            };
+                            let rows = series[i].run(block, block + 1).len as usize;
+                            filling.insert((i, block, Vec::with_capacity(rows), rows))
+                        }
                     };
-                    fresh.push((key, samples));
+                    let take = samples.len().min(current.3 - current.2.len());
+                    current.2.extend_from_slice(&samples[..take]);
+                    samples = &samples[take..];
+                    if current.2.len() == current.3
+                        && let Some(done) = filling.take()
+                    {
+                        finish(done);
+                    }
                 }
+            })?;
+            if overflow || filling.is_some() || expected.next().is_some() {
+                return Err(StorageError::Corrupt {
+                    path: self.path.clone(),
+                    reason: "the rows read do not fill the blocks selected".to_owned(),
+                });
             }
             cache.insert(fresh);
         }
