@@ -345,3 +345,99 @@ impl Drop for KafkaBroker {
         let _ = self.child.wait();
     }
 }
+
+/// A Prometheus 2.42 server (the Debian package) of its own: a config file, a TSDB in a
+/// temporary directory, a free port.
+#[derive(Debug)]
+pub struct PrometheusServer {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl PrometheusServer {
+    /// Starts Prometheus with `config` (a prometheus.yml) and `extra` flags, and waits (up to
+    /// 30 s) until `/-/ready` answers 200.
+    pub fn start(config: &str, extra: &[&str]) -> Self {
+        let binary = find_program("prometheus")
+            .unwrap_or_else(|| panic!("prometheus is not installed: run ./scripts/install-peers"));
+        let dir = TempDir::new().unwrap_or_else(|e| panic!("no temporary directory: {e}"));
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", config_path.display()));
+        let port = free_port();
+        let log = dir.path().join("prometheus.log");
+        let output = output_file(&log);
+        let stderr = output
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot share Prometheus's log file: {e}"));
+        let child = Command::new(&binary)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(output)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let mut server = Self {
+            child,
+            port,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("prometheus exited ({status}):\n{}", server.output());
+            }
+            if server
+                .get("/-/ready")
+                .is_some_and(|(status, _)| status == 200)
+            {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus was not ready within 30 s:\n{}",
+                server.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// GETs `path_and_query`: the status and the body, `None` if Prometheus does not answer.
+    pub fn get(&self, path_and_query: &str) -> Option<(u16, String)> {
+        let response = http_get(self.port, path_and_query)?;
+        let status = response.split(' ').nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        Some((status, body))
+    }
+
+    /// What Prometheus logged.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        stop(&mut self.child, Duration::from_secs(10));
+    }
+}
