@@ -6,6 +6,7 @@
 //! spans and log records follow OTLP's; platform events are Meerkat's own.
 
 pub mod auth;
+pub mod duration;
 mod envelope;
 mod error;
 mod events;

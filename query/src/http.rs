@@ -134,35 +134,10 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, QueryError> {
             _ => Err(bad()),
         };
     }
-    let mut total_ms: u128 = 0;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        let number: u128 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit_ms: u128 = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "w" => 7 * 86_400_000,
-            "y" => 365 * 86_400_000,
-            _ => return Err(bad()),
-        };
-        total_ms = total_ms
-            .checked_add(number.checked_mul(unit_ms).ok_or_else(bad)?)
-            .ok_or_else(bad)?;
-        rest = &rest[unit_len..];
+    match model::duration::parse_duration_ms(text) {
+        Some(total_ms) if total_ms > 0 => Ok(Duration::from_millis(total_ms)),
+        _ => Err(bad()),
     }
-    let total_ms = u64::try_from(total_ms).map_err(|_| bad())?;
-    if total_ms == 0 {
-        return Err(bad());
-    }
-    Ok(Duration::from_millis(total_ms))
 }
 
 #[cfg(test)]

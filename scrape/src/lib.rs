@@ -6,6 +6,7 @@
 //! every action and Prometheus's validation. It depends only on small crates, never on the
 //! server: agents talk to the gateway over the network.
 
+pub mod config;
 pub mod exposition;
 pub mod labels;
 pub mod page;
