@@ -27,9 +27,7 @@ pub mod zipkin;
 
 /// Types generated from `proto/remote.proto`.
 pub mod proto {
-    pub mod prometheus {
-        include!(concat!(env!("OUT_DIR"), "/prometheus.rs"));
-    }
+    pub use prompb as prometheus;
 }
 
 use std::sync::Arc;

@@ -721,7 +721,7 @@ fn check_target_address(address: &str) -> Result<(), String> {
 }
 
 /// A target ready to scrape: its final labels and where to fetch it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Target {
     /// The labels every series of the target gets (`job`, `instance`, the rest).
     pub labels: LabelSet,

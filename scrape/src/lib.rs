@@ -7,10 +7,12 @@
 //! server: agents talk to the gateway over the network.
 
 pub mod config;
+pub mod discovery;
 pub mod exposition;
 pub mod labels;
 pub mod page;
 pub mod relabel;
+pub mod scraper;
 
 pub use exposition::{Entry, Format, MetricKind, ParseError, ParsedSample, Parser};
 pub use labels::LabelSet;

@@ -1,0 +1,541 @@
+//! Getting an agent's telemetry to the gateway: remote-write requests built from batches of
+//! series, snappy-compressed, sent one at a time in order, retried with exponential backoff
+//! while the gateway is unreachable or overloaded, and held in a bounded buffer meanwhile.
+//!
+//! An agent must never be knocked over by its gateway: memory is bounded by
+//! `buffer_bytes` (the oldest requests are dropped and counted beyond it), a slow or absent
+//! gateway only makes the buffer fill, and a request the gateway refuses as malformed (a 4xx
+//! other than 429) is dropped and counted rather than retried forever. Retryable answers
+//! (5xx, 429, connection errors, timeouts) keep the request at the head of the queue, so
+//! order is kept.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use prost::Message;
+use tokio::sync::Notify;
+
+pub use prompb;
+
+/// Where and how to send.
+#[derive(Clone, Debug)]
+pub struct RemoteWriteConfig {
+    /// The remote-write endpoint, e.g. `http://gateway:9797/api/v1/write`.
+    pub url: String,
+    /// Extra headers on every request (`Authorization`, a tenant header).
+    pub headers: Vec<(String, String)>,
+    /// How long one request may take before it counts as failed (and is retried).
+    pub timeout: Duration,
+    /// Samples per request at most.
+    pub max_samples_per_request: usize,
+    /// How long series wait for company before a partial batch is sent.
+    pub flush_interval: Duration,
+    /// Compressed requests held while the gateway does not take them; beyond this the
+    /// oldest are dropped (and counted).
+    pub buffer_bytes: usize,
+    /// First retry delay; doubles per failed attempt up to `max_backoff`.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl RemoteWriteConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            headers: Vec::new(),
+            timeout: Duration::from_secs(30),
+            max_samples_per_request: 2_000,
+            flush_interval: Duration::from_secs(1),
+            buffer_bytes: 64 << 20,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("invalid remote-write URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+}
+
+/// What delivery has done so far (exported as the agent's self-metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryStats {
+    /// Samples the gateway acknowledged.
+    pub sent_samples: u64,
+    pub sent_requests: u64,
+    /// Samples dropped because the buffer was full (oldest first).
+    pub dropped_samples: u64,
+    /// Samples the gateway refused as malformed (4xx other than 429).
+    pub rejected_samples: u64,
+    /// Failed attempts that were retried.
+    pub retries: u64,
+    /// Compressed bytes waiting now.
+    pub buffered_bytes: u64,
+    /// Samples waiting now (batched or buffered).
+    pub pending_samples: u64,
+}
+
+/// One compressed request and how many samples it carries.
+struct Request {
+    body: Bytes,
+    samples: u64,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Series not yet in a request.
+    batch: Vec<prompb::TimeSeries>,
+    batch_samples: usize,
+    /// Metadata to send with the next request.
+    metadata: Vec<prompb::MetricMetadata>,
+    requests: VecDeque<Request>,
+    buffered_bytes: usize,
+    closed: bool,
+}
+
+struct Shared {
+    config: RemoteWriteConfig,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    sent_samples: AtomicU64,
+    sent_requests: AtomicU64,
+    dropped_samples: AtomicU64,
+    rejected_samples: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Turns the current batch into a compressed request at the back of the queue, dropping
+    /// the oldest requests while the buffer is over its bound.
+    fn seal(&self, queue: &mut Queue) {
+        if queue.batch.is_empty() && queue.metadata.is_empty() {
+            return;
+        }
+        let request = prompb::WriteRequest {
+            timeseries: std::mem::take(&mut queue.batch),
+            metadata: std::mem::take(&mut queue.metadata),
+        };
+        let samples = queue.batch_samples as u64;
+        queue.batch_samples = 0;
+        let encoded = request.encode_to_vec();
+        let body = match snap::raw::Encoder::new().compress_vec(&encoded) {
+            Ok(body) => Bytes::from(body),
+            Err(error) => {
+                // Only an input over snappy's 4 GiB limit fails; a batch never is one.
+                tracing::error!(%error, "cannot compress a remote-write request; dropped");
+                self.dropped_samples.fetch_add(samples, Ordering::Relaxed);
+                return;
+            }
+        };
+        queue.buffered_bytes += body.len();
+        queue.requests.push_back(Request { body, samples });
+        while queue.buffered_bytes > self.config.buffer_bytes && queue.requests.len() > 1 {
+            if let Some(oldest) = queue.requests.pop_front() {
+                queue.buffered_bytes -= oldest.body.len();
+                self.dropped_samples
+                    .fetch_add(oldest.samples, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The sending side an agent holds; cheap to clone.
+#[derive(Clone)]
+pub struct Delivery {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("url", &self.shared.config.url)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// How a send attempt ended.
+enum Outcome {
+    Acknowledged,
+    /// The gateway says the request is wrong: retrying cannot help.
+    Refused(String),
+    Retry(String),
+}
+
+impl Delivery {
+    /// Starts the sender task on the current tokio runtime.
+    pub fn start(
+        config: RemoteWriteConfig,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), DeliveryError> {
+        let uri: hyper::Uri = config
+            .url
+            .parse()
+            .map_err(
+                |e: hyper::http::uri::InvalidUri| DeliveryError::InvalidUrl {
+                    url: config.url.clone(),
+                    reason: e.to_string(),
+                },
+            )?;
+        if uri.scheme_str() != Some("http") {
+            return Err(DeliveryError::InvalidUrl {
+                url: config.url.clone(),
+                reason: "only http:// is supported".to_owned(),
+            });
+        }
+        let shared = Arc::new(Shared {
+            config,
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            sent_samples: AtomicU64::new(0),
+            sent_requests: AtomicU64::new(0),
+            dropped_samples: AtomicU64::new(0),
+            rejected_samples: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        });
+        let task = tokio::spawn(run(shared.clone(), uri));
+        Ok((Self { shared }, task))
+    }
+
+    /// Queues series; they go out within `flush_interval`, or at once when a request is full.
+    pub fn push(&self, series: Vec<prompb::TimeSeries>) {
+        let mut queue = self.shared.lock();
+        let limit = self.shared.config.max_samples_per_request.max(1);
+        let mut sealed = false;
+        for one in series {
+            let samples = one.samples.len() + one.histograms.len();
+            queue.batch.push(one);
+            queue.batch_samples += samples;
+            if queue.batch_samples >= limit {
+                self.shared.seal(&mut queue);
+                sealed = true;
+            }
+        }
+        drop(queue);
+        if sealed {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Queues metadata for the next request.
+    pub fn push_metadata(&self, metadata: Vec<prompb::MetricMetadata>) {
+        self.shared.lock().metadata.extend(metadata);
+    }
+
+    pub fn stats(&self) -> DeliveryStats {
+        let queue = self.shared.lock();
+        let buffered: u64 = queue.requests.iter().map(|r| r.samples).sum();
+        DeliveryStats {
+            sent_samples: self.shared.sent_samples.load(Ordering::Relaxed),
+            sent_requests: self.shared.sent_requests.load(Ordering::Relaxed),
+            dropped_samples: self.shared.dropped_samples.load(Ordering::Relaxed),
+            rejected_samples: self.shared.rejected_samples.load(Ordering::Relaxed),
+            retries: self.shared.retries.load(Ordering::Relaxed),
+            buffered_bytes: queue.buffered_bytes as u64,
+            pending_samples: buffered + queue.batch_samples as u64,
+        }
+    }
+
+    /// Sends what is queued and stops the task once the queue is empty (or at once when
+    /// the gateway does not take it).
+    pub fn close(&self) {
+        let mut queue = self.shared.lock();
+        queue.closed = true;
+        self.shared.seal(&mut queue);
+        drop(queue);
+        self.shared.wake.notify_one();
+    }
+}
+
+async fn run(shared: Arc<Shared>, uri: hyper::Uri) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let mut backoff = shared.config.min_backoff;
+    loop {
+        let next = {
+            let mut queue = shared.lock();
+            if queue.requests.is_empty() {
+                shared.seal(&mut queue);
+            }
+            match queue.requests.front() {
+                Some(request) => Some((request.body.clone(), request.samples)),
+                None if queue.closed => return,
+                None => None,
+            }
+        };
+        let Some((body, samples)) = next else {
+            // Nothing to send: wait for a full batch or the flush interval.
+            let _ =
+                tokio::time::timeout(shared.config.flush_interval, shared.wake.notified()).await;
+            continue;
+        };
+        let outcome = send(&client, &shared.config, &uri, body).await;
+        let done = |shared: &Shared| {
+            let mut queue = shared.lock();
+            if let Some(sent) = queue.requests.pop_front() {
+                queue.buffered_bytes -= sent.body.len();
+            }
+        };
+        match outcome {
+            Outcome::Acknowledged => {
+                done(&shared);
+                shared.sent_samples.fetch_add(samples, Ordering::Relaxed);
+                shared.sent_requests.fetch_add(1, Ordering::Relaxed);
+                backoff = shared.config.min_backoff;
+            }
+            Outcome::Refused(reason) => {
+                done(&shared);
+                shared
+                    .rejected_samples
+                    .fetch_add(samples, Ordering::Relaxed);
+                tracing::warn!(url = %shared.config.url, %reason, samples, "the gateway refused a remote-write request; dropped");
+            }
+            Outcome::Retry(reason) => {
+                shared.retries.fetch_add(1, Ordering::Relaxed);
+                if shared.lock().closed {
+                    tracing::warn!(url = %shared.config.url, %reason, "closing with requests the gateway did not take");
+                    return;
+                }
+                tracing::debug!(url = %shared.config.url, %reason, ?backoff, "remote-write failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(shared.config.max_backoff);
+            }
+        }
+    }
+}
+
+async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    config: &RemoteWriteConfig,
+    uri: &hyper::Uri,
+    body: Bytes,
+) -> Outcome {
+    let mut request = hyper::Request::post(uri.clone())
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "snappy")
+        .header("x-prometheus-remote-write-version", "0.1.0")
+        .header(
+            "user-agent",
+            concat!("meerkat-agent/", env!("CARGO_PKG_VERSION")),
+        );
+    for (name, value) in &config.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let request = match request.body(Full::new(body)) {
+        Ok(request) => request,
+        Err(error) => return Outcome::Refused(format!("cannot build the request: {error}")),
+    };
+    let response = match tokio::time::timeout(config.timeout, client.request(request)).await {
+        Err(_) => return Outcome::Retry(format!("no answer within {:?}", config.timeout)),
+        Ok(Err(error)) => return Outcome::Retry(error.to_string()),
+        Ok(Ok(response)) => response,
+    };
+    let status = response.status();
+    // Read the body so the connection can be reused (and to log why on failure).
+    let text = match tokio::time::timeout(config.timeout, response.into_body().collect()).await {
+        Ok(Ok(collected)) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+        _ => String::new(),
+    };
+    if status.is_success() {
+        Outcome::Acknowledged
+    } else if status.as_u16() == 429 || status.is_server_error() {
+        Outcome::Retry(format!("{status}: {}", text.trim()))
+    } else {
+        Outcome::Refused(format!("{status}: {}", text.trim()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::routing::post;
+
+    fn series(name: &str, samples: usize) -> prompb::TimeSeries {
+        prompb::TimeSeries {
+            labels: vec![prompb::Label {
+                name: Bytes::from_static(b"__name__"),
+                value: Bytes::copy_from_slice(name.as_bytes()),
+            }],
+            samples: (0..samples)
+                .map(|i| prompb::Sample {
+                    value: i as f64,
+                    timestamp: i as i64,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// A receiver answering with `status(n)` to its n-th request, recording decoded bodies.
+    async fn receiver(
+        status: impl Fn(usize) -> StatusCode + Send + Sync + 'static,
+    ) -> (
+        String,
+        Arc<Mutex<Vec<prompb::WriteRequest>>>,
+        Arc<AtomicUsize>,
+    ) {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let status = Arc::new(status);
+        let (r, a) = (received.clone(), attempts.clone());
+        let app = Router::new().route(
+            "/api/v1/write",
+            post(move |body: Bytes| {
+                let (r, a, status) = (r.clone(), a.clone(), status.clone());
+                async move {
+                    let n = a.fetch_add(1, Ordering::SeqCst);
+                    let code = status(n);
+                    if code.is_success() {
+                        let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
+                        r.lock()
+                            .unwrap()
+                            .push(prompb::WriteRequest::decode(&raw[..]).unwrap());
+                    }
+                    code
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/v1/write", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, received, attempts)
+    }
+
+    fn fast(url: &str) -> RemoteWriteConfig {
+        RemoteWriteConfig {
+            flush_interval: Duration::from_millis(20),
+            min_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+            max_samples_per_request: 10,
+            ..RemoteWriteConfig::new(url)
+        }
+    }
+
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_arrive_in_order_and_failures_are_retried() {
+        // The 2nd and 3rd attempts fail with 503 and 429: retried, nothing lost or reordered.
+        let (url, received, _) = receiver(|n| match n {
+            1 => StatusCode::SERVICE_UNAVAILABLE,
+            2 => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::NO_CONTENT,
+        })
+        .await;
+        let (delivery, task) = Delivery::start(fast(&url)).unwrap();
+        for i in 0..5 {
+            delivery.push(vec![series(&format!("m{i}"), 10)]);
+        }
+        delivery.push(vec![series("tail", 3)]);
+        until("all samples", || delivery.stats().sent_samples == 53).await;
+        let stats = delivery.stats();
+        assert_eq!(
+            (stats.retries, stats.dropped_samples, stats.pending_samples),
+            (2, 0, 0)
+        );
+        let names: Vec<String> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| {
+                r.timeseries
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(&s.labels[0].value).into_owned())
+            })
+            .collect();
+        assert_eq!(names, ["m0", "m1", "m2", "m3", "m4", "tail"]);
+        delivery.close();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_request_is_dropped_and_counted() {
+        let (url, received, _) = receiver(|n| {
+            if n == 0 {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            }
+        })
+        .await;
+        let (delivery, _task) = Delivery::start(fast(&url)).unwrap();
+        delivery.push(vec![series("bad", 10)]);
+        delivery.push(vec![series("good", 10)]);
+        until("the good request", || delivery.stats().sent_samples == 10).await;
+        assert_eq!(delivery.stats().rejected_samples, 10);
+        assert_eq!(received.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_gateway_fills_a_bounded_buffer_dropping_the_oldest() {
+        // Nothing listens on this port.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = RemoteWriteConfig {
+            buffer_bytes: 4_000,
+            ..fast(&format!("http://127.0.0.1:{port}/api/v1/write"))
+        };
+        let (delivery, _task) = Delivery::start(config).unwrap();
+        for i in 0..200 {
+            delivery.push(vec![series(&format!("series_{i}"), 10)]);
+        }
+        let stats = delivery.stats();
+        assert!(stats.buffered_bytes <= 4_000 + 1_000, "{stats:?}");
+        assert!(stats.dropped_samples > 0, "{stats:?}");
+        assert_eq!(
+            stats.dropped_samples + stats.pending_samples,
+            2_000,
+            "every sample is sent, buffered or counted"
+        );
+        until("a retry", || delivery.stats().retries > 0).await;
+    }
+
+    #[test]
+    fn only_http_urls_are_taken() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let error = Delivery::start(RemoteWriteConfig::new("ftp://x/")).unwrap_err();
+            assert!(error.to_string().contains("only http://"), "{error}");
+            let error = Delivery::start(RemoteWriteConfig::new("not a url")).unwrap_err();
+            assert!(
+                error.to_string().contains("invalid remote-write URL"),
+                "{error}"
+            );
+        });
+    }
+}

@@ -1,0 +1,473 @@
+//! Scraping on a schedule: one loop per target, as Prometheus 2.42 runs them.
+//!
+//! Each target is scraped every `interval` at a fixed offset inside the interval (a hash of
+//! the target, so many targets spread out instead of firing together), with the job's
+//! timeout, auth and `Accept` header. Every scrape yields the page's series plus the five
+//! report series (`up`, `scrape_duration_seconds`, `scrape_samples_scraped`,
+//! `scrape_samples_post_metric_relabeling`, `scrape_series_added`), and a staleness marker
+//! for each series the previous scrape had and this one lacks — all of them when the scrape
+//! fails, and all of them plus the report series when the target goes away. Output goes to a
+//! [`ScrapeSink`], which the agent wires to delivery.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::watch;
+
+use crate::config::{
+    Auth, PrometheusConfig, ScrapeJob, Target, discovered_labels, populate_target,
+};
+use crate::discovery;
+use crate::exposition::{ACCEPT_HEADER, Format};
+use crate::labels::LabelSet;
+use crate::page::{FamilyMetadata, PageOptions, PageSample, read_page};
+
+/// Prometheus's staleness marker: a NaN with this bit pattern.
+pub const STALE_NAN: f64 = f64::from_bits(0x7ff0_0000_0000_0002);
+
+/// One scrape's output.
+#[derive(Debug, Default)]
+pub struct ScrapeOutput {
+    pub samples: Vec<PageSample>,
+    pub metadata: BTreeMap<String, FamilyMetadata>,
+}
+
+/// Where scrapes go.
+pub trait ScrapeSink: Send + Sync + 'static {
+    fn accept(&self, output: ScrapeOutput);
+}
+
+/// The HTTP client all loops share (connections are kept alive per target).
+pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+pub fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+const REPORT_SERIES: [&str; 5] = [
+    "up",
+    "scrape_duration_seconds",
+    "scrape_samples_scraped",
+    "scrape_samples_post_metric_relabeling",
+    "scrape_series_added",
+];
+
+/// The state one target's loop keeps between scrapes.
+struct TargetLoop {
+    target: Target,
+    job: Arc<ScrapeJob>,
+    options: PageOptions,
+    client: HttpClient,
+    /// The series the last scrape produced, to mark the missing ones stale.
+    last_series: HashSet<LabelSet>,
+}
+
+impl TargetLoop {
+    fn new(target: Target, job: Arc<ScrapeJob>, client: HttpClient) -> Self {
+        let options = PageOptions {
+            honor_labels: job.honor_labels,
+            honor_timestamps: job.honor_timestamps,
+            sample_limit: job.sample_limit,
+            label_limit: job.label_limit,
+            label_name_length_limit: job.label_name_length_limit,
+            label_value_length_limit: job.label_value_length_limit,
+            metric_relabel: job.metric_relabel.clone(),
+        };
+        Self {
+            target,
+            job,
+            options,
+            client,
+            last_series: HashSet::new(),
+        }
+    }
+
+    fn report_labels(&self, name: &str) -> LabelSet {
+        let mut labels = self.target.labels.clone();
+        labels.set("__name__", name.to_owned());
+        labels
+    }
+
+    fn report(&self, output: &mut ScrapeOutput, at_ms: i64, values: [f64; 5]) {
+        for (name, value) in REPORT_SERIES.iter().zip(values) {
+            output.samples.push(PageSample {
+                labels: self.report_labels(name),
+                value,
+                timestamp_ms: at_ms,
+                exemplar: None,
+            });
+        }
+    }
+
+    /// Fetches the page: its bytes and `Content-Type`.
+    async fn fetch(&self) -> Result<(Vec<u8>, Option<String>), String> {
+        if !self.target.url.starts_with("http://") {
+            return Err("https targets are not supported by Meerkat's agent yet".to_owned());
+        }
+        let uri: hyper::Uri = self
+            .target
+            .url
+            .parse()
+            .map_err(|e| format!("invalid target URL {}: {e}", self.target.url))?;
+        let mut request = hyper::Request::get(uri)
+            .header("accept", ACCEPT_HEADER)
+            .header("accept-encoding", "gzip")
+            .header(
+                "user-agent",
+                concat!("meerkat-agent/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(
+                "x-prometheus-scrape-timeout-seconds",
+                format!("{}", self.target.timeout_ms as f64 / 1000.0),
+            );
+        match &self.job.auth {
+            Some(Auth::Basic { username, password }) => {
+                let password = password.read()?;
+                request = request.header(
+                    "authorization",
+                    format!(
+                        "Basic {}",
+                        base64(format!("{username}:{password}").as_bytes())
+                    ),
+                );
+            }
+            Some(Auth::Header { kind, credentials }) => {
+                request =
+                    request.header("authorization", format!("{kind} {}", credentials.read()?));
+            }
+            None => {}
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| format!("Get {:?}: {}", self.target.url, error_chain(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("server returned HTTP status {status}"));
+        }
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let content_type = header("content-type");
+        let gzip = header("content-encoding").is_some_and(|e| e.eq_ignore_ascii_case("gzip"));
+        let limit = match self.job.body_size_limit_bytes {
+            0 => usize::MAX,
+            limit => limit as usize,
+        };
+        let body = Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    format!("body size limit exceeded ({limit} bytes)")
+                } else {
+                    format!("reading the body: {e}")
+                }
+            })?
+            .to_bytes();
+        if !gzip {
+            return Ok((body.to_vec(), content_type));
+        }
+        let mut page = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut page)
+            .map_err(|e| format!("decompressing the body: {e}"))?;
+        if page.len() > limit {
+            return Err(format!("body size limit exceeded ({limit} bytes)"));
+        }
+        Ok((page, content_type))
+    }
+
+    /// One scrape at `at_ms`: the page (or the failure) and the report series.
+    async fn scrape(&mut self, at_ms: i64) -> ScrapeOutput {
+        let started = Instant::now();
+        let timeout = Duration::from_millis(self.target.timeout_ms);
+        let fetched = match tokio::time::timeout(timeout, self.fetch()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "context deadline exceeded (scrape timeout {timeout:?})"
+            )),
+        };
+        let page = fetched.and_then(|(body, content_type)| {
+            let format = Format::from_content_type(content_type.as_deref());
+            read_page(&body, format, &self.target.labels, &self.options, at_ms)
+                .map_err(|e| e.to_string())
+        });
+        let mut output = ScrapeOutput::default();
+        let (up, scraped, kept, added) = match page {
+            Ok(page) => {
+                let current: HashSet<LabelSet> =
+                    page.samples.iter().map(|s| s.labels.clone()).collect();
+                let added = current.difference(&self.last_series).count();
+                self.mark_stale(&mut output, &current, at_ms);
+                self.last_series = current;
+                let kept = page.samples.len();
+                output.samples = page.samples;
+                output.metadata = page.metadata;
+                (1.0, page.scraped, kept, added)
+            }
+            Err(error) => {
+                tracing::debug!(target = %self.target.url, %error, "scrape failed");
+                self.mark_stale(&mut output, &HashSet::new(), at_ms);
+                self.last_series.clear();
+                (0.0, 0, 0, 0)
+            }
+        };
+        let duration = started.elapsed().as_secs_f64();
+        self.report(
+            &mut output,
+            at_ms,
+            [up, duration, scraped as f64, kept as f64, added as f64],
+        );
+        output
+    }
+
+    /// Staleness markers for the last scrape's series missing from `current`.
+    fn mark_stale(&self, output: &mut ScrapeOutput, current: &HashSet<LabelSet>, at_ms: i64) {
+        for gone in self.last_series.difference(current) {
+            output.samples.push(PageSample {
+                labels: gone.clone(),
+                value: STALE_NAN,
+                timestamp_ms: at_ms,
+                exemplar: None,
+            });
+        }
+    }
+
+    /// The target went away: every series it had, and its report series, go stale.
+    fn end(&mut self, at_ms: i64) -> ScrapeOutput {
+        let mut output = ScrapeOutput::default();
+        self.mark_stale(&mut output, &HashSet::new(), at_ms);
+        self.last_series.clear();
+        self.report(&mut output, at_ms, [STALE_NAN; 5]);
+        output
+    }
+}
+
+/// Go's `err.Error()` is one line with causes; hyper's errors keep theirs as sources.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn base64(input: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(input)
+}
+
+/// Where in each interval a target is scraped: a stable hash of it, so restarts keep the
+/// schedule and targets spread over the interval.
+fn offset_ms(target: &Target) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    target.url.hash(&mut hasher);
+    target.labels.hash(&mut hasher);
+    hasher.finish() % target.interval_ms.max(1)
+}
+
+/// Runs one target's loop until `stop` turns true, then marks everything stale.
+async fn run_target(
+    mut state: TargetLoop,
+    sink: Arc<dyn ScrapeSink>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let interval = state.target.interval_ms.max(1);
+    let offset = offset_ms(&state.target);
+    let now = now_ms().max(0) as u64;
+    let mut next = now - now % interval + offset;
+    if next < now {
+        next += interval;
+    }
+    loop {
+        let wait = Duration::from_millis(next.saturating_sub(now_ms().max(0) as u64));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => break,
+        }
+        if *stop.borrow() {
+            break;
+        }
+        let at_ms = now_ms();
+        let output = state.scrape(at_ms).await;
+        sink.accept(output);
+        let now = now_ms().max(0) as u64;
+        // Skip rounds a slow scrape overran, as a ticker does.
+        while next <= now {
+            next += interval;
+        }
+    }
+    sink.accept(state.end(now_ms()));
+}
+
+/// A running target: what identifies it and how to stop it.
+struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// All of a configuration's targets, started, stopped and refreshed as discovery changes.
+pub struct ScrapeManager {
+    client: HttpClient,
+    sink: Arc<dyn ScrapeSink>,
+    running: HashMap<(String, Target), Running>,
+}
+
+impl std::fmt::Debug for ScrapeManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScrapeManager")
+            .field("targets", &self.running.len())
+            .finish()
+    }
+}
+
+/// What discovery found for a job: its targets and the problems met on the way.
+#[derive(Debug, Default)]
+pub struct JobTargets {
+    pub targets: Vec<Target>,
+    pub errors: Vec<String>,
+}
+
+/// The targets of `job` now: static groups and file discovery, populated and relabeled.
+pub fn job_targets(job: &ScrapeJob) -> JobTargets {
+    let mut found = JobTargets::default();
+    let mut groups = job.static_groups.clone();
+    for file_sd in &job.file_sd {
+        match discovery::read_file_sd(&file_sd.files) {
+            Ok(file_groups) => groups.extend(file_groups),
+            Err(error) => found.errors.push(error),
+        }
+    }
+    for group in &groups {
+        for address in &group.targets {
+            match populate_target(&discovered_labels(group, address), job) {
+                Ok(Some(target)) => {
+                    if !found.targets.contains(&target) {
+                        found.targets.push(target);
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => found
+                    .errors
+                    .push(format!("{} target {address:?}: {error}", group.source)),
+            }
+        }
+    }
+    found
+}
+
+impl ScrapeManager {
+    pub fn new(client: HttpClient, sink: Arc<dyn ScrapeSink>) -> Self {
+        Self {
+            client,
+            sink,
+            running: HashMap::new(),
+        }
+    }
+
+    /// Makes the running targets those of `config` now: new ones start, gone ones stop
+    /// (their series marked stale), unchanged ones keep running. Returns discovery's errors.
+    pub fn apply(&mut self, config: &PrometheusConfig) -> Vec<String> {
+        let mut wanted: HashMap<(String, Target), Arc<ScrapeJob>> = HashMap::new();
+        let mut errors = Vec::new();
+        for job in &config.jobs {
+            let found = job_targets(job);
+            errors.extend(
+                found
+                    .errors
+                    .into_iter()
+                    .map(|e| format!("job {:?}: {e}", job.name)),
+            );
+            let job = Arc::new(job.clone());
+            for target in found.targets {
+                wanted.insert((job.name.clone(), target), job.clone());
+            }
+        }
+        self.running.retain(|key, running| {
+            let keep = wanted.contains_key(key);
+            if !keep {
+                let _ = running.stop.send(true);
+            }
+            keep
+        });
+        for (key, job) in wanted {
+            if self.running.contains_key(&key) {
+                continue;
+            }
+            let (stop, stopped) = watch::channel(false);
+            let state = TargetLoop::new(key.1.clone(), job, self.client.clone());
+            let task = tokio::spawn(run_target(state, self.sink.clone(), stopped));
+            self.running.insert(key, Running { stop, task });
+        }
+        errors
+    }
+
+    /// The targets running now, by job.
+    pub fn targets(&self) -> Vec<(String, Target)> {
+        let mut targets: Vec<(String, Target)> = self.running.keys().cloned().collect();
+        targets.sort_by(|a, b| (&a.0, &a.1.url).cmp(&(&b.0, &b.1.url)));
+        targets
+    }
+
+    /// Stops every loop (each marks its series stale) and waits for them.
+    pub async fn stop(&mut self) {
+        let running: Vec<Running> = self.running.drain().map(|(_, r)| r).collect();
+        for r in &running {
+            let _ = r.stop.send(true);
+        }
+        for r in running {
+            let _ = r.task.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_is_standard() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
+    }
+
+    #[test]
+    fn stale_markers_are_prometheus_s() {
+        assert_eq!(STALE_NAN.to_bits(), 0x7ff0_0000_0000_0002);
+        assert!(STALE_NAN.is_nan());
+    }
+}
