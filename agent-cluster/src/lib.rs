@@ -1,7 +1,293 @@
 //! The cluster agent, one Deployment per Kubernetes cluster.
 //!
-//! This crate will own Prometheus-compatible scraping (a Prometheus `scrape_configs` file
-//! works as it is), cluster state metrics with kube-state-metrics names, Kubernetes events as
-//! platform events, and the agent's registration heartbeat to the gateway.
+//! It runs a Prometheus configuration file's `scrape_configs` as they are (the scrape engine
+//! is the `scrape` crate, shared with the node agent) and delivers what it scrapes to the
+//! gateway by remote-write (`delivery`). It never links the server: the gateway is an HTTP
+//! address. The configuration is re-read when the file changes or on SIGHUP; a broken new
+//! file is logged and the running one kept, as Prometheus does. On stop every series is
+//! marked stale and the buffer flushed.
 //!
-//! Nothing is implemented yet; see issue 6.
+//! Still to come (issue 6): `kubernetes_sd_configs` discovery, cluster state metrics with
+//! kube-state-metrics names, Kubernetes events, registration with the gateway.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use delivery::{Delivery, RemoteWriteConfig};
+use scrape::LabelSet;
+use scrape::config::PrometheusConfig;
+use scrape::exposition::MetricKind;
+use scrape::scraper::{ScrapeManager, ScrapeOutput, ScrapeSink, http_client};
+
+/// How the agent is started.
+#[derive(Clone, Debug)]
+pub struct ClusterAgentOptions {
+    /// The Prometheus configuration file (`scrape_configs`, optionally `remote_write`).
+    pub scrape_config: PathBuf,
+    /// The gateway's base URL; remote-write goes to `<gateway>/api/v1/write` unless the
+    /// configuration file names a `remote_write` URL.
+    pub gateway: String,
+    /// Headers sent with every remote-write request (a tenant token, say).
+    pub headers: Vec<(String, String)>,
+    /// Remote-write requests held while the gateway does not take them.
+    pub buffer_bytes: usize,
+}
+
+/// Why the agent cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Config { path: String, message: String },
+    #[error(transparent)]
+    Delivery(#[from] delivery::DeliveryError),
+    #[error("cannot install the SIGHUP handler: {0}")]
+    Signal(std::io::Error),
+}
+
+fn load(path: &PathBuf) -> Result<PrometheusConfig, AgentError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AgentError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    PrometheusConfig::parse(&text).map_err(|e| AgentError::Config {
+        path: path.display().to_string(),
+        message: e.0,
+    })
+}
+
+/// Turns scrapes into remote-write series: external labels added where a series lacks them,
+/// metadata sent once a minute per family (as Prometheus's metadata sender does).
+struct RemoteWriteSink {
+    delivery: Delivery,
+    external_labels: Mutex<LabelSet>,
+    metadata_sent: Mutex<HashMap<String, Instant>>,
+}
+
+const METADATA_INTERVAL: Duration = Duration::from_secs(60);
+
+fn label(name: &str, value: &str) -> prompb::Label {
+    prompb::Label {
+        name: Bytes::copy_from_slice(name.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+    }
+}
+
+fn labels_of(set: &LabelSet) -> Vec<prompb::Label> {
+    set.iter().map(|(n, v)| label(n, v)).collect()
+}
+
+fn metric_type(kind: Option<MetricKind>) -> i32 {
+    use prompb::metric_metadata::MetricType as T;
+    (match kind {
+        Some(MetricKind::Counter) => T::Counter,
+        Some(MetricKind::Gauge) => T::Gauge,
+        Some(MetricKind::Histogram) => T::Histogram,
+        Some(MetricKind::GaugeHistogram) => T::Gaugehistogram,
+        Some(MetricKind::Summary) => T::Summary,
+        Some(MetricKind::Info) => T::Info,
+        Some(MetricKind::Stateset) => T::Stateset,
+        Some(MetricKind::Unknown) | None => T::Unknown,
+    }) as i32
+}
+
+impl ScrapeSink for RemoteWriteSink {
+    fn accept(&self, output: ScrapeOutput) {
+        let external = self
+            .external_labels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let series: Vec<prompb::TimeSeries> = output
+            .samples
+            .into_iter()
+            .map(|sample| {
+                let mut labels = sample.labels;
+                for (name, value) in external.iter() {
+                    if !labels.contains(name) {
+                        labels.set(name, value.to_owned());
+                    }
+                }
+                let exemplars = sample
+                    .exemplar
+                    .map(|e| prompb::Exemplar {
+                        labels: labels_of(&e.labels),
+                        value: e.value,
+                        timestamp: e.timestamp_ms.unwrap_or(sample.timestamp_ms),
+                    })
+                    .into_iter()
+                    .collect();
+                prompb::TimeSeries {
+                    labels: labels_of(&labels),
+                    samples: vec![prompb::Sample {
+                        value: sample.value,
+                        timestamp: sample.timestamp_ms,
+                    }],
+                    exemplars,
+                    histograms: Vec::new(),
+                }
+            })
+            .collect();
+        self.delivery.push(series);
+        let now = Instant::now();
+        let mut sent = self
+            .metadata_sent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut metadata = Vec::new();
+        for (family, meta) in output.metadata {
+            let due = sent
+                .get(&family)
+                .is_none_or(|at| now.duration_since(*at) >= METADATA_INTERVAL);
+            if !due {
+                continue;
+            }
+            sent.insert(family.clone(), now);
+            metadata.push(prompb::MetricMetadata {
+                r#type: metric_type(meta.kind),
+                metric_family_name: family,
+                help: meta.help.unwrap_or_default(),
+                unit: meta.unit.unwrap_or_default(),
+            });
+        }
+        drop(sent);
+        if !metadata.is_empty() {
+            self.delivery.push_metadata(metadata);
+        }
+    }
+}
+
+/// The shortest file discovery refresh of a configuration (Prometheus's default: 5 m).
+fn refresh_interval(config: &PrometheusConfig) -> Duration {
+    config
+        .jobs
+        .iter()
+        .flat_map(|job| job.file_sd.iter())
+        .map(|sd| sd.refresh_interval.map_or(300_000, |d| d.0))
+        .min()
+        .map_or(Duration::from_secs(300), |ms| {
+            Duration::from_millis(ms.max(1_000))
+        })
+}
+
+fn modified(path: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    options: ClusterAgentOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let mut config = load(&options.scrape_config)?;
+    let mut remote = match config.remote_write.first() {
+        Some(remote) => {
+            let mut remote_config = RemoteWriteConfig::new(remote.url.clone());
+            remote_config.headers = remote.headers.clone().into_iter().collect();
+            remote_config
+        }
+        None => RemoteWriteConfig::new(format!(
+            "{}/api/v1/write",
+            options.gateway.trim_end_matches('/')
+        )),
+    };
+    remote.headers.extend(options.headers.iter().cloned());
+    remote.buffer_bytes = options.buffer_bytes;
+    tracing::info!(url = %remote.url, jobs = config.jobs.len(), "cluster agent starting");
+    let (delivery, delivery_task) = Delivery::start(remote)?;
+    let sink = Arc::new(RemoteWriteSink {
+        delivery: delivery.clone(),
+        external_labels: Mutex::new(config.external_labels.clone()),
+        metadata_sent: Mutex::new(HashMap::new()),
+    });
+    let mut manager = ScrapeManager::new(http_client(), sink.clone());
+    for error in manager.apply(&config) {
+        tracing::warn!(%error, "target discovery");
+    }
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(AgentError::Signal)?;
+    let mut seen = modified(&options.scrape_config);
+    let mut last_refresh = Instant::now();
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    tokio::pin!(shutdown);
+    loop {
+        let reload = tokio::select! {
+            () = &mut shutdown => break,
+            _ = hangup.recv() => true,
+            _ = check.tick() => {
+                let now_modified = modified(&options.scrape_config);
+                let changed = now_modified != seen;
+                seen = now_modified;
+                changed
+            }
+        };
+        if reload {
+            match load(&options.scrape_config) {
+                Ok(new) => {
+                    tracing::info!(jobs = new.jobs.len(), "configuration reloaded");
+                    *sink
+                        .external_labels
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = new.external_labels.clone();
+                    config = new;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the new configuration is refused; the running one is kept");
+                    continue;
+                }
+            }
+        } else if last_refresh.elapsed() < refresh_interval(&config) {
+            continue;
+        }
+        last_refresh = Instant::now();
+        for error in manager.apply(&config) {
+            tracing::warn!(%error, "target discovery");
+        }
+    }
+    tracing::info!("cluster agent stopping: marking series stale and flushing");
+    manager.stop().await;
+    delivery.close();
+    if tokio::time::timeout(Duration::from_secs(10), delivery_task)
+        .await
+        .is_err()
+    {
+        let stats = delivery.stats();
+        tracing::warn!(
+            pending = stats.pending_samples,
+            "stopped before the gateway took everything"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_follows_the_shortest_file_discovery_interval() {
+        let config = PrometheusConfig::parse(
+            "scrape_configs:\n  - job_name: a\n    file_sd_configs:\n      - files: [a.json]\n        refresh_interval: 30s\n  - job_name: b\n    file_sd_configs:\n      - files: [b.json]\n",
+        )
+        .unwrap();
+        assert_eq!(refresh_interval(&config), Duration::from_secs(30));
+        assert_eq!(
+            refresh_interval(&PrometheusConfig::parse("").unwrap()),
+            Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn metadata_types_map_to_remote_write() {
+        use prompb::metric_metadata::MetricType as T;
+        assert_eq!(metric_type(Some(MetricKind::Counter)), T::Counter as i32);
+        assert_eq!(metric_type(None), T::Unknown as i32);
+    }
+}

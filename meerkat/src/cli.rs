@@ -89,7 +89,23 @@ pub enum AgentCommand {
     /// The node agent (DaemonSet): host, container and pod telemetry of one node
     Node,
     /// The cluster agent: Prometheus-compatible scraping and cluster state
-    Cluster,
+    Cluster(ClusterAgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterAgentArgs {
+    /// A Prometheus configuration file: its `scrape_configs` run as they are (re-read when
+    /// it changes and on SIGHUP)
+    #[arg(long, value_name = "FILE")]
+    pub scrape_config: PathBuf,
+    /// The gateway to deliver to (remote-write to <URL>/api/v1/write), unless the file
+    /// names a `remote_write` URL
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9797")]
+    pub gateway: String,
+    /// Compressed remote-write requests held while the gateway does not take them; the
+    /// oldest are dropped (and counted) beyond this
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub buffer_bytes: usize,
 }
 
 #[derive(Debug, Subcommand)]

@@ -49,6 +49,33 @@ fn load_config(cli: &Cli) -> anyhow::Result<(Config, config::Sources)> {
     )
 }
 
+/// `meerkat agent cluster`: scrapes until SIGINT/SIGTERM, then marks series stale and flushes.
+fn run_cluster_agent(cli: &Cli, args: &cli::ClusterAgentArgs) -> anyhow::Result<ExitCode> {
+    let (config, _) = load_config(cli)?;
+    telemetry::init_logging(&config.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("meerkat-agent")
+        .build()?;
+    let options = agent_cluster::ClusterAgentOptions {
+        scrape_config: args.scrape_config.clone(),
+        gateway: args.gateway.clone(),
+        headers: Vec::new(),
+        buffer_bytes: args.buffer_bytes,
+    };
+    runtime.block_on(async {
+        let mut signals = lifecycle::ShutdownSignals::install()?;
+        agent_cluster::run(options, async move {
+            let signal = signals.recv().await;
+            tracing::info!(signal, "stopping");
+        })
+        .await
+        .map_err(anyhow::Error::from)
+    })?;
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_role(cli: &Cli, role: serve::Role) -> anyhow::Result<ExitCode> {
     let (config, sources) = load_config(cli)?;
     telemetry::init_logging(&config.log)?;
@@ -93,6 +120,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query => run_role(&cli, serve::Role::Query),
         Command::Alerting => unavailable("alerting", "issue 7"),
         Command::Agent(AgentCommand::Node) => unavailable("node agent", "issue 6"),
-        Command::Agent(AgentCommand::Cluster) => unavailable("cluster agent", "issue 6"),
+        Command::Agent(AgentCommand::Cluster(args)) => run_cluster_agent(&cli, args),
     }
 }

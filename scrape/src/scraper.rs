@@ -196,7 +196,7 @@ impl TargetLoop {
         }
         let mut page = Vec::new();
         flate2::read::GzDecoder::new(&body[..])
-            .take(limit as u64 + 1)
+            .take((limit as u64).saturating_add(1))
             .read_to_end(&mut page)
             .map_err(|e| format!("decompressing the body: {e}"))?;
         if page.len() > limit {
@@ -226,11 +226,11 @@ impl TargetLoop {
                 let current: HashSet<LabelSet> =
                     page.samples.iter().map(|s| s.labels.clone()).collect();
                 let added = current.difference(&self.last_series).count();
-                self.mark_stale(&mut output, &current, at_ms);
-                self.last_series = current;
                 let kept = page.samples.len();
                 output.samples = page.samples;
                 output.metadata = page.metadata;
+                self.mark_stale(&mut output, &current, at_ms);
+                self.last_series = current;
                 (1.0, page.scraped, kept, added)
             }
             Err(error) => {
@@ -463,6 +463,133 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
+    }
+
+    /// A page server whose answer (status, body) the test changes between scrapes.
+    fn page_server(answer: Arc<std::sync::Mutex<(u16, String)>>) -> u16 {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let (status, body) = answer.lock().unwrap().clone();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        port
+    }
+
+    fn values(output: &ScrapeOutput) -> Vec<(String, String)> {
+        let mut values: Vec<(String, String)> = output
+            .samples
+            .iter()
+            .map(|s| {
+                let value = if s.value.to_bits() == STALE_NAN.to_bits() {
+                    "stale".to_owned()
+                } else {
+                    s.value.to_string()
+                };
+                (s.labels.get("__name__").unwrap().to_owned(), value)
+            })
+            .filter(|(name, _)| name != "scrape_duration_seconds")
+            .collect();
+        values.sort();
+        values
+    }
+
+    fn pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn gone_series_and_failed_scrapes_are_marked_stale() {
+        let answer = Arc::new(std::sync::Mutex::new((200, "a 1\nb 2\n".to_owned())));
+        let port = page_server(answer.clone());
+        let config = PrometheusConfig::parse(&format!(
+            "scrape_configs:\n  - job_name: j\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+        ))
+        .unwrap();
+        let job = Arc::new(config.jobs[0].clone());
+        let target = job_targets(&job).targets.remove(0);
+        let mut state = TargetLoop::new(target, job, http_client());
+
+        let first = state.scrape(1_000).await;
+        assert_eq!(
+            values(&first),
+            pairs(&[
+                ("a", "1"),
+                ("b", "2"),
+                ("scrape_samples_post_metric_relabeling", "2"),
+                ("scrape_samples_scraped", "2"),
+                ("scrape_series_added", "2"),
+                ("up", "1")
+            ])
+        );
+        assert!(first.samples.iter().all(|s| s.timestamp_ms == 1_000));
+        assert_eq!(first.samples[0].labels.get("job"), Some("j"));
+
+        *answer.lock().unwrap() = (200, "a 3\n".to_owned());
+        let second = state.scrape(2_000).await;
+        assert_eq!(
+            values(&second),
+            pairs(&[
+                ("a", "3"),
+                ("b", "stale"),
+                ("scrape_samples_post_metric_relabeling", "1"),
+                ("scrape_samples_scraped", "1"),
+                ("scrape_series_added", "0"),
+                ("up", "1")
+            ])
+        );
+
+        // A failed scrape: up 0, everything the last one had goes stale.
+        *answer.lock().unwrap() = (500, String::new());
+        let third = state.scrape(3_000).await;
+        assert_eq!(
+            values(&third),
+            pairs(&[
+                ("a", "stale"),
+                ("scrape_samples_post_metric_relabeling", "0"),
+                ("scrape_samples_scraped", "0"),
+                ("scrape_series_added", "0"),
+                ("up", "0")
+            ])
+        );
+
+        // A broken page fails the scrape as a whole.
+        *answer.lock().unwrap() = (200, "a 1\nb{ 2\n".to_owned());
+        assert_eq!(
+            values(&state.scrape(4_000).await).last().unwrap(),
+            &("up".to_owned(), "0".to_owned())
+        );
+
+        // The target goes away: its series and its report series go stale.
+        *answer.lock().unwrap() = (200, "a 5\n".to_owned());
+        state.scrape(5_000).await;
+        let end = state.end(6_000);
+        assert_eq!(
+            values(&end),
+            pairs(&[
+                ("a", "stale"),
+                ("scrape_samples_post_metric_relabeling", "stale"),
+                ("scrape_samples_scraped", "stale"),
+                ("scrape_series_added", "stale"),
+                ("up", "stale")
+            ])
+        );
     }
 
     #[test]

@@ -1,0 +1,271 @@
+//! `meerkat agent cluster` against the real thing: the same Prometheus configuration file
+//! run by the agent (delivering to `meerkat serve`) and by Prometheus 2.42, scraping the
+//! same node_exporter and exposition page; both stores then hold the same series.
+//!
+//! Needs `prometheus` and `prometheus-node-exporter`, which `./scripts/test` installs.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BINARY, NodeExporter, Prometheus, Server, free_port, get, url_encode};
+
+/// Serves Prometheus's own exposition test page (constant values) on a free port.
+fn serve_page() -> u16 {
+    let page = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/peer-tests/prometheus-2.42-textparse/promtestdata.txt"),
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                page.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&page);
+        }
+    });
+    port
+}
+
+type Vector = BTreeMap<BTreeMap<String, String>, f64>;
+
+fn parse_vector(body: &str) -> Vector {
+    let body = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["status"], "success", "{json}");
+    json["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let labels = s["metric"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect();
+            (labels, s["value"][1].as_str().unwrap().parse().unwrap())
+        })
+        .collect()
+}
+
+fn meerkat_query(meerkat: &Server, promql: &str) -> Vector {
+    let response = get(
+        meerkat.addr,
+        &format!("/api/v1/query?query={}", url_encode(promql)),
+    )
+    .unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
+    parse_vector(&response.body)
+}
+
+fn prometheus_query(prometheus: &Prometheus, promql: &str) -> Vector {
+    let response = get(
+        prometheus.addr,
+        &format!("/api/v1/query?query={}", url_encode(promql)),
+    )
+    .unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
+    parse_vector(&response.body)
+}
+
+/// Same label sets, same values (NaN equal to NaN); the differences are printed, not the
+/// whole vectors.
+fn assert_same_vectors(ours: &Vector, theirs: &Vector) {
+    let only_ours: Vec<_> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
+    let only_theirs: Vec<_> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
+    let differing: Vec<_> = ours
+        .iter()
+        .filter_map(|(k, v)| {
+            let theirs = theirs.get(k)?;
+            let same = v == theirs || (v.is_nan() && theirs.is_nan());
+            (!same).then_some((k, v, theirs))
+        })
+        .collect();
+    assert!(
+        only_ours.is_empty() && only_theirs.is_empty() && differing.is_empty(),
+        "only in Meerkat: {only_ours:?}\nonly in Prometheus: {only_theirs:?}\ndiffering: {differing:?}"
+    );
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn the_agent_scrapes_what_prometheus_scrapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let meerkat = Server::start(dir.path(), &["--http-listen", "127.0.0.1:0"], &[]);
+    let exporter = NodeExporter::start();
+    let page_port = serve_page();
+    let closed_port = free_port();
+    let config = format!(
+        r#"global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  external_labels: {{cluster: test}}
+scrape_configs:
+  - job_name: node
+    static_configs:
+      - targets: ['{exporter}']
+    metric_relabel_configs:
+      - source_labels: [__name__]
+        regex: 'node_(cpu_seconds_total|uname_info|filesystem_size_bytes|network_receive_bytes_total)'
+        action: keep
+  - job_name: page
+    static_configs:
+      - targets: ['127.0.0.1:{page_port}']
+        labels: {{env: e2e}}
+    relabel_configs:
+      - source_labels: [__address__]
+        regex: '([^:]+):.*'
+        target_label: host
+    metric_relabel_configs:
+      - source_labels: [__name__]
+        regex: 'go_gc_.*'
+        action: drop
+  - job_name: down
+    static_configs:
+      - targets: ['127.0.0.1:{closed_port}']
+"#,
+        exporter = exporter.addr
+    );
+    let config_path = dir.path().join("scrape.yml");
+    std::fs::write(&config_path, &config).unwrap();
+    let agent_log = dir.path().join("agent.log");
+    let mut agent = Command::new(BINARY)
+        .args(["agent", "cluster", "--scrape-config"])
+        .arg(&config_path)
+        .args(["--gateway", &format!("http://{}", meerkat.addr)])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&agent_log).unwrap())
+        .spawn()
+        .unwrap();
+    let prometheus_dir = dir.path().join("prometheus");
+    std::fs::create_dir_all(&prometheus_dir).unwrap();
+    let prometheus = Prometheus::start(&prometheus_dir, &config);
+    let log = || std::fs::read_to_string(&agent_log).unwrap_or_default();
+
+    // Both scrape: `up` is 1 for the live targets and 0 for the closed port.
+    wait_until("the agent's first scrapes", || {
+        let up = meerkat_query(&meerkat, "up");
+        up.len() == 3 && up.values().filter(|v| **v == 1.0).count() == 2
+    });
+    wait_until("Prometheus's first scrapes", || {
+        prometheus_query(&prometheus, "count_over_time(up[1m]) >= 2").len() == 3
+    });
+    let up = meerkat_query(&meerkat, "up");
+    let down = up.iter().find(|(l, _)| l["job"] == "down").unwrap();
+    assert_eq!(*down.1, 0.0, "{up:?}\n{}", log());
+    assert_eq!(down.0["cluster"], "test", "external labels are added");
+
+    // The exposition page: every series, label and value as Prometheus stored them
+    // (target labels, relabeling, metric relabeling, exported labels).
+    let ours = meerkat_query(&meerkat, r#"{job="page", __name__!~"up|scrape_.*"}"#);
+    let theirs = prometheus_query(&prometheus, r#"{job="page", __name__!~"up|scrape_.*"}"#);
+    // Prometheus's own storage has no external labels (it adds them only when sending).
+    let ours_without_cluster: Vector = ours
+        .iter()
+        .map(|(labels, value)| {
+            let mut labels = labels.clone();
+            assert_eq!(labels.remove("cluster").as_deref(), Some("test"));
+            (labels, *value)
+        })
+        .collect();
+    assert_eq!(
+        ours_without_cluster.len(),
+        410 - 7,
+        "go_gc_* dropped: {}",
+        log()
+    );
+    assert_same_vectors(&ours_without_cluster, &theirs);
+    for report in [
+        "scrape_samples_scraped",
+        "scrape_samples_post_metric_relabeling",
+    ] {
+        let ours = meerkat_query(&meerkat, &format!(r#"{report}{{job="page"}}"#));
+        let theirs = prometheus_query(&prometheus, &format!(r#"{report}{{job="page"}}"#));
+        assert_eq!(
+            ours.values().collect::<Vec<_>>(),
+            theirs.values().collect::<Vec<_>>(),
+            "{report}"
+        );
+    }
+
+    // node_exporter: the same series (label sets) of the kept families; values move.
+    let names = |v: &Vector| -> BTreeSet<BTreeMap<String, String>> {
+        v.keys()
+            .map(|labels| {
+                let mut labels = labels.clone();
+                labels.remove("cluster");
+                labels
+            })
+            .collect()
+    };
+    let query = r#"{job="node", __name__=~"node_.*"}"#;
+    let ours = names(&meerkat_query(&meerkat, query));
+    let theirs = names(&prometheus_query(&prometheus, query));
+    assert!(ours.len() > 4, "{ours:?}");
+    assert_eq!(ours, theirs);
+
+    // A graceful stop marks every series stale: nothing is current afterwards.
+    Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .unwrap();
+    let status = agent.wait().unwrap();
+    assert!(status.success(), "{status}: {}", log());
+    wait_until("staleness markers", || {
+        meerkat_query(&meerkat, r#"up{job="page"}"#).is_empty()
+    });
+    assert!(
+        meerkat_query(&meerkat, r#"{job="page"}"#).is_empty(),
+        "every series is stale"
+    );
+}
+
+#[test]
+fn a_broken_scrape_config_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scrape.yml");
+    std::fs::write(
+        &path,
+        "scrape_configs:\n  - job_name: a\n    scrape_interval: 5s\n    scrape_timeout: 10s\n",
+    )
+    .unwrap();
+    let output = Command::new(BINARY)
+        .args(["agent", "cluster", "--scrape-config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("scrape timeout greater than scrape interval"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("scrape.yml"), "{stderr}");
+}
