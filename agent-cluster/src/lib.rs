@@ -15,8 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
-use delivery::{Delivery, RemoteWriteConfig};
+use delivery::{Delivery, ExemplarRef, RemoteWriteConfig, SeriesBuffer};
 use scrape::LabelSet;
 use scrape::config::PrometheusConfig;
 use scrape::exposition::MetricKind;
@@ -73,15 +72,40 @@ struct RemoteWriteSink {
 
 const METADATA_INTERVAL: Duration = Duration::from_secs(60);
 
-fn label(name: &str, value: &str) -> prompb::Label {
-    prompb::Label {
-        name: Bytes::copy_from_slice(name.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-    }
-}
+/// Series handed to delivery at a time, so a large target still makes requests of the
+/// usual size.
+const MAX_SAMPLES_PER_PUSH: usize = 2_000;
 
-fn labels_of(set: &LabelSet) -> Vec<prompb::Label> {
-    set.iter().map(|(n, v)| label(n, v)).collect()
+/// A series' labels with the external labels it lacks, still sorted by name.
+fn merge_sorted<'a>(
+    labels: &'a LabelSet,
+    external: &'a LabelSet,
+    out: &mut Vec<(&'a str, &'a str)>,
+) {
+    let mut own = labels.iter().peekable();
+    let mut extra = external.iter().peekable();
+    loop {
+        match (own.peek(), extra.peek()) {
+            (Some(a), Some(b)) if a.0 == b.0 => {
+                out.push(*a);
+                own.next();
+                extra.next();
+            }
+            (Some(a), Some(b)) if a.0 < b.0 => {
+                out.push(*a);
+                own.next();
+            }
+            (Some(_), Some(b)) | (None, Some(b)) => {
+                out.push(*b);
+                extra.next();
+            }
+            (Some(a), None) => {
+                out.push(*a);
+                own.next();
+            }
+            (None, None) => break,
+        }
+    }
 }
 
 fn metric_type(kind: Option<MetricKind>) -> i32 {
@@ -105,37 +129,32 @@ impl ScrapeSink for RemoteWriteSink {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let series: Vec<prompb::TimeSeries> = output
-            .samples
-            .into_iter()
-            .map(|sample| {
-                let mut labels = sample.labels;
-                for (name, value) in external.iter() {
-                    if !labels.contains(name) {
-                        labels.set(name, value.to_owned());
-                    }
+        let mut buffer = SeriesBuffer::new();
+        let mut merged: Vec<(&str, &str)> = Vec::new();
+        let mut exemplar_labels: Vec<(&str, &str)> = Vec::new();
+        for sample in &output.samples {
+            merged.clear();
+            merge_sorted(&sample.labels, &external, &mut merged);
+            let exemplar = sample.exemplar.as_ref().map(|e| {
+                exemplar_labels.clear();
+                exemplar_labels.extend(e.labels.iter());
+                ExemplarRef {
+                    labels: &exemplar_labels,
+                    value: e.value,
+                    timestamp_ms: e.timestamp_ms.unwrap_or(sample.timestamp_ms),
                 }
-                let exemplars = sample
-                    .exemplar
-                    .map(|e| prompb::Exemplar {
-                        labels: labels_of(&e.labels),
-                        value: e.value,
-                        timestamp: e.timestamp_ms.unwrap_or(sample.timestamp_ms),
-                    })
-                    .into_iter()
-                    .collect();
-                prompb::TimeSeries {
-                    labels: labels_of(&labels),
-                    samples: vec![prompb::Sample {
-                        value: sample.value,
-                        timestamp: sample.timestamp_ms,
-                    }],
-                    exemplars,
-                    histograms: Vec::new(),
-                }
-            })
-            .collect();
-        self.delivery.push(series);
+            });
+            buffer.push(
+                merged.iter().copied(),
+                sample.value,
+                sample.timestamp_ms,
+                exemplar,
+            );
+            if buffer.samples() >= MAX_SAMPLES_PER_PUSH {
+                self.delivery.push_encoded(std::mem::take(&mut buffer));
+            }
+        }
+        self.delivery.push_encoded(buffer);
         let now = Instant::now();
         let mut sent = self
             .metadata_sent
@@ -281,6 +300,32 @@ mod tests {
         assert_eq!(
             refresh_interval(&PrometheusConfig::parse("").unwrap()),
             Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn external_labels_fill_in_without_overriding() {
+        let own = LabelSet::from_pairs([
+            ("__name__".to_owned(), "up".to_owned()),
+            ("cluster".to_owned(), "mine".to_owned()),
+            ("job".to_owned(), "j".to_owned()),
+        ]);
+        let external = LabelSet::from_pairs([
+            ("aaa".to_owned(), "1".to_owned()),
+            ("cluster".to_owned(), "prod".to_owned()),
+            ("zone".to_owned(), "z".to_owned()),
+        ]);
+        let mut out = Vec::new();
+        merge_sorted(&own, &external, &mut out);
+        assert_eq!(
+            out,
+            [
+                ("__name__", "up"),
+                ("aaa", "1"),
+                ("cluster", "mine"),
+                ("job", "j"),
+                ("zone", "z")
+            ]
         );
     }
 

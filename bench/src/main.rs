@@ -3,6 +3,7 @@
 //! Absolute numbers on shared machines are noise; ratios measured in the same run are not.
 //! Each subcommand says what it compares.
 
+mod agent_scrape;
 mod clickhouse_ingest;
 mod dashboard;
 mod encoding;
@@ -37,6 +38,8 @@ enum Command {
     Dashboard(dashboard::Args),
     /// Distributed mode's write path: Kafka → ingest → ClickHouse, samples per second
     ClickhouseIngest(clickhouse_ingest::Args),
+    /// Scraping agents: meerkat agent cluster vs Prometheus agent mode vs vmagent, CPU and RSS
+    AgentScrape(agent_scrape::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Command::Visibility(args) => visibility::run(&args),
         Command::ClickhouseIngest(args) => clickhouse_ingest::run(&args),
         Command::Dashboard(args) => dashboard::run(&args),
+        Command::AgentScrape(args) => agent_scrape::run(&args),
     }
 }

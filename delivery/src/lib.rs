@@ -19,10 +19,12 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use prost::Message;
 use tokio::sync::Notify;
 
 pub use prompb;
+
+mod encode;
+pub use encode::{ExemplarRef, SeriesBuffer};
 
 /// Where and how to send.
 #[derive(Clone, Debug)]
@@ -93,9 +95,8 @@ struct Request {
 
 #[derive(Default)]
 struct Queue {
-    /// Series not yet in a request.
-    batch: Vec<prompb::TimeSeries>,
-    batch_samples: usize,
+    /// Series not yet in a request, encoded.
+    batch: SeriesBuffer,
     /// Metadata to send with the next request.
     metadata: Vec<prompb::MetricMetadata>,
     requests: VecDeque<Request>,
@@ -125,13 +126,10 @@ impl Shared {
         if queue.batch.is_empty() && queue.metadata.is_empty() {
             return;
         }
-        let request = prompb::WriteRequest {
-            timeseries: std::mem::take(&mut queue.batch),
-            metadata: std::mem::take(&mut queue.metadata),
-        };
-        let samples = queue.batch_samples as u64;
-        queue.batch_samples = 0;
-        let encoded = request.encode_to_vec();
+        let encoded = queue.batch.request(&queue.metadata);
+        let samples = queue.batch.samples() as u64;
+        queue.batch = SeriesBuffer::new();
+        queue.metadata.clear();
         let body = match snap::raw::Encoder::new().compress_vec(&encoded) {
             Ok(body) => Bytes::from(body),
             Err(error) => {
@@ -212,17 +210,25 @@ impl Delivery {
 
     /// Queues series; they go out within `flush_interval`, or at once when a request is full.
     pub fn push(&self, series: Vec<prompb::TimeSeries>) {
+        let mut buffer = SeriesBuffer::new();
+        for one in &series {
+            buffer.push_message(one);
+        }
+        self.push_encoded(buffer);
+    }
+
+    /// Queues already-encoded series (the agents' path: no `prompb` structs per sample).
+    pub fn push_encoded(&self, series: SeriesBuffer) {
+        if series.is_empty() {
+            return;
+        }
         let mut queue = self.shared.lock();
         let limit = self.shared.config.max_samples_per_request.max(1);
-        let mut sealed = false;
-        for one in series {
-            let samples = one.samples.len() + one.histograms.len();
-            queue.batch.push(one);
-            queue.batch_samples += samples;
-            if queue.batch_samples >= limit {
-                self.shared.seal(&mut queue);
-                sealed = true;
-            }
+        queue.batch.bytes.extend_from_slice(&series.bytes);
+        queue.batch.samples += series.samples;
+        let sealed = queue.batch.samples >= limit;
+        if sealed {
+            self.shared.seal(&mut queue);
         }
         drop(queue);
         if sealed {
@@ -245,7 +251,7 @@ impl Delivery {
             rejected_samples: self.shared.rejected_samples.load(Ordering::Relaxed),
             retries: self.shared.retries.load(Ordering::Relaxed),
             buffered_bytes: queue.buffered_bytes as u64,
-            pending_samples: buffered + queue.batch_samples as u64,
+            pending_samples: buffered + queue.batch.samples() as u64,
         }
     }
 
@@ -365,6 +371,8 @@ async fn send(
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    use prost::Message;
 
     use axum::Router;
     use axum::http::StatusCode;

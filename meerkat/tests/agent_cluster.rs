@@ -105,6 +105,16 @@ fn assert_same_vectors(ours: &Vector, theirs: &Vector) {
     );
 }
 
+/// The agent process, killed by its PID if the test ends early.
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !done() {
@@ -154,15 +164,17 @@ scrape_configs:
     let config_path = dir.path().join("scrape.yml");
     std::fs::write(&config_path, &config).unwrap();
     let agent_log = dir.path().join("agent.log");
-    let mut agent = Command::new(BINARY)
-        .args(["agent", "cluster", "--scrape-config"])
-        .arg(&config_path)
-        .args(["--gateway", &format!("http://{}", meerkat.addr)])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&agent_log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut agent = Agent(
+        Command::new(BINARY)
+            .args(["agent", "cluster", "--scrape-config"])
+            .arg(&config_path)
+            .args(["--gateway", &format!("http://{}", meerkat.addr)])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&agent_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let prometheus_dir = dir.path().join("prometheus");
     std::fs::create_dir_all(&prometheus_dir).unwrap();
     let prometheus = Prometheus::start(&prometheus_dir, &config);
@@ -232,10 +244,10 @@ scrape_configs:
 
     // A graceful stop marks every series stale: nothing is current afterwards.
     Command::new("kill")
-        .args(["-TERM", &agent.id().to_string()])
+        .args(["-TERM", &agent.0.id().to_string()])
         .status()
         .unwrap();
-    let status = agent.wait().unwrap();
+    let status = agent.0.wait().unwrap();
     assert!(status.success(), "{status}: {}", log());
     wait_until("staleness markers", || {
         meerkat_query(&meerkat, r#"up{job="page"}"#).is_empty()

@@ -87,31 +87,33 @@ pub fn merge_target_labels(
     honor_labels: bool,
     metric_relabel: &[RelabelRule],
 ) -> Option<LabelSet> {
-    let mut merged = sample.clone();
+    let mut merged = sample;
     if honor_labels {
         for (name, value) in target.iter() {
-            if !sample.contains(name) {
+            if !merged.contains(name) {
                 merged.set(name, value.to_owned());
             }
         }
     } else {
-        let mut conflicts: Vec<(&str, &str)> = Vec::new();
+        // The page's values of clashing labels, before the target's replace them.
+        let mut conflicts: Vec<(&str, String)> = Vec::new();
         for (name, value) in target.iter() {
-            if let Some(existing) = sample.get(name) {
-                conflicts.push((name, existing));
+            if let Some(existing) = merged.get(name) {
+                conflicts.push((name, existing.to_owned()));
             }
             merged.set(name, value.to_owned());
         }
-        // Shortest names first, each renamed to the first free exported_…exported_<name>.
-        conflicts.sort_by_key(|(name, _)| name.len());
-        for (name, value) in conflicts {
-            let mut renamed = name.to_owned();
-            loop {
-                renamed = format!("exported_{renamed}");
-                if !merged.contains(&renamed) {
-                    merged.set(&renamed, value.to_owned());
-                    break;
+        if !conflicts.is_empty() {
+            // Shortest names first, each renamed to the first free exported_…exported_<name>.
+            // A name is taken when the page, the target or an earlier rename has it: all
+            // of them are in `merged` by now.
+            conflicts.sort_by_key(|(name, _)| name.len());
+            for (name, value) in conflicts {
+                let mut renamed = format!("exported_{name}");
+                while merged.contains(&renamed) {
+                    renamed.insert_str(0, "exported_");
                 }
+                merged.set(&renamed, value);
             }
         }
     }

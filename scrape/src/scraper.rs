@@ -76,8 +76,8 @@ struct TargetLoop {
     job: Arc<ScrapeJob>,
     options: PageOptions,
     client: HttpClient,
-    /// The series the last scrape produced, to mark the missing ones stale.
-    last_series: HashSet<LabelSet>,
+    /// The series the last scrape produced (packed), to mark the missing ones stale.
+    last_series: HashSet<Box<[u8]>>,
 }
 
 impl TargetLoop {
@@ -223,8 +223,8 @@ impl TargetLoop {
         let mut output = ScrapeOutput::default();
         let (up, scraped, kept, added) = match page {
             Ok(page) => {
-                let current: HashSet<LabelSet> =
-                    page.samples.iter().map(|s| s.labels.clone()).collect();
+                let current: HashSet<Box<[u8]>> =
+                    page.samples.iter().map(|s| s.labels.pack()).collect();
                 let added = current.difference(&self.last_series).count();
                 let kept = page.samples.len();
                 output.samples = page.samples;
@@ -250,10 +250,13 @@ impl TargetLoop {
     }
 
     /// Staleness markers for the last scrape's series missing from `current`.
-    fn mark_stale(&self, output: &mut ScrapeOutput, current: &HashSet<LabelSet>, at_ms: i64) {
+    fn mark_stale(&self, output: &mut ScrapeOutput, current: &HashSet<Box<[u8]>>, at_ms: i64) {
         for gone in self.last_series.difference(current) {
+            let Some(labels) = LabelSet::unpack(gone) else {
+                continue;
+            };
             output.samples.push(PageSample {
-                labels: gone.clone(),
+                labels,
                 value: STALE_NAN,
                 timestamp_ms: at_ms,
                 exemplar: None,
