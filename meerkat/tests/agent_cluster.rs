@@ -281,3 +281,56 @@ fn a_broken_scrape_config_is_refused_with_the_reason() {
     );
     assert!(stderr.contains("scrape.yml"), "{stderr}");
 }
+
+#[test]
+fn the_agent_follows_its_config_file_and_keeps_the_last_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let meerkat = Server::start(dir.path(), &["--http-listen", "127.0.0.1:0"], &[]);
+    let page_port = serve_page();
+    let job = |name: &str| {
+        format!("  - job_name: {name}\n    static_configs:\n      - targets: ['127.0.0.1:{page_port}']\n")
+    };
+    let head = "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n";
+    let config_path = dir.path().join("scrape.yml");
+    std::fs::write(&config_path, format!("{head}{}", job("a"))).unwrap();
+    let agent_log = dir.path().join("agent.log");
+    let agent = Agent(
+        Command::new(BINARY)
+            .args(["agent", "cluster", "--scrape-config"])
+            .arg(&config_path)
+            .args(["--gateway", &format!("http://{}", meerkat.addr)])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&agent_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(&agent_log).unwrap_or_default();
+    let up = |job: &str| meerkat_query(&meerkat, &format!(r#"up{{job="{job}"}}"#));
+    wait_until("job a", || up("a").values().any(|v| *v == 1.0));
+
+    // A new job appears when the file changes.
+    std::fs::write(&config_path, format!("{head}{}{}", job("a"), job("b"))).unwrap();
+    wait_until("job b after the change", || up("b").values().any(|v| *v == 1.0));
+
+    // A broken file is refused; both jobs keep running.
+    std::fs::write(&config_path, format!("{head}  - job_name: c\n    scrape_interval: nonsense\n")).unwrap();
+    wait_until("the refusal in the log", || log().contains("the running one is kept"));
+    assert!(log().contains("not a valid duration"), "{}", log());
+    let before = meerkat_query(&meerkat, r#"count_over_time(up{job="b"}[1m])"#);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = meerkat_query(&meerkat, r#"count_over_time(up{job="b"}[1m])"#);
+    assert!(
+        after.values().next() > before.values().next(),
+        "job b is still scraped: {before:?} then {after:?}"
+    );
+
+    // SIGHUP re-reads it too; job a removed goes stale, job b stays.
+    std::fs::write(&config_path, format!("{head}{}", job("b"))).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &agent.0.id().to_string()])
+        .status()
+        .unwrap();
+    wait_until("job a stale", || up("a").is_empty());
+    assert_eq!(up("b").values().next(), Some(&1.0), "{}", log());
+}
