@@ -167,17 +167,6 @@ fn scrape_config(
     config
 }
 
-/// User + system CPU seconds and resident bytes of a process.
-fn cpu_and_rss(pid: u32) -> anyhow::Result<(f64, u64)> {
-    let process = procfs::process::Process::new(pid as i32)?;
-    let stat = process.stat()?;
-    let ticks = procfs::ticks_per_second() as f64;
-    Ok((
-        (stat.utime + stat.stime) as f64 / ticks,
-        stat.rss * procfs::page_size(),
-    ))
-}
-
 struct Measured {
     name: String,
     samples: u64,
@@ -270,7 +259,7 @@ fn measure(
                 std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap_or_default();
             bail!("{name} exited early ({status}):\n{log}");
         }
-        last = cpu_and_rss(child.id())?;
+        last = crate::remote_write::cpu_and_rss(child.id())?;
         peak_rss = peak_rss.max(last.1);
         eprint!(
             "\r  {name}: {:>3} s, {} samples delivered",

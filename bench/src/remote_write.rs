@@ -351,7 +351,7 @@ impl Backoff {
 }
 
 /// User + system CPU seconds and resident bytes of a process.
-fn cpu_and_rss(pid: u32) -> anyhow::Result<(f64, u64)> {
+pub(crate) fn cpu_and_rss(pid: u32) -> anyhow::Result<(f64, u64)> {
     let process = procfs::process::Process::new(pid as i32)?;
     let stat = process.stat()?;
     let ticks = procfs::ticks_per_second() as f64;

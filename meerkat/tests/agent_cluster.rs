@@ -108,6 +108,23 @@ fn assert_same_vectors(ours: &Vector, theirs: &Vector) {
 /// The agent process, killed by its PID if the test ends early.
 struct Agent(std::process::Child);
 
+impl Agent {
+    /// `meerkat agent cluster` on `config`, delivering to `meerkat`, logging to `log`.
+    fn start(config: &std::path::Path, meerkat: &Server, log: &std::path::Path) -> Self {
+        Self(
+            Command::new(BINARY)
+                .args(["agent", "cluster", "--scrape-config"])
+                .arg(config)
+                .args(["--gateway", &format!("http://{}", meerkat.addr)])
+                .current_dir(config.parent().unwrap())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -164,17 +181,7 @@ scrape_configs:
     let config_path = dir.path().join("scrape.yml");
     std::fs::write(&config_path, &config).unwrap();
     let agent_log = dir.path().join("agent.log");
-    let mut agent = Agent(
-        Command::new(BINARY)
-            .args(["agent", "cluster", "--scrape-config"])
-            .arg(&config_path)
-            .args(["--gateway", &format!("http://{}", meerkat.addr)])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&agent_log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut agent = Agent::start(&config_path, &meerkat, &agent_log);
     let prometheus_dir = dir.path().join("prometheus");
     std::fs::create_dir_all(&prometheus_dir).unwrap();
     let prometheus = Prometheus::start(&prometheus_dir, &config);
@@ -288,34 +295,34 @@ fn the_agent_follows_its_config_file_and_keeps_the_last_good_one() {
     let meerkat = Server::start(dir.path(), &["--http-listen", "127.0.0.1:0"], &[]);
     let page_port = serve_page();
     let job = |name: &str| {
-        format!("  - job_name: {name}\n    static_configs:\n      - targets: ['127.0.0.1:{page_port}']\n")
+        format!(
+            "  - job_name: {name}\n    static_configs:\n      - targets: ['127.0.0.1:{page_port}']\n"
+        )
     };
     let head = "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n";
     let config_path = dir.path().join("scrape.yml");
     std::fs::write(&config_path, format!("{head}{}", job("a"))).unwrap();
     let agent_log = dir.path().join("agent.log");
-    let agent = Agent(
-        Command::new(BINARY)
-            .args(["agent", "cluster", "--scrape-config"])
-            .arg(&config_path)
-            .args(["--gateway", &format!("http://{}", meerkat.addr)])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&agent_log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let agent = Agent::start(&config_path, &meerkat, &agent_log);
     let log = || std::fs::read_to_string(&agent_log).unwrap_or_default();
     let up = |job: &str| meerkat_query(&meerkat, &format!(r#"up{{job="{job}"}}"#));
     wait_until("job a", || up("a").values().any(|v| *v == 1.0));
 
     // A new job appears when the file changes.
     std::fs::write(&config_path, format!("{head}{}{}", job("a"), job("b"))).unwrap();
-    wait_until("job b after the change", || up("b").values().any(|v| *v == 1.0));
+    wait_until("job b after the change", || {
+        up("b").values().any(|v| *v == 1.0)
+    });
 
     // A broken file is refused; both jobs keep running.
-    std::fs::write(&config_path, format!("{head}  - job_name: c\n    scrape_interval: nonsense\n")).unwrap();
-    wait_until("the refusal in the log", || log().contains("the running one is kept"));
+    std::fs::write(
+        &config_path,
+        format!("{head}  - job_name: c\n    scrape_interval: nonsense\n"),
+    )
+    .unwrap();
+    wait_until("the refusal in the log", || {
+        log().contains("the running one is kept")
+    });
     assert!(log().contains("not a valid duration"), "{}", log());
     let before = meerkat_query(&meerkat, r#"count_over_time(up{job="b"}[1m])"#);
     std::thread::sleep(Duration::from_secs(3));
