@@ -33,6 +33,8 @@ pub struct ClusterAgentOptions {
     pub headers: Vec<(String, String)>,
     /// Remote-write requests held while the gateway does not take them.
     pub buffer_bytes: usize,
+    /// Where they wait on disk (a restart sends them); `None`: memory only.
+    pub buffer_dir: Option<PathBuf>,
 }
 
 /// Why the agent cannot start.
@@ -219,6 +221,7 @@ pub async fn run(
     };
     remote.headers.extend(options.headers.iter().cloned());
     remote.buffer_bytes = options.buffer_bytes;
+    remote.spool_dir = options.buffer_dir.clone();
     tracing::info!(url = %remote.url, jobs = config.jobs.len(), "cluster agent starting");
     let (delivery, delivery_task) = Delivery::start(remote)?;
     let sink = Arc::new(RemoteWriteSink {

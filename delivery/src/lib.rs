@@ -10,6 +10,7 @@
 //! order is kept.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -24,7 +25,9 @@ use tokio::sync::Notify;
 pub use prompb;
 
 mod encode;
+mod spool;
 pub use encode::{ExemplarRef, SeriesBuffer};
+use spool::{Spool, Spooled};
 
 /// Where and how to send.
 #[derive(Clone, Debug)]
@@ -45,6 +48,11 @@ pub struct RemoteWriteConfig {
     /// First retry delay; doubles per failed attempt up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// Where requests wait on disk once more than `spill_after_requests` are queued (and
+    /// all of them when delivery closes with some unsent), so a restart sends them. `None`:
+    /// memory only.
+    pub spool_dir: Option<PathBuf>,
+    pub spill_after_requests: usize,
 }
 
 impl RemoteWriteConfig {
@@ -58,6 +66,8 @@ impl RemoteWriteConfig {
             buffer_bytes: 64 << 20,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
+            spool_dir: None,
+            spill_after_requests: 4,
         }
     }
 }
@@ -67,6 +77,8 @@ impl RemoteWriteConfig {
 pub enum DeliveryError {
     #[error("invalid remote-write URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
+    #[error("cannot use the delivery buffer directory {dir}: {source}")]
+    Spool { dir: String, source: std::io::Error },
 }
 
 /// What delivery has done so far (exported as the agent's self-metrics).
@@ -89,8 +101,26 @@ pub struct DeliveryStats {
 
 /// One compressed request and how many samples it carries.
 struct Request {
-    body: Bytes,
+    body: Body,
     samples: u64,
+    /// Compressed bytes (what counts against the buffer bound).
+    len: usize,
+    /// Its place in the spool's order (0 without a spool).
+    seq: u64,
+}
+
+enum Body {
+    Memory(Bytes),
+    Disk(Spooled),
+}
+
+impl Request {
+    /// Forgets the request (its file too).
+    fn discard(self) {
+        if let Body::Disk(spooled) = &self.body {
+            Spool::remove(spooled);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -102,6 +132,7 @@ struct Queue {
     requests: VecDeque<Request>,
     buffered_bytes: usize,
     closed: bool,
+    spool: Option<Spool>,
 }
 
 struct Shared {
@@ -139,14 +170,64 @@ impl Shared {
                 return;
             }
         };
-        queue.buffered_bytes += body.len();
-        queue.requests.push_back(Request { body, samples });
+        let len = body.len();
+        let backlog = queue.requests.len() >= self.config.spill_after_requests;
+        let seq = queue.spool.as_mut().map_or(0, Spool::reserve);
+        let body = match (&mut queue.spool, backlog) {
+            (Some(spool), true) => match spool.write(seq, &body, samples) {
+                Ok(spooled) => Body::Disk(spooled),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot buffer a request on disk; kept in memory");
+                    Body::Memory(body)
+                }
+            },
+            _ => Body::Memory(body),
+        };
+        queue.buffered_bytes += len;
+        queue.requests.push_back(Request {
+            body,
+            samples,
+            len,
+            seq,
+        });
         while queue.buffered_bytes > self.config.buffer_bytes && queue.requests.len() > 1 {
             if let Some(oldest) = queue.requests.pop_front() {
-                queue.buffered_bytes -= oldest.body.len();
+                queue.buffered_bytes -= oldest.len;
                 self.dropped_samples
                     .fetch_add(oldest.samples, Ordering::Relaxed);
+                oldest.discard();
             }
+        }
+    }
+
+    /// Moves the requests still in memory to disk (delivery is closing with some unsent).
+    fn spill_all(&self) {
+        let mut queue = self.lock();
+        let Queue {
+            requests, spool, ..
+        } = &mut *queue;
+        let Some(spool) = spool else {
+            return;
+        };
+        let mut spilled = 0;
+        for request in requests.iter_mut() {
+            if let Body::Memory(body) = &request.body {
+                match spool.write(request.seq, body, request.samples) {
+                    Ok(spooled) => {
+                        request.body = Body::Disk(spooled);
+                        spilled += 1;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "cannot buffer a request on disk; it is lost");
+                    }
+                }
+            }
+        }
+        if spilled > 0 {
+            tracing::info!(
+                requests = spilled,
+                "unsent requests kept on disk for the next start"
+            );
         }
     }
 }
@@ -194,9 +275,29 @@ impl Delivery {
                 reason: "only http:// is supported".to_owned(),
             });
         }
+        let mut queue = Queue::default();
+        if let Some(dir) = &config.spool_dir {
+            let (spool, found) = Spool::open(dir).map_err(|source| DeliveryError::Spool {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+            if !found.is_empty() {
+                tracing::info!(requests = found.len(), dir = %dir.display(), "sending requests buffered before the last stop");
+            }
+            for spooled in found {
+                queue.buffered_bytes += spooled.len;
+                queue.requests.push_back(Request {
+                    samples: spooled.samples,
+                    len: spooled.len,
+                    seq: spooled.seq,
+                    body: Body::Disk(spooled),
+                });
+            }
+            queue.spool = Some(spool);
+        }
         let shared = Arc::new(Shared {
             config,
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(queue),
             wake: Notify::new(),
             sent_samples: AtomicU64::new(0),
             sent_requests: AtomicU64::new(0),
@@ -280,7 +381,13 @@ async fn run(shared: Arc<Shared>, uri: hyper::Uri) {
                 shared.seal(&mut queue);
             }
             match queue.requests.front() {
-                Some(request) => Some((request.body.clone(), request.samples)),
+                Some(request) => Some((
+                    match &request.body {
+                        Body::Memory(body) => Some(body.clone()),
+                        Body::Disk(spooled) => Spool::read(spooled),
+                    },
+                    request.samples,
+                )),
                 None if queue.closed => return,
                 None => None,
             }
@@ -291,11 +398,22 @@ async fn run(shared: Arc<Shared>, uri: hyper::Uri) {
                 tokio::time::timeout(shared.config.flush_interval, shared.wake.notified()).await;
             continue;
         };
+        let Some(body) = body else {
+            let mut queue = shared.lock();
+            if let Some(damaged) = queue.requests.pop_front() {
+                queue.buffered_bytes -= damaged.len;
+                damaged.discard();
+            }
+            shared.dropped_samples.fetch_add(samples, Ordering::Relaxed);
+            tracing::warn!(samples, "a buffered request on disk is damaged; dropped");
+            continue;
+        };
         let outcome = send(&client, &shared.config, &uri, body).await;
         let done = |shared: &Shared| {
             let mut queue = shared.lock();
             if let Some(sent) = queue.requests.pop_front() {
-                queue.buffered_bytes -= sent.body.len();
+                queue.buffered_bytes -= sent.len;
+                sent.discard();
             }
         };
         match outcome {
@@ -316,10 +434,15 @@ async fn run(shared: Arc<Shared>, uri: hyper::Uri) {
                 shared.retries.fetch_add(1, Ordering::Relaxed);
                 if shared.lock().closed {
                     tracing::warn!(url = %shared.config.url, %reason, "closing with requests the gateway did not take");
+                    shared.spill_all();
                     return;
                 }
                 tracing::debug!(url = %shared.config.url, %reason, ?backoff, "remote-write failed; retrying");
-                tokio::time::sleep(backoff).await;
+                // A close cuts the wait short: one last attempt, then the buffer goes to disk.
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shared.wake.notified() => {}
+                }
                 backoff = (backoff * 2).min(shared.config.max_backoff);
             }
         }
@@ -528,6 +651,78 @@ mod tests {
             "every sample is sent, buffered or counted"
         );
         until("a retry", || delivery.stats().retries > 0).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unsent_requests_survive_a_restart_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // First life: the gateway is down; 20 requests pile up, most on disk.
+        let config = RemoteWriteConfig {
+            spool_dir: Some(dir.path().to_path_buf()),
+            ..fast(&format!("http://127.0.0.1:{port}/api/v1/write"))
+        };
+        let (delivery, task) = Delivery::start(config).unwrap();
+        for i in 0..20 {
+            delivery.push(vec![series(&format!("s{i}"), 10)]);
+        }
+        until("a retry", || delivery.stats().retries > 0).await;
+        delivery.close();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 20, "every unsent request is on disk");
+        // A damaged file is dropped and counted, never sent.
+        let mut damaged: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        damaged.sort();
+        let mut bytes = std::fs::read(&damaged[5]).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&damaged[5], bytes).unwrap();
+        std::fs::write(dir.path().join("00000000000000000099.tmp"), b"torn").unwrap();
+
+        // Second life: the gateway is up; the buffered requests go first, in order.
+        let (url, received, _) = receiver(|_| StatusCode::NO_CONTENT).await;
+        let config = RemoteWriteConfig {
+            spool_dir: Some(dir.path().to_path_buf()),
+            ..fast(&url)
+        };
+        let (delivery, task) = Delivery::start(config).unwrap();
+        delivery.push(vec![series("after_restart", 10)]);
+        until("everything", || delivery.stats().sent_samples == 200).await;
+        assert_eq!(delivery.stats().dropped_samples, 10, "the damaged request");
+        let names: Vec<String> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| {
+                r.timeseries
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(&s.labels[0].value).into_owned())
+            })
+            .collect();
+        let mut expected: Vec<String> = (0..20)
+            .filter(|i| *i != 5)
+            .map(|i| format!("s{i}"))
+            .collect();
+        expected.push("after_restart".to_owned());
+        assert_eq!(names, expected);
+        delivery.close();
+        task.await.unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "sent requests are removed"
+        );
     }
 
     #[test]

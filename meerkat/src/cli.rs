@@ -106,6 +106,10 @@ pub struct ClusterAgentArgs {
     /// oldest are dropped (and counted) beyond this
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     pub buffer_bytes: usize,
+    /// Where unsent requests wait on disk, so a restarted agent still sends them (a
+    /// hostPath or volume in Kubernetes)
+    #[arg(long, value_name = "DIR", default_value = "./data/agent-buffer")]
+    pub buffer_dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

@@ -62,6 +62,7 @@ fn run_cluster_agent(cli: &Cli, args: &cli::ClusterAgentArgs) -> anyhow::Result<
         gateway: args.gateway.clone(),
         headers: Vec::new(),
         buffer_bytes: args.buffer_bytes,
+        buffer_dir: Some(args.buffer_dir.clone()),
     };
     runtime.block_on(async {
         let mut signals = lifecycle::ShutdownSignals::install()?;
