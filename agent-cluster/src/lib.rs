@@ -67,6 +67,7 @@ fn load(path: &PathBuf) -> Result<PrometheusConfig, AgentError> {
 /// Turns scrapes into remote-write series: external labels added where a series lacks them,
 /// metadata sent once a minute per family (as Prometheus's metadata sender does).
 struct RemoteWriteSink {
+    send_exemplars: bool,
     delivery: Delivery,
     external_labels: Mutex<LabelSet>,
     metadata_sent: Mutex<HashMap<String, Instant>>,
@@ -137,15 +138,19 @@ impl ScrapeSink for RemoteWriteSink {
         for sample in &output.samples {
             merged.clear();
             merge_sorted(&sample.labels, &external, &mut merged);
-            let exemplar = sample.exemplar.as_ref().map(|e| {
-                exemplar_labels.clear();
-                exemplar_labels.extend(e.labels.iter());
-                ExemplarRef {
-                    labels: &exemplar_labels,
-                    value: e.value,
-                    timestamp_ms: e.timestamp_ms.unwrap_or(sample.timestamp_ms),
-                }
-            });
+            let exemplar = sample
+                .exemplar
+                .as_ref()
+                .filter(|_| self.send_exemplars)
+                .map(|e| {
+                    exemplar_labels.clear();
+                    exemplar_labels.extend(e.labels.iter());
+                    ExemplarRef {
+                        labels: &exemplar_labels,
+                        value: e.value,
+                        timestamp_ms: e.timestamp_ms.unwrap_or(sample.timestamp_ms),
+                    }
+                });
             buffer.push(
                 merged.iter().copied(),
                 sample.value,
@@ -212,6 +217,22 @@ pub async fn run(
         Some(remote) => {
             let mut remote_config = RemoteWriteConfig::new(remote.url.clone());
             remote_config.headers = remote.headers.clone().into_iter().collect();
+            let auth = remote.auth().map_err(|e| AgentError::Config {
+                path: options.scrape_config.display().to_string(),
+                message: e.0,
+            })?;
+            if let Some(auth) = auth {
+                let value = auth.header_value().map_err(|message| AgentError::Config {
+                    path: options.scrape_config.display().to_string(),
+                    message: format!("remote_write: {message}"),
+                })?;
+                remote_config
+                    .headers
+                    .push(("authorization".to_owned(), value));
+            }
+            if let Some(timeout) = remote.remote_timeout {
+                remote_config.timeout = Duration::from_millis(timeout.0.max(1));
+            }
             remote_config
         }
         None => RemoteWriteConfig::new(format!(
@@ -224,7 +245,14 @@ pub async fn run(
     remote.spool_dir = options.buffer_dir.clone();
     tracing::info!(url = %remote.url, jobs = config.jobs.len(), "cluster agent starting");
     let (delivery, delivery_task) = Delivery::start(remote)?;
+    // Prometheus sends exemplars only when asked; without a remote_write entry (the
+    // gateway) they go, since Meerkat stores them.
+    let send_exemplars = config
+        .remote_write
+        .first()
+        .is_none_or(|remote| remote.send_exemplars.unwrap_or(false));
     let sink = Arc::new(RemoteWriteSink {
+        send_exemplars,
         delivery: delivery.clone(),
         external_labels: Mutex::new(config.external_labels.clone()),
         metadata_sent: Mutex::new(HashMap::new()),
@@ -276,14 +304,19 @@ pub async fn run(
     tracing::info!("cluster agent stopping: marking series stale and flushing");
     manager.stop().await;
     delivery.close();
-    if tokio::time::timeout(Duration::from_secs(10), delivery_task)
+    let mut delivery_task = delivery_task;
+    if tokio::time::timeout(Duration::from_secs(10), &mut delivery_task)
         .await
         .is_err()
     {
+        // The gateway is too slow to wait for: what it has not taken goes to disk.
+        delivery_task.abort();
+        let _ = delivery_task.await;
+        delivery.spill();
         let stats = delivery.stats();
         tracing::warn!(
             pending = stats.pending_samples,
-            "stopped before the gateway took everything"
+            "stopped before the gateway took everything; the rest is in the buffer directory"
         );
     }
     Ok(())

@@ -132,6 +132,8 @@ struct Queue {
     requests: VecDeque<Request>,
     buffered_bytes: usize,
     closed: bool,
+    /// The front request is being sent: it is never the one dropped to make room.
+    sending: bool,
     spool: Option<Spool>,
 }
 
@@ -139,6 +141,8 @@ struct Shared {
     config: RemoteWriteConfig,
     queue: Mutex<Queue>,
     wake: Notify,
+    /// Signalled only by `close`, so batches filling up do not cut a retry's backoff short.
+    closing: Notify,
     sent_samples: AtomicU64,
     sent_requests: AtomicU64,
     dropped_samples: AtomicU64,
@@ -190,8 +194,11 @@ impl Shared {
             len,
             seq,
         });
-        while queue.buffered_bytes > self.config.buffer_bytes && queue.requests.len() > 1 {
-            if let Some(oldest) = queue.requests.pop_front() {
+        let first_droppable = usize::from(queue.sending);
+        while queue.buffered_bytes > self.config.buffer_bytes
+            && queue.requests.len() > first_droppable + 1
+        {
+            if let Some(oldest) = queue.requests.remove(first_droppable) {
                 queue.buffered_bytes -= oldest.len;
                 self.dropped_samples
                     .fetch_add(oldest.samples, Ordering::Relaxed);
@@ -299,6 +306,7 @@ impl Delivery {
             config,
             queue: Mutex::new(queue),
             wake: Notify::new(),
+            closing: Notify::new(),
             sent_samples: AtomicU64::new(0),
             sent_requests: AtomicU64::new(0),
             dropped_samples: AtomicU64::new(0),
@@ -356,6 +364,13 @@ impl Delivery {
         }
     }
 
+    /// Writes every request still in memory to the disk buffer (when there is one): for a
+    /// stop that cannot wait for the gateway any longer, after the task was aborted.
+    pub fn spill(&self) {
+        self.shared.lock().sending = false;
+        self.shared.spill_all();
+    }
+
     /// Sends what is queued and stops the task once the queue is empty (or at once when
     /// the gateway does not take it).
     pub fn close(&self) {
@@ -364,6 +379,7 @@ impl Delivery {
         self.shared.seal(&mut queue);
         drop(queue);
         self.shared.wake.notify_one();
+        self.shared.closing.notify_one();
     }
 }
 
@@ -380,6 +396,7 @@ async fn run(shared: Arc<Shared>, uri: hyper::Uri) {
             if queue.requests.is_empty() {
                 shared.seal(&mut queue);
             }
+            queue.sending = !queue.requests.is_empty();
             match queue.requests.front() {
                 Some(request) => Some((
                     match &request.body {
@@ -404,6 +421,7 @@ async fn run(shared: Arc<Shared>, uri: hyper::Uri) {
                 queue.buffered_bytes -= damaged.len;
                 damaged.discard();
             }
+            queue.sending = false;
             shared.dropped_samples.fetch_add(samples, Ordering::Relaxed);
             tracing::warn!(samples, "a buffered request on disk is damaged; dropped");
             continue;
@@ -415,6 +433,7 @@ async fn run(shared: Arc<Shared>, uri: hyper::Uri) {
                 queue.buffered_bytes -= sent.len;
                 sent.discard();
             }
+            queue.sending = false;
         };
         match outcome {
             Outcome::Acknowledged => {
@@ -432,7 +451,12 @@ async fn run(shared: Arc<Shared>, uri: hyper::Uri) {
             }
             Outcome::Retry(reason) => {
                 shared.retries.fetch_add(1, Ordering::Relaxed);
-                if shared.lock().closed {
+                let closed = {
+                    let mut queue = shared.lock();
+                    queue.sending = false;
+                    queue.closed
+                };
+                if closed {
                     tracing::warn!(url = %shared.config.url, %reason, "closing with requests the gateway did not take");
                     shared.spill_all();
                     return;
@@ -441,7 +465,7 @@ async fn run(shared: Arc<Shared>, uri: hyper::Uri) {
                 // A close cuts the wait short: one last attempt, then the buffer goes to disk.
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
-                    () = shared.wake.notified() => {}
+                    () = shared.closing.notified() => {}
                 }
                 backoff = (backoff * 2).min(shared.config.max_backoff);
             }
@@ -723,6 +747,52 @@ mod tests {
             0,
             "sent requests are removed"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_request_in_flight_is_never_the_one_dropped() {
+        // A gateway that takes 200 ms per request while pushes overflow a small buffer:
+        // every sample is sent or counted as dropped, none vanishes.
+        let received = Arc::new(AtomicUsize::new(0));
+        let counter = received.clone();
+        let app = Router::new().route(
+            "/api/v1/write",
+            post(move |body: Bytes| {
+                let counter = counter.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
+                    let request = prompb::WriteRequest::decode(&raw[..]).unwrap();
+                    let samples: usize = request.timeseries.iter().map(|s| s.samples.len()).sum();
+                    counter.fetch_add(samples, Ordering::SeqCst);
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/v1/write", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = RemoteWriteConfig {
+            buffer_bytes: 600,
+            ..fast(&url)
+        };
+        let (delivery, _task) = Delivery::start(config).unwrap();
+        for i in 0..40 {
+            delivery.push(vec![series(&format!("s{i}"), 10)]);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        until("the queue to drain", || {
+            delivery.stats().pending_samples == 0
+        })
+        .await;
+        let stats = delivery.stats();
+        assert!(stats.dropped_samples > 0, "{stats:?}");
+        assert_eq!(
+            stats.sent_samples as usize,
+            received.load(Ordering::SeqCst),
+            "{stats:?}"
+        );
+        assert_eq!(stats.sent_samples + stats.dropped_samples, 400, "{stats:?}");
     }
 
     #[test]

@@ -360,6 +360,35 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+impl Auth {
+    /// The `Authorization` header's value (secrets in files are read now, so rotated
+    /// tokens are picked up).
+    pub fn header_value(&self) -> Result<String, String> {
+        use base64::Engine;
+        Ok(match self {
+            Self::Basic { username, password } => {
+                let password = password.read()?;
+                let encoded = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{password}"));
+                format!("Basic {encoded}")
+            }
+            Self::Header { kind, credentials } => format!("{kind} {}", credentials.read()?),
+        })
+    }
+}
+
+impl RemoteWriteYaml {
+    /// How to authenticate to the endpoint.
+    pub fn auth(&self) -> Result<Option<Auth>, ConfigError> {
+        auth_of(
+            &self.basic_auth,
+            &self.authorization,
+            &self.bearer_token,
+            &self.bearer_token_file,
+        )
+    }
+}
+
 impl Secret {
     /// The secret's text (a file's content without its trailing newline, as Prometheus).
     pub fn read(&self) -> Result<String, String> {
@@ -491,9 +520,25 @@ impl PrometheusConfig {
             jobs.push(compiled);
         }
         for (i, remote) in yaml.remote_write.iter().enumerate() {
-            relabel::compile_all(&remote.write_relabel_configs).map_err(|e| {
-                ConfigError(format!("remote_write[{i}].write_relabel_configs: {e}"))
-            })?;
+            let at = |what: &str| format!("remote_write[{i}].{what}");
+            if !remote.write_relabel_configs.is_empty() {
+                return fail(format!(
+                    "{}: not supported by Meerkat's agent yet; use metric_relabel_configs",
+                    at("write_relabel_configs")
+                ));
+            }
+            if remote.tls_config.is_some() || !remote.url.starts_with("http://") {
+                return fail(format!(
+                    "{}: only http:// endpoints are supported by Meerkat's agent yet",
+                    at("url")
+                ));
+            }
+            remote
+                .auth()
+                .map_err(|e| ConfigError(format!("{}: {}", at("auth"), e.0)))?;
+        }
+        if yaml.remote_write.len() > 1 {
+            return fail("remote_write: Meerkat's agent sends to one endpoint; give one entry");
         }
         Ok(Self {
             external_labels,
@@ -1011,6 +1056,19 @@ remote_write:
                 "rule_files: configures a Prometheus server",
             ),
             ("global:\n  scrape_intervals: 1m\n", "scrape_intervals"),
+            (
+                "remote_write:\n  - url: http://a/w\n    write_relabel_configs:\n      - action: drop\n",
+                "write_relabel_configs: not supported",
+            ),
+            ("remote_write:\n  - url: https://a/w\n", "only http://"),
+            (
+                "remote_write:\n  - url: http://a/w\n  - url: http://b/w\n",
+                "one endpoint",
+            ),
+            (
+                "remote_write:\n  - url: http://a/w\n    basic_auth: {username: u}\n    bearer_token: t\n",
+                "at most one of basic_auth",
+            ),
             (
                 "scrape_configs:\n  - job_name: a\n    body_size_limit: 10 megs\n",
                 "not a valid size",

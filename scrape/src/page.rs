@@ -31,6 +31,9 @@ pub struct PageSample {
     pub value: f64,
     pub timestamp_ms: i64,
     pub exemplar: Option<PageExemplar>,
+    /// The page gave this sample's timestamp (and `honor_timestamps` kept it): Prometheus
+    /// does not track such series for staleness.
+    pub own_timestamp: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -179,9 +182,9 @@ pub fn read_page(
             });
         }
         check_label_limits(&labels, options)?;
-        let timestamp_ms = match sample.timestamp_ms {
-            Some(ts) if options.honor_timestamps => ts,
-            _ => scrape_time_ms,
+        let (timestamp_ms, own_timestamp) = match sample.timestamp_ms {
+            Some(ts) if options.honor_timestamps => (ts, true),
+            _ => (scrape_time_ms, false),
         };
         let exemplar = sample.exemplar.map(|e| PageExemplar {
             labels: LabelSet::from_pairs(
@@ -197,6 +200,7 @@ pub fn read_page(
             value: sample.value,
             timestamp_ms,
             exemplar,
+            own_timestamp,
         });
         if options.sample_limit > 0 && page.samples.len() > options.sample_limit {
             return Err(PageError::SampleLimit {

@@ -254,8 +254,8 @@ impl RelabelRule {
                     labels.set(&target, replaced);
                 }
             }
-            Action::Lowercase => labels.set(&self.target_label, value.to_lowercase()),
-            Action::Uppercase => labels.set(&self.target_label, value.to_uppercase()),
+            Action::Lowercase => labels.set(&self.target_label, simple_case(&value, false)),
+            Action::Uppercase => labels.set(&self.target_label, simple_case(&value, true)),
             Action::HashMod => {
                 let digest = Md5::digest(value.as_bytes());
                 // Go's sum64 shifts the first eight bytes out: the last eight, big-endian.
@@ -287,6 +287,25 @@ impl RelabelRule {
         }
         true
     }
+}
+
+/// Go's `strings.ToLower`/`ToUpper`: each character mapped on its own (`ß` stays `ß` in
+/// upper case; Rust's full mapping would make it `SS`).
+fn simple_case(text: &str, upper: bool) -> String {
+    text.chars()
+        .map(|c| {
+            let mut mapped: Vec<char> = if upper {
+                c.to_uppercase().collect()
+            } else {
+                c.to_lowercase().collect()
+            };
+            if mapped.len() == 1 {
+                mapped.remove(0)
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// Runs `rules` in order; `false` means the label set was dropped (or relabeled to nothing).
@@ -497,6 +516,14 @@ mod tests {
                 &input
             ),
             pairs(&[("a", "foo"), ("b", "bar"), ("c", "baz"), ("d", "FOO;BAR")])
+        );
+        assert_eq!(
+            run(
+                "- source_labels: [d]\n  target_label: e\n  action: uppercase\n",
+                &[("d", "straße")]
+            ),
+            pairs(&[("d", "straße"), ("e", "STRAßE")]),
+            "Go's per-character mapping"
         );
         assert_eq!(
             run(

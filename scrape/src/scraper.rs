@@ -22,9 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 
-use crate::config::{
-    Auth, PrometheusConfig, ScrapeJob, Target, discovered_labels, populate_target,
-};
+use crate::config::{PrometheusConfig, ScrapeJob, Target, discovered_labels, populate_target};
 use crate::discovery;
 use crate::exposition::{ACCEPT_HEADER, Format};
 use crate::labels::LabelSet;
@@ -113,6 +111,7 @@ impl TargetLoop {
                 value,
                 timestamp_ms: at_ms,
                 exemplar: None,
+                own_timestamp: false,
             });
         }
     }
@@ -138,22 +137,8 @@ impl TargetLoop {
                 "x-prometheus-scrape-timeout-seconds",
                 format!("{}", self.target.timeout_ms as f64 / 1000.0),
             );
-        match &self.job.auth {
-            Some(Auth::Basic { username, password }) => {
-                let password = password.read()?;
-                request = request.header(
-                    "authorization",
-                    format!(
-                        "Basic {}",
-                        base64(format!("{username}:{password}").as_bytes())
-                    ),
-                );
-            }
-            Some(Auth::Header { kind, credentials }) => {
-                request =
-                    request.header("authorization", format!("{kind} {}", credentials.read()?));
-            }
-            None => {}
+        if let Some(auth) = &self.job.auth {
+            request = request.header("authorization", auth.header_value()?);
         }
         let request = request
             .body(Empty::new())
@@ -223,8 +208,13 @@ impl TargetLoop {
         let mut output = ScrapeOutput::default();
         let (up, scraped, kept, added) = match page {
             Ok(page) => {
-                let current: HashSet<Box<[u8]>> =
-                    page.samples.iter().map(|s| s.labels.pack()).collect();
+                // Series with their own timestamps are not tracked for staleness (Prometheus).
+                let current: HashSet<Box<[u8]>> = page
+                    .samples
+                    .iter()
+                    .filter(|s| !s.own_timestamp)
+                    .map(|s| s.labels.pack())
+                    .collect();
                 let added = current.difference(&self.last_series).count();
                 let kept = page.samples.len();
                 output.samples = page.samples;
@@ -260,6 +250,7 @@ impl TargetLoop {
                 value: STALE_NAN,
                 timestamp_ms: at_ms,
                 exemplar: None,
+                own_timestamp: false,
             });
         }
     }
@@ -284,11 +275,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-fn base64(input: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(input)
 }
 
 /// Where in each interval a target is scraped: a stable hash of it, so restarts keep the
@@ -344,7 +330,9 @@ struct Running {
 pub struct ScrapeManager {
     client: HttpClient,
     sink: Arc<dyn ScrapeSink>,
-    running: HashMap<(String, Target), Running>,
+    /// Keyed by job name, a fingerprint of the job's settings (so a reload that changes
+    /// them restarts its loops, as Prometheus does) and the target.
+    running: HashMap<(String, u64, Target), Running>,
 }
 
 impl std::fmt::Debug for ScrapeManager {
@@ -353,6 +341,13 @@ impl std::fmt::Debug for ScrapeManager {
             .field("targets", &self.running.len())
             .finish()
     }
+}
+
+/// A fingerprint of everything a job's loops use (its rules print their patterns).
+fn job_fingerprint(job: &ScrapeJob) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    format!("{job:?}").hash(&mut hasher);
+    hasher.finish()
 }
 
 /// What discovery found for a job: its targets and the problems met on the way.
@@ -402,19 +397,30 @@ impl ScrapeManager {
     /// Makes the running targets those of `config` now: new ones start, gone ones stop
     /// (their series marked stale), unchanged ones keep running. Returns discovery's errors.
     pub fn apply(&mut self, config: &PrometheusConfig) -> Vec<String> {
-        let mut wanted: HashMap<(String, Target), Arc<ScrapeJob>> = HashMap::new();
+        let mut wanted: HashMap<(String, u64, Target), Arc<ScrapeJob>> = HashMap::new();
         let mut errors = Vec::new();
         for job in &config.jobs {
-            let found = job_targets(job);
+            let mut found = job_targets(job);
+            if job.target_limit > 0 && found.targets.len() > job.target_limit {
+                // Prometheus fails the whole pool rather than picking some targets.
+                errors.push(format!(
+                    "job {:?}: target_limit exceeded ({} targets, limit {}): none scraped",
+                    job.name,
+                    found.targets.len(),
+                    job.target_limit
+                ));
+                found.targets.clear();
+            }
             errors.extend(
                 found
                     .errors
                     .into_iter()
                     .map(|e| format!("job {:?}: {e}", job.name)),
             );
+            let settings = job_fingerprint(job);
             let job = Arc::new(job.clone());
             for target in found.targets {
-                wanted.insert((job.name.clone(), target), job.clone());
+                wanted.insert((job.name.clone(), settings, target), job.clone());
             }
         }
         self.running.retain(|key, running| {
@@ -429,7 +435,7 @@ impl ScrapeManager {
                 continue;
             }
             let (stop, stopped) = watch::channel(false);
-            let state = TargetLoop::new(key.1.clone(), job, self.client.clone());
+            let state = TargetLoop::new(key.2.clone(), job, self.client.clone());
             let task = tokio::spawn(run_target(state, self.sink.clone(), stopped));
             self.running.insert(key, Running { stop, task });
         }
@@ -438,7 +444,11 @@ impl ScrapeManager {
 
     /// The targets running now, by job.
     pub fn targets(&self) -> Vec<(String, Target)> {
-        let mut targets: Vec<(String, Target)> = self.running.keys().cloned().collect();
+        let mut targets: Vec<(String, Target)> = self
+            .running
+            .keys()
+            .map(|(job, _, target)| (job.clone(), target.clone()))
+            .collect();
         targets.sort_by(|a, b| (&a.0, &a.1.url).cmp(&(&b.0, &b.1.url)));
         targets
     }
@@ -460,12 +470,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64_is_standard() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
+    fn basic_auth_is_standard_base64() {
+        let auth = crate::config::Auth::Basic {
+            username: "user".into(),
+            password: crate::config::Secret::Inline("pass".into()),
+        };
+        assert_eq!(auth.header_value().unwrap(), "Basic dXNlcjpwYXNz");
     }
 
     /// A page server whose answer (status, body) the test changes between scrapes.
@@ -593,6 +603,27 @@ mod tests {
                 ("up", "stale")
             ])
         );
+    }
+
+    #[tokio::test]
+    async fn series_with_their_own_timestamps_are_not_marked_stale() {
+        let answer = Arc::new(std::sync::Mutex::new((200, "a 1\nt 5 1000\n".to_owned())));
+        let port = page_server(answer.clone());
+        let config = PrometheusConfig::parse(&format!(
+            "scrape_configs:\n  - job_name: j\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+        ))
+        .unwrap();
+        let job = Arc::new(config.jobs[0].clone());
+        let target = job_targets(&job).targets.remove(0);
+        let mut state = TargetLoop::new(target, job, http_client());
+        state.scrape(2_000).await;
+        *answer.lock().unwrap() = (200, String::new());
+        let names: Vec<(String, String)> = values(&state.scrape(3_000).await);
+        assert!(
+            names.contains(&("a".to_owned(), "stale".to_owned())),
+            "{names:?}"
+        );
+        assert!(!names.iter().any(|(n, _)| n == "t"), "{names:?}");
     }
 
     #[test]
