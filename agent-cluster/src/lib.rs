@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime};
 use delivery::{Delivery, ExemplarRef, RemoteWriteConfig, SeriesBuffer};
 use scrape::LabelSet;
 use scrape::config::PrometheusConfig;
-use scrape::exposition::MetricKind;
 use scrape::scraper::{ScrapeManager, ScrapeOutput, ScrapeSink, http_client};
 
 /// How the agent is started.
@@ -111,20 +110,6 @@ fn merge_sorted<'a>(
     }
 }
 
-fn metric_type(kind: Option<MetricKind>) -> i32 {
-    use prompb::metric_metadata::MetricType as T;
-    (match kind {
-        Some(MetricKind::Counter) => T::Counter,
-        Some(MetricKind::Gauge) => T::Gauge,
-        Some(MetricKind::Histogram) => T::Histogram,
-        Some(MetricKind::GaugeHistogram) => T::Gaugehistogram,
-        Some(MetricKind::Summary) => T::Summary,
-        Some(MetricKind::Info) => T::Info,
-        Some(MetricKind::Stateset) => T::Stateset,
-        Some(MetricKind::Unknown) | None => T::Unknown,
-    }) as i32
-}
-
 impl ScrapeSink for RemoteWriteSink {
     fn accept(&self, output: ScrapeOutput) {
         let external = self
@@ -177,7 +162,8 @@ impl ScrapeSink for RemoteWriteSink {
             }
             sent.insert(family.clone(), now);
             metadata.push(prompb::MetricMetadata {
-                r#type: metric_type(meta.kind),
+                r#type: model::remote_write::metric_type_number(meta.kind.unwrap_or_default())
+                    as i32,
                 metric_family_name: family,
                 help: meta.help.unwrap_or_default(),
                 unit: meta.unit.unwrap_or_default(),
@@ -363,12 +349,5 @@ mod tests {
                 ("zone", "z")
             ]
         );
-    }
-
-    #[test]
-    fn metadata_types_map_to_remote_write() {
-        use prompb::metric_metadata::MetricType as T;
-        assert_eq!(metric_type(Some(MetricKind::Counter)), T::Counter as i32);
-        assert_eq!(metric_type(None), T::Unknown as i32);
     }
 }

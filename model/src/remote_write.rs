@@ -236,6 +236,20 @@ impl<'a> WriteRequestReader<'a> {
     }
 }
 
+/// The number [`metric_type`] reads back (what agents send).
+pub fn metric_type_number(metric_type: MetricType) -> u64 {
+    match metric_type {
+        MetricType::Unknown => 0,
+        MetricType::Counter => 1,
+        MetricType::Gauge => 2,
+        MetricType::Histogram => 3,
+        MetricType::GaugeHistogram => 4,
+        MetricType::Summary => 5,
+        MetricType::Info => 6,
+        MetricType::StateSet => 7,
+    }
+}
+
 /// Remote-write's `MetricMetadata.MetricType` numbers.
 pub fn metric_type(number: u64) -> MetricType {
     match number {
@@ -299,6 +313,17 @@ pub fn decode_metric_batch(body: &[u8]) -> Result<MetricBatch, ModelError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn metric_type_numbers_round_trip() {
+        for metric_type in MetricType::ALL {
+            assert_eq!(
+                super::metric_type(metric_type_number(metric_type)),
+                metric_type
+            );
+        }
+        assert_eq!(metric_type_number(MetricType::Counter), 1);
+    }
 
     /// A minimal protobuf writer, to build requests independently of the reader.
     fn varint(mut v: u64, out: &mut Vec<u8>) {

@@ -15,6 +15,8 @@
 
 use std::borrow::Cow;
 
+use model::MetricType;
+
 /// Which grammar a page is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -42,19 +44,6 @@ impl Format {
 
 /// The `Accept` header Prometheus 2.42 sends, so exporters answer as they answer it.
 pub const ACCEPT_HEADER: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-
-/// A metric family's declared type (`# TYPE`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MetricKind {
-    Counter,
-    Gauge,
-    Histogram,
-    GaugeHistogram,
-    Summary,
-    Info,
-    Stateset,
-    Unknown,
-}
 
 /// One label as the page spells it: the value unescaped.
 pub type ParsedLabel<'a> = (&'a str, Cow<'a, str>);
@@ -84,7 +73,7 @@ pub struct ParsedSample<'p, 'a> {
 #[derive(Debug, PartialEq)]
 pub enum Entry<'p, 'a> {
     Help { metric: &'a str, text: Cow<'a, str> },
-    Type { metric: &'a str, kind: MetricKind },
+    Type { metric: &'a str, kind: MetricType },
     Unit { metric: &'a str, unit: &'a str },
     Sample(ParsedSample<'p, 'a>),
 }
@@ -375,11 +364,11 @@ impl<'a> Parser<'a> {
             Entry::Help { metric, text }
         } else {
             let kind = match text {
-                "counter" => MetricKind::Counter,
-                "gauge" => MetricKind::Gauge,
-                "histogram" => MetricKind::Histogram,
-                "summary" => MetricKind::Summary,
-                "untyped" => MetricKind::Unknown,
+                "counter" => MetricType::Counter,
+                "gauge" => MetricType::Gauge,
+                "histogram" => MetricType::Histogram,
+                "summary" => MetricType::Summary,
+                "untyped" => MetricType::Unknown,
                 other => {
                     return self.error(format!("invalid metric type {other:?} for {metric}"));
                 }
@@ -541,18 +530,12 @@ impl<'a> Parser<'a> {
                 },
             },
             "TYPE" => {
-                let kind = match text {
-                    "counter" => MetricKind::Counter,
-                    "gauge" => MetricKind::Gauge,
-                    "histogram" => MetricKind::Histogram,
-                    "gaugehistogram" => MetricKind::GaugeHistogram,
-                    "summary" => MetricKind::Summary,
-                    "info" => MetricKind::Info,
-                    "stateset" => MetricKind::Stateset,
-                    "unknown" => MetricKind::Unknown,
-                    other => {
-                        return self.error(format!("invalid metric type {other:?} for {metric}"));
-                    }
+                // OpenMetrics's types are exactly the metadata types, by the same names.
+                let Some(kind) = MetricType::ALL
+                    .into_iter()
+                    .find(|kind| kind.prometheus_name() == text)
+                else {
+                    return self.error(format!("invalid metric type {text:?} for {metric}"));
                 };
                 Entry::Type { metric, kind }
             }
@@ -920,7 +903,7 @@ g{} 1.5e3\n\
         // `# EOF` without a final newline, and the OpenMetrics-only types.
         assert_eq!(
             om("# TYPE s stateset\n# TYPE i info\n# TYPE gh gaugehistogram\n# EOF"),
-            ["TYPE s Stateset", "TYPE i Info", "TYPE gh GaugeHistogram"]
+            ["TYPE s StateSet", "TYPE i Info", "TYPE gh GaugeHistogram"]
         );
     }
 

@@ -14,6 +14,6 @@ pub mod page;
 pub mod relabel;
 pub mod scraper;
 
-pub use exposition::{Entry, Format, MetricKind, ParseError, ParsedSample, Parser};
+pub use exposition::{Entry, Format, ParseError, ParsedSample, Parser};
 pub use labels::LabelSet;
 pub use relabel::{RelabelConfigYaml, RelabelError, RelabelRule};

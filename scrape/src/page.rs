@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::exposition::{Entry, Format, MetricKind, ParseError, Parser};
+use model::MetricType;
+
+use crate::exposition::{Entry, Format, ParseError, Parser};
 use crate::labels::LabelSet;
 use crate::relabel::{self, RelabelRule};
 
@@ -46,7 +48,7 @@ pub struct PageExemplar {
 /// A metric family's metadata, as remote-write sends it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FamilyMetadata {
-    pub kind: Option<MetricKind>,
+    pub kind: Option<MetricType>,
     pub help: Option<String>,
     pub unit: Option<String>,
 }
@@ -288,7 +290,7 @@ mod tests {
         assert_eq!(
             page.metadata["m"],
             FamilyMetadata {
-                kind: Some(MetricKind::Counter),
+                kind: Some(MetricType::Counter),
                 help: Some("Help.".into()),
                 unit: None
             }
