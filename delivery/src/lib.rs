@@ -549,6 +549,18 @@ mod tests {
         Arc<Mutex<Vec<prompb::WriteRequest>>>,
         Arc<AtomicUsize>,
     ) {
+        slow_receiver(Duration::ZERO, status).await
+    }
+
+    /// Like [`receiver`], taking `delay` to answer each request.
+    async fn slow_receiver(
+        delay: Duration,
+        status: impl Fn(usize) -> StatusCode + Send + Sync + 'static,
+    ) -> (
+        String,
+        Arc<Mutex<Vec<prompb::WriteRequest>>>,
+        Arc<AtomicUsize>,
+    ) {
         let received = Arc::new(Mutex::new(Vec::new()));
         let attempts = Arc::new(AtomicUsize::new(0));
         let status = Arc::new(status);
@@ -558,6 +570,7 @@ mod tests {
             post(move |body: Bytes| {
                 let (r, a, status) = (r.clone(), a.clone(), status.clone());
                 async move {
+                    tokio::time::sleep(delay).await;
                     let n = a.fetch_add(1, Ordering::SeqCst);
                     let code = status(n);
                     if code.is_success() {
@@ -753,25 +766,8 @@ mod tests {
     async fn the_request_in_flight_is_never_the_one_dropped() {
         // A gateway that takes 200 ms per request while pushes overflow a small buffer:
         // every sample is sent or counted as dropped, none vanishes.
-        let received = Arc::new(AtomicUsize::new(0));
-        let counter = received.clone();
-        let app = Router::new().route(
-            "/api/v1/write",
-            post(move |body: Bytes| {
-                let counter = counter.clone();
-                async move {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
-                    let request = prompb::WriteRequest::decode(&raw[..]).unwrap();
-                    let samples: usize = request.timeseries.iter().map(|s| s.samples.len()).sum();
-                    counter.fetch_add(samples, Ordering::SeqCst);
-                    StatusCode::NO_CONTENT
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/api/v1/write", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (url, received, _) =
+            slow_receiver(Duration::from_millis(200), |_| StatusCode::NO_CONTENT).await;
         let config = RemoteWriteConfig {
             buffer_bytes: 600,
             ..fast(&url)
@@ -787,11 +783,13 @@ mod tests {
         .await;
         let stats = delivery.stats();
         assert!(stats.dropped_samples > 0, "{stats:?}");
-        assert_eq!(
-            stats.sent_samples as usize,
-            received.load(Ordering::SeqCst),
-            "{stats:?}"
-        );
+        let arrived: usize = received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.timeseries.iter().map(|s| s.samples.len()))
+            .sum();
+        assert_eq!(stats.sent_samples as usize, arrived, "{stats:?}");
         assert_eq!(stats.sent_samples + stats.dropped_samples, 400, "{stats:?}");
     }
 
