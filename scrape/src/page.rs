@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use model::MetricType;
+use model::{METRIC_NAME_LABEL, MetricType};
 
 use crate::exposition::{Entry, Format, ParseError, Parser};
 use crate::labels::LabelSet;
@@ -158,7 +158,7 @@ pub fn read_page(
         };
         page.scraped += 1;
         let mut labels = LabelSet::new();
-        labels.set(model_name_label(), sample.name.to_owned());
+        labels.set(METRIC_NAME_LABEL, sample.name.to_owned());
         for (name, value) in sample.labels {
             if labels.contains(name) {
                 let mut series = labels.clone();
@@ -178,7 +178,7 @@ pub fn read_page(
         ) else {
             continue;
         };
-        if !labels.contains(model_name_label()) {
+        if !labels.contains(METRIC_NAME_LABEL) {
             return Err(PageError::MissingName {
                 labels: describe(&labels),
             });
@@ -213,17 +213,12 @@ pub fn read_page(
     Ok(page)
 }
 
-/// `__name__`, spelled once.
-fn model_name_label() -> &'static str {
-    "__name__"
-}
-
 /// Prometheus's `verifyLabelLimits`.
 fn check_label_limits(labels: &LabelSet, options: &PageOptions) -> Result<(), PageError> {
     if options.label_limit > 0 && labels.len() > options.label_limit {
         return Err(PageError::LabelLimit(format!(
             "label_limit exceeded (metric: {}, number of labels: {}, limit: {})",
-            labels.get(model_name_label()).unwrap_or_default(),
+            labels.get(METRIC_NAME_LABEL).unwrap_or_default(),
             labels.len(),
             options.label_limit
         )));
@@ -232,7 +227,7 @@ fn check_label_limits(labels: &LabelSet, options: &PageOptions) -> Result<(), Pa
         if options.label_name_length_limit > 0 && name.len() > options.label_name_length_limit {
             return Err(PageError::LabelLimit(format!(
                 "label_name_length_limit exceeded (metric: {}, label name: {name}, length: {}, limit: {})",
-                labels.get(model_name_label()).unwrap_or_default(),
+                labels.get(METRIC_NAME_LABEL).unwrap_or_default(),
                 name.len(),
                 options.label_name_length_limit
             )));
@@ -240,7 +235,7 @@ fn check_label_limits(labels: &LabelSet, options: &PageOptions) -> Result<(), Pa
         if options.label_value_length_limit > 0 && value.len() > options.label_value_length_limit {
             return Err(PageError::LabelLimit(format!(
                 "label_value_length_limit exceeded (metric: {}, label name: {name}, value: {value:?}, length: {}, limit: {})",
-                labels.get(model_name_label()).unwrap_or_default(),
+                labels.get(METRIC_NAME_LABEL).unwrap_or_default(),
                 value.len(),
                 options.label_value_length_limit
             )));

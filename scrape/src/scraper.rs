@@ -100,7 +100,7 @@ impl TargetLoop {
 
     fn report_labels(&self, name: &str) -> LabelSet {
         let mut labels = self.target.labels.clone();
-        labels.set("__name__", name.to_owned());
+        labels.set(model::METRIC_NAME_LABEL, name.to_owned());
         labels
     }
 
