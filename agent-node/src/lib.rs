@@ -1,8 +1,8 @@
 //! The node agent, run as a DaemonSet on every Kubernetes node.
 //!
-//! This crate will own host metrics (node_exporter names), container metrics from cgroup v2
-//! (cAdvisor names), pod discovery on the node, log tailing of `/var/log/pods`, a local OTLP
-//! proxy that adds Kubernetes attributes, and delivery to the gateway over the network (it
-//! never links the server crates).
-//!
-//! Nothing is implemented yet; see issue 6.
+//! It owns host metrics (node_exporter names), container metrics from cgroup v2 (cAdvisor
+//! names), pod discovery on the node, log tailing of `/var/log/pods`, a local OTLP proxy
+//! that adds Kubernetes attributes, and delivery to the gateway over the network (it never
+//! links the server crates).
+
+pub mod metrics;
