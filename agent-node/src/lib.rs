@@ -5,4 +5,5 @@
 //! that adds Kubernetes attributes, and delivery to the gateway over the network (it never
 //! links the server crates).
 
+pub mod host;
 pub mod metrics;

@@ -202,7 +202,7 @@ mod tests {
         let text = families.to_text();
         let mut parser = scrape::exposition::Parser::new(
             text.as_bytes(),
-            scrape::exposition::Format::Text,
+            scrape::exposition::Format::Prometheus,
         );
         let mut samples: Vec<(String, Option<String>, f64)> = Vec::new();
         while let Some(entry) = parser.next_entry().expect("our own page parses") {

@@ -441,3 +441,60 @@ impl Drop for PrometheusServer {
         stop(&mut self.child, Duration::from_secs(10));
     }
 }
+
+/// A node_exporter (the Debian package `prometheus-node-exporter`, 1.5 here) of its own on a
+/// free port, with `flags` added to its command line.
+#[derive(Debug)]
+pub struct NodeExporter {
+    child: Child,
+    port: u16,
+}
+
+impl NodeExporter {
+    /// Starts it and waits (up to 30 s) until `/metrics` answers.
+    pub fn start(flags: &[&str]) -> Self {
+        let binary = find_program("prometheus-node-exporter")
+            .or_else(|| find_program("node_exporter"))
+            .unwrap_or_else(|| {
+                panic!("node_exporter is not installed: run ./scripts/install-peers")
+            });
+        let port = free_port();
+        let child = Command::new(&binary)
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let mut exporter = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while exporter.metrics().is_none() {
+            if let Ok(Some(status)) = exporter.child.try_wait() {
+                panic!("node_exporter exited ({status})");
+            }
+            assert!(Instant::now() < deadline, "node_exporter never answered");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        exporter
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its `/metrics` page, `None` if it does not answer 200.
+    pub fn metrics(&self) -> Option<String> {
+        let response = http_get(self.port, "/metrics")?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.0 200")
+            .then(|| body.to_owned())
+            .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_owned()))
+    }
+}
+
+impl Drop for NodeExporter {
+    fn drop(&mut self) {
+        stop(&mut self.child, Duration::from_secs(5));
+    }
+}
