@@ -377,6 +377,18 @@ impl Auth {
     }
 }
 
+impl KubernetesSdConfigYaml {
+    /// How to authenticate to `api_server` (with the same rules as a scrape job's auth).
+    pub fn auth(&self) -> Result<Option<Auth>, ConfigError> {
+        auth_of(
+            &self.basic_auth,
+            &self.authorization,
+            &self.bearer_token,
+            &self.bearer_token_file,
+        )
+    }
+}
+
 impl RemoteWriteYaml {
     /// How to authenticate to the endpoint.
     pub fn auth(&self) -> Result<Option<Auth>, ConfigError> {

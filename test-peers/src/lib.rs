@@ -5,6 +5,8 @@
 //!
 //! A dev-dependency only: nothing in the product links it.
 
+pub mod kube_api;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
