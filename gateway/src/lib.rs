@@ -9,6 +9,7 @@
 //! (`POST /api/v2/write`, `POST /write`), Zipkin v2 JSON (`POST /api/v2/spans`), and OTLP
 //! over gRPC and HTTP on their own ports (see [`OtlpServers`]).
 
+pub mod agents;
 mod config;
 mod error;
 pub mod http;
@@ -163,7 +164,14 @@ impl Gateway {
             .route("/write", post(influx::v1_handler))
             .route("/ping", get(influx::ping).head(influx::ping))
             .route("/api/v2/spans", post(zipkin::handler))
+            .route("/api/v1/agents/heartbeat", post(agents::heartbeat_handler))
+            .route("/api/v1/agents", get(agents::list_handler))
             .with_state(self.clone())
+    }
+
+    /// The agents heard from by heartbeat (in this process).
+    pub fn agents(&self) -> &agents::AgentRegistry {
+        &self.shared.metrics.agents
     }
 
     pub fn otlp_config(&self) -> &OtlpConfig {

@@ -77,6 +77,8 @@ pub struct GatewayMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RequestLabels, Histogram>,
     pub inflight_bytes: Gauge,
+    /// The live list of agents: kept here because its gauges are read from it on scrape.
+    pub(crate) agents: std::sync::Arc<crate::agents::AgentRegistry>,
 }
 
 impl GatewayMetrics {
@@ -89,6 +91,7 @@ impl GatewayMetrics {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
             inflight_bytes: Gauge::default(),
+            agents: Default::default(),
         };
         let registry = registry.sub_registry_with_prefix("meerkat_gateway");
         registry.register(
@@ -118,6 +121,9 @@ impl GatewayMetrics {
             Unit::Bytes,
             metrics.inflight_bytes.clone(),
         );
+        registry.register_collector(Box::new(crate::agents::AgentsCollector(
+            metrics.agents.clone(),
+        )));
         metrics
     }
 
