@@ -6,4 +6,5 @@
 //! links the server crates).
 
 pub mod host;
+pub mod logs;
 pub mod metrics;
