@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 pub use prompb;
 
 mod encode;
+pub mod heartbeat;
 mod spool;
 pub use encode::{ExemplarRef, SeriesBuffer};
 use spool::{Spool, Spooled};
