@@ -5,6 +5,8 @@
 //! that adds Kubernetes attributes, and delivery to the gateway over the network (it never
 //! links the server crates).
 
+pub mod agent;
 pub mod host;
 pub mod logs;
 pub mod metrics;
+pub mod push;

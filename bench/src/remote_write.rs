@@ -265,6 +265,8 @@ pub(crate) fn start_in(
         "meerkat" => {
             let child = Command::new(meerkat)
                 .arg("serve")
+                // The peers store only the benchmark's load; so does Meerkat.
+                .arg("--no-host-metrics")
                 .arg("--http-listen")
                 .arg(addr.to_string())
                 .arg("--data-dir")

@@ -58,6 +58,7 @@ impl GlobalArgs {
             otlp_http_listen: self.otlp_http_listen,
             log_level: self.log_level.clone(),
             log_format: self.log_format,
+            no_host_metrics: false,
         }
     }
 }
@@ -65,7 +66,7 @@ impl GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Standalone mode: every server role in one process, on the embedded bus and store
-    Serve,
+    Serve(ServeArgs),
     /// The gateway role: accepts telemetry (remote-write, OTLP, Influx, Zipkin) onto the bus
     Gateway,
     /// The ingest role: moves telemetry from the bus into storage (with `bus.engine: kafka`)
@@ -84,10 +85,17 @@ pub enum Command {
     Version,
 }
 
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Do not collect this machine's own metrics in-process [config: host_metrics.enabled]
+    #[arg(long)]
+    pub no_host_metrics: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
     /// The node agent (DaemonSet): host, container and pod telemetry of one node
-    Node,
+    Node(NodeAgentArgs),
     /// The cluster agent: Prometheus-compatible scraping and cluster state
     Cluster(ClusterAgentArgs),
 }
@@ -109,6 +117,42 @@ pub struct ClusterAgentArgs {
     /// Where unsent requests wait on disk, so a restarted agent still sends them (a
     /// hostPath or volume in Kubernetes)
     #[arg(long, value_name = "DIR", default_value = "./data/agent-buffer")]
+    pub buffer_dir: PathBuf,
+    /// The cluster name announced to the gateway [default: $MEERKAT_CLUSTER_NAME, else the
+    /// configuration's external label `cluster`, else `default`]
+    #[arg(long, value_name = "NAME")]
+    pub cluster_name: Option<String>,
+    /// Seconds between heartbeats to the gateway (it marks the agent stale after 3 missed)
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub heartbeat_interval: f64,
+}
+
+/// The environment variable naming the cluster agent's cluster (read by the agent, so not a
+/// configuration key: [`crate::config`] must not refuse it as unknown).
+pub const CLUSTER_NAME_ENV: &str = "MEERKAT_CLUSTER_NAME";
+
+#[derive(Debug, Args)]
+pub struct NodeAgentArgs {
+    /// The gateway to deliver to (remote-write to <URL>/api/v1/write)
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9797")]
+    pub gateway: String,
+    /// The host's root as this process sees it (`/host` when the DaemonSet mounts it
+    /// there); /proc, /sys and mount points are read under it
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// This node's name, the `instance` label of host series [default: $NODE_NAME (the
+    /// downward API's spec.nodeName in the DaemonSet), else the hostname]
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Seconds between host metric collections
+    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
+    pub interval_seconds: u64,
+    /// Compressed remote-write requests held while the gateway does not take them; the
+    /// oldest are dropped (and counted) beyond this
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub buffer_bytes: usize,
+    /// Where unsent requests wait on disk, so a restarted agent still sends them
+    #[arg(long, value_name = "DIR", default_value = "./data/node-agent-buffer")]
     pub buffer_dir: PathBuf,
 }
 

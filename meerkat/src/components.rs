@@ -250,3 +250,65 @@ impl Component for IngestComponent {
             .context("ingest did not stop cleanly")
     }
 }
+
+/// `serve`'s own host metrics: the node agent's host collector in-process, writing through
+/// this process's gateway over loopback, so they take the same path (auth, limits, durable
+/// append) as any agent's. Stopped before the HTTP server so its stale markers get in.
+#[derive(Debug)]
+pub struct HostMetricsComponent {
+    delivery: delivery::Delivery,
+    delivery_task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    collecting: tokio::task::JoinHandle<()>,
+}
+
+impl HostMetricsComponent {
+    pub fn start(config: &Config, http: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let target = if http.ip().is_unspecified() {
+            std::net::SocketAddr::from(([127, 0, 0, 1], http.port()))
+        } else {
+            http
+        };
+        let mut remote = delivery::RemoteWriteConfig::new(format!("http://{target}/api/v1/write"));
+        if let Some(token) = config.host_metrics_token()? {
+            remote
+                .headers
+                .push(("authorization".to_owned(), format!("Bearer {token}")));
+        }
+        let (delivery, delivery_task) =
+            delivery::Delivery::start(remote).context("cannot start host metrics delivery")?;
+        let labels = vec![
+            ("instance".to_owned(), agent_node::agent::hostname()),
+            ("job".to_owned(), "node".to_owned()),
+        ];
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let collector =
+            agent_node::host::HostCollector::new(agent_node::host::HostOptions::new("/"));
+        let collecting = tokio::spawn(agent_node::agent::run_host_metrics(
+            collector,
+            delivery.clone(),
+            labels,
+            std::time::Duration::from_secs(config.host_metrics.interval_seconds),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        tracing::info!(
+            interval_seconds = config.host_metrics.interval_seconds,
+            "collecting this machine's metrics (job=\"node\"); --no-host-metrics turns it off"
+        );
+        Ok(Self {
+            delivery,
+            delivery_task,
+            stop,
+            collecting,
+        })
+    }
+
+    /// Marks the host series stale and flushes them into the gateway.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.collecting.await;
+        agent_node::agent::finish_delivery(&self.delivery, self.delivery_task).await;
+    }
+}

@@ -48,6 +48,7 @@ pub struct Config {
     pub query: QueryConfig,
     pub storage: StorageConfig,
     pub shutdown: ShutdownConfig,
+    pub host_metrics: HostMetricsConfig,
 }
 
 impl Default for Config {
@@ -64,6 +65,7 @@ impl Default for Config {
             query: QueryConfig::default(),
             storage: StorageConfig::default(),
             shutdown: ShutdownConfig::default(),
+            host_metrics: HostMetricsConfig::default(),
         }
     }
 }
@@ -174,6 +176,29 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// This machine's own metrics (node_exporter names), collected in-process by `meerkat serve`
+/// so a newcomer sees something within a minute, with no agent to install.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostMetricsConfig {
+    /// On by default in `serve`; `--no-host-metrics` or `false` here turns it off.
+    pub enabled: bool,
+    pub interval_seconds: u64,
+    /// The tenant they are written as. With `gateway.auth.tokens` set, a token of this
+    /// tenant must be among them.
+    pub tenant: String,
+}
+
+impl Default for HostMetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_seconds: 15,
+            tenant: "default".to_owned(),
+        }
+    }
+}
+
 /// Values given as command-line flags; they override everything else.
 #[derive(Clone, Debug, Default)]
 pub struct FlagOverrides {
@@ -183,6 +208,8 @@ pub struct FlagOverrides {
     pub otlp_http_listen: Option<SocketAddr>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
+    /// `serve --no-host-metrics`.
+    pub no_host_metrics: bool,
 }
 
 /// Where the effective configuration came from, for `config check` and the start-up log.
@@ -268,6 +295,10 @@ impl Config {
             config.log.format = format;
             sources.flags.push("--log-format");
         }
+        if flags.no_host_metrics {
+            config.host_metrics.enabled = false;
+            sources.flags.push("--no-host-metrics");
+        }
         config.validate()?;
         Ok((config, sources))
     }
@@ -329,6 +360,27 @@ impl Config {
     }
 
     /// Checks what types alone cannot: relations between keys and parseable strings.
+    /// The bearer token `serve`'s own host metrics are written with: none when auth is
+    /// off, else one of `gateway.auth.tokens` that maps to `host_metrics.tenant`.
+    pub fn host_metrics_token(&self) -> anyhow::Result<Option<String>> {
+        if self.gateway.auth.tokens.is_empty() {
+            return Ok(None);
+        }
+        self.gateway
+            .auth
+            .tokens
+            .iter()
+            .find(|(_, tenant)| **tenant == self.host_metrics.tenant)
+            .map(|(token, _)| Some(token.clone()))
+            .ok_or_else(|| {
+                anyhow!(
+                    "host_metrics.tenant is {:?} but no gateway.auth.tokens entry maps to it: \
+                     add a token for it, name another tenant, or set host_metrics.enabled: false",
+                    self.host_metrics.tenant
+                )
+            })
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.data_dir.as_os_str().is_empty() {
             bail!("data_dir must not be empty");
@@ -348,6 +400,12 @@ impl Config {
             .validate()
             .map_err(|e| anyhow!("bus.kafka: {e}"))?;
         self.gateway.validate().map_err(|e| anyhow!("{e}"))?;
+        if self.host_metrics.enabled {
+            if self.host_metrics.interval_seconds == 0 {
+                bail!("host_metrics.interval_seconds must be at least 1");
+            }
+            self.host_metrics_token()?;
+        }
         self.query.validate().map_err(|e| anyhow!("{e}"))?;
         self.storage
             .embedded

@@ -42,17 +42,30 @@ fn main() -> ExitCode {
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<(Config, config::Sources)> {
-    Config::load(
-        cli.global.config.as_deref(),
-        std::env::vars(),
-        &cli.global.overrides(),
-    )
+    let mut overrides = cli.global.overrides();
+    if let Command::Serve(args) = &cli.command {
+        overrides.no_host_metrics = args.no_host_metrics;
+    }
+    Config::load(cli.global.config.as_deref(), std::env::vars(), &overrides)
 }
 
 /// `meerkat agent cluster`: scrapes until SIGINT/SIGTERM, then marks series stale and flushes.
 fn run_cluster_agent(cli: &Cli, args: &cli::ClusterAgentArgs) -> anyhow::Result<ExitCode> {
-    let (config, _) = load_config(cli)?;
+    let (config, _) = Config::load(
+        cli.global.config.as_deref(),
+        std::env::vars().filter(|(name, _)| name != cli::CLUSTER_NAME_ENV),
+        &cli.global.overrides(),
+    )?;
     telemetry::init_logging(&config.log)?;
+    let interval = args.heartbeat_interval;
+    if !(interval.is_finite() && interval > 0.0 && interval <= 600.0) {
+        anyhow::bail!("--heartbeat-interval must be within (0, 600] seconds, not {interval}");
+    }
+    let cluster_name = args
+        .cluster_name
+        .clone()
+        .or_else(|| std::env::var(cli::CLUSTER_NAME_ENV).ok())
+        .unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("meerkat-agent")
@@ -63,10 +76,49 @@ fn run_cluster_agent(cli: &Cli, args: &cli::ClusterAgentArgs) -> anyhow::Result<
         headers: Vec::new(),
         buffer_bytes: args.buffer_bytes,
         buffer_dir: Some(args.buffer_dir.clone()),
+        cluster_name,
+        heartbeat_interval: std::time::Duration::from_secs_f64(interval),
     };
     runtime.block_on(async {
         let mut signals = lifecycle::ShutdownSignals::install()?;
         agent_cluster::run(options, async move {
+            let signal = signals.recv().await;
+            tracing::info!(signal, "stopping");
+        })
+        .await
+        .map_err(anyhow::Error::from)
+    })?;
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `meerkat agent node`: collects until SIGINT/SIGTERM, then marks series stale and flushes.
+fn run_node_agent(cli: &Cli, args: &cli::NodeAgentArgs) -> anyhow::Result<ExitCode> {
+    let (config, _) = load_config(cli)?;
+    telemetry::init_logging(&config.log)?;
+    if args.interval_seconds == 0 {
+        anyhow::bail!("--interval-seconds must be at least 1");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("meerkat-agent")
+        .build()?;
+    let mut options = agent_node::agent::NodeAgentOptions::new(args.gateway.clone());
+    options.root = args.root.clone();
+    if let Some(name) = args
+        .node_name
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+    {
+        options.node_name = name;
+    }
+    options.interval = std::time::Duration::from_secs(args.interval_seconds);
+    options.buffer_bytes = args.buffer_bytes;
+    options.buffer_dir = Some(args.buffer_dir.clone());
+    runtime.block_on(async {
+        let mut signals = lifecycle::ShutdownSignals::install()?;
+        agent_node::agent::run(options, async move {
             let signal = signals.recv().await;
             tracing::info!(signal, "stopping");
         })
@@ -115,12 +167,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", config.to_yaml()?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve => run_role(&cli, serve::Role::Serve),
+        Command::Serve(_) => run_role(&cli, serve::Role::Serve),
         Command::Gateway => run_role(&cli, serve::Role::Gateway),
         Command::Ingest => run_role(&cli, serve::Role::Ingest),
         Command::Query => run_role(&cli, serve::Role::Query),
         Command::Alerting => unavailable("alerting", "issue 7"),
-        Command::Agent(AgentCommand::Node) => unavailable("node agent", "issue 6"),
+        Command::Agent(AgentCommand::Node(args)) => run_node_agent(&cli, args),
         Command::Agent(AgentCommand::Cluster(args)) => run_cluster_agent(&cli, args),
     }
 }

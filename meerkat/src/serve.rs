@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 
-use crate::components::{BusComponent, GatewayComponent, IngestComponent, StoreComponent};
+use crate::components::{
+    BusComponent, GatewayComponent, HostMetricsComponent, IngestComponent, StoreComponent,
+};
 use anyhow::Context;
 
 use crate::config::{Config, Sources, StorageEngine};
@@ -128,9 +130,17 @@ pub async fn run(role: Role, config: Config, sources: Sources) -> anyhow::Result
 
     readiness.set(true);
     tracing::info!(http = %http.local_addr, "meerkat {role_name} ready");
+    let host_metrics = if role == Role::Serve && config.host_metrics.enabled {
+        Some(HostMetricsComponent::start(&config, http.local_addr)?)
+    } else {
+        None
+    };
 
     let signal = signals.recv().await;
     tracing::info!(signal, "shutting down: draining requests, then flushing");
+    if let Some(host_metrics) = host_metrics {
+        host_metrics.stop().await;
+    }
     readiness.set(false);
     let http_stopped = http.stop(grace).await;
     stop_all(components, &mut signals).await?;

@@ -14,7 +14,13 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BINARY, NodeExporter, Prometheus, Server, free_port, get, url_encode};
+use common::{
+    BINARY, NodeExporter, Prometheus, Server, Vector, free_port, get, parse_vector, url_encode,
+};
+
+fn meerkat_query(meerkat: &Server, promql: &str) -> Vector {
+    common::query_vector(meerkat.addr, promql)
+}
 
 /// Serves Prometheus's own exposition test page (constant values) on a free port.
 fn serve_page() -> u16 {
@@ -42,38 +48,6 @@ fn serve_page() -> u16 {
         }
     });
     port
-}
-
-type Vector = BTreeMap<BTreeMap<String, String>, f64>;
-
-fn parse_vector(body: &str) -> Vector {
-    let body = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
-    let json: serde_json::Value = serde_json::from_str(body).unwrap();
-    assert_eq!(json["status"], "success", "{json}");
-    json["data"]["result"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            let labels = s["metric"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-                .collect();
-            (labels, s["value"][1].as_str().unwrap().parse().unwrap())
-        })
-        .collect()
-}
-
-fn meerkat_query(meerkat: &Server, promql: &str) -> Vector {
-    let response = get(
-        meerkat.addr,
-        &format!("/api/v1/query?query={}", url_encode(promql)),
-    )
-    .unwrap();
-    assert_eq!(response.status, 200, "{}", response.body);
-    parse_vector(&response.body)
 }
 
 fn prometheus_query(prometheus: &Prometheus, promql: &str) -> Vector {

@@ -40,6 +40,9 @@ impl Server {
         command
             .env("MEERKAT_OTLP_GRPC_LISTEN", "127.0.0.1:0")
             .env("MEERKAT_OTLP_HTTP_LISTEN", "127.0.0.1:0");
+        // Tests count and compare the series they wrote: this machine's own metrics stay out
+        // unless a test turns them on (`env` below wins).
+        command.env("MEERKAT_HOST_METRICS__ENABLED", "false");
         for (key, value) in env {
             command.env(key, value);
         }
@@ -361,4 +364,35 @@ impl Drop for NodeExporter {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An instant vector: each series' labels and value.
+pub type Vector = std::collections::BTreeMap<std::collections::BTreeMap<String, String>, f64>;
+
+/// The vector of a `/api/v1/query` answer (Meerkat's or Prometheus's).
+pub fn parse_vector(body: &str) -> Vector {
+    let body = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["status"], "success", "{json}");
+    json["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let labels = s["metric"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect();
+            (labels, s["value"][1].as_str().unwrap().parse().unwrap())
+        })
+        .collect()
+}
+
+/// An instant query against the server at `addr`, now.
+pub fn query_vector(addr: SocketAddr, promql: &str) -> Vector {
+    let response = get(addr, &format!("/api/v1/query?query={}", url_encode(promql))).unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
+    parse_vector(&response.body)
 }
