@@ -84,21 +84,21 @@ fn time_nanos(text: &str) -> Option<u64> {
 
 /// Parses one physical line (without its newline); `None` when it is neither format.
 fn parse_piece(line: &[u8]) -> Option<Piece> {
-    if line.first() == Some(&b'{') {
-        if let Ok(docker) = serde_json::from_slice::<DockerLine>(line) {
-            let stream = Stream::parse(&docker.stream)?;
-            let mut content = docker.log.into_bytes();
-            let partial = content.last() != Some(&b'\n');
-            if !partial {
-                content.pop();
-            }
-            return Some(Piece {
-                time_unix_nano: time_nanos(&docker.time).unwrap_or(0),
-                stream,
-                partial,
-                content,
-            });
+    if line.first() == Some(&b'{')
+        && let Ok(docker) = serde_json::from_slice::<DockerLine>(line)
+    {
+        let stream = Stream::parse(&docker.stream)?;
+        let mut content = docker.log.into_bytes();
+        let partial = content.last() != Some(&b'\n');
+        if !partial {
+            content.pop();
         }
+        return Some(Piece {
+            time_unix_nano: time_nanos(&docker.time).unwrap_or(0),
+            stream,
+            partial,
+            content,
+        });
     }
     let mut fields = line.splitn(4, |b| *b == b' ');
     let time = std::str::from_utf8(fields.next()?).ok()?;
