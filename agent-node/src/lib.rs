@@ -6,7 +6,9 @@
 //! links the server crates).
 
 pub mod agent;
+pub mod containers;
 pub mod host;
 pub mod logs;
 pub mod metrics;
+pub mod pods;
 pub mod push;
