@@ -156,8 +156,13 @@ impl Gateway {
         })
     }
 
-    /// The routes served on the main HTTP port.
+    /// The routes served on the main HTTP port. OTLP/HTTP is served here too (as well as on
+    /// its own port, 4318), so an agent needs one gateway address for every signal.
     pub fn http_routes(&self) -> Router {
+        self.otlp_http_routes().merge(self.main_routes())
+    }
+
+    fn main_routes(&self) -> Router {
         Router::new()
             .route("/api/v1/write", post(remote_write::handler))
             .route("/api/v2/write", post(influx::v2_handler))

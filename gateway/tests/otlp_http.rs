@@ -202,3 +202,16 @@ async fn nan_and_infinite_timestamps_are_bad_requests_not_panics() {
     assert!(h.envelopes(bus::topics::SPANS).await.is_empty());
     assert!(h.series().await.is_empty());
 }
+
+/// Agents have one gateway address: OTLP/HTTP is on the main port's routes too.
+#[tokio::test]
+async fn the_main_port_takes_otlp_http_as_well() {
+    let h = Harness::new(GatewayConfig::default()).await;
+    let router = h.gateway.http_routes();
+    let answer = send(&router, post("/v1/traces", "application/json", TRACES_JSON)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(h.envelopes(bus::topics::SPANS).await.len(), 1);
+    // The main port's own routes are still there.
+    let answer = send(&router, post("/api/v1/write", "application/x-protobuf", "")).await;
+    assert_ne!(answer.status, StatusCode::NOT_FOUND);
+}
