@@ -22,7 +22,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 
-use crate::config::{PrometheusConfig, ScrapeJob, Target, discovered_labels, populate_target};
+use crate::config::{
+    PrometheusConfig, ScrapeJob, Target, TargetGroup, discovered_labels, populate_target,
+};
 use crate::discovery;
 use crate::exposition::{ACCEPT_HEADER, Format};
 use crate::labels::LabelSet;
@@ -359,8 +361,15 @@ pub struct JobTargets {
 
 /// The targets of `job` now: static groups and file discovery, populated and relabeled.
 pub fn job_targets(job: &ScrapeJob) -> JobTargets {
+    job_targets_with(job, &[])
+}
+
+/// Like [`job_targets`], with `external` groups found by a discovery that runs outside
+/// this crate (Kubernetes, in the cluster agent) treated like file discovery's.
+pub fn job_targets_with(job: &ScrapeJob, external: &[TargetGroup]) -> JobTargets {
     let mut found = JobTargets::default();
     let mut groups = job.static_groups.clone();
+    groups.extend(external.iter().cloned());
     for file_sd in &job.file_sd {
         match discovery::read_file_sd(&file_sd.files) {
             Ok(file_groups) => groups.extend(file_groups),
@@ -397,10 +406,22 @@ impl ScrapeManager {
     /// Makes the running targets those of `config` now: new ones start, gone ones stop
     /// (their series marked stale), unchanged ones keep running. Returns discovery's errors.
     pub fn apply(&mut self, config: &PrometheusConfig) -> Vec<String> {
+        self.apply_with(config, &HashMap::new())
+    }
+
+    /// Like [`ScrapeManager::apply`], adding to each job the groups `external` holds under
+    /// its name: discoveries that run elsewhere (the cluster agent's Kubernetes watchers)
+    /// hand their current groups in, so this crate needs no Kubernetes client.
+    pub fn apply_with(
+        &mut self,
+        config: &PrometheusConfig,
+        external: &HashMap<String, Vec<TargetGroup>>,
+    ) -> Vec<String> {
         let mut wanted: HashMap<(String, u64, Target), Arc<ScrapeJob>> = HashMap::new();
         let mut errors = Vec::new();
         for job in &config.jobs {
-            let mut found = job_targets(job);
+            let extra = external.get(&job.name).map_or(&[][..], Vec::as_slice);
+            let mut found = job_targets_with(job, extra);
             if job.target_limit > 0 && found.targets.len() > job.target_limit {
                 // Prometheus fails the whole pool rather than picking some targets.
                 errors.push(format!(
@@ -468,6 +489,56 @@ impl ScrapeManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Discard;
+
+    impl ScrapeSink for Discard {
+        fn accept(&self, _: ScrapeOutput) {}
+    }
+
+    #[tokio::test]
+    async fn external_groups_are_relabeled_like_file_groups() {
+        let config = PrometheusConfig::parse(
+            r#"
+scrape_configs:
+  - job_name: pods
+    kubernetes_sd_configs: [{role: pod}]
+    relabel_configs:
+      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]
+        action: keep
+        regex: "true"
+      - source_labels: [__meta_kubernetes_pod_name]
+        target_label: pod
+"#,
+        )
+        .unwrap();
+        let group = |name: &str, scrape: &str| TargetGroup {
+            targets: vec![format!("{name}:8080")],
+            labels: BTreeMap::from([
+                ("__meta_kubernetes_pod_name".to_owned(), name.to_owned()),
+                (
+                    "__meta_kubernetes_pod_annotation_prometheus_io_scrape".to_owned(),
+                    scrape.to_owned(),
+                ),
+            ]),
+            source: format!("pod/default/{name}:0"),
+        };
+        let external = HashMap::from([(
+            "pods".to_owned(),
+            vec![group("a", "true"), group("b", "false")],
+        )]);
+        let mut manager = ScrapeManager::new(http_client(), Arc::new(Discard));
+        assert!(manager.apply_with(&config, &external).is_empty());
+        let targets = manager.targets();
+        assert_eq!(targets.len(), 1, "{targets:?}");
+        assert_eq!(targets[0].1.url, "http://a:8080/metrics");
+        assert_eq!(targets[0].1.labels.get("pod"), Some("a"));
+        // Groups of another job name are not this job's; without groups the target stops.
+        let other = HashMap::from([("other".to_owned(), vec![group("c", "true")])]);
+        manager.apply_with(&config, &other);
+        assert!(manager.targets().is_empty());
+        manager.stop().await;
+    }
 
     #[test]
     fn basic_auth_is_standard_base64() {
