@@ -7,14 +7,18 @@
 //! file is logged and the running one kept, as Prometheus does. On stop every series is
 //! marked stale and the buffer flushed.
 //!
+//! It announces itself to the gateway with a heartbeat (cluster name, version, start time;
+//! `delivery::heartbeat`), which keeps the live list of agents.
+//!
 //! Still to come (issue 6): `kubernetes_sd_configs` discovery, cluster state metrics with
-//! kube-state-metrics names, Kubernetes events, registration with the gateway.
+//! kube-state-metrics names, Kubernetes events.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use delivery::heartbeat::{AgentKind, Heartbeat, HeartbeatConfig, stable_agent_id};
 use delivery::{Delivery, ExemplarRef, RemoteWriteConfig, SeriesBuffer};
 use scrape::LabelSet;
 use scrape::config::PrometheusConfig;
@@ -34,6 +38,11 @@ pub struct ClusterAgentOptions {
     pub buffer_bytes: usize,
     /// Where they wait on disk (a restart sends them); `None`: memory only.
     pub buffer_dir: Option<PathBuf>,
+    /// The cluster this agent announces in its heartbeat; empty: the configuration's
+    /// external label `cluster`, else `default`.
+    pub cluster_name: String,
+    /// How often the agent tells the gateway it is alive.
+    pub heartbeat_interval: Duration,
 }
 
 /// Why the agent cannot start.
@@ -193,6 +202,36 @@ fn modified(path: &PathBuf) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// The heartbeat announcing this agent to the gateway at `options.gateway`, with the
+/// remote-write `headers` so it lands in the same tenant as the agent's data; its labels
+/// are the configuration's external labels at start.
+fn heartbeat_config(
+    options: &ClusterAgentOptions,
+    config: &PrometheusConfig,
+    headers: Vec<(String, String)>,
+) -> HeartbeatConfig {
+    let cluster = Some(options.cluster_name.trim())
+        .filter(|name| !name.is_empty())
+        .or_else(|| config.external_labels.get("cluster"))
+        .unwrap_or("default");
+    let agent_id = stable_agent_id(options.buffer_dir.as_deref(), AgentKind::Cluster);
+    let mut heartbeat = HeartbeatConfig::new(
+        &options.gateway,
+        agent_id,
+        AgentKind::Cluster,
+        cluster,
+        env!("CARGO_PKG_VERSION"),
+    );
+    heartbeat.headers = headers;
+    heartbeat.interval = options.heartbeat_interval;
+    heartbeat.labels = config
+        .external_labels
+        .iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    heartbeat
+}
+
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(
     options: ClusterAgentOptions,
@@ -230,7 +269,9 @@ pub async fn run(
     remote.buffer_bytes = options.buffer_bytes;
     remote.spool_dir = options.buffer_dir.clone();
     tracing::info!(url = %remote.url, jobs = config.jobs.len(), "cluster agent starting");
+    let heartbeat_headers = remote.headers.clone();
     let (delivery, delivery_task) = Delivery::start(remote)?;
+    let heartbeat = Heartbeat::start(heartbeat_config(&options, &config, heartbeat_headers))?;
     // Prometheus sends exemplars only when asked; without a remote_write entry (the
     // gateway) they go, since Meerkat stores them.
     let send_exemplars = config
@@ -288,6 +329,7 @@ pub async fn run(
         }
     }
     tracing::info!("cluster agent stopping: marking series stale and flushing");
+    heartbeat.stop().await;
     manager.stop().await;
     delivery.close();
     let mut delivery_task = delivery_task;
@@ -322,6 +364,39 @@ mod tests {
         assert_eq!(
             refresh_interval(&PrometheusConfig::parse("").unwrap()),
             Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn the_heartbeat_names_the_cluster_from_the_flag_or_the_external_label() {
+        let mut options = ClusterAgentOptions {
+            scrape_config: PathBuf::from("prometheus.yml"),
+            gateway: "http://gw:9797/".to_owned(),
+            headers: Vec::new(),
+            buffer_bytes: 1 << 20,
+            buffer_dir: None,
+            cluster_name: String::new(),
+            heartbeat_interval: Duration::from_secs(5),
+        };
+        let labelled =
+            PrometheusConfig::parse("global:\n  external_labels:\n    cluster: from-config\n")
+                .unwrap();
+        let headers = vec![("x-scope-orgid".to_owned(), "team-a".to_owned())];
+        let beat = heartbeat_config(&options, &labelled, headers.clone());
+        assert_eq!(beat.cluster, "from-config");
+        assert_eq!(beat.url, "http://gw:9797/api/v1/agents/heartbeat");
+        assert_eq!(beat.headers, headers);
+        assert_eq!(beat.interval, Duration::from_secs(5));
+        assert_eq!(beat.labels["cluster"], "from-config");
+        let plain = PrometheusConfig::parse("").unwrap();
+        assert_eq!(
+            heartbeat_config(&options, &plain, Vec::new()).cluster,
+            "default"
+        );
+        options.cluster_name = "prod-eu".to_owned();
+        assert_eq!(
+            heartbeat_config(&options, &labelled, Vec::new()).cluster,
+            "prod-eu"
         );
     }
 
