@@ -203,3 +203,29 @@ impl PodDiscovery {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_settings_load_from_yaml_with_nested_rules() {
+        let config: DiscoveryConfig = serde_saphyr::from_str(
+            "root: /host\nkubelet_url: http://127.0.0.1:10255/pods\n\
+             classify:\n  component_labels: [platform/component]\n",
+        )
+        .expect("valid settings");
+        assert_eq!(config.root, PathBuf::from("/host"));
+        assert_eq!(config.kubelet_refresh_seconds, 10.0, "default kept");
+        assert_eq!(config.classify.component_labels, ["platform/component"]);
+        assert_eq!(config.classify.job_labels, ["dice/job"]);
+        let error = serde_saphyr::from_str::<DiscoveryConfig>("classify:\n  jobs: [x]\n")
+            .expect_err("unknown nested key");
+        assert!(error.to_string().contains("jobs"), "{error}");
+        // Nonsense intervals fall back to the defaults instead of spinning or panicking.
+        assert_eq!(seconds(-1.0, 2.0), Duration::from_secs(2));
+        assert_eq!(seconds(f64::NAN, 2.0), Duration::from_secs(2));
+        assert_eq!(seconds(0.0, 2.0), Duration::from_secs(2));
+        assert_eq!(seconds(0.5, 2.0), Duration::from_millis(500));
+    }
+}
