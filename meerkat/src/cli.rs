@@ -63,6 +63,8 @@ impl GlobalArgs {
     }
 }
 
+// Parsed once at start: boxing the agents' arguments would save nothing that matters.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Standalone mode: every server role in one process, on the embedded bus and store
