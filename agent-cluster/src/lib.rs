@@ -10,13 +10,19 @@
 //! It announces itself to the gateway with a heartbeat (cluster name, version, start time;
 //! `delivery::heartbeat`), which keeps the live list of agents.
 //!
-//! Still to come (issue 6): `kubernetes_sd_configs` discovery, cluster state metrics with
-//! kube-state-metrics names, Kubernetes events.
+//! `kubernetes_sd_configs` (roles pod, service, endpoints, node) are discovered by kube
+//! watchers (`kube-discovery`, see [`kubernetes`]) whose groups are re-applied, debounced,
+//! when they change.
+//!
+//! Still to come (issue 6): cluster state metrics with kube-state-metrics names,
+//! Kubernetes events.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
+
+mod kubernetes;
 
 use delivery::heartbeat::{AgentKind, Heartbeat, HeartbeatConfig, stable_agent_id};
 use delivery::{Delivery, ExemplarRef, RemoteWriteConfig, SeriesBuffer};
@@ -43,6 +49,9 @@ pub struct ClusterAgentOptions {
     pub cluster_name: String,
     /// How often the agent tells the gateway it is alive.
     pub heartbeat_interval: Duration,
+    /// The Kubernetes API server for `kubernetes_sd_configs` (`http(s)://host:port`);
+    /// `None`: the pod's service account (in a cluster) or the kubeconfig.
+    pub kube_api_url: Option<String>,
 }
 
 /// Why the agent cannot start.
@@ -66,11 +75,20 @@ fn load(path: &PathBuf) -> Result<PrometheusConfig, AgentError> {
         path: path.display().to_string(),
         source,
     })?;
-    PrometheusConfig::parse(&text).map_err(|e| AgentError::Config {
+    let config = PrometheusConfig::parse(&text).map_err(|e| AgentError::Config {
         path: path.display().to_string(),
         message: e.0,
-    })
+    })?;
+    kubernetes::validate(&config).map_err(|message| AgentError::Config {
+        path: path.display().to_string(),
+        message,
+    })?;
+    Ok(config)
 }
+
+/// How long discovered Kubernetes groups settle before targets are re-applied: a rollout
+/// changes many pods at once (Prometheus's discovery manager sends updates every 5 s).
+const KUBERNETES_DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// Turns scrapes into remote-write series: external labels added where a series lacks them,
 /// metadata sent once a minute per family (as Prometheus's metadata sender does).
@@ -285,9 +303,13 @@ pub async fn run(
         metadata_sent: Mutex::new(HashMap::new()),
     });
     let mut manager = ScrapeManager::new(http_client(), sink.clone());
-    for error in manager.apply(&config) {
+    let mut kubernetes = kubernetes::KubernetesSd::new(options.kube_api_url.clone());
+    kubernetes.sync(&config).await;
+    for error in manager.apply_with(&config, &kubernetes.groups()) {
         tracing::warn!(%error, "target discovery");
     }
+    // When Kubernetes groups last changed, while not yet applied.
+    let mut kubernetes_changed: Option<Instant> = None;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(AgentError::Signal)?;
     let mut seen = modified(&options.scrape_config);
@@ -298,6 +320,10 @@ pub async fn run(
         let reload = tokio::select! {
             () = &mut shutdown => break,
             _ = hangup.recv() => true,
+            () = kubernetes.changed() => {
+                kubernetes_changed.get_or_insert_with(Instant::now);
+                continue;
+            }
             _ = check.tick() => {
                 let now_modified = modified(&options.scrape_config);
                 let changed = now_modified != seen;
@@ -320,11 +346,17 @@ pub async fn run(
                     continue;
                 }
             }
+        } else if kubernetes_changed.is_some_and(|at| at.elapsed() >= KUBERNETES_DEBOUNCE) {
+            // Discovered groups changed and settled: re-apply below.
         } else if last_refresh.elapsed() < refresh_interval(&config) {
             continue;
         }
+        if reload {
+            kubernetes.sync(&config).await;
+        }
+        kubernetes_changed = None;
         last_refresh = Instant::now();
-        for error in manager.apply(&config) {
+        for error in manager.apply_with(&config, &kubernetes.groups()) {
             tracing::warn!(%error, "target discovery");
         }
     }
@@ -377,6 +409,7 @@ mod tests {
             buffer_dir: None,
             cluster_name: String::new(),
             heartbeat_interval: Duration::from_secs(5),
+            kube_api_url: None,
         };
         let labelled =
             PrometheusConfig::parse("global:\n  external_labels:\n    cluster: from-config\n")

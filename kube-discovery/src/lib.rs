@@ -61,10 +61,11 @@ pub async fn client(api_url: Option<&str>) -> Result<Client, Error> {
 }
 
 /// The client an SD config asks for: its own `api_server` (with its auth and the TLS
-/// options kube has) or `kubeconfig_file`, else `default` (the agent's).
+/// options kube has) or `kubeconfig_file`, else `default` (the agent's; `Err` with why
+/// there is none when it could not be made).
 pub async fn client_for(
     config: &KubernetesSdConfigYaml,
-    default: &Client,
+    default: Result<&Client, &str>,
 ) -> Result<Client, Error> {
     let tls = config.tls_config.clone().unwrap_or_default();
     let unsupported_tls = [
@@ -95,7 +96,9 @@ pub async fn client_for(
             "to use custom HTTP client configuration please provide the 'api_server' URL explicitly"
                 .to_owned(),
         )),
-        (None, None) => Ok(default.clone()),
+        (None, None) => default
+            .cloned()
+            .map_err(|why| Error::Config(format!("no Kubernetes API client: {why}"))),
         (None, Some(path)) => {
             let kubeconfig =
                 kube::config::Kubeconfig::read_from(path).map_err(|e| Error::Kubeconfig {

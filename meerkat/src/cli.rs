@@ -127,6 +127,10 @@ pub struct ClusterAgentArgs {
     /// Seconds between heartbeats to the gateway (it marks the agent stale after 3 missed)
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub heartbeat_interval: f64,
+    /// The Kubernetes API server for `kubernetes_sd_configs` (`kubectl proxy`, tests,
+    /// out-of-cluster use) [default: the pod's service account, else the kubeconfig]
+    #[arg(long, value_name = "URL")]
+    pub kube_api_url: Option<String>,
 }
 
 /// The environment variable naming the cluster agent's cluster (read by the agent, so not a

@@ -79,6 +79,7 @@ fn run_cluster_agent(cli: &Cli, args: &cli::ClusterAgentArgs) -> anyhow::Result<
         cluster_name,
         heartbeat_interval: std::time::Duration::from_secs_f64(interval),
     };
+        kube_api_url: args.kube_api_url.clone(),
     runtime.block_on(async {
         let mut signals = lifecycle::ShutdownSignals::install()?;
         agent_cluster::run(options, async move {
