@@ -8,8 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use delivery::{Delivery, RemoteWriteConfig};
 
+use std::net::{IpAddr, SocketAddr};
+
 use crate::host::{HostCollector, HostOptions};
+use crate::logs::{LogTailOptions, LogTailer};
 use crate::metrics::Families;
+use crate::otlp_proxy::{OtlpProxy, OtlpProxyOptions, PodResolver};
+use crate::pods::{DiscoveryConfig, PodDiscovery, PodStore};
 use crate::push::Pusher;
 
 /// How the node agent is started.
@@ -31,6 +36,15 @@ pub struct NodeAgentOptions {
     pub buffer_bytes: usize,
     /// Where they wait on disk; `None`: memory only.
     pub buffer_dir: Option<PathBuf>,
+    /// Pod discovery: the kubelet, classification rules (root and node name come from
+    /// the fields above).
+    pub pods: DiscoveryConfig,
+    /// Container metrics from the kubepods cgroups (cAdvisor names, `job="cadvisor"`).
+    pub containers: bool,
+    /// Container log tailing; its checkpoint directory. `None` turns it off.
+    pub log_checkpoint_dir: Option<PathBuf>,
+    /// The local OTLP receiver (gRPC, HTTP); `None` turns it off.
+    pub otlp_listen: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl NodeAgentOptions {
@@ -45,6 +59,10 @@ impl NodeAgentOptions {
             interval: Duration::from_secs(15),
             buffer_bytes: 64 << 20,
             buffer_dir: None,
+            pods: DiscoveryConfig::default(),
+            containers: true,
+            log_checkpoint_dir: None,
+            otlp_listen: None,
         }
     }
 }
@@ -62,6 +80,12 @@ pub fn hostname() -> String {
 pub enum AgentError {
     #[error(transparent)]
     Delivery(#[from] delivery::DeliveryError),
+    #[error(transparent)]
+    Pods(#[from] crate::pods::Error),
+    #[error(transparent)]
+    Logs(#[from] crate::logs::LogsError),
+    #[error(transparent)]
+    Proxy(#[from] crate::otlp_proxy::ProxyError),
 }
 
 fn now_ms() -> i64 {
@@ -81,7 +105,28 @@ pub async fn run_host_metrics(
     interval: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let collector = Arc::new(collector);
+    run_collector(
+        "host",
+        move |families| collector.collect(families),
+        delivery,
+        labels,
+        interval,
+        shutdown,
+    )
+    .await;
+}
+
+/// Runs `collect` every `interval` on a blocking thread (collectors read files), pushes
+/// what it found with `labels` added, and marks it all stale when `shutdown` resolves.
+pub async fn run_collector(
+    name: &'static str,
+    collect: impl Fn(&mut Families) + Send + Sync + 'static,
+    delivery: Delivery,
+    labels: Vec<(String, String)>,
+    interval: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let collect = Arc::new(collect);
     let mut pusher = Pusher::new();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -92,23 +137,30 @@ pub async fn run_host_metrics(
             _ = ticks.tick() => {}
         }
         let timestamp_ms = now_ms();
-        let collecting = collector.clone();
-        // File reads and statfs calls block: keep them off the reactor.
+        let collecting = collect.clone();
         let families = tokio::task::spawn_blocking(move || {
             let mut families = Families::new();
-            collecting.collect(&mut families);
+            collecting(&mut families);
             families
         })
         .await;
         match families {
             Ok(families) => {
                 let samples = pusher.push(&delivery, &families, &labels, timestamp_ms);
-                tracing::debug!(samples, "host metrics collected");
+                tracing::debug!(collector = name, samples, "collected");
             }
-            Err(error) => tracing::error!(%error, "host collection failed"),
+            Err(error) => tracing::error!(collector = name, %error, "collection failed"),
         }
     }
     pusher.stop(&delivery, now_ms());
+}
+
+impl PodResolver for PodStore {
+    fn resource_attributes(&self, ip: IpAddr) -> Vec<(String, String)> {
+        self.by_ip(&ip.to_string())
+            .map(|pod| pod.attributes.otlp.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// Closes `delivery` and waits up to 10 s for the gateway to take what is queued; what it
@@ -130,27 +182,110 @@ pub async fn finish_delivery(delivery: &Delivery, task: tokio::task::JoinHandle<
     }
 }
 
-/// Runs the node agent until `shutdown` resolves.
+/// Runs the node agent until `shutdown` resolves: host metrics, pod discovery, container
+/// metrics, log tailing and the OTLP proxy, each stopped in turn at the end (what they sent
+/// marked stale, logs checkpointed, delivery flushed).
 pub async fn run(
     options: NodeAgentOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let mut remote = RemoteWriteConfig::new(format!(
-        "{}/api/v1/write",
-        options.gateway.trim_end_matches('/')
-    ));
+    let gateway = options.gateway.trim_end_matches('/').to_owned();
+    let mut remote = RemoteWriteConfig::new(format!("{gateway}/api/v1/write"));
     remote.headers = options.headers.clone();
     remote.buffer_bytes = options.buffer_bytes;
     remote.spool_dir = options.buffer_dir.clone();
+    let mut pods_config = options.pods.clone();
+    pods_config.root = options.root.clone();
+    pods_config.node_name = options.node_name.clone();
+    let discovery = PodDiscovery::new(pods_config)?;
+    let store = discovery.store().clone();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let proxy = match options.otlp_listen {
+        Some((grpc_listen, http_listen)) => {
+            let mut proxy_options = OtlpProxyOptions::new(&gateway, &options.node_name);
+            proxy_options.grpc_listen = grpc_listen;
+            proxy_options.http_listen = http_listen;
+            proxy_options.headers = options.headers.clone();
+            Some(OtlpProxy::start(proxy_options, Arc::new(store.clone())).await?)
+        }
+        None => None,
+    };
+    let logs = match &options.log_checkpoint_dir {
+        Some(dir) => {
+            let mut log_options = LogTailOptions::new(&gateway, dir);
+            log_options.root = options.root.clone();
+            log_options.headers = options.headers.clone();
+            let lookup = store.clone();
+            log_options.pod_attributes = Some(Arc::new(move |pod: &crate::logs::PodLogRef| {
+                lookup
+                    .by_uid(&pod.uid)
+                    .map(|entry| entry.attributes.otlp.clone())
+                    .unwrap_or_default()
+            }));
+            Some(LogTailer::start(log_options)?)
+        }
+        None => None,
+    };
     let (delivery, delivery_task) = Delivery::start(remote)?;
-    tracing::info!(gateway = %options.gateway, node = %options.node_name, root = %options.root.display(), "node agent starting");
-    let labels = vec![
+    tracing::info!(
+        gateway = %options.gateway,
+        node = %options.node_name,
+        root = %options.root.display(),
+        containers = options.containers,
+        logs = logs.is_some(),
+        otlp_proxy = proxy.as_ref().map(|p| p.http_addr.to_string()),
+        "node agent starting"
+    );
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(discovery.run(until_stopped())));
+    let host_labels = vec![
         ("instance".to_owned(), options.node_name.clone()),
         ("job".to_owned(), options.job.clone()),
     ];
     let host = HostCollector::new(HostOptions::new(&options.root));
-    run_host_metrics(host, delivery.clone(), labels, options.interval, shutdown).await;
-    tracing::info!("node agent stopping: marking series stale and flushing");
+    tasks.push(tokio::spawn(run_host_metrics(
+        host,
+        delivery.clone(),
+        host_labels,
+        options.interval,
+        until_stopped(),
+    )));
+    if options.containers {
+        let root = options.root.clone();
+        let container_store = store.clone();
+        tasks.push(tokio::spawn(run_collector(
+            "containers",
+            move |families| crate::containers::collect(&container_store, &root, families),
+            delivery.clone(),
+            vec![
+                ("instance".to_owned(), options.node_name.clone()),
+                ("job".to_owned(), "cadvisor".to_owned()),
+            ],
+            options.interval,
+            until_stopped(),
+        )));
+    }
+    shutdown.await;
+    tracing::info!("node agent stopping: marking series stale, checkpointing logs, flushing");
+    let _ = stop.send(true);
+    if let Some(proxy) = proxy {
+        proxy.stop().await;
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    if let Some(logs) = logs {
+        match logs.stop().await {
+            Ok(stats) => tracing::info!(lines = stats.lines_shipped, "logs checkpointed"),
+            Err(error) => tracing::error!(%error, "log tailing stopped with an error"),
+        }
+    }
     finish_delivery(&delivery, delivery_task).await;
     Ok(())
 }

@@ -10,5 +10,6 @@ pub mod containers;
 pub mod host;
 pub mod logs;
 pub mod metrics;
+pub mod otlp_proxy;
 pub mod pods;
 pub mod push;

@@ -122,7 +122,7 @@ impl Families {
             let _ = writeln!(out, "# TYPE {} {}", family.name, type_name(family.kind));
             for (labels, value) in &family.samples {
                 out.push_str(&family.name);
-                if labels.len() > 0 {
+                if !labels.is_empty() {
                     out.push('{');
                     for (i, (name, value)) in labels.iter().enumerate() {
                         if i > 0 {

@@ -160,6 +160,29 @@ pub struct NodeAgentArgs {
     /// Where unsent requests wait on disk, so a restarted agent still sends them
     #[arg(long, value_name = "DIR", default_value = "./data/node-agent-buffer")]
     pub buffer_dir: PathBuf,
+    /// The kubelet's pod list for pod metadata (labels, owners, IPs), e.g.
+    /// http://$NODE_IP:10255/pods; without it pods are known from the filesystem only
+    #[arg(long, value_name = "URL")]
+    pub kubelet_url: Option<String>,
+    /// A bearer token file for the kubelet (the service-account token)
+    #[arg(long, value_name = "FILE")]
+    pub kubelet_token_file: Option<PathBuf>,
+    /// Pod classification rules (YAML; the defaults follow Erda's conventions)
+    #[arg(long, value_name = "FILE")]
+    pub pod_rules: Option<PathBuf>,
+    /// Where log tailing keeps its checkpoints (a hostPath in the DaemonSet, so a restart
+    /// neither loses nor repeats lines)
+    #[arg(long, value_name = "DIR", default_value = "./data/node-agent-logs")]
+    pub checkpoint_dir: PathBuf,
+    /// Do not tail container logs under <root>/var/log/pods
+    #[arg(long)]
+    pub no_logs: bool,
+    /// Do not collect container metrics from the kubepods cgroups
+    #[arg(long)]
+    pub no_containers: bool,
+    /// Do not run the local OTLP receiver (--otlp-grpc-listen, --otlp-http-listen)
+    #[arg(long)]
+    pub no_otlp_proxy: bool,
 }
 
 #[derive(Debug, Subcommand)]

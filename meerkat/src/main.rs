@@ -13,6 +13,7 @@ mod telemetry;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 
 use crate::cli::{AgentCommand, Cli, Command, ConfigCommand};
@@ -78,8 +79,8 @@ fn run_cluster_agent(cli: &Cli, args: &cli::ClusterAgentArgs) -> anyhow::Result<
         buffer_dir: Some(args.buffer_dir.clone()),
         cluster_name,
         heartbeat_interval: std::time::Duration::from_secs_f64(interval),
-    };
         kube_api_url: args.kube_api_url.clone(),
+    };
     runtime.block_on(async {
         let mut signals = lifecycle::ShutdownSignals::install()?;
         agent_cluster::run(options, async move {
@@ -117,6 +118,18 @@ fn run_node_agent(cli: &Cli, args: &cli::NodeAgentArgs) -> anyhow::Result<ExitCo
     options.interval = std::time::Duration::from_secs(args.interval_seconds);
     options.buffer_bytes = args.buffer_bytes;
     options.buffer_dir = Some(args.buffer_dir.clone());
+    options.pods.kubelet_url = args.kubelet_url.clone();
+    options.pods.kubelet_token_file = args.kubelet_token_file.clone();
+    if let Some(path) = &args.pod_rules {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        options.pods.classify = agent_node::pods::ClassifyConfig::from_yaml(&text)
+            .with_context(|| format!("in {}", path.display()))?;
+    }
+    options.containers = !args.no_containers;
+    options.log_checkpoint_dir = (!args.no_logs).then(|| args.checkpoint_dir.clone());
+    options.otlp_listen =
+        (!args.no_otlp_proxy).then_some((config.otlp_grpc_listen, config.otlp_http_listen));
     runtime.block_on(async {
         let mut signals = lifecycle::ShutdownSignals::install()?;
         agent_node::agent::run(options, async move {

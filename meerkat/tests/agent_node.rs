@@ -9,7 +9,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BINARY, Server, query_vector};
+use common::{BINARY, Server, free_port, post, query_vector, url_encode};
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -158,4 +158,222 @@ fn node_agent_delivers_host_metrics_and_marks_them_stale_on_stop() {
     wait_until("stale markers", || {
         query_vector(meerkat.addr, "node_uname_info{instance=\"test-node-7\"}").is_empty()
     });
+}
+
+/// A kubelet's `/pods` on a free port, listing one pod whose IP is 127.0.0.1 (so spans sent
+/// from this test process come from it); returns the port.
+fn serve_kubelet(uid: &str) -> u16 {
+    let body = serde_json::json!({
+        "kind": "PodList",
+        "apiVersion": "v1",
+        "metadata": {},
+        "items": [{
+            "metadata": {
+                "name": "checkout-7d9f8b6c5-x2x4q",
+                "namespace": "shop",
+                "uid": uid,
+                "labels": {"app": "checkout", "pod-template-hash": "7d9f8b6c5"},
+                "annotations": {
+                    "msp.erda.cloud/service_name": "checkout-svc",
+                    "msp.erda.cloud/project_name": "mall"
+                },
+                "ownerReferences": [{
+                    "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": "checkout-7d9f8b6c5", "uid": "rs-1", "controller": true
+                }]
+            },
+            "spec": {"nodeName": "test-node-9", "containers": [{"name": "app", "image": "shop/checkout:1.2"}]},
+            "status": {
+                "phase": "Running",
+                "podIP": "127.0.0.1",
+                "podIPs": [{"ip": "127.0.0.1"}],
+                "containerStatuses": [{
+                    "name": "app", "image": "shop/checkout:1.2", "imageID": "",
+                    "containerID": "containerd://abc123", "ready": true, "restartCount": 0,
+                    "state": {"running": {}}
+                }]
+            }
+        }]
+    })
+    .to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body.as_bytes());
+        }
+    });
+    port
+}
+
+fn sql(meerkat: &Server, statement: &str) -> Vec<serde_json::Value> {
+    let body = format!("query={}", url_encode(statement));
+    let answer = post(
+        meerkat.addr,
+        "/api/v1/sql",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    body["data"]["rows"].as_array().cloned().unwrap_or_default()
+}
+
+fn start_node_agent(
+    dir: &std::path::Path,
+    meerkat: &Server,
+    kubelet: u16,
+    otlp: (u16, u16),
+    log: &std::path::Path,
+) -> NodeAgent {
+    NodeAgent(
+        Command::new(BINARY)
+            .args(["agent", "node", "--interval-seconds", "1"])
+            .args(["--gateway", &format!("http://{}", meerkat.addr)])
+            .args(["--node-name", "test-node-9"])
+            .arg("--root")
+            .arg(dir.join("host"))
+            .args(["--kubelet-url", &format!("http://127.0.0.1:{kubelet}/pods")])
+            .arg("--checkpoint-dir")
+            .arg(dir.join("checkpoints"))
+            .arg("--buffer-dir")
+            .arg(dir.join("buffer"))
+            .args(["--otlp-grpc-listen", &format!("127.0.0.1:{}", otlp.0)])
+            .args(["--otlp-http-listen", &format!("127.0.0.1:{}", otlp.1)])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn stop_agent(agent: &mut NodeAgent, log: &std::path::Path) {
+    Command::new("kill")
+        .args(["-TERM", &agent.0.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = agent.0.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            return;
+        }
+        assert!(Instant::now() < deadline, "the agent did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn export(transport: &str, endpoint: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otel/export.py");
+    let out = Command::new("python3")
+        .args([script, transport, endpoint, "default"])
+        .output()
+        .expect("python3 runs; ./scripts/test installs the OpenTelemetry SDK");
+    assert!(
+        out.status.success(),
+        "the SDK's {transport} export through the node agent failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The pod's attributes as the spans and log lines carry them.
+fn assert_pod_attributes(resource: &str) {
+    let attributes: serde_json::Value = serde_json::from_str(resource).unwrap();
+    let get = |key: &str| attributes[key].as_str().map(str::to_owned);
+    assert_eq!(get("k8s.pod.name").as_deref(), Some("checkout-7d9f8b6c5-x2x4q"), "{resource}");
+    assert_eq!(get("k8s.namespace.name").as_deref(), Some("shop"), "{resource}");
+    assert_eq!(get("k8s.node.name").as_deref(), Some("test-node-9"), "{resource}");
+    assert_eq!(get("k8s.deployment.name").as_deref(), Some("checkout"), "{resource}");
+    assert_eq!(get("erda.project_name").as_deref(), Some("mall"), "{resource}");
+}
+
+/// Applications export through the node agent's OTLP proxy (the real Python SDK, over HTTP
+/// and gRPC), container logs are tailed from the kubelet's layout, and both arrive at the
+/// gateway carrying the pod's identity from the kubelet; a restarted agent continues the
+/// logs where it stopped, sending no line twice and losing none.
+#[test]
+fn spans_and_logs_through_the_node_agent_carry_their_pods_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let meerkat = Server::start(dir.path(), &["--http-listen", "127.0.0.1:0"], &[]);
+    let uid = "6f2f0e2a-9a59-4f7b-8d51-2d7c9b1c7e11";
+    let kubelet = serve_kubelet(uid);
+    let container_dir = dir
+        .path()
+        .join(format!("host/var/log/pods/shop_checkout-7d9f8b6c5-x2x4q_{uid}/app"));
+    std::fs::create_dir_all(&container_dir).unwrap();
+    let log_file = container_dir.join("0.log");
+    let cri = |n: usize| {
+        format!("2026-12-02T07:00:{:02}.000000001Z stdout F checkout line {n}\n", n % 60)
+    };
+    std::fs::write(&log_file, (0..5).map(cri).collect::<String>()).unwrap();
+
+    let otlp = (free_port(), free_port());
+    let log = dir.path().join("agent.log");
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut agent = start_node_agent(dir.path(), &meerkat, kubelet, otlp, &log);
+    // The proxy answers once it listens; the pod is known after the first kubelet read.
+    wait_until("the OTLP proxy", || {
+        std::net::TcpStream::connect(("127.0.0.1", otlp.1)).is_ok()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    export("http", &format!("http://127.0.0.1:{}", otlp.1));
+    export("grpc", &format!("http://127.0.0.1:{}", otlp.0));
+
+    wait_until("spans from both transports", || {
+        sql(&meerkat, "SELECT DISTINCT resource_attributes FROM spans").len() >= 2
+    });
+    for row in sql(&meerkat, "SELECT DISTINCT resource_attributes FROM spans") {
+        // Rows are arrays of column values, in the SELECT's order.
+        assert_pod_attributes(row[0].as_str().unwrap_or_else(|| panic!("{row}")));
+    }
+    let count_lines = || {
+        sql(
+            &meerkat,
+            "SELECT body, count(*) AS n FROM logs WHERE body LIKE 'checkout line %' GROUP BY body",
+        )
+    };
+    wait_until("the first five log lines", || count_lines().len() == 5);
+    let rows = sql(
+        &meerkat,
+        "SELECT resource_attributes FROM logs WHERE body = 'checkout line 3'",
+    );
+    assert_pod_attributes(rows[0][0].as_str().unwrap());
+
+    // Stop, write more while the agent is away, start again: every line exactly once.
+    stop_agent(&mut agent, &log);
+    let mut file = std::fs::OpenOptions::new().append(true).open(&log_file).unwrap();
+    std::io::Write::write_all(&mut file, (5..12).map(cri).collect::<String>().as_bytes()).unwrap();
+    drop(file);
+    let log2 = dir.path().join("agent2.log");
+    let mut agent = start_node_agent(dir.path(), &meerkat, kubelet, otlp, &log2);
+    wait_until("the lines written while the agent was away", || {
+        count_lines().len() == 12
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let counts = count_lines();
+    assert_eq!(counts.len(), 12, "{counts:?}\n{}", agent_log());
+    assert!(
+        counts.iter().all(|row| row[1].as_u64() == Some(1)),
+        "a line arrived twice: {counts:?}"
+    );
+    stop_agent(&mut agent, &log2);
 }
