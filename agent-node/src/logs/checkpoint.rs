@@ -84,6 +84,8 @@ struct OnDisk {
 pub struct Checkpoints {
     dir: PathBuf,
     pub entries: HashMap<FileId, Entry>,
+    /// A checkpoint was there at start: this is not the agent's first run on the node.
+    pub existed: bool,
 }
 
 impl Checkpoints {
@@ -97,6 +99,7 @@ impl Checkpoints {
         };
         std::fs::create_dir_all(dir).map_err(io)?;
         let path = dir.join(FILE_NAME);
+        let existed = path.exists();
         let entries = match std::fs::read(&path) {
             Ok(bytes) => {
                 let on_disk: OnDisk =
@@ -115,10 +118,16 @@ impl Checkpoints {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
             Err(error) => return Err(io(error)),
         };
-        Ok(Self {
+        let checkpoints = Self {
             dir: dir.to_path_buf(),
             entries,
-        })
+            existed,
+        };
+        if !existed {
+            // Written at once, so the next start knows this was not the first.
+            write(dir, &checkpoints.encode())?;
+        }
+        Ok(checkpoints)
     }
 
     /// The serialized checkpoint, ready for [`write`] (done off the async threads).

@@ -318,6 +318,7 @@ async fn tail(
     let mut reader = Some(Reader::new(
         pods_dir.clone(),
         checkpoints.entries.clone(),
+        checkpoints.existed,
         options.max_line_bytes,
         options.rotated_idle,
     ));

@@ -211,8 +211,13 @@ pub struct Reader {
     /// Checkpoint entries not matched to a file yet (until the first scan).
     resume: HashMap<FileId, Entry>,
     scanned: bool,
-    /// Rotated files unknown to the checkpoint are read only if written since this.
+    /// Rotated files unknown to the checkpoint are read only if written since this (on a
+    /// first run) ...
     started: SystemTime,
+    /// ... or always after a restart: every rotated file this agent saw is in its checkpoint
+    /// until it is deleted, so one that is not was never read (created and rotated while
+    /// the agent was away or between two looks).
+    had_checkpoint: bool,
     max_line_bytes: usize,
     rotated_idle: Duration,
     buffer: Vec<u8>,
@@ -222,6 +227,7 @@ impl Reader {
     pub fn new(
         pods_dir: PathBuf,
         resume: HashMap<FileId, Entry>,
+        had_checkpoint: bool,
         max_line_bytes: usize,
         rotated_idle: Duration,
     ) -> Self {
@@ -231,6 +237,7 @@ impl Reader {
             resume,
             scanned: false,
             started: SystemTime::now(),
+            had_checkpoint,
             max_line_bytes: max_line_bytes.max(1),
             rotated_idle,
             buffer: vec![0; READ_CHUNK],
@@ -262,9 +269,8 @@ impl Reader {
             }
             let resume = self.resume.remove(&id);
             let recent = metadata.modified().is_ok_and(|m| m >= self.started);
-            if !log.live && resume.is_none() && !recent {
-                // A rotated file from before this agent and not in its checkpoint: another
-                // agent's (or nobody's) business.
+            if !log.live && resume.is_none() && !recent && !self.had_checkpoint {
+                // A rotated file from before this agent's first start: history, not ours.
                 continue;
             }
             if let Some(tracked) = self.open(id, log, resume) {

@@ -504,3 +504,163 @@ async fn a_bad_url_or_damaged_checkpoint_is_refused_at_start() {
     let error = LogTailer::start(node.options(&gateway)).expect_err("damaged");
     assert!(error.to_string().contains("damaged"), "{error}");
 }
+
+mod exactly_once {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Action {
+        Write {
+            file: usize,
+            lines: usize,
+        },
+        /// The first piece of a split line (CRI `P`); its end comes with the next write.
+        Split {
+            file: usize,
+        },
+        Rotate {
+            file: usize,
+        },
+        /// copytruncate, once everything written so far arrived (what is written and
+        /// truncated before it is read is lost by any tailer).
+        Truncate {
+            file: usize,
+        },
+        Restart,
+        /// The gateway answers 503 to this many requests.
+        Outage {
+            requests: usize,
+        },
+    }
+
+    fn action() -> impl Strategy<Value = Action> {
+        prop_oneof![
+            5 => (0..2usize, 1..40usize).prop_map(|(file, lines)| Action::Write { file, lines }),
+            2 => (0..2usize).prop_map(|file| Action::Split { file }),
+            2 => (0..2usize).prop_map(|file| Action::Rotate { file }),
+            1 => (0..2usize).prop_map(|file| Action::Truncate { file }),
+            2 => Just(Action::Restart),
+            1 => (1..6usize).prop_map(|requests| Action::Outage { requests }),
+        ]
+    }
+
+    async fn play(actions: Vec<Action>) -> Result<(), TestCaseError> {
+        let failing = Arc::new(AtomicUsize::new(0));
+        let f = failing.clone();
+        let gateway = receiver(move |_| {
+            let fail = f
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if fail {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            }
+        })
+        .await;
+        let node = Node::new();
+        let dirs = [node.container_dir("p", "c0"), node.container_dir("p", "c1")];
+        let mut written: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+        let mut rotations = 0;
+        let mut split = [false, false];
+        // A split line ends in the file it began in (a rotation between its pieces would
+        // make two records of it, as with any tailer).
+        let end_split = |split: &mut [bool; 2], file: usize| {
+            if std::mem::take(&mut split[file]) {
+                append(
+                    &dirs[file].join("0.log"),
+                    "2024-05-01T10:00:00Z stdout F \n",
+                );
+            }
+        };
+        let mut tailer = LogTailer::start(node.options(&gateway)).expect("start");
+        for action in actions {
+            match action {
+                Action::Split { file } => {
+                    if !split[file] {
+                        let name = format!("c{file}-{}", written[file].len());
+                        append(
+                            &dirs[file].join("0.log"),
+                            &format!("2024-05-01T10:00:00Z stdout P {name}\n"),
+                        );
+                        written[file].push(name);
+                        split[file] = true;
+                    }
+                }
+                Action::Write { file, lines } => {
+                    end_split(&mut split, file);
+                    let mut text = String::new();
+                    for _ in 0..lines {
+                        let name = format!("c{file}-{}", written[file].len());
+                        text.push_str(&cri(&name));
+                        written[file].push(name);
+                    }
+                    append(&dirs[file].join("0.log"), &text);
+                }
+                Action::Rotate { file } => {
+                    end_split(&mut split, file);
+                    let live = dirs[file].join("0.log");
+                    if live.exists() {
+                        rotations += 1;
+                        let rotated = format!("0.log.20240501-1000{rotations:02}");
+                        std::fs::rename(&live, dirs[file].join(rotated)).expect("rename");
+                    }
+                }
+                Action::Truncate { file } => {
+                    end_split(&mut split, 0);
+                    end_split(&mut split, 1);
+                    let total = written[0].len() + written[1].len();
+                    until("everything before a truncation", || {
+                        gateway.count() >= total
+                    })
+                    .await;
+                    let live = dirs[file].join("0.log");
+                    if live.exists() {
+                        OpenOptions::new()
+                            .write(true)
+                            .open(&live)
+                            .expect("open")
+                            .set_len(0)
+                            .expect("truncate");
+                    }
+                }
+                Action::Restart => {
+                    tailer.stop().await.expect("stop");
+                    tailer = LogTailer::start(node.options(&gateway)).expect("start");
+                }
+                Action::Outage { requests } => failing.store(requests, Ordering::SeqCst),
+            }
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        end_split(&mut split, 0);
+        end_split(&mut split, 1);
+        let total = written[0].len() + written[1].len();
+        until("every line", || gateway.count() >= total).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let bodies = gateway.bodies();
+        tailer.stop().await.expect("stop");
+        prop_assert_eq!(bodies.len(), total, "exactly once");
+        for (file, lines) in written.iter().enumerate() {
+            prop_assert_eq!(&only(&bodies, &format!("c{file}")), lines);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 12,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+        #[test]
+        fn every_line_arrives_once_in_order(actions in proptest::collection::vec(action(), 1..14)) {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(play(actions))?;
+        }
+    }
+}
