@@ -227,6 +227,41 @@ async fn every_role_discovered_through_the_api() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_get_their_node_s_labels_with_attach_metadata() {
+    let server = KubeApiServer::start();
+    server.apply(Resource::Endpoints, fixtures::endpoints());
+    let mut node = fixtures::node();
+    node["metadata"]["name"] = "foobar".into();
+    server.apply(Resource::Nodes, node);
+    let discovery = discover(&server, "role: endpoints\nattach_metadata: {node: true}\n").await;
+    let groups = until(&discovery, "endpoints targets", |g| g.len() == 4).await;
+    let on_node: Vec<_> = groups
+        .iter()
+        .filter(|g| {
+            g.labels
+                .contains_key("__meta_kubernetes_endpoint_node_name")
+        })
+        .collect();
+    assert_eq!(on_node.len(), 1, "{groups:#?}");
+    assert_eq!(on_node[0].targets, ["1.2.3.4:9000"]);
+    assert_eq!(on_node[0].labels["__meta_kubernetes_node_name"], "foobar");
+    assert_eq!(
+        on_node[0].labels["__meta_kubernetes_node_label_test_label"],
+        "testvalue"
+    );
+    // The others have no node, so no node labels.
+    assert!(
+        groups
+            .iter()
+            .filter(|g| !g
+                .labels
+                .contains_key("__meta_kubernetes_endpoint_node_name"))
+            .all(|g| !g.labels.contains_key("__meta_kubernetes_node_name"))
+    );
+    assert!(!server.lists(Resource::Nodes).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn selectors_and_namespaces_go_to_the_api_server() {
     let server = KubeApiServer::start();
     let mut other = multi_port_pod();

@@ -148,6 +148,27 @@ async fn watch_events_restarts_and_410_keep_targets_exact() {
         "no re-list on a restart"
     );
 
+    // A bookmark moves the resourceVersion on without a pod changing (a service did):
+    // the next watch starts from it, so the API server need not replay what it skipped.
+    wait_for("the resumed watch", || server.open_watches() == 1).await;
+    server.apply(Resource::Services, fixtures::multi_port_service());
+    server.bookmark(Resource::Pods);
+    let bookmarked = server.resource_version();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let watches_before = server.watches(Resource::Pods).len();
+    server.close_watches();
+    wait_for("a watch after the bookmark", || {
+        server.watches(Resource::Pods).len() > watches_before
+    })
+    .await;
+    let watch = &server.watches(Resource::Pods)[watches_before];
+    assert_eq!(
+        query_pairs(watch)["resourceVersion"],
+        bookmarked.to_string(),
+        "{watch}"
+    );
+    assert_eq!(query_pairs(watch)["allowWatchBookmarks"], "true", "{watch}");
+
     // 410 Gone: the history is forgotten; the client must list again. Changes made around
     // it are all reflected, nothing lost and nothing twice.
     wait_for("the resumed watch", || server.open_watches() == 1).await;
