@@ -134,3 +134,60 @@ fn authorization_header(auth: &Auth) -> Result<(http::HeaderName, http::HeaderVa
     value.set_sensitive(true);
     Ok((http::header::AUTHORIZATION, value))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sd(yaml: &str) -> KubernetesSdConfigYaml {
+        serde_saphyr::from_str(yaml).expect("a valid SD config")
+    }
+
+    #[tokio::test]
+    async fn https_clients_have_a_crypto_provider() {
+        // rustls without a provider feature fails to build any TLS client; `ring` gives one.
+        let client = client(Some("https://127.0.0.1:6443")).await;
+        assert!(client.is_ok(), "{:?}", client.err());
+        let with_auth = client_for(
+            &sd("role: pod\napi_server: https://10.0.0.1:6443\nbearer_token: t\ntls_config: {insecure_skip_verify: true}\n"),
+            Err("unused"),
+        )
+        .await;
+        assert!(with_auth.is_ok(), "{:?}", with_auth.err());
+    }
+
+    #[tokio::test]
+    async fn sd_client_options_are_checked_as_prometheus_checks_them() {
+        let error = |yaml: &'static str| async move {
+            match client_for(&sd(yaml), Err("no cluster here")).await {
+                Ok(_) => panic!("accepted: {yaml}"),
+                Err(error) => error.to_string(),
+            }
+        };
+        assert!(
+            error("role: pod\napi_server: http://a\nkubeconfig_file: /k\n")
+                .await
+                .contains("simultaneously")
+        );
+        assert!(
+            error("role: pod\nbearer_token: t\n")
+                .await
+                .contains("provide the 'api_server' URL")
+        );
+        assert!(
+            error("role: pod\n")
+                .await
+                .contains("no Kubernetes API client: no cluster here")
+        );
+        assert!(
+            error("role: pod\napi_server: http://a\ntls_config: {cert_file: /c}\n")
+                .await
+                .contains("tls_config.cert_file")
+        );
+        assert!(
+            error("role: pod\nkubeconfig_file: /nonexistent/kubeconfig\n")
+                .await
+                .contains("/nonexistent/kubeconfig")
+        );
+    }
+}
