@@ -3,7 +3,8 @@
 //! requests from objects the test puts in, as the API server answers them.
 //!
 //! - **list** (`GET /api/v1/pods`, `/api/v1/namespaces/<ns>/pods`, the same for `services`,
-//!   `endpoints`, `nodes`, and `/apis/discovery.k8s.io/v1/endpointslices`): the current
+//!   `endpoints`, `nodes`, `events`, `/apis/discovery.k8s.io/v1/endpointslices` and
+//!   `/apis/apps/v1/{deployments,statefulsets,daemonsets}`): the current
 //!   objects in a `<Kind>List` with `metadata.resourceVersion`;
 //! - **watch** (`?watch=1|true&resourceVersion=N`): newline-delimited watch events, first
 //!   the recorded changes after `N` (so a client that re-watches from its last
@@ -38,15 +39,23 @@ pub enum Resource {
     Endpoints,
     Nodes,
     EndpointSlices,
+    Deployments,
+    StatefulSets,
+    DaemonSets,
+    Events,
 }
 
 impl Resource {
-    const ALL: [Resource; 5] = [
+    const ALL: [Resource; 9] = [
         Resource::Pods,
         Resource::Services,
         Resource::Endpoints,
         Resource::Nodes,
         Resource::EndpointSlices,
+        Resource::Deployments,
+        Resource::StatefulSets,
+        Resource::DaemonSets,
+        Resource::Events,
     ];
 
     /// The plural in URLs.
@@ -57,12 +66,19 @@ impl Resource {
             Resource::Endpoints => "endpoints",
             Resource::Nodes => "nodes",
             Resource::EndpointSlices => "endpointslices",
+            Resource::Deployments => "deployments",
+            Resource::StatefulSets => "statefulsets",
+            Resource::DaemonSets => "daemonsets",
+            Resource::Events => "events",
         }
     }
 
     fn group_prefix(self) -> &'static str {
         match self {
             Resource::EndpointSlices => "/apis/discovery.k8s.io/v1",
+            Resource::Deployments | Resource::StatefulSets | Resource::DaemonSets => {
+                "/apis/apps/v1"
+            }
             _ => "/api/v1",
         }
     }
@@ -70,6 +86,7 @@ impl Resource {
     fn api_version(self) -> &'static str {
         match self {
             Resource::EndpointSlices => "discovery.k8s.io/v1",
+            Resource::Deployments | Resource::StatefulSets | Resource::DaemonSets => "apps/v1",
             _ => "v1",
         }
     }
@@ -81,6 +98,10 @@ impl Resource {
             Resource::Endpoints => "Endpoints",
             Resource::Nodes => "Node",
             Resource::EndpointSlices => "EndpointSlice",
+            Resource::Deployments => "Deployment",
+            Resource::StatefulSets => "StatefulSet",
+            Resource::DaemonSets => "DaemonSet",
+            Resource::Events => "Event",
         }
     }
 
