@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use delivery::heartbeat::{AgentKind, Heartbeat, HeartbeatConfig, stable_agent_id};
 use delivery::{Delivery, RemoteWriteConfig};
 
 use std::net::{IpAddr, SocketAddr};
@@ -45,6 +46,9 @@ pub struct NodeAgentOptions {
     pub log_checkpoint_dir: Option<PathBuf>,
     /// The local OTLP receiver (gRPC, HTTP); `None` turns it off.
     pub otlp_listen: Option<(SocketAddr, SocketAddr)>,
+    /// The cluster this node belongs to, announced in the heartbeat.
+    pub cluster_name: String,
+    pub heartbeat_interval: Duration,
 }
 
 impl NodeAgentOptions {
@@ -63,6 +67,8 @@ impl NodeAgentOptions {
             containers: true,
             log_checkpoint_dir: None,
             otlp_listen: None,
+            cluster_name: "default".to_owned(),
+            heartbeat_interval: delivery::heartbeat::DEFAULT_INTERVAL,
         }
     }
 }
@@ -233,6 +239,17 @@ pub async fn run(
         None => None,
     };
     let (delivery, delivery_task) = Delivery::start(remote)?;
+    let mut heartbeat = HeartbeatConfig::new(
+        &gateway,
+        stable_agent_id(options.buffer_dir.as_deref(), AgentKind::Node),
+        AgentKind::Node,
+        &options.cluster_name,
+        env!("CARGO_PKG_VERSION"),
+    );
+    heartbeat.node = Some(options.node_name.clone());
+    heartbeat.headers = options.headers.clone();
+    heartbeat.interval = options.heartbeat_interval;
+    let heartbeat = Heartbeat::start(heartbeat)?;
     tracing::info!(
         gateway = %options.gateway,
         node = %options.node_name,
@@ -286,6 +303,7 @@ pub async fn run(
             Err(error) => tracing::error!(%error, "log tailing stopped with an error"),
         }
     }
+    heartbeat.stop().await;
     finish_delivery(&delivery, delivery_task).await;
     Ok(())
 }

@@ -183,6 +183,13 @@ pub struct NodeAgentArgs {
     /// Do not run the local OTLP receiver (--otlp-grpc-listen, --otlp-http-listen)
     #[arg(long)]
     pub no_otlp_proxy: bool,
+    /// The cluster name announced to the gateway [default: $MEERKAT_CLUSTER_NAME, else
+    /// `default`]
+    #[arg(long, value_name = "NAME")]
+    pub cluster_name: Option<String>,
+    /// Seconds between heartbeats to the gateway (it marks the agent stale after 3 missed)
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub heartbeat_interval: f64,
 }
 
 #[derive(Debug, Subcommand)]

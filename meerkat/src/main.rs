@@ -47,26 +47,36 @@ fn load_config(cli: &Cli) -> anyhow::Result<(Config, config::Sources)> {
     if let Command::Serve(args) = &cli.command {
         overrides.no_host_metrics = args.no_host_metrics;
     }
-    Config::load(cli.global.config.as_deref(), std::env::vars(), &overrides)
+    // The agents' cluster name is read by them, not by the configuration (which refuses
+    // MEERKAT_ variables that name no key).
+    Config::load(
+        cli.global.config.as_deref(),
+        std::env::vars().filter(|(name, _)| name != cli::CLUSTER_NAME_ENV),
+        &overrides,
+    )
+}
+
+/// `--heartbeat-interval`, checked.
+fn heartbeat_interval(seconds: f64) -> anyhow::Result<std::time::Duration> {
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 600.0) {
+        anyhow::bail!("--heartbeat-interval must be within (0, 600] seconds, not {seconds}");
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+/// `--cluster-name`, else `$MEERKAT_CLUSTER_NAME`; empty when neither says.
+fn cluster_name(flag: Option<&String>) -> String {
+    flag.cloned()
+        .or_else(|| std::env::var(cli::CLUSTER_NAME_ENV).ok())
+        .unwrap_or_default()
 }
 
 /// `meerkat agent cluster`: scrapes until SIGINT/SIGTERM, then marks series stale and flushes.
 fn run_cluster_agent(cli: &Cli, args: &cli::ClusterAgentArgs) -> anyhow::Result<ExitCode> {
-    let (config, _) = Config::load(
-        cli.global.config.as_deref(),
-        std::env::vars().filter(|(name, _)| name != cli::CLUSTER_NAME_ENV),
-        &cli.global.overrides(),
-    )?;
+    let (config, _) = load_config(cli)?;
     telemetry::init_logging(&config.log)?;
-    let interval = args.heartbeat_interval;
-    if !(interval.is_finite() && interval > 0.0 && interval <= 600.0) {
-        anyhow::bail!("--heartbeat-interval must be within (0, 600] seconds, not {interval}");
-    }
-    let cluster_name = args
-        .cluster_name
-        .clone()
-        .or_else(|| std::env::var(cli::CLUSTER_NAME_ENV).ok())
-        .unwrap_or_default();
+    let heartbeat_interval = heartbeat_interval(args.heartbeat_interval)?;
+    let cluster_name = cluster_name(args.cluster_name.as_ref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("meerkat-agent")
@@ -78,7 +88,7 @@ fn run_cluster_agent(cli: &Cli, args: &cli::ClusterAgentArgs) -> anyhow::Result<
         buffer_bytes: args.buffer_bytes,
         buffer_dir: Some(args.buffer_dir.clone()),
         cluster_name,
-        heartbeat_interval: std::time::Duration::from_secs_f64(interval),
+        heartbeat_interval,
         kube_api_url: args.kube_api_url.clone(),
     };
     runtime.block_on(async {
@@ -130,6 +140,11 @@ fn run_node_agent(cli: &Cli, args: &cli::NodeAgentArgs) -> anyhow::Result<ExitCo
     options.log_checkpoint_dir = (!args.no_logs).then(|| args.checkpoint_dir.clone());
     options.otlp_listen =
         (!args.no_otlp_proxy).then_some((config.otlp_grpc_listen, config.otlp_http_listen));
+    options.heartbeat_interval = heartbeat_interval(args.heartbeat_interval)?;
+    let cluster = cluster_name(args.cluster_name.as_ref());
+    if !cluster.is_empty() {
+        options.cluster_name = cluster;
+    }
     runtime.block_on(async {
         let mut signals = lifecycle::ShutdownSignals::install()?;
         agent_node::agent::run(options, async move {

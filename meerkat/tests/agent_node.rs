@@ -140,6 +140,14 @@ fn node_agent_delivers_host_metrics_and_marks_them_stale_on_stop() {
         "node_filesystem_size_bytes{instance=\"test-node-7\",mountpoint=\"/\"}",
     );
     assert_eq!(filesystems.len(), 1, "{filesystems:?}");
+    // It announced itself: the gateway lists it as a live node agent.
+    wait_until("the node agent's heartbeat", || {
+        let listed = common::get(meerkat.addr, "/api/v1/agents").unwrap();
+        let body: serde_json::Value = serde_json::from_str(&listed.body).unwrap();
+        body["data"].as_array().unwrap().iter().any(|agent| {
+            agent["kind"] == "node" && agent["node"] == "test-node-7" && agent["status"] == "up"
+        })
+    });
 
     // SIGTERM: the agent marks its series stale and flushes before exiting.
     Command::new("kill")
