@@ -27,6 +27,7 @@ pub use prompb;
 mod encode;
 pub mod heartbeat;
 mod spool;
+pub mod stale;
 pub use encode::{ExemplarRef, SeriesBuffer};
 use spool::{Spool, Spooled};
 
