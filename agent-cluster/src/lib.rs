@@ -17,18 +17,17 @@
 //! Still to come (issue 6): cluster state metrics with kube-state-metrics names,
 //! Kubernetes events.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 mod kubernetes;
 
 use delivery::heartbeat::{AgentKind, Heartbeat, HeartbeatConfig, stable_agent_id};
-use delivery::{Delivery, ExemplarRef, RemoteWriteConfig, SeriesBuffer};
-use scrape::LabelSet;
+use delivery::{Delivery, RemoteWriteConfig};
 use scrape::config::PrometheusConfig;
-use scrape::scraper::{ScrapeManager, ScrapeOutput, ScrapeSink, http_client};
+use scrape::remote_write::RemoteWriteSink;
+use scrape::scraper::{ScrapeManager, http_client};
 
 /// How the agent is started.
 #[derive(Clone, Debug)]
@@ -89,119 +88,6 @@ fn load(path: &PathBuf) -> Result<PrometheusConfig, AgentError> {
 /// How long discovered Kubernetes groups settle before targets are re-applied: a rollout
 /// changes many pods at once (Prometheus's discovery manager sends updates every 5 s).
 const KUBERNETES_DEBOUNCE: Duration = Duration::from_secs(1);
-
-/// Turns scrapes into remote-write series: external labels added where a series lacks them,
-/// metadata sent once a minute per family (as Prometheus's metadata sender does).
-struct RemoteWriteSink {
-    send_exemplars: bool,
-    delivery: Delivery,
-    external_labels: Mutex<LabelSet>,
-    metadata_sent: Mutex<HashMap<String, Instant>>,
-}
-
-const METADATA_INTERVAL: Duration = Duration::from_secs(60);
-
-/// Series handed to delivery at a time, so a large target still makes requests of the
-/// usual size.
-const MAX_SAMPLES_PER_PUSH: usize = 2_000;
-
-/// A series' labels with the external labels it lacks, still sorted by name.
-fn merge_sorted<'a>(
-    labels: &'a LabelSet,
-    external: &'a LabelSet,
-    out: &mut Vec<(&'a str, &'a str)>,
-) {
-    let mut own = labels.iter().peekable();
-    let mut extra = external.iter().peekable();
-    loop {
-        match (own.peek(), extra.peek()) {
-            (Some(a), Some(b)) if a.0 == b.0 => {
-                out.push(*a);
-                own.next();
-                extra.next();
-            }
-            (Some(a), Some(b)) if a.0 < b.0 => {
-                out.push(*a);
-                own.next();
-            }
-            (Some(_), Some(b)) | (None, Some(b)) => {
-                out.push(*b);
-                extra.next();
-            }
-            (Some(a), None) => {
-                out.push(*a);
-                own.next();
-            }
-            (None, None) => break,
-        }
-    }
-}
-
-impl ScrapeSink for RemoteWriteSink {
-    fn accept(&self, output: ScrapeOutput) {
-        let external = self
-            .external_labels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let mut buffer = SeriesBuffer::new();
-        let mut merged: Vec<(&str, &str)> = Vec::new();
-        let mut exemplar_labels: Vec<(&str, &str)> = Vec::new();
-        for sample in &output.samples {
-            merged.clear();
-            merge_sorted(&sample.labels, &external, &mut merged);
-            let exemplar = sample
-                .exemplar
-                .as_ref()
-                .filter(|_| self.send_exemplars)
-                .map(|e| {
-                    exemplar_labels.clear();
-                    exemplar_labels.extend(e.labels.iter());
-                    ExemplarRef {
-                        labels: &exemplar_labels,
-                        value: e.value,
-                        timestamp_ms: e.timestamp_ms.unwrap_or(sample.timestamp_ms),
-                    }
-                });
-            buffer.push(
-                merged.iter().copied(),
-                sample.value,
-                sample.timestamp_ms,
-                exemplar,
-            );
-            if buffer.samples() >= MAX_SAMPLES_PER_PUSH {
-                self.delivery.push_encoded(std::mem::take(&mut buffer));
-            }
-        }
-        self.delivery.push_encoded(buffer);
-        let now = Instant::now();
-        let mut sent = self
-            .metadata_sent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut metadata = Vec::new();
-        for (family, meta) in output.metadata {
-            let due = sent
-                .get(&family)
-                .is_none_or(|at| now.duration_since(*at) >= METADATA_INTERVAL);
-            if !due {
-                continue;
-            }
-            sent.insert(family.clone(), now);
-            metadata.push(prompb::MetricMetadata {
-                r#type: model::remote_write::metric_type_number(meta.kind.unwrap_or_default())
-                    as i32,
-                metric_family_name: family,
-                help: meta.help.unwrap_or_default(),
-                unit: meta.unit.unwrap_or_default(),
-            });
-        }
-        drop(sent);
-        if !metadata.is_empty() {
-            self.delivery.push_metadata(metadata);
-        }
-    }
-}
 
 /// The shortest file discovery refresh of a configuration (Prometheus's default: 5 m).
 fn refresh_interval(config: &PrometheusConfig) -> Duration {
@@ -296,12 +182,11 @@ pub async fn run(
         .remote_write
         .first()
         .is_none_or(|remote| remote.send_exemplars.unwrap_or(false));
-    let sink = Arc::new(RemoteWriteSink {
+    let sink = Arc::new(RemoteWriteSink::new(
+        delivery.clone(),
         send_exemplars,
-        delivery: delivery.clone(),
-        external_labels: Mutex::new(config.external_labels.clone()),
-        metadata_sent: Mutex::new(HashMap::new()),
-    });
+        config.external_labels.clone(),
+    ));
     let mut manager = ScrapeManager::new(http_client(), sink.clone());
     let mut kubernetes = kubernetes::KubernetesSd::new(options.kube_api_url.clone());
     kubernetes.sync(&config).await;
@@ -335,10 +220,7 @@ pub async fn run(
             match load(&options.scrape_config) {
                 Ok(new) => {
                     tracing::info!(jobs = new.jobs.len(), "configuration reloaded");
-                    *sink
-                        .external_labels
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = new.external_labels.clone();
+                    sink.set_external_labels(new.external_labels.clone());
                     config = new;
                 }
                 Err(error) => {
@@ -430,32 +312,6 @@ mod tests {
         assert_eq!(
             heartbeat_config(&options, &labelled, Vec::new()).cluster,
             "prod-eu"
-        );
-    }
-
-    #[test]
-    fn external_labels_fill_in_without_overriding() {
-        let own = LabelSet::from_pairs([
-            ("__name__".to_owned(), "up".to_owned()),
-            ("cluster".to_owned(), "mine".to_owned()),
-            ("job".to_owned(), "j".to_owned()),
-        ]);
-        let external = LabelSet::from_pairs([
-            ("aaa".to_owned(), "1".to_owned()),
-            ("cluster".to_owned(), "prod".to_owned()),
-            ("zone".to_owned(), "z".to_owned()),
-        ]);
-        let mut out = Vec::new();
-        merge_sorted(&own, &external, &mut out);
-        assert_eq!(
-            out,
-            [
-                ("__name__", "up"),
-                ("aaa", "1"),
-                ("cluster", "mine"),
-                ("job", "j"),
-                ("zone", "z")
-            ]
         );
     }
 }

@@ -12,6 +12,7 @@ pub mod exposition;
 pub mod labels;
 pub mod page;
 pub mod relabel;
+pub mod remote_write;
 pub mod scraper;
 
 pub use exposition::{Entry, Format, ParseError, ParsedSample, Parser};
