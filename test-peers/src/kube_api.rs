@@ -191,11 +191,12 @@ impl KubeApiServer {
                     let state = shared.clone();
                     async move { answer(&state, &uri) }
                 });
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.await;
-                    })
-                    .await;
+                // Not a graceful shutdown: a client still re-watching would keep a stream
+                // open forever. Dropping the runtime ends every connection.
+                tokio::select! {
+                    _ = axum::serve(listener, app) => {}
+                    _ = stopped => {}
+                }
             });
         });
         Self {
@@ -650,5 +651,56 @@ mod tests {
         let selectors = Selectors::from_query(&query);
         assert!(selectors.matches(&json!({"spec": {"nodeName": "n1"}})));
         assert!(!selectors.matches(&json!({"spec": {"nodeName": "n2"}})));
+    }
+
+    /// What the wire carries: a list with its resourceVersion and no kinds on items; a
+    /// watch from that version streaming the later change, then ERROR 410 on expiry.
+    #[test]
+    fn lists_and_watches_on_the_wire() {
+        let server = KubeApiServer::start();
+        let port = server.address.port();
+        server.apply(
+            Resource::Pods,
+            json!({"metadata": {"name": "a", "namespace": "ns"}}),
+        );
+        let listed = super::super::http_get(port, "/api/v1/namespaces/ns/pods").expect("a list");
+        let body: Value =
+            serde_json::from_str(listed.split("\r\n\r\n").nth(1).expect("a body")).expect("JSON");
+        assert_eq!(body["kind"], "PodList");
+        assert_eq!(body["metadata"]["resourceVersion"], "1001");
+        assert_eq!(body["items"][0]["metadata"]["resourceVersion"], "1001");
+        assert!(body["items"][0].get("kind").is_none());
+        let watch = std::thread::spawn(move || {
+            super::super::http_get(port, "/api/v1/pods?watch=1&resourceVersion=1001")
+        });
+        while server.open_watches() == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        server.apply(
+            Resource::Pods,
+            json!({"metadata": {"name": "b", "namespace": "other"}}),
+        );
+        server.expire();
+        let streamed = watch.join().expect("the watch thread").expect("a watch");
+        let events: Vec<Value> = streamed
+            .split("\r\n\r\n")
+            .nth(1)
+            .expect("a body")
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        assert_eq!(events.len(), 2, "{streamed}");
+        assert_eq!(events[0]["type"], "ADDED");
+        assert_eq!(events[0]["object"]["kind"], "Pod");
+        assert_eq!(events[0]["object"]["metadata"]["resourceVersion"], "1002");
+        assert_eq!(events[1]["type"], "ERROR");
+        assert_eq!(events[1]["object"]["code"], 410);
+        assert_eq!(events[1]["object"]["reason"], "Expired");
+        // A watch from before the expiry is answered 410 at once.
+        let late = super::super::http_get(port, "/api/v1/pods?watch=1&resourceVersion=1001")
+            .expect("a watch");
+        assert!(late.contains("\"code\":410"), "{late}");
+        assert_eq!(server.watches(Resource::Pods).len(), 2);
+        assert_eq!(server.lists(Resource::Pods).len(), 1);
     }
 }
