@@ -14,13 +14,17 @@
 //! watchers (`kube-discovery`, see [`kubernetes`]) whose groups are re-applied, debounced,
 //! when they change.
 //!
-//! Still to come (issue 6): cluster state metrics with kube-state-metrics names,
-//! Kubernetes events.
+//! Cluster state metrics with kube-state-metrics v2's names ([`cluster_state`]) and the
+//! cluster's Kubernetes events as platform events ([`kube_events`], posted to the gateway's
+//! `/api/v1/events`) run when the agent can reach the API server: `--kube-api-url`, or in a
+//! pod (`KUBERNETES_SERVICE_HOST`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+pub mod cluster_state;
+pub mod kube_events;
 mod kubernetes;
 
 use delivery::heartbeat::{AgentKind, Heartbeat, HeartbeatConfig, stable_agent_id};
@@ -51,6 +55,13 @@ pub struct ClusterAgentOptions {
     /// The Kubernetes API server for `kubernetes_sd_configs` (`http(s)://host:port`);
     /// `None`: the pod's service account (in a cluster) or the kubeconfig.
     pub kube_api_url: Option<String>,
+    /// Cluster state metrics (kube-state-metrics names), when the API server is reachable.
+    pub cluster_state: bool,
+    /// How often they are sent; `None`: the configuration's global `scrape_interval`
+    /// (Prometheus's default, 1 m, without one), as a scrape of kube-state-metrics would.
+    pub cluster_state_interval: Option<Duration>,
+    /// The cluster's Kubernetes events to the gateway, when the API server is reachable.
+    pub kube_events: bool,
 }
 
 /// Why the agent cannot start.
@@ -67,6 +78,8 @@ pub enum AgentError {
     Delivery(#[from] delivery::DeliveryError),
     #[error("cannot install the SIGHUP handler: {0}")]
     Signal(std::io::Error),
+    #[error("Kubernetes events: invalid gateway URL {url:?}: {reason}")]
+    EventsUrl { url: String, reason: String },
 }
 
 fn load(path: &PathBuf) -> Result<PrometheusConfig, AgentError> {
@@ -175,7 +188,16 @@ pub async fn run(
     tracing::info!(url = %remote.url, jobs = config.jobs.len(), "cluster agent starting");
     let heartbeat_headers = remote.headers.clone();
     let (delivery, delivery_task) = Delivery::start(remote)?;
-    let heartbeat = Heartbeat::start(heartbeat_config(&options, &config, heartbeat_headers))?;
+    let heartbeat_config = heartbeat_config(&options, &config, heartbeat_headers.clone());
+    let kube = cluster_state::KubeFeatures::start(
+        &options,
+        &heartbeat_config.cluster,
+        &config.external_labels,
+        &delivery,
+        heartbeat_headers,
+    )
+    .await?;
+    let heartbeat = Heartbeat::start(heartbeat_config)?;
     // Prometheus sends exemplars only when asked; without a remote_write entry (the
     // gateway) they go, since Meerkat stores them.
     let send_exemplars = config
@@ -221,6 +243,7 @@ pub async fn run(
                 Ok(new) => {
                     tracing::info!(jobs = new.jobs.len(), "configuration reloaded");
                     sink.set_external_labels(new.external_labels.clone());
+                    kube.set_external_labels(&new.external_labels);
                     config = new;
                 }
                 Err(error) => {
@@ -244,6 +267,7 @@ pub async fn run(
     }
     tracing::info!("cluster agent stopping: marking series stale and flushing");
     heartbeat.stop().await;
+    kube.stop().await;
     manager.stop().await;
     delivery.close();
     let mut delivery_task = delivery_task;
@@ -292,6 +316,9 @@ mod tests {
             cluster_name: String::new(),
             heartbeat_interval: Duration::from_secs(5),
             kube_api_url: None,
+            cluster_state: true,
+            cluster_state_interval: None,
+            kube_events: true,
         };
         let labelled =
             PrometheusConfig::parse("global:\n  external_labels:\n    cluster: from-config\n")

@@ -173,6 +173,10 @@ async fn annotated_pods_are_scraped_and_go_stale_when_deleted() {
         cluster_name: "test".to_owned(),
         heartbeat_interval: Duration::from_secs(30),
         kube_api_url: Some(kube.url()),
+        // This test is about discovery; cluster state has its own.
+        cluster_state: false,
+        cluster_state_interval: None,
+        kube_events: false,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(agent_cluster::run(options, async move {

@@ -131,6 +131,19 @@ pub struct ClusterAgentArgs {
     /// out-of-cluster use) [default: the pod's service account, else the kubeconfig]
     #[arg(long, value_name = "URL")]
     pub kube_api_url: Option<String>,
+    /// Do not send cluster state metrics (kube-state-metrics names from watches of pods,
+    /// deployments, statefulsets, daemonsets and nodes; on by default in a pod or with
+    /// --kube-api-url)
+    #[arg(long)]
+    pub no_cluster_state: bool,
+    /// Seconds between cluster state sends [default: the configuration's global
+    /// scrape_interval, else 60]
+    #[arg(long, value_name = "SECONDS")]
+    pub cluster_state_interval: Option<f64>,
+    /// Do not send the cluster's Kubernetes events to the gateway (on by default in a pod
+    /// or with --kube-api-url)
+    #[arg(long)]
+    pub no_kube_events: bool,
 }
 
 /// The environment variable naming the cluster agent's cluster (read by the agent, so not a

@@ -90,6 +90,12 @@ fn run_cluster_agent(cli: &Cli, args: &cli::ClusterAgentArgs) -> anyhow::Result<
         cluster_name,
         heartbeat_interval,
         kube_api_url: args.kube_api_url.clone(),
+        cluster_state: !args.no_cluster_state,
+        cluster_state_interval: args
+            .cluster_state_interval
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(std::time::Duration::from_secs_f64),
+        kube_events: !args.no_kube_events,
     };
     runtime.block_on(async {
         let mut signals = lifecycle::ShutdownSignals::install()?;
