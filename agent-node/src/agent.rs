@@ -288,6 +288,13 @@ pub async fn run(
             until_stopped(),
         )));
     }
+    tasks.push(tokio::spawn(crate::pod_scrape::run(
+        store.clone(),
+        delivery.clone(),
+        options.node_name.clone(),
+        options.interval,
+        until_stopped(),
+    )));
     shutdown.await;
     tracing::info!("node agent stopping: marking series stale, checkpointing logs, flushing");
     let _ = stop.send(true);

@@ -11,5 +11,6 @@ pub mod host;
 pub mod logs;
 pub mod metrics;
 pub mod otlp_proxy;
+pub mod pod_scrape;
 pub mod pods;
 pub mod push;

@@ -52,12 +52,12 @@ pub struct Args {
 }
 
 /// What the exporters and the sink share.
-struct Shared {
-    series_per_target: usize,
+pub(crate) struct Shared {
+    pub(crate) series_per_target: usize,
     /// Pages served (each scrape advances the counters).
-    scrapes: AtomicU64,
-    samples_received: AtomicU64,
-    requests_received: AtomicU64,
+    pub(crate) scrapes: AtomicU64,
+    pub(crate) samples_received: AtomicU64,
+    pub(crate) requests_received: AtomicU64,
 }
 
 /// One generated exporter's page: its counters advance with `round`.
@@ -124,7 +124,8 @@ async fn exporter(UrlPath(target): UrlPath<usize>, State(shared): State<Arc<Shar
     page(target, round, shared.series_per_target)
 }
 
-async fn sink(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCode {
+/// A remote-write receiver that counts the samples it is sent.
+pub(crate) async fn sink(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCode {
     let Ok(raw) = snap::raw::Decoder::new().decompress_vec(&body) else {
         return StatusCode::BAD_REQUEST;
     };

@@ -7,6 +7,7 @@ mod agent_scrape;
 mod clickhouse_ingest;
 mod dashboard;
 mod encoding;
+mod node_agent;
 mod remote_write;
 mod storage_size;
 mod visibility;
@@ -40,6 +41,8 @@ enum Command {
     ClickhouseIngest(clickhouse_ingest::Args),
     /// Scraping agents: meerkat agent cluster vs Prometheus agent mode vs vmagent, CPU and RSS
     AgentScrape(agent_scrape::Args),
+    /// The node agent's idle footprint beside node_exporter: CPU per minute and RSS
+    NodeAgent(node_agent::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,5 +54,6 @@ fn main() -> anyhow::Result<()> {
         Command::ClickhouseIngest(args) => clickhouse_ingest::run(&args),
         Command::Dashboard(args) => dashboard::run(&args),
         Command::AgentScrape(args) => agent_scrape::run(&args),
+        Command::NodeAgent(args) => node_agent::run(&args),
     }
 }

@@ -168,9 +168,33 @@ fn node_agent_delivers_host_metrics_and_marks_them_stale_on_stop() {
     });
 }
 
+/// Answers every request on a free port with `body` as `content_type`; returns the port.
+fn serve_fixed(body: String, content_type: &'static str) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body.as_bytes());
+        }
+    });
+    port
+}
+
 /// A kubelet's `/pods` on a free port, listing one pod whose IP is 127.0.0.1 (so spans sent
 /// from this test process come from it); returns the port.
-fn serve_kubelet(uid: &str) -> u16 {
+fn serve_kubelet(uid: &str, exporter_port: u16) -> u16 {
     let body = serde_json::json!({
         "kind": "PodList",
         "apiVersion": "v1",
@@ -183,7 +207,10 @@ fn serve_kubelet(uid: &str) -> u16 {
                 "labels": {"app": "checkout", "pod-template-hash": "7d9f8b6c5"},
                 "annotations": {
                     "msp.erda.cloud/service_name": "checkout-svc",
-                    "msp.erda.cloud/project_name": "mall"
+                    "msp.erda.cloud/project_name": "mall",
+                    "prometheus.io/scrape": "true",
+                    "prometheus.io/port": exporter_port.to_string(),
+                    "prometheus.io/path": "/custom-metrics"
                 },
                 "ownerReferences": [{
                     "apiVersion": "apps/v1", "kind": "ReplicaSet",
@@ -204,26 +231,7 @@ fn serve_kubelet(uid: &str) -> u16 {
         }]
     })
     .to_string();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        use std::io::{BufRead, BufReader, Write};
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(body.as_bytes());
-        }
-    });
-    port
+    serve_fixed(body, "application/json")
 }
 
 fn sql(meerkat: &Server, statement: &str) -> Vec<serde_json::Value> {
@@ -323,7 +331,11 @@ fn spans_and_logs_through_the_node_agent_carry_their_pods_identity() {
     let dir = tempfile::tempdir().unwrap();
     let meerkat = Server::start(dir.path(), &["--http-listen", "127.0.0.1:0"], &[]);
     let uid = "6f2f0e2a-9a59-4f7b-8d51-2d7c9b1c7e11";
-    let kubelet = serve_kubelet(uid);
+    let exporter = serve_fixed(
+        "# TYPE checkout_orders_total counter\ncheckout_orders_total{result=\"ok\"} 42\n".to_owned(),
+        "text/plain; version=0.0.4",
+    );
+    let kubelet = serve_kubelet(uid, exporter);
     let container_dir = dir
         .path()
         .join(format!("host/var/log/pods/shop_checkout-7d9f8b6c5-x2x4q_{uid}/app"));
@@ -365,6 +377,21 @@ fn spans_and_logs_through_the_node_agent_carry_their_pods_identity() {
         "SELECT resource_attributes FROM logs WHERE body = 'checkout line 3'",
     );
     assert_pod_attributes(rows[0][0].as_str().unwrap());
+
+    // The pod's exporter, annotated for scraping, is scraped with the pod's identity.
+    wait_until("the pod's exporter scraped", || {
+        !query_vector(meerkat.addr, "checkout_orders_total").is_empty()
+    });
+    let orders = query_vector(meerkat.addr, "checkout_orders_total");
+    let (labels, value) = orders.iter().next().unwrap();
+    assert_eq!(*value, 42.0);
+    assert_eq!(labels["job"], "kubernetes-pods", "{labels:?}");
+    assert_eq!(labels["namespace"], "shop", "{labels:?}");
+    assert_eq!(labels["pod"], "checkout-7d9f8b6c5-x2x4q", "{labels:?}");
+    assert_eq!(labels["instance"], format!("127.0.0.1:{exporter}"));
+    assert_eq!(labels["result"], "ok");
+    let up = query_vector(meerkat.addr, "up{job=\"kubernetes-pods\"}");
+    assert_eq!(up.values().copied().collect::<Vec<_>>(), [1.0]);
 
     // Stop, write more while the agent is away, start again: every line exactly once.
     stop_agent(&mut agent, &log);
