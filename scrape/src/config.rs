@@ -679,6 +679,9 @@ impl ScrapeJob {
             "https" => Scheme::Https,
             other => return fail(format!("invalid scheme {other:?}: use http or https")),
         };
+        if let Some(tls) = &yaml.tls_config {
+            crate::tls::validate(tls).map_err(|e| ConfigError(e.to_string()))?;
+        }
         let metrics_path = yaml
             .metrics_path
             .clone()

@@ -14,6 +14,7 @@ pub mod page;
 pub mod relabel;
 pub mod remote_write;
 pub mod scraper;
+pub mod tls;
 
 pub use exposition::{Entry, Format, ParseError, ParsedSample, Parser};
 pub use labels::LabelSet;

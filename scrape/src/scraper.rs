@@ -29,6 +29,10 @@ use crate::discovery;
 use crate::exposition::{ACCEPT_HEADER, Format};
 use crate::labels::LabelSet;
 use crate::page::{FamilyMetadata, PageOptions, PageSample, read_page};
+use crate::tls::{TlsHttpClient, https_client};
+
+/// Go's `http.Client` gives up on the 10th redirect; Prometheus keeps that default.
+const MAX_REDIRECTS: usize = 10;
 
 /// Prometheus's staleness marker: a NaN with this bit pattern.
 pub const STALE_NAN: f64 = f64::from_bits(0x7ff0_0000_0000_0002);
@@ -45,7 +49,8 @@ pub trait ScrapeSink: Send + Sync + 'static {
     fn accept(&self, output: ScrapeOutput);
 }
 
-/// The HTTP client all loops share (connections are kept alive per target).
+/// The plain-http client all loops share (connections are kept alive per target); https
+/// goes through a per-job client made from the job's `tls_config` ([`crate::tls`]).
 pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 pub fn http_client() -> HttpClient {
@@ -76,6 +81,10 @@ struct TargetLoop {
     job: Arc<ScrapeJob>,
     options: PageOptions,
     client: HttpClient,
+    /// The job's https client, made on the first https request when the manager did not
+    /// hand one in (a redirect can lead an http target to https); a bad `tls_config` is
+    /// kept as its message so each https scrape fails with it.
+    tls: std::sync::OnceLock<Result<TlsHttpClient, String>>,
     /// The series the last scrape produced (packed), to mark the missing ones stale.
     last_series: HashSet<Box<[u8]>>,
 }
@@ -96,8 +105,64 @@ impl TargetLoop {
             job,
             options,
             client,
+            tls: std::sync::OnceLock::new(),
             last_series: HashSet::new(),
         }
+    }
+
+    /// Shares the job's https client (or its error) instead of making one per target.
+    fn with_tls(self, tls: Option<Result<TlsHttpClient, String>>) -> Self {
+        Self {
+            tls: tls.map_or_else(std::sync::OnceLock::new, std::sync::OnceLock::from),
+            ..self
+        }
+    }
+
+    /// One GET, over TLS when the URL says https.
+    async fn send(
+        &self,
+        url: &url::Url,
+        authorize: bool,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+        let uri: hyper::Uri = url
+            .as_str()
+            .parse()
+            .map_err(|e| format!("invalid target URL {url}: {e}"))?;
+        let mut request = hyper::Request::get(uri)
+            .header("accept", ACCEPT_HEADER)
+            .header("accept-encoding", "gzip")
+            .header(
+                "user-agent",
+                concat!("meerkat-agent/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(
+                "x-prometheus-scrape-timeout-seconds",
+                format!("{}", self.target.timeout_ms as f64 / 1000.0),
+            );
+        if authorize && let Some(auth) = &self.job.auth {
+            request = request.header("authorization", auth.header_value()?);
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        let sent = match url.scheme() {
+            "http" => self.client.request(request).await,
+            "https" => {
+                let client = self
+                    .tls
+                    .get_or_init(|| https_client(&self.job.tls).map_err(|e| e.to_string()))
+                    .as_ref()
+                    .map_err(|e| format!("Get {:?}: {e}", url.as_str()))?;
+                client.request(request).await
+            }
+            other => {
+                return Err(format!(
+                    "Get {:?}: unsupported protocol scheme {other:?}",
+                    url.as_str()
+                ));
+            }
+        };
+        sent.map_err(|e| format!("Get {:?}: {}", url.as_str(), error_chain(&e)))
     }
 
     fn report_labels(&self, name: &str) -> LabelSet {
@@ -120,36 +185,42 @@ impl TargetLoop {
 
     /// Fetches the page: its bytes and `Content-Type`.
     async fn fetch(&self) -> Result<(Vec<u8>, Option<String>), String> {
-        if !self.target.url.starts_with("http://") {
-            return Err("https targets are not supported by Meerkat's agent yet".to_owned());
-        }
-        let uri: hyper::Uri = self
-            .target
-            .url
-            .parse()
+        let first = url::Url::parse(&self.target.url)
             .map_err(|e| format!("invalid target URL {}: {e}", self.target.url))?;
-        let mut request = hyper::Request::get(uri)
-            .header("accept", ACCEPT_HEADER)
-            .header("accept-encoding", "gzip")
-            .header(
-                "user-agent",
-                concat!("meerkat-agent/", env!("CARGO_PKG_VERSION")),
-            )
-            .header(
-                "x-prometheus-scrape-timeout-seconds",
-                format!("{}", self.target.timeout_ms as f64 / 1000.0),
-            );
-        if let Some(auth) = &self.job.auth {
-            request = request.header("authorization", auth.header_value()?);
-        }
-        let request = request
-            .body(Empty::new())
-            .map_err(|e| format!("cannot build the request: {e}"))?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| format!("Get {:?}: {}", self.target.url, error_chain(&e)))?;
+        let mut url = first.clone();
+        let mut redirects = 0;
+        let response = loop {
+            // Go sends credentials on only to the same host or its subdomains.
+            let authorize = match (first.host_str(), url.host_str()) {
+                (Some(a), Some(b)) => a == b || b.ends_with(&format!(".{a}")),
+                _ => false,
+            };
+            let response = self.send(&url, authorize).await?;
+            let status = response.status().as_u16();
+            let followed = matches!(status, 301 | 302 | 303 | 307 | 308);
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok());
+            let (true, true, Some(location)) = (self.job.follow_redirects, followed, location)
+            else {
+                break response;
+            };
+            let next = url.join(location).map_err(|e| {
+                format!(
+                    "Get {:?}: bad redirect location {location:?}: {e}",
+                    url.as_str()
+                )
+            })?;
+            redirects += 1;
+            if redirects >= MAX_REDIRECTS {
+                return Err(format!(
+                    "Get {:?}: stopped after {MAX_REDIRECTS} redirects",
+                    next.as_str()
+                ));
+            }
+            url = next;
+        };
         let status = response.status();
         if !status.is_success() {
             return Err(format!("server returned HTTP status {status}"));
@@ -264,6 +335,24 @@ impl TargetLoop {
         self.last_series.clear();
         self.report(&mut output, at_ms, [STALE_NAN; 5]);
         output
+    }
+}
+
+/// One fetch of `target`'s page as its loop makes it (TLS, auth, redirects, size limit),
+/// off the schedule: for checking a target by hand, where why it fails matters and `up`
+/// only says 0.
+pub async fn fetch_page(
+    job: Arc<ScrapeJob>,
+    target: Target,
+    client: HttpClient,
+) -> Result<(Vec<u8>, Option<String>), String> {
+    let timeout = Duration::from_millis(target.timeout_ms);
+    let state = TargetLoop::new(target, job, client);
+    match tokio::time::timeout(timeout, state.fetch()).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "context deadline exceeded (scrape timeout {timeout:?})"
+        )),
     }
 }
 
@@ -451,12 +540,25 @@ impl ScrapeManager {
             }
             keep
         });
+        // One https client per job and apply, shared by the job's new https targets.
+        let mut tls_clients: HashMap<String, Result<TlsHttpClient, String>> = HashMap::new();
         for (key, job) in wanted {
             if self.running.contains_key(&key) {
                 continue;
             }
             let (stop, stopped) = watch::channel(false);
-            let state = TargetLoop::new(key.2.clone(), job, self.client.clone());
+            let tls = key.2.url.starts_with("https://").then(|| {
+                tls_clients
+                    .entry(key.0.clone())
+                    .or_insert_with(|| {
+                        https_client(&job.tls).map_err(|e| {
+                            errors.push(format!("job {:?}: {e}", job.name));
+                            e.to_string()
+                        })
+                    })
+                    .clone()
+            });
+            let state = TargetLoop::new(key.2.clone(), job, self.client.clone()).with_tls(tls);
             let task = tokio::spawn(run_target(state, self.sink.clone(), stopped));
             self.running.insert(key, Running { stop, task });
         }
