@@ -6,12 +6,14 @@
 //! its data is durably appended), and the gateway's metrics.
 //!
 //! Protocols: Prometheus remote-write (`POST /api/v1/write`), InfluxDB line protocol
-//! (`POST /api/v2/write`, `POST /write`), Zipkin v2 JSON (`POST /api/v2/spans`), and OTLP
-//! over gRPC and HTTP on their own ports (see [`OtlpServers`]).
+//! (`POST /api/v2/write`, `POST /write`), Zipkin v2 JSON (`POST /api/v2/spans`), platform
+//! events as JSON (`POST /api/v1/events`, see [`events`]), and OTLP over gRPC and HTTP on
+//! their own ports (see [`OtlpServers`]).
 
 pub mod agents;
 mod config;
 mod error;
+pub mod events;
 pub mod http;
 pub mod influx;
 mod limits;
@@ -171,6 +173,7 @@ impl Gateway {
             .route("/api/v2/spans", post(zipkin::handler))
             .route("/api/v1/agents/heartbeat", post(agents::heartbeat_handler))
             .route("/api/v1/agents", get(agents::list_handler))
+            .route("/api/v1/events", post(events::handler))
             .with_state(self.clone())
     }
 

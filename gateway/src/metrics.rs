@@ -17,6 +17,7 @@ pub enum Protocol {
     OtlpHttp,
     Influx,
     Zipkin,
+    Events,
 }
 
 impl Protocol {
@@ -27,6 +28,7 @@ impl Protocol {
             Self::OtlpHttp => "otlp_http",
             Self::Influx => "influx",
             Self::Zipkin => "zipkin",
+            Self::Events => "events",
         }
     }
 }
@@ -37,6 +39,8 @@ pub enum Signal {
     Samples,
     Spans,
     LogRecords,
+    /// Platform events (`POST /api/v1/events`).
+    Events,
 }
 
 impl Signal {
@@ -45,6 +49,7 @@ impl Signal {
             Self::Samples => "samples",
             Self::Spans => "spans",
             Self::LogRecords => "log_records",
+            Self::Events => "events",
         }
     }
 }
