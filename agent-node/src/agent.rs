@@ -46,6 +46,10 @@ pub struct NodeAgentOptions {
     pub log_checkpoint_dir: Option<PathBuf>,
     /// The local OTLP receiver (gRPC, HTTP); `None` turns it off.
     pub otlp_listen: Option<(SocketAddr, SocketAddr)>,
+    /// Watch this node's pods on the Kubernetes API (in-cluster credentials, or
+    /// `kube_api_url`), a pod source beside the filesystem and the kubelet.
+    pub watch_pods: bool,
+    pub kube_api_url: Option<String>,
     /// The cluster this node belongs to, announced in the heartbeat.
     pub cluster_name: String,
     pub heartbeat_interval: Duration,
@@ -67,6 +71,8 @@ impl NodeAgentOptions {
             containers: true,
             log_checkpoint_dir: None,
             otlp_listen: None,
+            watch_pods: false,
+            kube_api_url: None,
             cluster_name: "default".to_owned(),
             heartbeat_interval: delivery::heartbeat::DEFAULT_INTERVAL,
         }
@@ -261,6 +267,14 @@ pub async fn run(
     );
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(discovery.run(until_stopped())));
+    if options.watch_pods {
+        tasks.push(tokio::spawn(crate::pods::api_watch::run(
+            store.clone(),
+            options.kube_api_url.clone(),
+            options.node_name.clone(),
+            until_stopped(),
+        )));
+    }
     let host_labels = vec![
         ("instance".to_owned(), options.node_name.clone()),
         ("job".to_owned(), options.job.clone()),

@@ -180,6 +180,14 @@ pub struct NodeAgentArgs {
     /// A bearer token file for the kubelet (the service-account token)
     #[arg(long, value_name = "FILE")]
     pub kubelet_token_file: Option<PathBuf>,
+    /// Watch this node's pods on the Kubernetes API (a `spec.nodeName` field selector:
+    /// never every pod of the cluster), with the pod's service account
+    #[arg(long)]
+    pub watch_pods: bool,
+    /// The Kubernetes API server for --watch-pods [default: the service account, else the
+    /// kubeconfig]
+    #[arg(long, value_name = "URL")]
+    pub kube_api_url: Option<String>,
     /// Pod classification rules (YAML; the defaults follow Erda's conventions)
     #[arg(long, value_name = "FILE")]
     pub pod_rules: Option<PathBuf>,

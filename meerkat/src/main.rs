@@ -143,6 +143,8 @@ fn run_node_agent(cli: &Cli, args: &cli::NodeAgentArgs) -> anyhow::Result<ExitCo
             .with_context(|| format!("in {}", path.display()))?;
     }
     options.containers = !args.no_containers;
+    options.watch_pods = args.watch_pods;
+    options.kube_api_url = args.kube_api_url.clone();
     options.log_checkpoint_dir = (!args.no_logs).then(|| args.checkpoint_dir.clone());
     options.otlp_listen =
         (!args.no_otlp_proxy).then_some((config.otlp_grpc_listen, config.otlp_http_listen));

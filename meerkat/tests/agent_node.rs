@@ -192,43 +192,48 @@ fn serve_fixed(body: String, content_type: &'static str) -> u16 {
     port
 }
 
-/// A kubelet's `/pods` on a free port, listing one pod whose IP is 127.0.0.1 (so spans sent
-/// from this test process come from it); returns the port.
+/// The test's pod: `checkout` of namespace `shop` on `test-node-9`, IP 127.0.0.1 (so spans
+/// sent from this test process come from it), its exporter on `exporter_port`.
+fn checkout_pod(uid: &str, exporter_port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {
+            "name": "checkout-7d9f8b6c5-x2x4q",
+            "namespace": "shop",
+            "uid": uid,
+            "labels": {"app": "checkout", "pod-template-hash": "7d9f8b6c5"},
+            "annotations": {
+                "msp.erda.cloud/service_name": "checkout-svc",
+                "msp.erda.cloud/project_name": "mall",
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": exporter_port.to_string(),
+                "prometheus.io/path": "/custom-metrics"
+            },
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": "checkout-7d9f8b6c5", "uid": "rs-1", "controller": true
+            }]
+        },
+        "spec": {"nodeName": "test-node-9", "containers": [{"name": "app", "image": "shop/checkout:1.2"}]},
+        "status": {
+            "phase": "Running",
+            "podIP": "127.0.0.1",
+            "podIPs": [{"ip": "127.0.0.1"}],
+            "containerStatuses": [{
+                "name": "app", "image": "shop/checkout:1.2", "imageID": "",
+                "containerID": "containerd://abc123", "ready": true, "restartCount": 0,
+                "state": {"running": {}}
+            }]
+        }
+    })
+}
+
+/// A kubelet's `/pods` on a free port, listing the test's pod; returns the port.
 fn serve_kubelet(uid: &str, exporter_port: u16) -> u16 {
     let body = serde_json::json!({
         "kind": "PodList",
         "apiVersion": "v1",
         "metadata": {},
-        "items": [{
-            "metadata": {
-                "name": "checkout-7d9f8b6c5-x2x4q",
-                "namespace": "shop",
-                "uid": uid,
-                "labels": {"app": "checkout", "pod-template-hash": "7d9f8b6c5"},
-                "annotations": {
-                    "msp.erda.cloud/service_name": "checkout-svc",
-                    "msp.erda.cloud/project_name": "mall",
-                    "prometheus.io/scrape": "true",
-                    "prometheus.io/port": exporter_port.to_string(),
-                    "prometheus.io/path": "/custom-metrics"
-                },
-                "ownerReferences": [{
-                    "apiVersion": "apps/v1", "kind": "ReplicaSet",
-                    "name": "checkout-7d9f8b6c5", "uid": "rs-1", "controller": true
-                }]
-            },
-            "spec": {"nodeName": "test-node-9", "containers": [{"name": "app", "image": "shop/checkout:1.2"}]},
-            "status": {
-                "phase": "Running",
-                "podIP": "127.0.0.1",
-                "podIPs": [{"ip": "127.0.0.1"}],
-                "containerStatuses": [{
-                    "name": "app", "image": "shop/checkout:1.2", "imageID": "",
-                    "containerID": "containerd://abc123", "ready": true, "restartCount": 0,
-                    "state": {"running": {}}
-                }]
-            }
-        }]
+        "items": [checkout_pod(uid, exporter_port)]
     })
     .to_string();
     serve_fixed(body, "application/json")
@@ -248,10 +253,12 @@ fn sql(meerkat: &Server, statement: &str) -> Vec<serde_json::Value> {
     body["data"]["rows"].as_array().cloned().unwrap_or_default()
 }
 
+/// `meerkat agent node` delivering to `meerkat`, its pods from `pod_source` (kubelet or
+/// API flags), its host root, checkpoints and buffer under `dir`.
 fn start_node_agent(
     dir: &std::path::Path,
     meerkat: &Server,
-    kubelet: u16,
+    pod_source: &[String],
     otlp: (u16, u16),
     log: &std::path::Path,
 ) -> NodeAgent {
@@ -262,7 +269,7 @@ fn start_node_agent(
             .args(["--node-name", "test-node-9"])
             .arg("--root")
             .arg(dir.join("host"))
-            .args(["--kubelet-url", &format!("http://127.0.0.1:{kubelet}/pods")])
+            .args(pod_source)
             .arg("--checkpoint-dir")
             .arg(dir.join("checkpoints"))
             .arg("--buffer-dir")
@@ -349,7 +356,11 @@ fn spans_and_logs_through_the_node_agent_carry_their_pods_identity() {
     let otlp = (free_port(), free_port());
     let log = dir.path().join("agent.log");
     let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    let mut agent = start_node_agent(dir.path(), &meerkat, kubelet, otlp, &log);
+    let kubelet = [
+        "--kubelet-url".to_owned(),
+        format!("http://127.0.0.1:{kubelet}/pods"),
+    ];
+    let mut agent = start_node_agent(dir.path(), &meerkat, &kubelet, otlp, &log);
     // The proxy answers once it listens; the pod is known after the first kubelet read.
     wait_until("the OTLP proxy", || {
         std::net::TcpStream::connect(("127.0.0.1", otlp.1)).is_ok()
@@ -399,7 +410,7 @@ fn spans_and_logs_through_the_node_agent_carry_their_pods_identity() {
     std::io::Write::write_all(&mut file, (5..12).map(cri).collect::<String>().as_bytes()).unwrap();
     drop(file);
     let log2 = dir.path().join("agent2.log");
-    let mut agent = start_node_agent(dir.path(), &meerkat, kubelet, otlp, &log2);
+    let mut agent = start_node_agent(dir.path(), &meerkat, &kubelet, otlp, &log2);
     wait_until("the lines written while the agent was away", || {
         count_lines().len() == 12
     });
@@ -411,4 +422,65 @@ fn spans_and_logs_through_the_node_agent_carry_their_pods_identity() {
         "a line arrived twice: {counts:?}"
     );
     stop_agent(&mut agent, &log2);
+}
+
+/// Without a kubelet, the API server's watch of this node's pods (and only this node's:
+/// the field selector goes to the API) gives proxied spans their pod's identity, and a
+/// pod updated on the API is seen without a restart.
+#[test]
+fn pods_watched_on_the_api_server_give_spans_their_identity() {
+    use test_peers::kube_api::{KubeApiServer, Resource};
+    let dir = tempfile::tempdir().unwrap();
+    let meerkat = Server::start(dir.path(), &["--http-listen", "127.0.0.1:0"], &[]);
+    let api = KubeApiServer::start();
+    let uid = "0d9c3c0e-6a8e-4d7e-9d43-1f5f9a8e2b10";
+    api.apply(Resource::Pods, checkout_pod(uid, 1));
+    let mut elsewhere = checkout_pod("77777777-0000-4000-8000-000000000000", 1);
+    elsewhere["metadata"]["name"] = "on-another-node".into();
+    elsewhere["spec"]["nodeName"] = "test-node-1".into();
+    api.apply(Resource::Pods, elsewhere);
+    let otlp = (free_port(), free_port());
+    let log = dir.path().join("agent.log");
+    let source = [
+        "--watch-pods".to_owned(),
+        "--kube-api-url".to_owned(),
+        api.url(),
+    ];
+    let mut agent = start_node_agent(dir.path(), &meerkat, &source, otlp, &log);
+    wait_until("the pod list from the API", || !api.lists(Resource::Pods).is_empty());
+    let listed = api.lists(Resource::Pods);
+    assert!(
+        listed
+            .iter()
+            .all(|request| request.contains("fieldSelector=spec.nodeName%3Dtest-node-9")),
+        "{listed:?}"
+    );
+    wait_until("the OTLP proxy", || {
+        std::net::TcpStream::connect(("127.0.0.1", otlp.1)).is_ok()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    export("http", &format!("http://127.0.0.1:{}", otlp.1));
+    wait_until("spans", || {
+        !sql(&meerkat, "SELECT DISTINCT resource_attributes FROM spans").is_empty()
+    });
+    for row in sql(&meerkat, "SELECT DISTINCT resource_attributes FROM spans") {
+        assert_pod_attributes(row[0].as_str().unwrap());
+    }
+
+    // The pod moves to another project: the next spans say so.
+    let mut moved = checkout_pod(uid, 1);
+    moved["metadata"]["annotations"]["msp.erda.cloud/project_name"] = "outlet".into();
+    api.apply(Resource::Pods, moved);
+    let project = |row: &serde_json::Value| -> String {
+        let attributes: serde_json::Value =
+            serde_json::from_str(row[0].as_str().unwrap()).unwrap();
+        attributes["erda.project_name"].as_str().unwrap_or_default().to_owned()
+    };
+    wait_until("spans from the moved pod", || {
+        export("http", &format!("http://127.0.0.1:{}", otlp.1));
+        sql(&meerkat, "SELECT DISTINCT resource_attributes FROM spans")
+            .iter()
+            .any(|row| project(row) == "outlet")
+    });
+    stop_agent(&mut agent, &log);
 }

@@ -8,6 +8,7 @@
 //! [`PodSource::ApiServer`]. Every stored pod is classified once ([`classify`]) and carries
 //! its attribute list in Prometheus and OTLP spellings.
 
+pub mod api_watch;
 pub mod classify;
 pub mod fs;
 pub mod kubelet;
