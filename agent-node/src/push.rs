@@ -5,22 +5,21 @@
 //! Staleness matters for the same reason as in Prometheus: without a marker, a series that
 //! vanished keeps answering instant queries for the five-minute lookback.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use delivery::{Delivery, SeriesBuffer};
+use delivery::Delivery;
+use delivery::stale::StaleTracker;
 
 use crate::metrics::Families;
 
-/// Series handed to delivery at a time, so a large cycle still makes usual-size requests.
-const SAMPLES_PER_PUSH: usize = 2_000;
 const METADATA_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Pushes cycles of one source (host, containers) and remembers what it pushed last.
+/// Pushes cycles of one source (host, containers): the samples and stale markers through
+/// delivery's [`StaleTracker`], the families' metadata once a minute.
 #[derive(Debug, Default)]
 pub struct Pusher {
-    /// Labels (`__name__` included, sorted) of the previous cycle's series.
-    previous: HashSet<Vec<(String, String)>>,
+    tracker: StaleTracker,
     metadata_sent: HashMap<String, Instant>,
 }
 
@@ -38,11 +37,8 @@ impl Pusher {
         extra: &[(String, String)],
         timestamp_ms: i64,
     ) -> usize {
-        let mut current = HashSet::with_capacity(self.previous.len());
-        let mut buffer = SeriesBuffer::new();
-        let mut sent = 0;
-        for family in families.iter() {
-            for (labels, value) in &family.samples {
+        let series = families.iter().flat_map(|family| {
+            family.samples.iter().map(move |(labels, value)| {
                 let mut series: Vec<(String, String)> = Vec::with_capacity(labels.len() + 3);
                 series.push((model::METRIC_NAME_LABEL.to_owned(), family.name.clone()));
                 series.extend(labels.iter().map(|(n, v)| (n.to_owned(), v.to_owned())));
@@ -51,46 +47,17 @@ impl Pusher {
                         series.push((name.clone(), extra_value.clone()));
                     }
                 }
-                series.sort();
-                buffer.push(
-                    series.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-                    *value,
-                    timestamp_ms,
-                    None,
-                );
-                sent += 1;
-                current.insert(series);
-                if buffer.samples() >= SAMPLES_PER_PUSH {
-                    delivery.push_encoded(std::mem::take(&mut buffer));
-                }
-            }
-        }
-        for gone in self.previous.difference(&current) {
-            buffer.push(
-                gone.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-                model::stale_nan(),
-                timestamp_ms,
-                None,
-            );
-        }
-        delivery.push_encoded(buffer);
-        self.previous = current;
+                (series, *value)
+            })
+        });
+        let sent = self.tracker.push(delivery, series, timestamp_ms);
         self.push_metadata(delivery, families);
         sent
     }
 
     /// Marks every series of the last cycle stale (the agent is stopping).
     pub fn stop(&mut self, delivery: &Delivery, timestamp_ms: i64) {
-        let mut buffer = SeriesBuffer::new();
-        for gone in self.previous.drain() {
-            buffer.push(
-                gone.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-                model::stale_nan(),
-                timestamp_ms,
-                None,
-            );
-        }
-        delivery.push_encoded(buffer);
+        self.tracker.stop(delivery, timestamp_ms);
     }
 
     fn push_metadata(&mut self, delivery: &Delivery, families: &Families) {
