@@ -50,6 +50,8 @@ pub struct NodeAgentOptions {
     /// `kube_api_url`), a pod source beside the filesystem and the kubelet.
     pub watch_pods: bool,
     pub kube_api_url: Option<String>,
+    /// Where the agent's own `/metrics` and `/health` listen; `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// The cluster this node belongs to, announced in the heartbeat.
     pub cluster_name: String,
     pub heartbeat_interval: Duration,
@@ -72,6 +74,7 @@ impl NodeAgentOptions {
             log_checkpoint_dir: None,
             otlp_listen: None,
             watch_pods: false,
+            metrics_listen: None,
             kube_api_url: None,
             cluster_name: "default".to_owned(),
             heartbeat_interval: delivery::heartbeat::DEFAULT_INTERVAL,
@@ -98,6 +101,11 @@ pub enum AgentError {
     Logs(#[from] crate::logs::LogsError),
     #[error(transparent)]
     Proxy(#[from] crate::otlp_proxy::ProxyError),
+    #[error("cannot listen on {addr} for the agent's metrics: {source}")]
+    MetricsListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 fn now_ms() -> i64 {
@@ -194,6 +202,83 @@ pub async fn finish_delivery(delivery: &Delivery, task: tokio::task::JoinHandle<
     }
 }
 
+/// The node agent's self-metrics: delivery, heartbeat, log tailing and pod discovery.
+fn self_metrics(
+    delivery: &Delivery,
+    heartbeat: &Arc<Heartbeat>,
+    logs: Option<&Arc<LogTailer>>,
+    store: &PodStore,
+) -> scrape::status::Render {
+    let (delivery, heartbeat, logs, store) = (
+        delivery.clone(),
+        heartbeat.clone(),
+        logs.cloned(),
+        store.clone(),
+    );
+    Arc::new(move |out: &mut Families| {
+        scrape::status::delivery_families("node", &delivery.stats(), out);
+        let beats = heartbeat.stats();
+        let help = "Heartbeats to the gateway, by outcome.";
+        out.counter(
+            "meerkat_agent_heartbeats_total",
+            help,
+            &[("outcome", "sent")],
+            beats.sent as f64,
+        );
+        out.counter(
+            "meerkat_agent_heartbeats_total",
+            help,
+            &[("outcome", "failed")],
+            beats.failed as f64,
+        );
+        out.gauge(
+            "meerkat_agent_pods",
+            "Pods known on this node.",
+            &[],
+            store.len() as f64,
+        );
+        if let Some(logs) = &logs {
+            let stats = logs.stats();
+            out.gauge(
+                "meerkat_agent_log_files",
+                "Container log files open for reading.",
+                &[],
+                stats.files as f64,
+            );
+            out.counter(
+                "meerkat_agent_log_lines_read_total",
+                "Log lines read.",
+                &[],
+                stats.lines_read as f64,
+            );
+            out.counter(
+                "meerkat_agent_log_lines_shipped_total",
+                "Log lines the gateway acknowledged.",
+                &[],
+                stats.lines_shipped as f64,
+            );
+            out.counter(
+                "meerkat_agent_log_lines_dropped_total",
+                "Log lines in batches the gateway refused.",
+                &[],
+                stats.lines_dropped as f64,
+            );
+            out.counter(
+                "meerkat_agent_log_batches_retried_total",
+                "Log batch attempts that will be retried.",
+                &[],
+                stats.batches_retried as f64,
+            );
+            out.gauge(
+                "meerkat_agent_log_bytes_behind",
+                "Log bytes not yet read or not yet acknowledged.",
+                &[],
+                stats.bytes_behind as f64,
+            );
+        }
+    })
+}
+
 /// Runs the node agent until `shutdown` resolves: host metrics, pod discovery, container
 /// metrics, log tailing and the OTLP proxy, each stopped in turn at the end (what they sent
 /// marked stale, logs checkpointed, delivery flushed).
@@ -255,7 +340,19 @@ pub async fn run(
     heartbeat.node = Some(options.node_name.clone());
     heartbeat.headers = options.headers.clone();
     heartbeat.interval = options.heartbeat_interval;
-    let heartbeat = Heartbeat::start(heartbeat)?;
+    let heartbeat = Arc::new(Heartbeat::start(heartbeat)?);
+    let logs = logs.map(Arc::new);
+    let status = match options.metrics_listen {
+        Some(addr) => Some(
+            scrape::status::StatusServer::start(
+                addr,
+                self_metrics(&delivery, &heartbeat, logs.as_ref(), &store),
+            )
+            .await
+            .map_err(|source| AgentError::MetricsListen { addr, source })?,
+        ),
+        None => None,
+    };
     tracing::info!(
         gateway = %options.gateway,
         node = %options.node_name,
@@ -312,19 +409,25 @@ pub async fn run(
     shutdown.await;
     tracing::info!("node agent stopping: marking series stale, checkpointing logs, flushing");
     let _ = stop.send(true);
+    if let Some(status) = status {
+        status.stop().await;
+    }
     if let Some(proxy) = proxy {
         proxy.stop().await;
     }
     for task in tasks {
         let _ = task.await;
     }
-    if let Some(logs) = logs {
+    // The metrics endpoint (the only other holder) has stopped.
+    if let Some(logs) = logs.and_then(|logs| Arc::try_unwrap(logs).ok()) {
         match logs.stop().await {
             Ok(stats) => tracing::info!(lines = stats.lines_shipped, "logs checkpointed"),
             Err(error) => tracing::error!(%error, "log tailing stopped with an error"),
         }
     }
-    heartbeat.stop().await;
+    if let Ok(heartbeat) = Arc::try_unwrap(heartbeat) {
+        heartbeat.stop().await;
+    }
     finish_delivery(&delivery, delivery_task).await;
     Ok(())
 }

@@ -204,6 +204,9 @@ pub struct NodeAgentArgs {
     /// Do not run the local OTLP receiver (--otlp-grpc-listen, --otlp-http-listen)
     #[arg(long)]
     pub no_otlp_proxy: bool,
+    /// Serve the agent's own /metrics and /health here (port 0 picks a free one)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The cluster name announced to the gateway [default: $MEERKAT_CLUSTER_NAME, else
     /// `default`]
     #[arg(long, value_name = "NAME")]

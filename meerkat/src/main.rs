@@ -144,6 +144,7 @@ fn run_node_agent(cli: &Cli, args: &cli::NodeAgentArgs) -> anyhow::Result<ExitCo
     }
     options.containers = !args.no_containers;
     options.watch_pods = args.watch_pods;
+    options.metrics_listen = args.metrics_listen;
     options.kube_api_url = args.kube_api_url.clone();
     options.log_checkpoint_dir = (!args.no_logs).then(|| args.checkpoint_dir.clone());
     options.otlp_listen =

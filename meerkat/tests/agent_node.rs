@@ -259,7 +259,7 @@ fn start_node_agent(
     dir: &std::path::Path,
     meerkat: &Server,
     pod_source: &[String],
-    otlp: (u16, u16),
+    otlp: (u16, u16, u16),
     log: &std::path::Path,
 ) -> NodeAgent {
     NodeAgent(
@@ -276,6 +276,7 @@ fn start_node_agent(
             .arg(dir.join("buffer"))
             .args(["--otlp-grpc-listen", &format!("127.0.0.1:{}", otlp.0)])
             .args(["--otlp-http-listen", &format!("127.0.0.1:{}", otlp.1)])
+            .args(["--metrics-listen", &format!("127.0.0.1:{}", otlp.2)])
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
@@ -353,7 +354,7 @@ fn spans_and_logs_through_the_node_agent_carry_their_pods_identity() {
     };
     std::fs::write(&log_file, (0..5).map(cri).collect::<String>()).unwrap();
 
-    let otlp = (free_port(), free_port());
+    let otlp = (free_port(), free_port(), free_port());
     let log = dir.path().join("agent.log");
     let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let kubelet = [
@@ -404,6 +405,25 @@ fn spans_and_logs_through_the_node_agent_carry_their_pods_identity() {
     let up = query_vector(meerkat.addr, "up{job=\"kubernetes-pods\"}");
     assert_eq!(up.values().copied().collect::<Vec<_>>(), [1.0]);
 
+    // The agent's own metrics say what it did.
+    let metric = |name: &str| -> f64 {
+        let page = common::get(
+            std::net::SocketAddr::from(([127, 0, 0, 1], otlp.2)),
+            "/metrics",
+        )
+        .unwrap();
+        assert_eq!(page.status, 200);
+        page.body
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not on the agent's page:\n{}", page.body))
+    };
+    assert_eq!(metric("meerkat_agent_log_lines_shipped_total"), 5.0);
+    assert_eq!(metric("meerkat_agent_pods"), 1.0);
+    assert!(metric("meerkat_agent_delivery_sent_samples_total") > 0.0);
+
     // Stop, write more while the agent is away, start again: every line exactly once.
     stop_agent(&mut agent, &log);
     let mut file = std::fs::OpenOptions::new().append(true).open(&log_file).unwrap();
@@ -439,7 +459,7 @@ fn pods_watched_on_the_api_server_give_spans_their_identity() {
     elsewhere["metadata"]["name"] = "on-another-node".into();
     elsewhere["spec"]["nodeName"] = "test-node-1".into();
     api.apply(Resource::Pods, elsewhere);
-    let otlp = (free_port(), free_port());
+    let otlp = (free_port(), free_port(), free_port());
     let log = dir.path().join("agent.log");
     let source = [
         "--watch-pods".to_owned(),

@@ -9,11 +9,13 @@
 pub mod config;
 pub mod discovery;
 pub mod exposition;
+pub mod families;
 pub mod labels;
 pub mod page;
 pub mod relabel;
 pub mod remote_write;
 pub mod scraper;
+pub mod status;
 pub mod tls;
 
 pub use exposition::{Entry, Format, ParseError, ParsedSample, Parser};
