@@ -32,6 +32,187 @@ use tokio::task::JoinHandle;
 /// The `job` label of every series, as a Prometheus scrape of kube-state-metrics has it.
 pub const JOB: &str = "kube-state-metrics";
 
+/// The families sent, with kube-state-metrics' type and help, sent as remote-write
+/// metadata so Grafana and `/api/v1/metadata` know them.
+const FAMILIES: &[(&str, &str)] = &[
+    ("kube_pod_info", "Information about pod."),
+    ("kube_pod_owner", "Information about the Pod's owner."),
+    ("kube_pod_status_phase", "The pods current phase."),
+    (
+        "kube_pod_status_ready",
+        "Describes whether the pod is ready to serve requests.",
+    ),
+    (
+        "kube_pod_container_status_restarts_total",
+        "The number of container restarts per container.",
+    ),
+    (
+        "kube_pod_container_status_ready",
+        "Describes whether the containers readiness check succeeded.",
+    ),
+    (
+        "kube_pod_container_status_running",
+        "Describes whether the container is currently in running state.",
+    ),
+    (
+        "kube_pod_container_status_waiting",
+        "Describes whether the container is currently in waiting state.",
+    ),
+    (
+        "kube_pod_container_status_terminated",
+        "Describes whether the container is currently in terminated state.",
+    ),
+    (
+        "kube_pod_container_status_waiting_reason",
+        "Describes the reason the container is currently in waiting state.",
+    ),
+    (
+        "kube_pod_container_status_terminated_reason",
+        "Describes the reason the container is currently in terminated state.",
+    ),
+    (
+        "kube_pod_container_status_last_terminated_reason",
+        "Describes the last reason the container was in terminated state.",
+    ),
+    (
+        "kube_deployment_status_replicas",
+        "The number of replicas per deployment.",
+    ),
+    (
+        "kube_deployment_status_replicas_ready",
+        "The number of ready replicas per deployment.",
+    ),
+    (
+        "kube_deployment_status_replicas_available",
+        "The number of available replicas per deployment.",
+    ),
+    (
+        "kube_deployment_status_replicas_unavailable",
+        "The number of unavailable replicas per deployment.",
+    ),
+    (
+        "kube_deployment_status_replicas_updated",
+        "The number of updated replicas per deployment.",
+    ),
+    (
+        "kube_deployment_status_observed_generation",
+        "The generation observed by the deployment controller.",
+    ),
+    (
+        "kube_deployment_spec_replicas",
+        "Number of desired pods for a deployment.",
+    ),
+    (
+        "kube_deployment_metadata_generation",
+        "Sequence number representing a specific generation of the desired state.",
+    ),
+    (
+        "kube_statefulset_status_replicas",
+        "The number of replicas per StatefulSet.",
+    ),
+    (
+        "kube_statefulset_status_replicas_available",
+        "The number of available replicas per StatefulSet.",
+    ),
+    (
+        "kube_statefulset_status_replicas_current",
+        "The number of current replicas per StatefulSet.",
+    ),
+    (
+        "kube_statefulset_status_replicas_ready",
+        "The number of ready replicas per StatefulSet.",
+    ),
+    (
+        "kube_statefulset_status_replicas_updated",
+        "The number of updated replicas per StatefulSet.",
+    ),
+    (
+        "kube_statefulset_status_observed_generation",
+        "The generation observed by the StatefulSet controller.",
+    ),
+    (
+        "kube_statefulset_replicas",
+        "Number of desired pods for a StatefulSet.",
+    ),
+    (
+        "kube_statefulset_metadata_generation",
+        "Sequence number representing a specific generation of the desired state for the StatefulSet.",
+    ),
+    (
+        "kube_daemonset_status_current_number_scheduled",
+        "The number of nodes running at least one daemon pod and are supposed to.",
+    ),
+    (
+        "kube_daemonset_status_desired_number_scheduled",
+        "The number of nodes that should be running the daemon pod.",
+    ),
+    (
+        "kube_daemonset_status_number_available",
+        "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available",
+    ),
+    (
+        "kube_daemonset_status_number_misscheduled",
+        "The number of nodes running a daemon pod but are not supposed to.",
+    ),
+    (
+        "kube_daemonset_status_number_ready",
+        "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready.",
+    ),
+    (
+        "kube_daemonset_status_number_unavailable",
+        "The number of nodes that should be running the daemon pod and have none of the daemon pod running and available",
+    ),
+    (
+        "kube_daemonset_status_updated_number_scheduled",
+        "The total number of nodes that are running updated daemon pod",
+    ),
+    (
+        "kube_daemonset_status_observed_generation",
+        "The most recent generation observed by the daemon set controller.",
+    ),
+    (
+        "kube_daemonset_metadata_generation",
+        "Sequence number representing a specific generation of the desired state.",
+    ),
+    ("kube_node_info", "Information about a cluster node."),
+    (
+        "kube_node_spec_unschedulable",
+        "Whether a node can schedule new pods.",
+    ),
+    (
+        "kube_node_status_condition",
+        "The condition of a cluster node.",
+    ),
+    (
+        "kube_node_status_capacity",
+        "The capacity for different resources of a node.",
+    ),
+    (
+        "kube_node_status_allocatable",
+        "The allocatable for different resources of a node that are available for scheduling.",
+    ),
+];
+
+/// Every family's metadata; restarts are KSM's one counter, the rest gauges.
+pub fn metadata() -> Vec<prompb::MetricMetadata> {
+    FAMILIES
+        .iter()
+        .map(|(name, help)| {
+            let kind = if name.ends_with("_total") {
+                model::MetricType::Counter
+            } else {
+                model::MetricType::Gauge
+            };
+            prompb::MetricMetadata {
+                r#type: model::remote_write::metric_type_number(kind) as i32,
+                metric_family_name: (*name).to_owned(),
+                help: (*help).to_owned(),
+                unit: String::new(),
+            }
+        })
+        .collect()
+}
+
 /// One series of a family: its name and its own labels (`namespace`, `pod`, ...).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
@@ -262,6 +443,21 @@ pub fn pod_samples(pod: &Pod, out: &mut Vec<Sample>) {
             with_reason.push(("reason", reason));
             out.push(sample(
                 "kube_pod_container_status_terminated_reason",
+                &with_reason,
+                1.0,
+            ));
+        }
+        if let Some(reason) = container
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .and_then(|t| t.reason.as_deref())
+            .filter(|r| !r.is_empty())
+        {
+            let mut with_reason = labels.clone();
+            with_reason.push(("reason", reason));
+            out.push(sample(
+                "kube_pod_container_status_last_terminated_reason",
                 &with_reason,
                 1.0,
             ));
@@ -646,6 +842,7 @@ impl ClusterState {
                 tracing::info!(
                     "cluster state watchers have listed; sending kube-state-metrics series"
                 );
+                let mut metadata_sent: Option<std::time::Instant> = None;
                 let mut tick = tokio::time::interval(interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -663,6 +860,11 @@ impl ClusterState {
                         })
                         .collect::<Vec<_>>();
                     let sent = tracker.push(&delivery, series, now_ms());
+                    // Metadata once a minute, as Prometheus's metadata sender does.
+                    if metadata_sent.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                        delivery.push_metadata(metadata());
+                        metadata_sent = Some(std::time::Instant::now());
+                    }
                     tracing::debug!(sent, "cluster state series sent");
                 }
             };
@@ -819,6 +1021,35 @@ mod tests {
     }
 
     #[test]
+    fn every_family_sent_has_metadata() {
+        let mut out = Vec::new();
+        pod_samples(&fixture::<Pod>("pod-web.json"), &mut out);
+        pod_samples(&fixture::<Pod>("pod-batch.json"), &mut out);
+        deployment_samples(&fixture("deployment.json"), &mut out);
+        statefulset_samples(&fixture("statefulset.json"), &mut out);
+        daemonset_samples(&fixture("daemonset.json"), &mut out);
+        node_samples(&fixture("node.json"), &mut out);
+        let described: std::collections::BTreeSet<String> = metadata()
+            .into_iter()
+            .map(|m| m.metric_family_name)
+            .collect();
+        let missing: Vec<&str> = out
+            .iter()
+            .map(|s| s.name)
+            .filter(|name| !described.contains(*name))
+            .collect();
+        assert!(missing.is_empty(), "no metadata for {missing:?}");
+        let restarts = metadata()
+            .into_iter()
+            .find(|m| m.metric_family_name == "kube_pod_container_status_restarts_total")
+            .expect("described");
+        assert_eq!(
+            restarts.r#type,
+            model::remote_write::metric_type_number(model::MetricType::Counter) as i32
+        );
+    }
+
+    #[test]
     fn quantities_parse_as_kubernetes_writes_them() {
         assert_eq!(quantity("4"), Some(4.0));
         assert_eq!(quantity("3920m"), Some(3.92));
@@ -859,6 +1090,7 @@ mod tests {
             format!(r#"kube_pod_container_status_waiting{{{id},container="sidecar"}} 1"#),
             format!(r#"kube_pod_container_status_terminated{{{id},container="sidecar"}} 0"#),
             format!(r#"kube_pod_container_status_waiting_reason{{{id},container="sidecar",reason="CrashLoopBackOff"}} 1"#),
+            format!(r#"kube_pod_container_status_last_terminated_reason{{{id},container="sidecar",reason="Error"}} 1"#),
         ]
         .into_iter()
         .collect();

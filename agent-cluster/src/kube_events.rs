@@ -121,6 +121,8 @@ struct State {
     /// Whether `sent` was read from disk (a restart) rather than begun empty.
     restored: bool,
     queue: VecDeque<Pending>,
+    /// The front events being posted: never the ones dropped to make room.
+    in_flight: usize,
     closed: bool,
 }
 
@@ -373,8 +375,12 @@ fn offer(shared: &Shared, event: &Event, listed: bool, cutoff_ms: i64) {
         return;
     }
     if state.queue.len() >= MAX_PENDING {
-        state.queue.pop_front();
+        // The oldest not being posted goes (or, if all are, the new one).
+        let oldest = state.in_flight;
         shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        if state.queue.remove(oldest).is_none() {
+            return;
+        }
     }
     state.queue.push_back(Pending {
         uid,
@@ -441,10 +447,12 @@ async fn send_loop(shared: Arc<Shared>, uri: hyper::Uri) {
         HttpClient::builder(TokioExecutor::new()).build(connector);
     let config = &shared.config;
     let mut backoff = config.min_backoff;
+    let mut failing = false;
     loop {
         let (batch, closed) = {
-            let state = lock(&shared);
+            let mut state = lock(&shared);
             let n = state.queue.len().min(MAX_BATCH);
+            state.in_flight = n;
             let batch: Vec<PlatformEvent> = state
                 .queue
                 .iter()
@@ -476,6 +484,7 @@ async fn send_loop(shared: Arc<Shared>, uri: hyper::Uri) {
                 take_front(&shared, batch.len());
                 shared.save();
                 backoff = config.min_backoff;
+                failing = false;
             }
             Err(Failure::Refused(message)) => {
                 tracing::warn!(events = batch.len(), %message, "the gateway refused Kubernetes events; dropped");
@@ -488,7 +497,12 @@ async fn send_loop(shared: Arc<Shared>, uri: hyper::Uri) {
             }
             Err(Failure::Retry(message)) => {
                 shared.counters.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%message, ?backoff, "Kubernetes events not delivered; retrying");
+                if failing {
+                    tracing::debug!(%message, ?backoff, "Kubernetes events not delivered; retrying");
+                } else {
+                    tracing::warn!(%message, "Kubernetes events not delivered; retrying quietly");
+                }
+                failing = true;
                 if closed {
                     return;
                 }
@@ -502,6 +516,7 @@ async fn send_loop(shared: Arc<Shared>, uri: hyper::Uri) {
 /// Removes the first `n` queued events (the batch just answered) and records them sent.
 fn take_front(shared: &Shared, n: usize) {
     let mut state = lock(shared);
+    state.in_flight = 0;
     for _ in 0..n {
         if let Some(pending) = state.queue.pop_front() {
             state

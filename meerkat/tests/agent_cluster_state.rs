@@ -246,6 +246,14 @@ fn cluster_state_and_events_reach_serve() {
         assert_eq!(value(&meerkat, promql), Some(want), "{promql}");
     }
 
+    // Families carry kube-state-metrics' types (remote-write metadata).
+    wait_until("the families' metadata", || {
+        let answer = common::get(meerkat.addr, "/api/v1/metadata").unwrap();
+        let body: Value = serde_json::from_str(&answer.body).unwrap();
+        body["data"]["kube_pod_container_status_restarts_total"][0]["type"] == "counter"
+            && body["data"]["kube_deployment_spec_replicas"][0]["type"] == "gauge"
+    });
+
     // MODIFIED: the rollout finishes.
     let mut deployment = fixture("deployment.json");
     deployment["status"]["availableReplicas"] = 3.into();
