@@ -62,6 +62,8 @@ pub struct ClusterAgentOptions {
     pub cluster_state_interval: Option<Duration>,
     /// The cluster's Kubernetes events to the gateway, when the API server is reachable.
     pub kube_events: bool,
+    /// Where the agent's own `/metrics` and `/health` listen; `None`: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Why the agent cannot start.
@@ -80,6 +82,11 @@ pub enum AgentError {
     Signal(std::io::Error),
     #[error("Kubernetes events: invalid gateway URL {url:?}: {reason}")]
     EventsUrl { url: String, reason: String },
+    #[error("cannot listen on {addr} for the agent's metrics: {source}")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 fn load(path: &PathBuf) -> Result<PrometheusConfig, AgentError> {
@@ -149,6 +156,38 @@ fn heartbeat_config(
     heartbeat
 }
 
+/// The cluster agent's self-metrics: delivery, heartbeat, scrape targets.
+fn self_metrics(
+    delivery: &Delivery,
+    heartbeat: &Arc<Heartbeat>,
+    targets: &Arc<std::sync::atomic::AtomicUsize>,
+) -> scrape::status::Render {
+    let (delivery, heartbeat, targets) = (delivery.clone(), heartbeat.clone(), targets.clone());
+    Arc::new(move |out: &mut scrape::families::Families| {
+        scrape::status::delivery_families("cluster", &delivery.stats(), out);
+        let beats = heartbeat.stats();
+        let help = "Heartbeats to the gateway, by outcome.";
+        out.counter(
+            "meerkat_agent_heartbeats_total",
+            help,
+            &[("outcome", "sent")],
+            beats.sent as f64,
+        );
+        out.counter(
+            "meerkat_agent_heartbeats_total",
+            help,
+            &[("outcome", "failed")],
+            beats.failed as f64,
+        );
+        out.gauge(
+            "meerkat_agent_scrape_targets",
+            "Targets the scrape manager runs.",
+            &[],
+            targets.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        );
+    })
+}
+
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(
     options: ClusterAgentOptions,
@@ -197,7 +236,8 @@ pub async fn run(
         heartbeat_headers,
     )
     .await?;
-    let heartbeat = Heartbeat::start(heartbeat_config)?;
+    let heartbeat = Arc::new(Heartbeat::start(heartbeat_config)?);
+    let targets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Prometheus sends exemplars only when asked; without a remote_write entry (the
     // gateway) they go, since Meerkat stores them.
     let send_exemplars = config
@@ -215,6 +255,18 @@ pub async fn run(
     for error in manager.apply_with(&config, &kubernetes.groups()) {
         tracing::warn!(%error, "target discovery");
     }
+    targets.store(manager.targets().len(), std::sync::atomic::Ordering::Relaxed);
+    let status = match options.metrics_listen {
+        Some(addr) => Some(
+            scrape::status::StatusServer::start(
+                addr,
+                self_metrics(&delivery, &heartbeat, &targets),
+            )
+            .await
+            .map_err(|source| AgentError::MetricsListen { addr, source })?,
+        ),
+        None => None,
+    };
     // When Kubernetes groups last changed, while not yet applied.
     let mut kubernetes_changed: Option<Instant> = None;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -264,27 +316,19 @@ pub async fn run(
         for error in manager.apply_with(&config, &kubernetes.groups()) {
             tracing::warn!(%error, "target discovery");
         }
+        targets.store(manager.targets().len(), std::sync::atomic::Ordering::Relaxed);
     }
     tracing::info!("cluster agent stopping: marking series stale and flushing");
-    heartbeat.stop().await;
+    if let Some(status) = status {
+        status.stop().await;
+    }
+    // The metrics endpoint (the only other holder) has stopped.
+    if let Ok(heartbeat) = Arc::try_unwrap(heartbeat) {
+        heartbeat.stop().await;
+    }
     kube.stop().await;
     manager.stop().await;
-    delivery.close();
-    let mut delivery_task = delivery_task;
-    if tokio::time::timeout(Duration::from_secs(10), &mut delivery_task)
-        .await
-        .is_err()
-    {
-        // The gateway is too slow to wait for: what it has not taken goes to disk.
-        delivery_task.abort();
-        let _ = delivery_task.await;
-        delivery.spill();
-        let stats = delivery.stats();
-        tracing::warn!(
-            pending = stats.pending_samples,
-            "stopped before the gateway took everything; the rest is in the buffer directory"
-        );
-    }
+    delivery.finish(delivery_task, Duration::from_secs(10)).await;
     Ok(())
 }
 
@@ -319,6 +363,7 @@ mod tests {
             cluster_state: true,
             cluster_state_interval: None,
             kube_events: true,
+            metrics_listen: None,
         };
         let labelled =
             PrometheusConfig::parse("global:\n  external_labels:\n    cluster: from-config\n")

@@ -177,6 +177,7 @@ async fn annotated_pods_are_scraped_and_go_stale_when_deleted() {
         cluster_state: false,
         cluster_state_interval: None,
         kube_events: false,
+        metrics_listen: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(agent_cluster::run(options, async move {

@@ -186,20 +186,7 @@ impl PodResolver for PodStore {
 /// Closes `delivery` and waits up to 10 s for the gateway to take what is queued; what it
 /// has not taken by then goes to the buffer directory.
 pub async fn finish_delivery(delivery: &Delivery, task: tokio::task::JoinHandle<()>) {
-    delivery.close();
-    let mut task = task;
-    if tokio::time::timeout(Duration::from_secs(10), &mut task)
-        .await
-        .is_err()
-    {
-        task.abort();
-        let _ = task.await;
-        delivery.spill();
-        tracing::warn!(
-            pending = delivery.stats().pending_samples,
-            "stopped before the gateway took everything; the rest is in the buffer directory"
-        );
-    }
+    delivery.finish(task, Duration::from_secs(10)).await;
 }
 
 /// The node agent's self-metrics: delivery, heartbeat, log tailing and pod discovery.

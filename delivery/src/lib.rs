@@ -383,6 +383,23 @@ impl Delivery {
         self.shared.wake.notify_one();
         self.shared.closing.notify_one();
     }
+
+    /// An agent's last step: closes, waits up to `patience` for the gateway to take what
+    /// is queued (`task` is the one [`Delivery::start`] returned), and spills what it has
+    /// not taken by then to the buffer directory, so a restart sends it.
+    pub async fn finish(&self, task: tokio::task::JoinHandle<()>, patience: Duration) {
+        self.close();
+        let mut task = task;
+        if tokio::time::timeout(patience, &mut task).await.is_err() {
+            task.abort();
+            let _ = task.await;
+            self.spill();
+            tracing::warn!(
+                pending = self.stats().pending_samples,
+                "stopped before the gateway took everything; the rest is in the buffer directory"
+            );
+        }
+    }
 }
 
 async fn run(shared: Arc<Shared>, uri: hyper::Uri) {

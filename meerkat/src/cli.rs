@@ -144,6 +144,9 @@ pub struct ClusterAgentArgs {
     /// or with --kube-api-url)
     #[arg(long)]
     pub no_kube_events: bool,
+    /// Serve the agent's own /metrics and /health here (port 0 picks a free one)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The environment variable naming the cluster agent's cluster (read by the agent, so not a

@@ -89,6 +89,7 @@ fn run_cluster_agent(cli: &Cli, args: &cli::ClusterAgentArgs) -> anyhow::Result<
         buffer_dir: Some(args.buffer_dir.clone()),
         cluster_name,
         heartbeat_interval,
+        metrics_listen: args.metrics_listen,
         kube_api_url: args.kube_api_url.clone(),
         cluster_state: !args.no_cluster_state,
         cluster_state_interval: args

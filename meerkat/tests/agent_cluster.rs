@@ -80,22 +80,38 @@ fn assert_same_vectors(ours: &Vector, theirs: &Vector) {
 }
 
 /// The agent process, killed by its PID if the test ends early.
-struct Agent(std::process::Child);
+/// A running cluster agent and the port of its own `/metrics`.
+struct Agent(std::process::Child, u16);
 
 impl Agent {
     /// `meerkat agent cluster` on `config`, delivering to `meerkat`, logging to `log`.
     fn start(config: &std::path::Path, meerkat: &Server, log: &std::path::Path) -> Self {
+        let metrics = free_port();
         Self(
             Command::new(BINARY)
                 .args(["agent", "cluster", "--scrape-config"])
                 .arg(config)
                 .args(["--gateway", &format!("http://{}", meerkat.addr)])
+                .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
                 .current_dir(config.parent().unwrap())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(log).unwrap())
                 .spawn()
                 .unwrap(),
+            metrics,
         )
+    }
+
+    /// The value of `name` (a series without labels) on the agent's own `/metrics`.
+    fn own_metric(&self, name: &str) -> f64 {
+        let page = get(std::net::SocketAddr::from(([127, 0, 0, 1], self.1)), "/metrics").unwrap();
+        assert_eq!(page.status, 200);
+        page.body
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not on the agent's page:\n{}", page.body))
     }
 }
 
@@ -173,6 +189,8 @@ scrape_configs:
     let down = up.iter().find(|(l, _)| l["job"] == "down").unwrap();
     assert_eq!(*down.1, 0.0, "{up:?}\n{}", log());
     assert_eq!(down.0["cluster"], "test", "external labels are added");
+    assert_eq!(agent.own_metric("meerkat_agent_scrape_targets"), 3.0);
+    assert!(agent.own_metric("meerkat_agent_delivery_sent_samples_total") > 0.0);
 
     // The exposition page: every series, label and value as Prometheus stored them
     // (target labels, relabeling, metric relabeling, exported labels).
