@@ -162,6 +162,13 @@ async fn events_are_sent_once_through_failures_and_restarts() {
     repeated["count"] = 3.into();
     kube.apply(Resource::Events, repeated);
     until("the updated event", || received.lock().unwrap().len() == 2).await;
+    // A 410 Gone makes the watcher list again: the listed events were sent, so none is
+    // sent again (the stand-in's list requests show the re-list happened).
+    let lists = kube.lists(Resource::Events).len();
+    kube.expire();
+    until("the re-list", || kube.lists(Resource::Events).len() > lists).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(received.lock().unwrap().len(), 2);
     events.stop().await;
     assert!(dir.path().join(SENT_FILE).exists());
 
