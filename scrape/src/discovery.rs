@@ -5,8 +5,8 @@
 //! `__meta_filepath`. File names may use glob patterns in their last element
 //! (`/etc/targets/*.json`), as users write them for Prometheus.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -89,39 +89,94 @@ fn expand(pattern: &str) -> Result<Vec<std::path::PathBuf>, String> {
     Ok(files)
 }
 
+/// The groups of one file; an error names the file and what is wrong.
+fn read_file(file: &Path) -> Result<Vec<TargetGroup>, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let parsed: Vec<GroupYaml> = if file.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?
+    } else if text.trim().is_empty() {
+        Vec::new()
+    } else {
+        serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?
+    };
+    let mut groups = Vec::with_capacity(parsed.len());
+    for (i, group) in parsed.into_iter().enumerate() {
+        if let Some(bad) = group.labels.keys().find(|n| !is_valid_label_name(n)) {
+            return Err(format!(
+                "{}: group {i}: {bad:?} is not a valid label name",
+                file.display()
+            ));
+        }
+        let mut labels = group.labels;
+        labels.insert("__meta_filepath".to_owned(), file.display().to_string());
+        groups.push(TargetGroup {
+            targets: group.targets,
+            labels,
+            source: format!("{}:{i}", file.display()),
+        });
+    }
+    Ok(groups)
+}
+
 /// Reads every file the patterns name into target groups. A broken file is an error
-/// naming it; the caller keeps the groups it had (as Prometheus keeps the last good read).
+/// naming it (and no groups: see [`FileSdCache`] for keeping its last good read).
 pub fn read_file_sd(patterns: &[String]) -> Result<Vec<TargetGroup>, String> {
     let mut groups = Vec::new();
     for pattern in patterns {
         for file in expand(pattern)? {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let parsed: Vec<GroupYaml> = if file.extension().is_some_and(|e| e == "json") {
-                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?
-            } else if text.trim().is_empty() {
-                Vec::new()
-            } else {
-                serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?
-            };
-            for (i, group) in parsed.into_iter().enumerate() {
-                if let Some(bad) = group.labels.keys().find(|n| !is_valid_label_name(n)) {
-                    return Err(format!(
-                        "{}: group {i}: {bad:?} is not a valid label name",
-                        file.display()
-                    ));
-                }
-                let mut labels = group.labels;
-                labels.insert("__meta_filepath".to_owned(), file.display().to_string());
-                groups.push(TargetGroup {
-                    targets: group.targets,
-                    labels,
-                    source: format!("{}:{i}", file.display()),
-                });
-            }
+            groups.extend(read_file(&file)?);
         }
     }
     Ok(groups)
+}
+
+/// The last good read of each file of one `file_sd_configs` entry. Prometheus keeps a
+/// file's targets when a new version of it does not parse (an editor's half-written save,
+/// a bad deploy of the file), so a typo never stops scraping; this does the same, per
+/// file. A file that is gone (no longer matched) takes its targets with it.
+#[derive(Debug, Default)]
+pub struct FileSdCache {
+    last_good: HashMap<PathBuf, Vec<TargetGroup>>,
+}
+
+impl FileSdCache {
+    /// The groups of every file the patterns name, and an error for each file (or
+    /// pattern) that could not be read this time; a broken file's last good groups are
+    /// kept.
+    pub fn read(&mut self, patterns: &[String]) -> (Vec<TargetGroup>, Vec<String>) {
+        let mut groups = Vec::new();
+        let mut errors = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for pattern in patterns {
+            let files = match expand(pattern) {
+                Ok(files) => files,
+                Err(error) => {
+                    errors.push(error);
+                    continue;
+                }
+            };
+            for file in files {
+                seen.insert(file.clone());
+                match read_file(&file) {
+                    Ok(read) => {
+                        groups.extend(read.iter().cloned());
+                        self.last_good.insert(file, read);
+                    }
+                    Err(error) => {
+                        if let Some(kept) = self.last_good.get(&file) {
+                            groups.extend(kept.iter().cloned());
+                            errors.push(format!("{error} (its last good targets are kept)"));
+                        } else {
+                            errors.push(error);
+                        }
+                    }
+                }
+            }
+        }
+        self.last_good.retain(|file, _| seen.contains(file));
+        (groups, errors)
+    }
 }
 
 #[cfg(test)]
@@ -157,5 +212,38 @@ mod tests {
         .unwrap();
         let error = read_file_sd(&[pattern("badlabel.yml")]).unwrap_err();
         assert!(error.contains("not a valid label name"), "{error}");
+    }
+
+    #[test]
+    fn a_broken_file_keeps_its_last_good_targets_and_a_removed_one_loses_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("a.json");
+        let other = dir.path().join("b.json");
+        std::fs::write(&good, r#"[{"targets": ["h1:9100"]}]"#).unwrap();
+        std::fs::write(&other, r#"[{"targets": ["h2:9100"]}]"#).unwrap();
+        let patterns = vec![format!("{}/*.json", dir.path().display())];
+        let mut cache = FileSdCache::default();
+        let targets = |groups: &[TargetGroup]| -> Vec<String> {
+            let mut all: Vec<String> = groups.iter().flat_map(|g| g.targets.clone()).collect();
+            all.sort();
+            all
+        };
+        let (groups, errors) = cache.read(&patterns);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(targets(&groups), ["h1:9100", "h2:9100"]);
+
+        // A half-written save: a.json's targets stay, the error says so.
+        std::fs::write(&good, r#"[{"targets": ["h1:91"#).unwrap();
+        let (groups, errors) = cache.read(&patterns);
+        assert_eq!(targets(&groups), ["h1:9100", "h2:9100"]);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("a.json") && errors[0].contains("kept"), "{errors:?}");
+
+        // A removed file takes its targets; a new broken file has none to keep.
+        std::fs::remove_file(&other).unwrap();
+        std::fs::write(dir.path().join("c.json"), "not json").unwrap();
+        let (groups, errors) = cache.read(&patterns);
+        assert_eq!(targets(&groups), ["h1:9100"]);
+        assert_eq!(errors.len(), 2, "{errors:?}");
     }
 }

@@ -424,6 +424,8 @@ pub struct ScrapeManager {
     /// Keyed by job name, a fingerprint of the job's settings (so a reload that changes
     /// them restarts its loops, as Prometheus does) and the target.
     running: HashMap<(String, u64, Target), Running>,
+    /// Each file discovery entry's last good read.
+    file_sd: HashMap<(String, usize), discovery::FileSdCache>,
 }
 
 impl std::fmt::Debug for ScrapeManager {
@@ -456,14 +458,24 @@ pub fn job_targets(job: &ScrapeJob) -> JobTargets {
 /// Like [`job_targets`], with `external` groups found by a discovery that runs outside
 /// this crate (Kubernetes, in the cluster agent) treated like file discovery's.
 pub fn job_targets_with(job: &ScrapeJob, external: &[TargetGroup]) -> JobTargets {
+    job_targets_cached(job, external, &mut HashMap::new())
+}
+
+/// [`job_targets_with`], keeping each file discovery file's last good read in `file_sd`
+/// (keyed by job and entry), as Prometheus does when a file breaks.
+fn job_targets_cached(
+    job: &ScrapeJob,
+    external: &[TargetGroup],
+    file_sd: &mut HashMap<(String, usize), discovery::FileSdCache>,
+) -> JobTargets {
     let mut found = JobTargets::default();
     let mut groups = job.static_groups.clone();
     groups.extend(external.iter().cloned());
-    for file_sd in &job.file_sd {
-        match discovery::read_file_sd(&file_sd.files) {
-            Ok(file_groups) => groups.extend(file_groups),
-            Err(error) => found.errors.push(error),
-        }
+    for (index, sd) in job.file_sd.iter().enumerate() {
+        let cache = file_sd.entry((job.name.clone(), index)).or_default();
+        let (file_groups, errors) = cache.read(&sd.files);
+        groups.extend(file_groups);
+        found.errors.extend(errors);
     }
     for group in &groups {
         for address in &group.targets {
@@ -489,6 +501,7 @@ impl ScrapeManager {
             client,
             sink,
             running: HashMap::new(),
+            file_sd: HashMap::new(),
         }
     }
 
@@ -510,7 +523,7 @@ impl ScrapeManager {
         let mut errors = Vec::new();
         for job in &config.jobs {
             let extra = external.get(&job.name).map_or(&[][..], Vec::as_slice);
-            let mut found = job_targets_with(job, extra);
+            let mut found = job_targets_cached(job, extra, &mut self.file_sd);
             if job.target_limit > 0 && found.targets.len() > job.target_limit {
                 // Prometheus fails the whole pool rather than picking some targets.
                 errors.push(format!(
