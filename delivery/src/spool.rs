@@ -5,7 +5,8 @@
 //! written under a temporary name, fsync'd, then renamed, so a crash leaves either a whole
 //! request or a temporary file (deleted at the next start). Each file starts with the CRC32C
 //! of its body and its sample count; a file whose body does not match is dropped and
-//! counted, never sent.
+//! counted, never sent. The sample count is in the name too (`<seq>-<samples>.req`), so a
+//! file cut inside its header is still counted when it is dropped.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,14 @@ fn header_of(path: &Path) -> std::io::Result<(u32, u64, usize)> {
     Ok((crc, samples, len.saturating_sub(HEADER)))
 }
 
+/// `<seq>-<samples>`, or `<seq>` as files were named before the count joined the name.
+fn parse_name(stem: &str) -> Option<(u64, Option<u64>)> {
+    match stem.split_once('-') {
+        Some((seq, samples)) => Some((seq.parse().ok()?, Some(samples.parse().ok()?))),
+        None => Some((stem.parse().ok()?, None)),
+    }
+}
+
 impl Spool {
     /// Opens (creating) `dir`; returns the requests already there, oldest first.
     pub(crate) fn open(dir: &Path) -> std::io::Result<(Self, Vec<Spooled>)> {
@@ -57,20 +66,30 @@ impl Spool {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            let Some(seq) = name
+            let Some((seq, named_samples)) = name
                 .strip_suffix(&format!(".{SUFFIX}"))
-                .and_then(|s| s.parse::<u64>().ok())
+                .and_then(parse_name)
             else {
                 continue;
             };
-            match header_of(&path) {
-                Ok((_, samples, len)) => found.push(Spooled {
+            match (header_of(&path), named_samples) {
+                (Ok((_, samples, len)), _) => found.push(Spooled {
                     seq,
                     path,
                     samples,
                     len,
                 }),
-                Err(error) => {
+                // Queued like the others: the sender finds it damaged and counts its samples.
+                (Err(error), Some(samples)) => {
+                    tracing::warn!(path = %path.display(), %error, "buffered request cut short; it will be dropped and counted");
+                    found.push(Spooled {
+                        seq,
+                        path,
+                        samples,
+                        len: 0,
+                    });
+                }
+                (Err(error), None) => {
                     tracing::warn!(path = %path.display(), %error, "unreadable buffered request; removed");
                     let _ = std::fs::remove_file(&path);
                 }
@@ -101,7 +120,7 @@ impl Spool {
         body: &[u8],
         samples: u64,
     ) -> std::io::Result<Spooled> {
-        let path = self.dir.join(format!("{seq:020}.{SUFFIX}"));
+        let path = self.dir.join(format!("{seq:020}-{samples}.{SUFFIX}"));
         let temporary = self.dir.join(format!("{seq:020}.tmp"));
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(&crc32c::crc32c(body).to_le_bytes())?;
