@@ -1,7 +1,8 @@
 //! What one scraped page becomes: series with the target's labels merged in, relabeled,
 //! limited and timestamped the way Prometheus 2.42's scrape loop appends them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 
 use model::{METRIC_NAME_LABEL, MetricType};
 
@@ -61,6 +62,9 @@ pub struct Page {
     pub metadata: BTreeMap<String, FamilyMetadata>,
     /// Sample lines on the page (`scrape_samples_scraped`).
     pub scraped: usize,
+    /// Samples dropped because the page already had the same series at the same timestamp
+    /// (Prometheus's storage keeps the first and refuses the rest).
+    pub duplicates: usize,
 }
 
 /// Why a page was refused as a whole (Prometheus then reports `up` 0 and appends nothing).
@@ -140,6 +144,9 @@ pub fn read_page(
 ) -> Result<Page, PageError> {
     let mut parser = Parser::new(body, format);
     let mut page = Page::default();
+    // Series hash (with timestamp) → index of the first such sample, to find duplicates
+    // without cloning every label set.
+    let mut seen: HashMap<u64, Vec<usize>> = HashMap::new();
     while let Some(entry) = parser.next_entry()? {
         let sample = match entry {
             Entry::Help { metric, text } => {
@@ -197,6 +204,20 @@ pub fn read_page(
             value: e.value,
             timestamp_ms: e.timestamp_ms,
         });
+        let key = {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            labels.hash(&mut hasher);
+            timestamp_ms.hash(&mut hasher);
+            hasher.finish()
+        };
+        let same = seen.entry(key).or_default();
+        if same.iter().any(|&i| {
+            page.samples[i].labels == labels && page.samples[i].timestamp_ms == timestamp_ms
+        }) {
+            page.duplicates += 1;
+            continue;
+        }
+        same.push(page.samples.len());
         page.samples.push(PageSample {
             labels,
             value: sample.value,
@@ -268,6 +289,22 @@ mod tests {
             .iter()
             .map(|s| format!("{} {} @{}", describe(&s.labels), s.value, s.timestamp_ms))
             .collect()
+    }
+
+    #[test]
+    fn a_series_twice_on_a_page_keeps_the_first_as_prometheus_storage_does() {
+        let body = b"a{x=\"1\"} 1\na{x=\"1\"} 2\na{x=\"2\"} 3\na{x=\"1\"} 4 1000\n";
+        let page = read_page(body, Format::Prometheus, &target(), &options(), 5_000).unwrap();
+        assert_eq!(page.scraped, 4);
+        assert_eq!(page.duplicates, 1);
+        assert_eq!(
+            series(&page),
+            [
+                "{__name__=\"a\", instance=\"host:9100\", job=\"node\", x=\"1\"} 1 @5000",
+                "{__name__=\"a\", instance=\"host:9100\", job=\"node\", x=\"2\"} 3 @5000",
+                "{__name__=\"a\", instance=\"host:9100\", job=\"node\", x=\"1\"} 4 @1000"
+            ]
+        );
     }
 
     #[test]
