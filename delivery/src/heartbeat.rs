@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -68,6 +69,8 @@ pub struct HeartbeatConfig {
     pub node: Option<String>,
     pub version: String,
     pub labels: BTreeMap<String, String>,
+    /// TLS settings for an https `url` (the remote-write ones); `None`: the system's roots.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl HeartbeatConfig {
@@ -90,6 +93,7 @@ impl HeartbeatConfig {
             node: None,
             version: version.into(),
             labels: BTreeMap::new(),
+            tls: None,
         }
     }
 }
@@ -129,12 +133,8 @@ impl Heartbeat {
                     reason: e.to_string(),
                 },
             )?;
-        if uri.scheme_str() != Some("http") {
-            return Err(DeliveryError::InvalidUrl {
-                url: config.url.clone(),
-                reason: "only http:// is supported".to_owned(),
-            });
-        }
+        crate::tls::check_scheme(&config.url, &uri)?;
+        let connector = crate::tls::connector(&config.url, &uri, config.tls.as_ref())?;
         let started_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -154,7 +154,14 @@ impl Heartbeat {
         let body = Bytes::from(body.to_string());
         let stop = Arc::new(Notify::new());
         let counters = Arc::new(Counters::default());
-        let task = tokio::spawn(run(config, uri, body, stop.clone(), counters.clone()));
+        let task = tokio::spawn(run(
+            config,
+            uri,
+            connector,
+            body,
+            stop.clone(),
+            counters.clone(),
+        ));
         Ok(Self {
             stop,
             counters,
@@ -179,13 +186,12 @@ impl Heartbeat {
 async fn run(
     config: HeartbeatConfig,
     uri: hyper::Uri,
+    connector: HttpsConnector<HttpConnector>,
     body: Bytes,
     stop: Arc<Notify>,
     counters: Arc<Counters>,
 ) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client: Client<HttpConnector, Full<Bytes>> =
+    let client: Client<HttpsConnector<HttpConnector>, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(connector);
     // A failed beat is retried sooner than the interval (1 s, doubling), so a gateway that
     // restarts sees the agent again at once rather than up to an interval later.
@@ -226,7 +232,7 @@ async fn run(
 }
 
 async fn send(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     config: &HeartbeatConfig,
     uri: &hyper::Uri,
     body: Bytes,
@@ -456,9 +462,9 @@ mod tests {
         wait_for("failures", || heartbeat.stats().failed >= 2).await;
         assert_eq!(heartbeat.stats().sent, 0);
         heartbeat.stop().await;
-        let https = HeartbeatConfig::new("https://gw", "a", AgentKind::Cluster, "c", "1");
+        let ftp = HeartbeatConfig::new("ftp://gw", "a", AgentKind::Cluster, "c", "1");
         assert!(matches!(
-            Heartbeat::start(https),
+            Heartbeat::start(ftp),
             Err(DeliveryError::InvalidUrl { .. })
         ));
     }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -28,6 +29,7 @@ mod encode;
 pub mod heartbeat;
 mod spool;
 pub mod stale;
+mod tls;
 pub use encode::{ExemplarRef, SeriesBuffer};
 use spool::{Spool, Spooled};
 
@@ -55,6 +57,9 @@ pub struct RemoteWriteConfig {
     /// memory only.
     pub spool_dir: Option<PathBuf>,
     pub spill_after_requests: usize,
+    /// TLS settings for an https `url` (a remote_write `tls_config`); `None`: the system's
+    /// roots.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl RemoteWriteConfig {
@@ -70,6 +75,7 @@ impl RemoteWriteConfig {
             max_backoff: Duration::from_secs(30),
             spool_dir: None,
             spill_after_requests: 4,
+            tls: None,
         }
     }
 }
@@ -278,12 +284,8 @@ impl Delivery {
                     reason: e.to_string(),
                 },
             )?;
-        if uri.scheme_str() != Some("http") {
-            return Err(DeliveryError::InvalidUrl {
-                url: config.url.clone(),
-                reason: "only http:// is supported".to_owned(),
-            });
-        }
+        tls::check_scheme(&config.url, &uri)?;
+        let connector = tls::connector(&config.url, &uri, config.tls.as_ref())?;
         let mut queue = Queue::default();
         if let Some(dir) = &config.spool_dir {
             let (spool, found) = Spool::open(dir).map_err(|source| DeliveryError::Spool {
@@ -315,7 +317,7 @@ impl Delivery {
             rejected_samples: AtomicU64::new(0),
             retries: AtomicU64::new(0),
         });
-        let task = tokio::spawn(run(shared.clone(), uri));
+        let task = tokio::spawn(run(shared.clone(), uri, connector));
         Ok((Self { shared }, task))
     }
 
@@ -402,12 +404,11 @@ impl Delivery {
     }
 }
 
-async fn run(shared: Arc<Shared>, uri: hyper::Uri) {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(connector);
+/// The client to the gateway, http or https.
+type GatewayClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+async fn run(shared: Arc<Shared>, uri: hyper::Uri, connector: HttpsConnector<HttpConnector>) {
+    let client: GatewayClient = Client::builder(TokioExecutor::new()).build(connector);
     let mut backoff = shared.config.min_backoff;
     loop {
         let next = {
@@ -493,7 +494,7 @@ async fn run(shared: Arc<Shared>, uri: hyper::Uri) {
 }
 
 async fn send(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &GatewayClient,
     config: &RemoteWriteConfig,
     uri: &hyper::Uri,
     body: Bytes,
@@ -813,14 +814,14 @@ mod tests {
     }
 
     #[test]
-    fn only_http_urls_are_taken() {
+    fn only_http_and_https_urls_are_taken() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         runtime.block_on(async {
             let error = Delivery::start(RemoteWriteConfig::new("ftp://x/")).unwrap_err();
-            assert!(error.to_string().contains("only http://"), "{error}");
+            assert!(error.to_string().contains("http:// or https://"), "{error}");
             let error = Delivery::start(RemoteWriteConfig::new("not a url")).unwrap_err();
             assert!(
                 error.to_string().contains("invalid remote-write URL"),
