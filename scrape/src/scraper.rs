@@ -29,7 +29,7 @@ use crate::discovery;
 use crate::exposition::{ACCEPT_HEADER, Format};
 use crate::labels::LabelSet;
 use crate::page::{FamilyMetadata, PageOptions, PageSample, read_page};
-use crate::tls::{TlsHttpClient, https_client};
+use crate::tls::JobTls;
 
 /// Go's `http.Client` gives up on the 10th redirect; Prometheus keeps that default.
 const MAX_REDIRECTS: usize = 10;
@@ -81,10 +81,10 @@ struct TargetLoop {
     job: Arc<ScrapeJob>,
     options: PageOptions,
     client: HttpClient,
-    /// The job's https client, made on the first https request when the manager did not
-    /// hand one in (a redirect can lead an http target to https); a bad `tls_config` is
-    /// kept as its message so each https scrape fails with it.
-    tls: std::sync::OnceLock<Result<TlsHttpClient, String>>,
+    /// The job's https client (shared by its targets when the manager hands it in; a
+    /// redirect can lead an http target to https too); a bad `tls_config` fails each https
+    /// scrape with its message.
+    tls: Arc<JobTls>,
     /// The series the last scrape produced (packed), to mark the missing ones stale.
     last_series: HashSet<Box<[u8]>>,
 }
@@ -102,20 +102,17 @@ impl TargetLoop {
         };
         Self {
             target,
+            tls: Arc::new(JobTls::new(&job.tls)),
             job,
             options,
             client,
-            tls: std::sync::OnceLock::new(),
             last_series: HashSet::new(),
         }
     }
 
-    /// Shares the job's https client (or its error) instead of making one per target.
-    fn with_tls(self, tls: Option<Result<TlsHttpClient, String>>) -> Self {
-        Self {
-            tls: tls.map_or_else(std::sync::OnceLock::new, std::sync::OnceLock::from),
-            ..self
-        }
+    /// Shares the job's https client instead of making one per target.
+    fn with_tls(self, tls: Arc<JobTls>) -> Self {
+        Self { tls, ..self }
     }
 
     /// One GET, over TLS when the URL says https.
@@ -150,8 +147,7 @@ impl TargetLoop {
             "https" => {
                 let client = self
                     .tls
-                    .get_or_init(|| https_client(&self.job.tls).map_err(|e| e.to_string()))
-                    .as_ref()
+                    .client()
                     .map_err(|e| format!("Get {:?}: {e}", url.as_str()))?;
                 client.request(request).await
             }
@@ -553,24 +549,26 @@ impl ScrapeManager {
             }
             keep
         });
-        // One https client per job and apply, shared by the job's new https targets.
-        let mut tls_clients: HashMap<String, Result<TlsHttpClient, String>> = HashMap::new();
+        // One https client per job and apply, shared by the job's new targets.
+        let mut tls_clients: HashMap<String, Arc<JobTls>> = HashMap::new();
         for (key, job) in wanted {
             if self.running.contains_key(&key) {
                 continue;
             }
             let (stop, stopped) = watch::channel(false);
-            let tls = key.2.url.starts_with("https://").then(|| {
-                tls_clients
-                    .entry(key.0.clone())
-                    .or_insert_with(|| {
-                        https_client(&job.tls).map_err(|e| {
-                            errors.push(format!("job {:?}: {e}", job.name));
-                            e.to_string()
-                        })
-                    })
-                    .clone()
-            });
+            let tls = tls_clients
+                .entry(key.0.clone())
+                .or_insert_with(|| {
+                    let tls = Arc::new(JobTls::new(&job.tls));
+                    // Made now for https jobs, so a bad file is reported at once.
+                    if key.2.url.starts_with("https://")
+                        && let Err(error) = tls.client()
+                    {
+                        errors.push(format!("job {:?}: {error}", job.name));
+                    }
+                    tls
+                })
+                .clone();
             let state = TargetLoop::new(key.2.clone(), job, self.client.clone()).with_tls(tls);
             let task = tokio::spawn(run_target(state, self.sink.clone(), stopped));
             self.running.insert(key, Running { stop, task });

@@ -6,7 +6,8 @@
 //! once per process through `rustls-native-certs`, which the tree already has through kube;
 //! bundling webpki's roots would add a crate and ignore the CAs a cluster operator installed.
 
-use std::sync::{Arc, OnceLock};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -238,6 +239,53 @@ pub fn https_client(tls: &TlsConfigYaml) -> Result<TlsHttpClient, TlsError> {
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .build(connector))
+}
+
+/// A job's https client, made again when its CA, certificate or key file changes: cert-manager
+/// and Kubernetes rotate them in place, and Prometheus re-reads them too, so a rotation does
+/// not need a reload. A client is kept while its files are unchanged (its connections too).
+#[derive(Debug)]
+pub struct JobTls {
+    tls: TlsConfigYaml,
+    current: Mutex<Option<(u64, Result<TlsHttpClient, String>)>>,
+}
+
+impl JobTls {
+    pub fn new(tls: &TlsConfigYaml) -> Self {
+        Self {
+            tls: tls.clone(),
+            current: Mutex::new(None),
+        }
+    }
+
+    /// What the files hold now (a file that cannot be read counts by its error).
+    fn fingerprint(&self) -> u64 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for file in [&self.tls.ca_file, &self.tls.cert_file, &self.tls.key_file]
+            .into_iter()
+            .flatten()
+        {
+            match std::fs::read(file) {
+                Ok(bytes) => bytes.hash(&mut hasher),
+                Err(error) => error.kind().hash(&mut hasher),
+            }
+        }
+        hasher.finish()
+    }
+
+    /// The client for the files as they are now, or why there is none.
+    pub fn client(&self) -> Result<TlsHttpClient, String> {
+        let fingerprint = self.fingerprint();
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((seen, client)) = &*current
+            && *seen == fingerprint
+        {
+            return client.clone();
+        }
+        let made = https_client(&self.tls).map_err(|e| e.to_string());
+        *current = Some((fingerprint, made.clone()));
+        made
+    }
 }
 
 /// `insecure_skip_verify: true`: any certificate is accepted, but the handshake's

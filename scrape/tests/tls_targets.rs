@@ -471,3 +471,97 @@ async fn prometheus_agrees_on_the_same_tls_config() {
         );
     }
 }
+
+/// Collects `up` per job from a running [`ScrapeManager`].
+#[derive(Default)]
+struct UpSink(Mutex<Vec<(String, f64)>>);
+
+impl scrape::scraper::ScrapeSink for UpSink {
+    fn accept(&self, output: scrape::scraper::ScrapeOutput) {
+        for sample in output.samples {
+            if sample.labels.get("__name__") == Some("up") {
+                let job = sample.labels.get("job").unwrap_or_default().to_owned();
+                self.0.lock().unwrap().push((job, sample.value));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_scrape_manager_runs_https_targets_and_reports_bad_tls_settings() {
+    let pki = Pki::new();
+    let (address, seen) = tls_server(&pki, false).await;
+    let target = format!("localhost:{}", address.port());
+    let yaml = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n\
+         {}{}",
+        config(&target, &tls(&[format!("ca_file: {}", pki.show("ca.pem"))]))
+            .replacen("scrape_configs:\n", "", 1)
+            .replacen("job_name: tls", "job_name: good", 1),
+        config(&target, &tls(&["ca_file: /nonexistent/ca.pem".to_owned()]))
+            .replacen("scrape_configs:\n", "", 1)
+            .replacen("job_name: tls", "job_name: bad", 1),
+    );
+    let config = PrometheusConfig::parse(&yaml).unwrap();
+    let sink = Arc::new(UpSink::default());
+    let mut manager = scrape::scraper::ScrapeManager::new(http_client(), sink.clone());
+    let errors = manager.apply(&config);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("\"bad\"") && errors[0].contains("/nonexistent/ca.pem"),
+        "{errors:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ups = sink.0.lock().unwrap().clone();
+        let good = ups.iter().any(|(job, up)| job == "good" && *up == 1.0);
+        let bad = ups.iter().any(|(job, up)| job == "bad" && *up == 0.0);
+        if good && bad {
+            assert!(!ups.iter().any(|(job, up)| job == "bad" && *up == 1.0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{ups:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    manager.stop().await;
+    assert!(!seen.lock().unwrap().requests.is_empty());
+}
+
+#[tokio::test]
+async fn a_rotated_ca_file_is_picked_up_without_a_reload() {
+    let pki = Pki::new();
+    let (address, _) = tls_server(&pki, false).await;
+    // The job's CA file first holds a CA that did not sign the server's certificate.
+    let ca_path = pki.path("rotating-ca.pem");
+    std::fs::copy(pki.path("other-ca.pem"), &ca_path).unwrap();
+    let yaml = format!(
+        "global:\n  scrape_interval: 1s\n{}",
+        config(
+            &format!("localhost:{}", address.port()),
+            &tls(&[format!("ca_file: {}", ca_path.display())]),
+        )
+    );
+    let sink = Arc::new(UpSink::default());
+    let mut manager = scrape::scraper::ScrapeManager::new(http_client(), sink.clone());
+    assert!(
+        manager
+            .apply(&PrometheusConfig::parse(&yaml).unwrap())
+            .is_empty()
+    );
+    let wait_for = |up: f64| {
+        let sink = sink.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !sink.0.lock().unwrap().iter().any(|(_, v)| *v == up) {
+                assert!(Instant::now() < deadline, "no up={up}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for(0.0).await;
+    assert!(!sink.0.lock().unwrap().iter().any(|(_, v)| *v == 1.0));
+    // Rotated in place: the next scrape trusts the new CA.
+    std::fs::copy(pki.path("ca.pem"), &ca_path).unwrap();
+    wait_for(1.0).await;
+    manager.stop().await;
+}
