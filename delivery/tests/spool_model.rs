@@ -294,10 +294,16 @@ async fn run_case(ops: Vec<Op>, buffer_bytes: usize, spill_after: usize) {
                 harness.stop(timeout).await;
                 if let Some((pick, damage)) = damage {
                     let files = spooled_files(dir.path());
-                    if !files.is_empty() {
-                        let path = &files[pick % files.len()];
-                        let mut data = std::fs::read(path).unwrap();
-                        damaged.extend(decode(&data[12..]).unwrap());
+                    let whole = files
+                        .get(pick % files.len().max(1))
+                        .map(|path| (path, std::fs::read(path).unwrap()))
+                        .and_then(|(path, data)| {
+                            // One damaged before and not reached by the sender yet stays so.
+                            let ids = decode(data.get(12..)?)?;
+                            Some((path, data, ids))
+                        });
+                    if let Some((path, mut data, ids)) = whole {
+                        damaged.extend(ids);
                         match damage {
                             Damage::Corrupt(at) => {
                                 // In the body: a flipped sample count leaves the request
