@@ -165,20 +165,7 @@ fn self_metrics(
     let (delivery, heartbeat, targets) = (delivery.clone(), heartbeat.clone(), targets.clone());
     Arc::new(move |out: &mut scrape::families::Families| {
         scrape::status::delivery_families("cluster", &delivery.stats(), out);
-        let beats = heartbeat.stats();
-        let help = "Heartbeats to the gateway, by outcome.";
-        out.counter(
-            "meerkat_agent_heartbeats_total",
-            help,
-            &[("outcome", "sent")],
-            beats.sent as f64,
-        );
-        out.counter(
-            "meerkat_agent_heartbeats_total",
-            help,
-            &[("outcome", "failed")],
-            beats.failed as f64,
-        );
+        scrape::status::heartbeat_families(&heartbeat.stats(), out);
         out.gauge(
             "meerkat_agent_scrape_targets",
             "Targets the scrape manager runs.",
@@ -255,7 +242,10 @@ pub async fn run(
     for error in manager.apply_with(&config, &kubernetes.groups()) {
         tracing::warn!(%error, "target discovery");
     }
-    targets.store(manager.targets().len(), std::sync::atomic::Ordering::Relaxed);
+    targets.store(
+        manager.targets().len(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let status = match options.metrics_listen {
         Some(addr) => Some(
             scrape::status::StatusServer::start(
@@ -316,19 +306,25 @@ pub async fn run(
         for error in manager.apply_with(&config, &kubernetes.groups()) {
             tracing::warn!(%error, "target discovery");
         }
-        targets.store(manager.targets().len(), std::sync::atomic::Ordering::Relaxed);
+        targets.store(
+            manager.targets().len(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
     tracing::info!("cluster agent stopping: marking series stale and flushing");
     if let Some(status) = status {
         status.stop().await;
     }
     // The metrics endpoint (the only other holder) has stopped.
-    if let Ok(heartbeat) = Arc::try_unwrap(heartbeat) {
-        heartbeat.stop().await;
+    match Arc::try_unwrap(heartbeat) {
+        Ok(heartbeat) => heartbeat.stop().await,
+        Err(_) => tracing::error!("heartbeat still shared at stop; left to end with the process"),
     }
     kube.stop().await;
     manager.stop().await;
-    delivery.finish(delivery_task, Duration::from_secs(10)).await;
+    delivery
+        .finish(delivery_task, Duration::from_secs(10))
+        .await;
     Ok(())
 }
 

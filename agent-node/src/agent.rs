@@ -158,12 +158,16 @@ pub async fn run_collector(
         }
         let timestamp_ms = now_ms();
         let collecting = collect.clone();
-        let families = tokio::task::spawn_blocking(move || {
+        let collection = tokio::task::spawn_blocking(move || {
             let mut families = Families::new();
             collecting(&mut families);
             families
-        })
-        .await;
+        });
+        // A collection stuck in the kernel must not hold the agent's stop.
+        let families = tokio::select! {
+            () = &mut shutdown => break,
+            families = collection => families,
+        };
         match families {
             Ok(families) => {
                 let samples = pusher.push(&delivery, &families, &labels, timestamp_ms);
@@ -204,20 +208,7 @@ fn self_metrics(
     );
     Arc::new(move |out: &mut Families| {
         scrape::status::delivery_families("node", &delivery.stats(), out);
-        let beats = heartbeat.stats();
-        let help = "Heartbeats to the gateway, by outcome.";
-        out.counter(
-            "meerkat_agent_heartbeats_total",
-            help,
-            &[("outcome", "sent")],
-            beats.sent as f64,
-        );
-        out.counter(
-            "meerkat_agent_heartbeats_total",
-            help,
-            &[("outcome", "failed")],
-            beats.failed as f64,
-        );
+        scrape::status::heartbeat_families(&heartbeat.stats(), out);
         out.gauge(
             "meerkat_agent_pods",
             "Pods known on this node.",
@@ -406,14 +397,20 @@ pub async fn run(
         let _ = task.await;
     }
     // The metrics endpoint (the only other holder) has stopped.
-    if let Some(logs) = logs.and_then(|logs| Arc::try_unwrap(logs).ok()) {
+    let logs = logs.and_then(|logs| {
+        Arc::try_unwrap(logs)
+            .inspect_err(|_| tracing::error!("log tailer still shared at stop; not checkpointed"))
+            .ok()
+    });
+    if let Some(logs) = logs {
         match logs.stop().await {
             Ok(stats) => tracing::info!(lines = stats.lines_shipped, "logs checkpointed"),
             Err(error) => tracing::error!(%error, "log tailing stopped with an error"),
         }
     }
-    if let Ok(heartbeat) = Arc::try_unwrap(heartbeat) {
-        heartbeat.stop().await;
+    match Arc::try_unwrap(heartbeat) {
+        Ok(heartbeat) => heartbeat.stop().await,
+        Err(_) => tracing::error!("heartbeat still shared at stop; left to end with the process"),
     }
     finish_delivery(&delivery, delivery_task).await;
     Ok(())

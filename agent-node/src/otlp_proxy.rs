@@ -70,6 +70,9 @@ pub struct OtlpProxyOptions {
     pub node_name: String,
     /// Largest request accepted (after decompression).
     pub max_request_bytes: usize,
+    /// Requests in flight at most (about three times their bytes each: received, decoded,
+    /// re-encoded); beyond it senders are told to retry.
+    pub max_inflight_bytes: usize,
     pub timeout: Duration,
 }
 
@@ -82,6 +85,7 @@ impl OtlpProxyOptions {
             headers: Vec::new(),
             node_name: node_name.into(),
             max_request_bytes: 16 << 20,
+            max_inflight_bytes: 64 << 20,
             timeout: Duration::from_secs(30),
         }
     }
@@ -110,7 +114,10 @@ impl Signal for ExportTraceServiceRequest {
     const PATH: &'static str = "/v1/traces";
     type Response = ExportTraceServiceResponse;
     fn resources(&mut self) -> Vec<&mut Option<Resource>> {
-        self.resource_spans.iter_mut().map(|r| &mut r.resource).collect()
+        self.resource_spans
+            .iter_mut()
+            .map(|r| &mut r.resource)
+            .collect()
     }
 }
 
@@ -129,7 +136,10 @@ impl Signal for ExportLogsServiceRequest {
     const PATH: &'static str = "/v1/logs";
     type Response = ExportLogsServiceResponse;
     fn resources(&mut self) -> Vec<&mut Option<Resource>> {
-        self.resource_logs.iter_mut().map(|r| &mut r.resource).collect()
+        self.resource_logs
+            .iter_mut()
+            .map(|r| &mut r.resource)
+            .collect()
     }
 }
 
@@ -165,6 +175,9 @@ struct Proxy {
     gateway: String,
     options: Arc<OtlpProxyOptions>,
     resolver: Arc<dyn PodResolver>,
+    /// KiB of requests in flight, bounded by `max_inflight_bytes`: beyond it senders get
+    /// 503 / UNAVAILABLE and retry, instead of the agent's memory growing.
+    inflight: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -176,6 +189,12 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
+    /// Room for a request of `bytes` (its decoded copies included), or `None` when full.
+    fn admit(&self, bytes: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let kib = u32::try_from(bytes.saturating_mul(3) / 1024 + 1).unwrap_or(u32::MAX);
+        self.inflight.clone().try_acquire_many_owned(kib).ok()
+    }
+
     fn attributes(&self, peer: Option<IpAddr>) -> Vec<(String, String)> {
         let mut attributes = vec![("k8s.node.name".to_owned(), self.options.node_name.clone())];
         if let Some(ip) = peer {
@@ -185,29 +204,41 @@ impl Proxy {
     }
 
     /// Enriches and forwards; `sender_headers` are the application's auth/tenant headers.
+    ///
+    /// Whose tenant: a sender with its own bearer token is forwarded as it is (pods of
+    /// different tenants can share a node, and the gateway checks each token); a sender
+    /// without one is sent as the agent (its token) when the agent has one, else with the
+    /// sender's `X-Scope-OrgID` (auth off: the header names the tenant).
     async fn forward<S: Signal>(
         &self,
-        mut request: S,
+        request: S,
         peer: Option<IpAddr>,
         sender_headers: Vec<(String, String)>,
     ) -> Result<Forwarded, String> {
-        enrich(&mut request, &self.attributes(peer));
-        let body = request.encode_to_vec();
-        let compressed = snap::raw::Encoder::new()
-            .compress_vec(&body)
-            .map_err(|e| format!("cannot compress: {e}"))?;
+        let attributes = self.attributes(peer);
+        // Enriching, encoding and compressing a request of up to 16 MiB is CPU work: off
+        // the reactor, which has two threads on a node.
+        let compressed = tokio::task::spawn_blocking(move || {
+            let mut request = request;
+            enrich(&mut request, &attributes);
+            snap::raw::Encoder::new()
+                .compress_vec(&request.encode_to_vec())
+                .map_err(|e| format!("cannot compress: {e}"))
+        })
+        .await
+        .map_err(|e| format!("encoding failed: {e}"))??;
         let mut builder = hyper::Request::post(format!("{}{}", self.gateway, S::PATH))
             .header(header::CONTENT_TYPE, "application/x-protobuf")
             .header(header::CONTENT_ENCODING, "snappy");
-        let agent_sets_auth = self.options.headers.iter().any(|(name, _)| {
-            name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("x-scope-orgid")
-        });
-        if !agent_sets_auth {
-            for (name, value) in &sender_headers {
-                builder = builder.header(name.as_str(), value.as_str());
-            }
-        }
-        for (name, value) in &self.options.headers {
+        let sender_has_token = sender_headers
+            .iter()
+            .any(|(name, _)| name == "authorization");
+        let headers = if sender_has_token || self.options.headers.is_empty() {
+            &sender_headers
+        } else {
+            &self.options.headers
+        };
+        for (name, value) in headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
         let request = builder
@@ -244,16 +275,32 @@ struct RpcStatus {
 
 const SENDER_HEADERS: [&str; 2] = ["authorization", "x-scope-orgid"];
 
-fn sender_headers_http(headers: &HeaderMap) -> Vec<(String, String)> {
+/// The sender's auth and tenant headers, from HTTP headers or gRPC metadata alike.
+fn sender_headers<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Vec<(String, String)> {
     SENDER_HEADERS
         .iter()
-        .filter_map(|name| {
-            headers
-                .get(*name)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| ((*name).to_owned(), v.to_owned()))
-        })
+        .filter_map(|name| get(name).map(|v| ((*name).to_owned(), v.to_owned())))
         .collect()
+}
+
+/// How a gateway status reads to an OTLP client, as a `google.rpc.Code`. OTLP exporters
+/// retry UNAVAILABLE (and RESOURCE_EXHAUSTED only with a RetryInfo detail, which we do not
+/// send), so overload and throttling both map to UNAVAILABLE: the data must not be dropped.
+fn rpc_code(status: StatusCode) -> tonic::Code {
+    match status.as_u16() {
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        408 | 429 => tonic::Code::Unavailable,
+        400..=499 => tonic::Code::InvalidArgument,
+        _ => tonic::Code::Unavailable,
+    }
+}
+
+/// The message of a gateway error answer (a `google.rpc.Status`, or plain text).
+fn error_message(body: &[u8]) -> String {
+    RpcStatus::decode(body)
+        .map(|s| s.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
 }
 
 fn is_json(headers: &HeaderMap) -> Option<bool> {
@@ -303,17 +350,11 @@ impl<T: Message + Serialize> ToMessage for T {
 }
 
 fn http_error(json: bool, status: StatusCode, message: impl Into<String>) -> Response {
-    let code = match status {
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => 3, // INVALID_ARGUMENT
-        StatusCode::UNAUTHORIZED => 16,                               // UNAUTHENTICATED
-        StatusCode::TOO_MANY_REQUESTS => 8,                           // RESOURCE_EXHAUSTED
-        _ => 14,                                                      // UNAVAILABLE
-    };
     http_reply(
         json,
         status,
         &RpcStatus {
-            code,
+            code: rpc_code(status) as i32,
             message: message.into(),
         },
     )
@@ -365,12 +406,31 @@ async fn export_http<S: Signal>(
             "OTLP/HTTP takes application/x-protobuf or application/json",
         );
     };
-    let request: S = match decode_http(&headers, &body, proxy.options.max_request_bytes) {
+    let Some(_permit) = proxy.admit(body.len()) else {
+        let mut response = http_error(
+            json,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node agent has too many requests in flight; retry shortly",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    let limit = proxy.options.max_request_bytes;
+    let decode_headers = headers.clone();
+    let decoded =
+        tokio::task::spawn_blocking(move || decode_http::<S>(&decode_headers, &body, limit))
+            .await
+            .map_err(|e| format!("decoding failed: {e}"))
+            .and_then(|r| r);
+    let request: S = match decoded {
         Ok(request) => request,
         Err(message) => return http_error(json, StatusCode::BAD_REQUEST, message),
     };
+    let sender = sender_headers(|name| headers.get(name).and_then(|v| v.to_str().ok()));
     match proxy
-        .forward(request, Some(peer.ip()), sender_headers_http(&headers))
+        .forward(request, Some(peer.ip().to_canonical()), sender)
         .await
     {
         Ok(answer) if answer.status.is_success() => {
@@ -378,27 +438,15 @@ async fn export_http<S: Signal>(
             http_reply(json, StatusCode::OK, &response)
         }
         Ok(answer) => {
-            let message = RpcStatus::decode(answer.body.as_ref())
-                .map(|s| s.message)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&answer.body).into_owned());
-            let mut response = http_error(json, answer.status, message);
+            let mut response = http_error(json, answer.status, error_message(&answer.body));
             if let Some(retry_after) = answer.retry_after {
-                response.headers_mut().insert(header::RETRY_AFTER, retry_after);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, retry_after);
             }
             response
         }
         Err(message) => http_error(json, StatusCode::SERVICE_UNAVAILABLE, message),
-    }
-}
-
-fn grpc_status(status: StatusCode, message: String) -> tonic::Status {
-    match status {
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => {
-            tonic::Status::invalid_argument(message)
-        }
-        StatusCode::UNAUTHORIZED => tonic::Status::unauthenticated(message),
-        StatusCode::TOO_MANY_REQUESTS => tonic::Status::resource_exhausted(message),
-        _ => tonic::Status::unavailable(message),
     }
 }
 
@@ -407,27 +455,23 @@ impl Proxy {
         &self,
         request: tonic::Request<S>,
     ) -> Result<tonic::Response<S::Response>, tonic::Status> {
-        let peer = request.remote_addr().map(|a| a.ip());
-        let headers = SENDER_HEADERS
-            .iter()
-            .filter_map(|name| {
-                request
-                    .metadata()
-                    .get(*name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| ((*name).to_owned(), v.to_owned()))
-            })
-            .collect();
+        let peer = request.remote_addr().map(|a| a.ip().to_canonical());
+        let headers =
+            sender_headers(|name| request.metadata().get(name).and_then(|v| v.to_str().ok()));
+        let size = request.get_ref().encoded_len();
+        let Some(_permit) = self.admit(size) else {
+            return Err(tonic::Status::unavailable(
+                "the node agent has too many requests in flight; retry shortly",
+            ));
+        };
         match self.forward(request.into_inner(), peer, headers).await {
             Ok(answer) if answer.status.is_success() => Ok(tonic::Response::new(
                 S::Response::decode(answer.body.as_ref()).unwrap_or_default(),
             )),
-            Ok(answer) => {
-                let message = RpcStatus::decode(answer.body.as_ref())
-                    .map(|s| s.message)
-                    .unwrap_or_else(|_| String::from_utf8_lossy(&answer.body).into_owned());
-                Err(grpc_status(answer.status, message))
-            }
+            Ok(answer) => Err(tonic::Status::new(
+                rpc_code(answer.status),
+                error_message(&answer.body),
+            )),
             Err(message) => Err(tonic::Status::unavailable(message)),
         }
     }
@@ -511,6 +555,9 @@ impl OtlpProxy {
                 .pool_idle_timeout(Duration::from_secs(90))
                 .build(HttpConnector::new()),
             gateway,
+            inflight: Arc::new(tokio::sync::Semaphore::new(
+                (options.max_inflight_bytes / 1024).max(1),
+            )),
             options: Arc::new(options),
             resolver,
         };
@@ -537,7 +584,10 @@ impl OtlpProxy {
         );
         let app = axum::Router::new()
             .route("/v1/traces", post(export_http::<ExportTraceServiceRequest>))
-            .route("/v1/metrics", post(export_http::<ExportMetricsServiceRequest>))
+            .route(
+                "/v1/metrics",
+                post(export_http::<ExportMetricsServiceRequest>),
+            )
             .route("/v1/logs", post(export_http::<ExportLogsServiceRequest>))
             .layer(axum::extract::DefaultBodyLimit::max(max))
             .with_state(proxy);
@@ -583,12 +633,42 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 
     fn value(resource: &Resource, key: &str) -> Option<String> {
-        resource.attributes.iter().find(|a| a.key == key).and_then(|a| {
-            match a.value.as_ref()?.value.as_ref()? {
+        resource
+            .attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
                 any_value::Value::StringValue(s) => Some(s.clone()),
                 _ => None,
-            }
-        })
+            })
+    }
+
+    #[test]
+    fn gateway_answers_map_to_codes_otlp_exporters_act_on() {
+        assert_eq!(
+            rpc_code(StatusCode::TOO_MANY_REQUESTS),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(
+            rpc_code(StatusCode::SERVICE_UNAVAILABLE),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(
+            rpc_code(StatusCode::BAD_REQUEST),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            rpc_code(StatusCode::NOT_FOUND),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            rpc_code(StatusCode::UNAUTHORIZED),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            rpc_code(StatusCode::FORBIDDEN),
+            tonic::Code::PermissionDenied
+        );
     }
 
     #[test]

@@ -147,6 +147,10 @@ pub struct ClusterAgentArgs {
     /// Serve the agent's own /metrics and /health here (port 0 picks a free one)
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// A file holding the bearer token the gateway maps to this agent's tenant (sent as
+    /// `Authorization: Bearer …` on everything the agent sends; re-read at start)
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// The environment variable naming the cluster agent's cluster (read by the agent, so not a
@@ -217,6 +221,10 @@ pub struct NodeAgentArgs {
     /// Seconds between heartbeats to the gateway (it marks the agent stale after 3 missed)
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub heartbeat_interval: f64,
+    /// A file holding the bearer token the gateway maps to this agent's tenant (sent as
+    /// `Authorization: Bearer …` on everything the agent sends; re-read at start)
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -270,10 +270,15 @@ impl HostMetricsComponent {
             http
         };
         let mut remote = delivery::RemoteWriteConfig::new(format!("http://{target}/api/v1/write"));
-        if let Some(token) = config.host_metrics_token()? {
-            remote
+        match config.host_metrics_token()? {
+            Some(token) => remote
                 .headers
-                .push(("authorization".to_owned(), format!("Bearer {token}")));
+                .push(("authorization".to_owned(), format!("Bearer {token}"))),
+            // Auth is off: the tenant is named by the header.
+            None => remote.headers.push((
+                "x-scope-orgid".to_owned(),
+                config.host_metrics.tenant.clone(),
+            )),
         }
         let (delivery, delivery_task) =
             delivery::Delivery::start(remote).context("cannot start host metrics delivery")?;

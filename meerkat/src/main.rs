@@ -11,6 +11,7 @@ mod lifecycle;
 mod serve;
 mod telemetry;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -56,6 +57,23 @@ fn load_config(cli: &Cli) -> anyhow::Result<(Config, config::Sources)> {
     )
 }
 
+/// `--token-file` as the header every request of an agent carries.
+fn agent_headers(token_file: Option<&PathBuf>) -> anyhow::Result<Vec<(String, String)>> {
+    let Some(path) = token_file else {
+        return Ok(Vec::new());
+    };
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        anyhow::bail!("the token file {} is empty", path.display());
+    }
+    Ok(vec![(
+        "authorization".to_owned(),
+        format!("Bearer {token}"),
+    )])
+}
+
 /// `--heartbeat-interval`, checked.
 fn heartbeat_interval(seconds: f64) -> anyhow::Result<std::time::Duration> {
     if !(seconds.is_finite() && seconds > 0.0 && seconds <= 600.0) {
@@ -84,7 +102,7 @@ fn run_cluster_agent(cli: &Cli, args: &cli::ClusterAgentArgs) -> anyhow::Result<
     let options = agent_cluster::ClusterAgentOptions {
         scrape_config: args.scrape_config.clone(),
         gateway: args.gateway.clone(),
-        headers: Vec::new(),
+        headers: agent_headers(args.token_file.as_ref())?,
         buffer_bytes: args.buffer_bytes,
         buffer_dir: Some(args.buffer_dir.clone()),
         cluster_name,
@@ -98,17 +116,11 @@ fn run_cluster_agent(cli: &Cli, args: &cli::ClusterAgentArgs) -> anyhow::Result<
             .map(std::time::Duration::from_secs_f64),
         kube_events: !args.no_kube_events,
     };
-    runtime.block_on(async {
-        let mut signals = lifecycle::ShutdownSignals::install()?;
-        agent_cluster::run(options, async move {
-            let signal = signals.recv().await;
-            tracing::info!(signal, "stopping");
-        })
-        .await
-        .map_err(anyhow::Error::from)
-    })?;
-    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-    Ok(ExitCode::SUCCESS)
+    run_agent(runtime, |stop| async move {
+        agent_cluster::run(options, stop)
+            .await
+            .map_err(anyhow::Error::from)
+    })
 }
 
 /// `meerkat agent node`: collects until SIGINT/SIGTERM, then marks series stale and flushes.
@@ -135,6 +147,7 @@ fn run_node_agent(cli: &Cli, args: &cli::NodeAgentArgs) -> anyhow::Result<ExitCo
     options.interval = std::time::Duration::from_secs(args.interval_seconds);
     options.buffer_bytes = args.buffer_bytes;
     options.buffer_dir = Some(args.buffer_dir.clone());
+    options.headers = agent_headers(args.token_file.as_ref())?;
     options.pods.kubelet_url = args.kubelet_url.clone();
     options.pods.kubelet_token_file = args.kubelet_token_file.clone();
     if let Some(path) = &args.pod_rules {
@@ -155,14 +168,27 @@ fn run_node_agent(cli: &Cli, args: &cli::NodeAgentArgs) -> anyhow::Result<ExitCo
     if !cluster.is_empty() {
         options.cluster_name = cluster;
     }
+    run_agent(runtime, |stop| async move {
+        agent_node::agent::run(options, stop)
+            .await
+            .map_err(anyhow::Error::from)
+    })
+}
+
+/// Runs an agent on `runtime` until SIGINT/SIGTERM (the future `agent` gets resolves then),
+/// and gives its tasks five seconds to finish after it returns.
+fn run_agent<F, Fut>(runtime: tokio::runtime::Runtime, agent: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     runtime.block_on(async {
         let mut signals = lifecycle::ShutdownSignals::install()?;
-        agent_node::agent::run(options, async move {
+        agent(Box::pin(async move {
             let signal = signals.recv().await;
             tracing::info!(signal, "stopping");
-        })
+        }))
         .await
-        .map_err(anyhow::Error::from)
     })?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     Ok(ExitCode::SUCCESS)

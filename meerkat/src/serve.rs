@@ -131,7 +131,10 @@ pub async fn run(role: Role, config: Config, sources: Sources) -> anyhow::Result
     readiness.set(true);
     tracing::info!(http = %http.local_addr, "meerkat {role_name} ready");
     let host_metrics = if role == Role::Serve && config.host_metrics.enabled {
-        Some(HostMetricsComponent::start(&config, http.local_addr)?)
+        // Optional: a failure to start it is said, and everything else keeps serving.
+        HostMetricsComponent::start(&config, http.local_addr)
+            .inspect_err(|error| tracing::error!(%error, "host metrics are off"))
+            .ok()
     } else {
         None
     };

@@ -9,13 +9,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
     BINARY, NodeExporter, Prometheus, Server, Vector, free_port, get, parse_vector, url_encode,
+    wait_until,
 };
 
 fn meerkat_query(meerkat: &Server, promql: &str) -> Vector {
@@ -29,25 +28,7 @@ fn serve_page() -> u16 {
             .join("../../shared/peer-tests/prometheus-2.42-textparse/promtestdata.txt"),
     )
     .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                page.len()
-            );
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(&page);
-        }
-    });
-    port
+    common::serve_fixed(page, "text/plain; version=0.0.4")
 }
 
 fn prometheus_query(prometheus: &Prometheus, promql: &str) -> Vector {
@@ -104,7 +85,11 @@ impl Agent {
 
     /// The value of `name` (a series without labels) on the agent's own `/metrics`.
     fn own_metric(&self, name: &str) -> f64 {
-        let page = get(std::net::SocketAddr::from(([127, 0, 0, 1], self.1)), "/metrics").unwrap();
+        let page = get(
+            std::net::SocketAddr::from(([127, 0, 0, 1], self.1)),
+            "/metrics",
+        )
+        .unwrap();
         assert_eq!(page.status, 200);
         page.body
             .lines()
@@ -119,14 +104,6 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

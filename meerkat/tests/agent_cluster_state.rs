@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BINARY, Server, post, query_vector, url_encode};
+use common::{BINARY, Server, query_vector, wait_until};
 use serde_json::{Value, json};
 use test_peers::kube_api::{KubeApiServer, Resource};
 
@@ -67,14 +67,6 @@ impl Drop for Agent {
     }
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 /// The single value of an instant query, if it has exactly one series.
 fn value(meerkat: &Server, promql: &str) -> Option<f64> {
     let vector = query_vector(meerkat.addr, promql);
@@ -82,17 +74,7 @@ fn value(meerkat: &Server, promql: &str) -> Option<f64> {
 }
 
 fn sql(meerkat: &Server, statement: &str) -> Vec<Value> {
-    let body = format!("query={}", url_encode(statement));
-    let answer = post(
-        meerkat.addr,
-        "/api/v1/sql",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        body.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    let body: Value = serde_json::from_str(&answer.body).unwrap();
-    body["data"]["rows"].as_array().cloned().unwrap_or_default()
+    common::sql_rows(meerkat.addr, statement)
 }
 
 /// A core/v1 Event as the kubelet writes it, last seen now.

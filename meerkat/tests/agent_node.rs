@@ -9,14 +9,10 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BINARY, Server, free_port, post, query_vector, url_encode};
+use common::{BINARY, Server, free_port, query_vector, serve_fixed, sql_rows, wait_until};
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+fn sql(meerkat: &Server, statement: &str) -> Vec<serde_json::Value> {
+    sql_rows(meerkat.addr, statement)
 }
 
 /// `MemTotal` in bytes and the number of CPUs, read from the kernel directly.
@@ -129,7 +125,12 @@ fn node_agent_delivers_host_metrics_and_marks_them_stale_on_stop() {
         meerkat.addr,
         "node_memory_MemTotal_bytes{job=\"node\",instance=\"test-node-7\"}",
     );
-    assert_eq!(memory.values().copied().collect::<Vec<_>>(), [mem_total], "{}", agent_log());
+    assert_eq!(
+        memory.values().copied().collect::<Vec<_>>(),
+        [mem_total],
+        "{}",
+        agent_log()
+    );
     let cpu = query_vector(
         meerkat.addr,
         "count(node_cpu_seconds_total{instance=\"test-node-7\"})",
@@ -159,37 +160,17 @@ fn node_agent_delivers_host_metrics_and_marks_them_stale_on_stop() {
         if let Some(status) = agent.0.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "the agent did not stop: {}", agent_log());
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not stop: {}",
+            agent_log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{}", agent_log());
     wait_until("stale markers", || {
         query_vector(meerkat.addr, "node_uname_info{instance=\"test-node-7\"}").is_empty()
     });
-}
-
-/// Answers every request on a free port with `body` as `content_type`; returns the port.
-fn serve_fixed(body: String, content_type: &'static str) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        use std::io::{BufRead, BufReader, Write};
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(body.as_bytes());
-        }
-    });
-    port
 }
 
 /// The test's pod: `checkout` of namespace `shop` on `test-node-9`, IP 127.0.0.1 (so spans
@@ -236,21 +217,7 @@ fn serve_kubelet(uid: &str, exporter_port: u16) -> u16 {
         "items": [checkout_pod(uid, exporter_port)]
     })
     .to_string();
-    serve_fixed(body, "application/json")
-}
-
-fn sql(meerkat: &Server, statement: &str) -> Vec<serde_json::Value> {
-    let body = format!("query={}", url_encode(statement));
-    let answer = post(
-        meerkat.addr,
-        "/api/v1/sql",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        body.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
-    body["data"]["rows"].as_array().cloned().unwrap_or_default()
+    serve_fixed(body.into_bytes(), "application/json")
 }
 
 /// `meerkat agent node` delivering to `meerkat`, its pods from `pod_source` (kubelet or
@@ -323,11 +290,31 @@ fn export(transport: &str, endpoint: &str) {
 fn assert_pod_attributes(resource: &str) {
     let attributes: serde_json::Value = serde_json::from_str(resource).unwrap();
     let get = |key: &str| attributes[key].as_str().map(str::to_owned);
-    assert_eq!(get("k8s.pod.name").as_deref(), Some("checkout-7d9f8b6c5-x2x4q"), "{resource}");
-    assert_eq!(get("k8s.namespace.name").as_deref(), Some("shop"), "{resource}");
-    assert_eq!(get("k8s.node.name").as_deref(), Some("test-node-9"), "{resource}");
-    assert_eq!(get("k8s.deployment.name").as_deref(), Some("checkout"), "{resource}");
-    assert_eq!(get("erda.project_name").as_deref(), Some("mall"), "{resource}");
+    assert_eq!(
+        get("k8s.pod.name").as_deref(),
+        Some("checkout-7d9f8b6c5-x2x4q"),
+        "{resource}"
+    );
+    assert_eq!(
+        get("k8s.namespace.name").as_deref(),
+        Some("shop"),
+        "{resource}"
+    );
+    assert_eq!(
+        get("k8s.node.name").as_deref(),
+        Some("test-node-9"),
+        "{resource}"
+    );
+    assert_eq!(
+        get("k8s.deployment.name").as_deref(),
+        Some("checkout"),
+        "{resource}"
+    );
+    assert_eq!(
+        get("erda.project_name").as_deref(),
+        Some("mall"),
+        "{resource}"
+    );
 }
 
 /// Applications export through the node agent's OTLP proxy (the real Python SDK, over HTTP
@@ -340,17 +327,20 @@ fn spans_and_logs_through_the_node_agent_carry_their_pods_identity() {
     let meerkat = Server::start(dir.path(), &["--http-listen", "127.0.0.1:0"], &[]);
     let uid = "6f2f0e2a-9a59-4f7b-8d51-2d7c9b1c7e11";
     let exporter = serve_fixed(
-        "# TYPE checkout_orders_total counter\ncheckout_orders_total{result=\"ok\"} 42\n".to_owned(),
+        b"# TYPE checkout_orders_total counter\ncheckout_orders_total{result=\"ok\"} 42\n".to_vec(),
         "text/plain; version=0.0.4",
     );
     let kubelet = serve_kubelet(uid, exporter);
-    let container_dir = dir
-        .path()
-        .join(format!("host/var/log/pods/shop_checkout-7d9f8b6c5-x2x4q_{uid}/app"));
+    let container_dir = dir.path().join(format!(
+        "host/var/log/pods/shop_checkout-7d9f8b6c5-x2x4q_{uid}/app"
+    ));
     std::fs::create_dir_all(&container_dir).unwrap();
     let log_file = container_dir.join("0.log");
     let cri = |n: usize| {
-        format!("2026-12-02T07:00:{:02}.000000001Z stdout F checkout line {n}\n", n % 60)
+        format!(
+            "2026-12-02T07:00:{:02}.000000001Z stdout F checkout line {n}\n",
+            n % 60
+        )
     };
     std::fs::write(&log_file, (0..5).map(cri).collect::<String>()).unwrap();
 
@@ -426,7 +416,10 @@ fn spans_and_logs_through_the_node_agent_carry_their_pods_identity() {
 
     // Stop, write more while the agent is away, start again: every line exactly once.
     stop_agent(&mut agent, &log);
-    let mut file = std::fs::OpenOptions::new().append(true).open(&log_file).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log_file)
+        .unwrap();
     std::io::Write::write_all(&mut file, (5..12).map(cri).collect::<String>().as_bytes()).unwrap();
     drop(file);
     let log2 = dir.path().join("agent2.log");
@@ -467,7 +460,9 @@ fn pods_watched_on_the_api_server_give_spans_their_identity() {
         api.url(),
     ];
     let mut agent = start_node_agent(dir.path(), &meerkat, &source, otlp, &log);
-    wait_until("the pod list from the API", || !api.lists(Resource::Pods).is_empty());
+    wait_until("the pod list from the API", || {
+        !api.lists(Resource::Pods).is_empty()
+    });
     let listed = api.lists(Resource::Pods);
     assert!(
         listed
@@ -492,9 +487,11 @@ fn pods_watched_on_the_api_server_give_spans_their_identity() {
     moved["metadata"]["annotations"]["msp.erda.cloud/project_name"] = "outlet".into();
     api.apply(Resource::Pods, moved);
     let project = |row: &serde_json::Value| -> String {
-        let attributes: serde_json::Value =
-            serde_json::from_str(row[0].as_str().unwrap()).unwrap();
-        attributes["erda.project_name"].as_str().unwrap_or_default().to_owned()
+        let attributes: serde_json::Value = serde_json::from_str(row[0].as_str().unwrap()).unwrap();
+        attributes["erda.project_name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     };
     wait_until("spans from the moved pod", || {
         export("http", &format!("http://127.0.0.1:{}", otlp.1));
@@ -502,5 +499,67 @@ fn pods_watched_on_the_api_server_give_spans_their_identity() {
             .iter()
             .any(|row| project(row) == "outlet")
     });
+    stop_agent(&mut agent, &log);
+}
+
+/// With the gateway's auth on, the node agent sends everything with its `--token-file`
+/// token, so its data lands in that token's tenant and nowhere else; spans proxied from an
+/// application without a token of its own go as the agent.
+#[test]
+fn with_auth_on_the_agent_writes_into_its_tokens_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("meerkat.yaml");
+    std::fs::write(
+        &config,
+        "gateway:\n  auth:\n    tokens:\n      node-secret: team-nodes\n      other-secret: team-other\n",
+    )
+    .unwrap();
+    let meerkat = Server::start(
+        dir.path(),
+        &["--http-listen", "127.0.0.1:0", "--config", config.to_str().unwrap()],
+        &[],
+    );
+    let token = dir.path().join("token");
+    std::fs::write(&token, "node-secret\n").unwrap();
+    let otlp = (free_port(), free_port(), free_port());
+    let log = dir.path().join("agent.log");
+    let source = ["--token-file".to_owned(), token.display().to_string()];
+    let mut agent = start_node_agent(dir.path(), &meerkat, &source, otlp, &log);
+    let query = |secret: &str, promql: &str| {
+        let response = common::get_with(
+            meerkat.addr,
+            &format!("/api/v1/query?query={}", common::url_encode(promql)),
+            &[("Authorization", &format!("Bearer {secret}"))],
+        )
+        .unwrap();
+        assert_eq!(response.status, 200, "{}", response.body);
+        common::parse_vector(&response.body)
+    };
+    wait_until("host metrics in the agent's tenant", || {
+        !query("node-secret", "node_uname_info{instance=\"test-node-9\"}").is_empty()
+    });
+    assert!(query("other-secret", "node_uname_info").is_empty());
+    wait_until("the OTLP proxy", || {
+        std::net::TcpStream::connect(("127.0.0.1", otlp.1)).is_ok()
+    });
+    export("http", &format!("http://127.0.0.1:{}", otlp.1));
+    let spans = |secret: &str| {
+        let body = format!("query={}", common::url_encode("SELECT count(*) FROM spans"));
+        let answer = common::post(
+            meerkat.addr,
+            "/api/v1/sql",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Authorization", &format!("Bearer {secret}")),
+            ],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        body["data"]["rows"][0][0].as_u64().unwrap_or(0)
+    };
+    wait_until("proxied spans in the agent's tenant", || spans("node-secret") > 0);
+    assert_eq!(spans("other-secret"), 0);
     stop_agent(&mut agent, &log);
 }

@@ -152,7 +152,15 @@ impl FileSdCache {
             let files = match expand(pattern) {
                 Ok(files) => files,
                 Err(error) => {
-                    errors.push(error);
+                    // A directory that cannot be listed this time says nothing about its
+                    // files: their last good targets stay.
+                    errors.push(format!("{error} (last good targets are kept)"));
+                    for (file, kept) in &self.last_good {
+                        if !seen.contains(file) {
+                            groups.extend(kept.iter().cloned());
+                            seen.insert(file.clone());
+                        }
+                    }
                     continue;
                 }
             };

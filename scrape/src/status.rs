@@ -57,9 +57,17 @@ impl StatusServer {
         Ok(Self { addr, stop, task })
     }
 
+    /// Stops, waiting up to 5 s for a request in flight (a scraper that stalls mid-answer
+    /// must not hold the agent's stop).
     pub async fn stop(self) {
         let _ = self.stop.send(());
-        let _ = self.task.await;
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(std::time::Duration::from_secs(5), self.task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
     }
 }
 
@@ -115,6 +123,23 @@ pub fn delivery_families(kind: &str, stats: &delivery::DeliveryStats, out: &mut 
     );
 }
 
+/// The self-metrics every agent exports about its heartbeat.
+pub fn heartbeat_families(stats: &delivery::heartbeat::HeartbeatStats, out: &mut Families) {
+    let help = "Heartbeats to the gateway, by outcome.";
+    out.counter(
+        "meerkat_agent_heartbeats_total",
+        help,
+        &[("outcome", "sent")],
+        stats.sent as f64,
+    );
+    out.counter(
+        "meerkat_agent_heartbeats_total",
+        help,
+        &[("outcome", "failed")],
+        stats.failed as f64,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,7 +154,9 @@ mod tests {
             .expect("binds");
         let client = crate::scraper::http_client();
         let get = |path: &str| {
-            let uri: hyper::Uri = format!("http://{}{path}", server.addr).parse().expect("uri");
+            let uri: hyper::Uri = format!("http://{}{path}", server.addr)
+                .parse()
+                .expect("uri");
             client.get(uri)
         };
         let response = get("/metrics").await.expect("answers");
@@ -139,7 +166,10 @@ mod tests {
             .expect("body")
             .to_bytes();
         let text = String::from_utf8_lossy(&body);
-        assert!(text.contains("meerkat_agent_things_total{a=\"b\"} 3"), "{text}");
+        assert!(
+            text.contains("meerkat_agent_things_total{a=\"b\"} 3"),
+            "{text}"
+        );
         assert_eq!(get("/health").await.expect("answers").status(), 200);
         server.stop().await;
     }

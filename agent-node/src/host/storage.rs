@@ -43,7 +43,11 @@ pub(super) fn filesystem(options: &HostOptions, out: &mut Families) -> Result<()
             continue;
         }
         // A filesystem mounted twice at the same place is reported once.
-        if !seen.insert((mount.fs_spec.clone(), mount_point.clone(), mount.fs_vfstype.clone())) {
+        if !seen.insert((
+            mount.fs_spec.clone(),
+            mount_point.clone(),
+            mount.fs_vfstype.clone(),
+        )) {
             continue;
         }
         let labels = [
@@ -57,7 +61,7 @@ pub(super) fn filesystem(options: &HostOptions, out: &mut Families) -> Result<()
             0.0
         };
         let target = options.root.join(mount_point.trim_start_matches('/'));
-        match rustix::fs::statvfs(&target) {
+        match statvfs_with_timeout(&target, &mount_point) {
             Ok(stat) => {
                 let block = stat.f_bsize as f64;
                 out.gauge(
@@ -117,12 +121,64 @@ pub(super) fn filesystem(options: &HostOptions, out: &mut Families) -> Result<()
     Ok(())
 }
 
+/// Mount points with a statfs call in flight. One that has not come back (a hung NFS
+/// server, say) is skipped, as `device_error` 1, until it does, so one dead mount never
+/// stalls collection; node_exporter keeps the same list.
+static IN_FLIGHT: std::sync::Mutex<Option<HashSet<String>>> = std::sync::Mutex::new(None);
+
+/// How long a statfs may take before the mount counts as stuck (node_exporter's
+/// `--collector.filesystem.mount-timeout` default).
+const MOUNT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn in_flight() -> std::sync::MutexGuard<'static, Option<HashSet<String>>> {
+    IN_FLIGHT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// statfs on a thread of its own, given up on after [`MOUNT_TIMEOUT`]; the thread leaves
+/// the in-flight list when the call returns, whenever that is.
+fn statvfs_with_timeout(
+    target: &std::path::Path,
+    mount_point: &str,
+) -> Result<rustix::fs::StatVfs, String> {
+    if !in_flight()
+        .get_or_insert_with(HashSet::new)
+        .insert(mount_point.to_owned())
+    {
+        return Err("an earlier statfs has not returned yet (a stuck mount)".to_owned());
+    }
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let path = target.to_path_buf();
+    let name = mount_point.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("statfs".to_owned())
+        .spawn(move || {
+            let result = rustix::fs::statvfs(&path).map_err(|e| e.to_string());
+            if let Some(mounts) = in_flight().as_mut() {
+                mounts.remove(&name);
+            }
+            let _ = sender.send(result);
+        });
+    if let Err(error) = spawned {
+        if let Some(mounts) = in_flight().as_mut() {
+            mounts.remove(mount_point);
+        }
+        return Err(format!("cannot start a statfs thread: {error}"));
+    }
+    receiver.recv_timeout(MOUNT_TIMEOUT).unwrap_or_else(|_| {
+        tracing::warn!(
+            mount_point,
+            "statfs did not return within 5 s; skipping the mount until it does"
+        );
+        Err("statfs timed out".to_owned())
+    })
+}
+
 /// udev's properties of a block device (`/run/udev/data/b<major>:<minor>`), for
 /// `node_disk_info`; empty when udev's database is not there (containers, say).
 fn udev_properties(options: &HostOptions, major: i32, minor: i32) -> [(String, String); 5] {
-    let path = options
-        .root
-        .join(format!("run/udev/data/b{major}:{minor}"));
+    let path = options.root.join(format!("run/udev/data/b{major}:{minor}"));
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let property = |key: &str| {
         text.lines()

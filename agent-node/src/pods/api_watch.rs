@@ -19,16 +19,25 @@ pub async fn run(
     node: String,
     shutdown: impl Future<Output = ()>,
 ) {
-    let client = match kube_discovery::client(api_url.as_deref()).await {
-        Ok(client) => client,
-        Err(error) => {
-            tracing::error!(%error, "cannot watch this node's pods: no Kubernetes API client");
-            return;
+    tokio::pin!(shutdown);
+    // A client that cannot be built (no service account yet, a bad kubeconfig) is tried
+    // again with a doubling wait; the other pod sources carry on meanwhile.
+    let mut wait = std::time::Duration::from_secs(1);
+    let client = loop {
+        match kube_discovery::client(api_url.as_deref()).await {
+            Ok(client) => break client,
+            Err(error) => {
+                tracing::error!(%error, retry_in_seconds = wait.as_secs(), "cannot watch this node's pods: no Kubernetes API client");
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(std::time::Duration::from_secs(60));
+            }
         }
     };
     let events = kube_discovery::watch_node_pods(client, &node);
     tokio::pin!(events);
-    tokio::pin!(shutdown);
     loop {
         let event = tokio::select! {
             () = &mut shutdown => return,
@@ -52,7 +61,12 @@ pub async fn run(
                     store.remove(uid);
                 }
             }
-            None => return,
+            None => {
+                tracing::warn!(
+                    "the watch of this node's pods ended; pods come from the other sources now"
+                );
+                return;
+            }
         }
     }
 }

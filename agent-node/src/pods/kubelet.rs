@@ -154,6 +154,12 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
     let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+    // A finished pod's IP goes back to the pool and may already belong to a new pod: it
+    // must not attribute that pod's spans or scrapes to the finished one.
+    let finished = status
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|phase| phase == "Succeeded" || phase == "Failed");
+    let host_network = host_network || finished;
     let mut ips: Vec<String> = Vec::new();
     if !host_network && let Some(status) = status {
         for ip in status.pod_ips.iter().flatten() {

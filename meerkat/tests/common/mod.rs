@@ -396,3 +396,52 @@ pub fn query_vector(addr: SocketAddr, promql: &str) -> Vector {
     assert_eq!(response.status, 200, "{}", response.body);
     parse_vector(&response.body)
 }
+
+/// Polls `done` every 250 ms for up to a minute; fails the test naming `what` after that.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The rows (arrays of column values, in the SELECT's order) of `statement` as the server
+/// at `addr` answers it on `/api/v1/sql`.
+pub fn sql_rows(addr: SocketAddr, statement: &str) -> Vec<serde_json::Value> {
+    let body = format!("query={}", url_encode(statement));
+    let answer = post(
+        addr,
+        "/api/v1/sql",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    body["data"]["rows"].as_array().cloned().unwrap_or_default()
+}
+
+/// Answers every request on a free port of 127.0.0.1 with `body` as `content_type` (an
+/// exporter's page, a kubelet's pod list); returns the port.
+pub fn serve_fixed(body: Vec<u8>, content_type: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    port
+}
