@@ -1,8 +1,8 @@
 //! A model-based property test of delivery's bounded buffer and its disk spool.
 //!
 //! Random sequences of operations — requests of random sizes pushed, the gateway (a local
-//! axum receiver) switched between accepting, failing with 503, refusing with 400 and
-//! hanging, stops with and without a timeout spill, restarts from the spool directory,
+//! axum receiver behind a TCP relay) switched between accepting, failing with 503, refusing
+//! with 400, hanging and refusing connections, stops with and without a timeout spill, restarts from the spool directory,
 //! spooled files corrupted or truncated while the agent is down, a buffer small enough to
 //! overflow — end with the gateway up and a clean stop, and are checked against a model:
 //!
@@ -39,6 +39,8 @@ enum Mode {
     Down = 1,
     Refusing = 2,
     Hanging = 3,
+    /// New connections are closed at once (keep-alive ones get 503s).
+    Unreachable = 4,
 }
 
 #[derive(Clone, Debug)]
@@ -72,6 +74,7 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Mode::Down),
         Just(Mode::Refusing),
         Just(Mode::Hanging),
+        Just(Mode::Unreachable),
     ];
     let damage = prop_oneof![
         (0.0..1.0f64).prop_map(Damage::Corrupt),
@@ -108,6 +111,7 @@ const GARBAGE: u64 = u64::MAX;
 
 /// The gateway stand-in: answers by the current mode; records what it answered 200 or 400.
 async fn receiver(mode: Arc<AtomicU8>, log: Log) -> String {
+    let relay_mode = mode.clone();
     let app = Router::new().route(
         "/api/v1/write",
         post(move |body: Bytes| {
@@ -126,7 +130,7 @@ async fn receiver(mode: Arc<AtomicU8>, log: Log) -> String {
                             StatusCode::BAD_REQUEST
                         }
                     }
-                    1 => StatusCode::SERVICE_UNAVAILABLE,
+                    1 | 4 => StatusCode::SERVICE_UNAVAILABLE,
                     _ => {
                         // Longer than the client's timeout: it gives up and retries.
                         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -137,8 +141,27 @@ async fn receiver(mode: Arc<AtomicU8>, log: Log) -> String {
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/api/v1/write", listener.local_addr().unwrap());
+    let server = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
+    // In front: a TCP relay that drops new connections while the gateway is unreachable.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/api/v1/write", relay.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = relay.accept().await else {
+                return;
+            };
+            if relay_mode.load(Ordering::SeqCst) == Mode::Unreachable as u8 {
+                drop(inbound);
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(server).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
     url
 }
 
