@@ -411,6 +411,7 @@ fn the_node_agent_mounts_what_its_flags_point_at() {
     let root = flag(&args, "--root").expect("--root");
     for host_path in [
         "/proc",
+        "/sys",
         "/sys/fs/cgroup",
         "/var/log/pods",
         "/var/log/containers",
@@ -463,6 +464,24 @@ fn the_node_agent_mounts_what_its_flags_point_at() {
             .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
         "tolerates every taint"
     );
+    // The host's own filesystems are under the root, for node_filesystem_*.
+    let (mount, volume) = mount_of(&pod, &container, root).expect("the host's / at --root");
+    assert_eq!(mount.mount_path, root);
+    assert_eq!(
+        volume.host_path.as_ref().map(|h| h.path.as_str()),
+        Some("/")
+    );
+    assert_eq!(mount.mount_propagation.as_deref(), Some("HostToContainer"));
+    // Every flag given is one `meerkat agent node` has.
+    let (code, help, stderr) = common::run(
+        &["agent", "node", "--help"],
+        std::env::temp_dir().as_path(),
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    for arg in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(help.contains(arg.as_str()), "unknown flag {arg}");
+    }
 }
 
 #[test]
