@@ -106,7 +106,9 @@ fn host_metrics_match_node_exporter() {
         if subset_only {
             // node_exporter runs collectors Meerkat does not; ours must be among its.
             for missing in our_labels.difference(&their_labels) {
-                problems.push(format!("{name}{missing:?}: node_exporter has no such series"));
+                problems.push(format!(
+                    "{name}{missing:?}: node_exporter has no such series"
+                ));
             }
         } else if our_labels != their_labels {
             problems.push(format!(

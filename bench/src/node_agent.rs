@@ -165,7 +165,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     let minutes = args.duration_seconds as f64 / 60.0;
     let mib = |bytes: f64| bytes / f64::from(1 << 20);
-    println!("| program | CPU s per minute | average RSS MiB | peak RSS MiB | samples per minute |");
+    println!(
+        "| program | CPU s per minute | average RSS MiB | peak RSS MiB | samples per minute |"
+    );
     println!("|---|---:|---:|---:|---:|");
     for f in [&meerkat, &node_exporter] {
         println!(

@@ -516,7 +516,12 @@ fn with_auth_on_the_agent_writes_into_its_tokens_tenant() {
     .unwrap();
     let meerkat = Server::start(
         dir.path(),
-        &["--http-listen", "127.0.0.1:0", "--config", config.to_str().unwrap()],
+        &[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
         &[],
     );
     let token = dir.path().join("token");
@@ -559,7 +564,9 @@ fn with_auth_on_the_agent_writes_into_its_tokens_tenant() {
         let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
         body["data"]["rows"][0][0].as_u64().unwrap_or(0)
     };
-    wait_until("proxied spans in the agent's tenant", || spans("node-secret") > 0);
+    wait_until("proxied spans in the agent's tenant", || {
+        spans("node-secret") > 0
+    });
     assert_eq!(spans("other-secret"), 0);
     stop_agent(&mut agent, &log);
 }

@@ -245,7 +245,10 @@ mod tests {
         let (groups, errors) = cache.read(&patterns);
         assert_eq!(targets(&groups), ["h1:9100", "h2:9100"]);
         assert_eq!(errors.len(), 1);
-        assert!(errors[0].contains("a.json") && errors[0].contains("kept"), "{errors:?}");
+        assert!(
+            errors[0].contains("a.json") && errors[0].contains("kept"),
+            "{errors:?}"
+        );
 
         // A removed file takes its targets; a new broken file has none to keep.
         std::fs::remove_file(&other).unwrap();

@@ -8,8 +8,8 @@
 
 use std::fmt::Write as _;
 
-use model::MetricType;
 use crate::LabelSet;
+use model::MetricType;
 
 /// One metric family: a name, its help and type, and its samples.
 #[derive(Clone, Debug, PartialEq)]
@@ -201,10 +201,8 @@ mod tests {
         assert_eq!(families.len(), 3);
         assert_eq!(families.samples(), 4);
         let text = families.to_text();
-        let mut parser = crate::exposition::Parser::new(
-            text.as_bytes(),
-            crate::exposition::Format::Prometheus,
-        );
+        let mut parser =
+            crate::exposition::Parser::new(text.as_bytes(), crate::exposition::Format::Prometheus);
         let mut samples: Vec<(String, Option<String>, f64)> = Vec::new();
         while let Some(entry) = parser.next_entry().expect("our own page parses") {
             if let crate::exposition::Entry::Sample(sample) = entry {
@@ -239,7 +237,11 @@ mod tests {
         families.add_labels(&[("pod".to_owned(), "added".to_owned())]);
         let pods: Vec<_> = families
             .iter()
-            .flat_map(|f| f.samples.iter().map(|(l, _)| l.get("pod").map(str::to_owned)))
+            .flat_map(|f| {
+                f.samples
+                    .iter()
+                    .map(|(l, _)| l.get("pod").map(str::to_owned))
+            })
             .collect();
         assert_eq!(pods, [Some("own".to_owned()), Some("added".to_owned())]);
     }

@@ -81,12 +81,7 @@ pub(super) fn stat(options: &HostOptions, out: &mut Families) -> Result<(), Coll
                 &[],
                 value,
             ),
-            "processes" => out.counter(
-                "node_forks_total",
-                "Total number of forks.",
-                &[],
-                value,
-            ),
+            "processes" => out.counter("node_forks_total", "Total number of forks.", &[], value),
             "procs_running" => out.gauge(
                 "node_procs_running",
                 "Number of processes in runnable state.",
@@ -137,11 +132,16 @@ pub(super) fn meminfo(options: &HostOptions, out: &mut Families) -> Result<(), C
 
 pub(super) fn loadavg(options: &HostOptions, out: &mut Families) -> Result<(), CollectError> {
     let path = options.proc("loadavg");
-    let load = procfs::LoadAverage::from_file(&path)
-        .map_err(|e| parse_error(&path, e.to_string()))?;
+    let load =
+        procfs::LoadAverage::from_file(&path).map_err(|e| parse_error(&path, e.to_string()))?;
     out.gauge("node_load1", "1m load average.", &[], f64::from(load.one));
     out.gauge("node_load5", "5m load average.", &[], f64::from(load.five));
-    out.gauge("node_load15", "15m load average.", &[], f64::from(load.fifteen));
+    out.gauge(
+        "node_load15",
+        "15m load average.",
+        &[],
+        f64::from(load.fifteen),
+    );
     Ok(())
 }
 
@@ -283,7 +283,8 @@ pub(super) fn time(options: &HostOptions, out: &mut Families) -> Result<(), Coll
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("clocksource").map(|d| (d.to_owned(), e.path()))
+            name.strip_prefix("clocksource")
+                .map(|d| (d.to_owned(), e.path()))
         })
         .collect();
     sources.sort();
@@ -386,11 +387,7 @@ pub(super) fn os(options: &HostOptions, out: &mut Families) -> Result<(), Collec
     );
     // node_exporter keeps the leading "major.minor" of VERSION_ID as a number.
     let version_id = field("VERSION_ID");
-    let numeric: String = version_id
-        .split('.')
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(".");
+    let numeric: String = version_id.split('.').take(2).collect::<Vec<_>>().join(".");
     if let Ok(version) = numeric.parse::<f64>() {
         out.gauge(
             "node_os_version",

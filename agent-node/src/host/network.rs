@@ -62,8 +62,7 @@ pub(super) fn netdev(options: &HostOptions, out: &mut Families) -> Result<(), Co
         }
         let dir = options.sys("class/net").join(&device).join("statistics");
         for (name, file) in STATISTICS {
-            let Some(value) = read_trimmed(&dir.join(file)).and_then(|v| parse_integer(&v))
-            else {
+            let Some(value) = read_trimmed(&dir.join(file)).and_then(|v| parse_integer(&v)) else {
                 continue;
             };
             out.counter(
@@ -122,8 +121,7 @@ pub(super) fn netclass(options: &HostOptions, out: &mut Families) -> Result<(), 
             if operstate == "up" { 1.0 } else { 0.0 },
         );
         for (name, file, counter) in ATTRIBUTES {
-            let Some(value) = read_trimmed(&dir.join(file)).and_then(|v| parse_integer(&v))
-            else {
+            let Some(value) = read_trimmed(&dir.join(file)).and_then(|v| parse_integer(&v)) else {
                 continue;
             };
             let help = format!("Network device property: {name}");
