@@ -201,6 +201,13 @@ pub async fn run(
             if let Some(timeout) = remote.remote_timeout {
                 remote_config.timeout = Duration::from_millis(timeout.0.max(1));
             }
+            if let Some(tls) = &remote.tls_config {
+                let tls = scrape::tls::client_config(tls).map_err(|e| AgentError::Config {
+                    path: options.scrape_config.display().to_string(),
+                    message: format!("remote_write tls_config: {e}"),
+                })?;
+                remote_config.tls = Some(Arc::new(tls));
+            }
             remote_config
         }
         None => RemoteWriteConfig::new(format!(

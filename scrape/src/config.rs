@@ -542,14 +542,10 @@ impl PrometheusConfig {
             if !remote.url.starts_with("http://") && !remote.url.starts_with("https://") {
                 return fail(format!("{}: use an http:// or https:// URL", at("url")));
             }
-            // Delivery takes rustls settings (`tls::client_config` makes them), but the
-            // cluster agent does not pass a remote_write's yet: refused, not ignored.
-            if remote.tls_config.is_some() {
-                return fail(format!(
-                    "{}: not supported by Meerkat's agent yet (https endpoints are checked \
-                     against the system's CA certificates)",
-                    at("tls_config")
-                ));
+            // Checked here, so a bad one refuses the file rather than failing at send.
+            if let Some(tls) = &remote.tls_config {
+                crate::tls::client_config(tls)
+                    .map_err(|e| ConfigError(format!("{}: {e}", at("tls_config"))))?;
             }
             remote
                 .auth()
@@ -1083,8 +1079,8 @@ remote_write:
             ),
             ("remote_write:\n  - url: ftp://a/w\n", "http:// or https://"),
             (
-                "remote_write:\n  - url: https://a/w\n    tls_config: {insecure_skip_verify: true}\n",
-                "remote_write[0].tls_config: not supported",
+                "remote_write:\n  - url: https://a/w\n    tls_config: {cert_file: /c.pem}\n",
+                "remote_write[0].tls_config",
             ),
             (
                 "remote_write:\n  - url: http://a/w\n  - url: http://b/w\n",
@@ -1187,5 +1183,14 @@ remote_write:
         assert_eq!(parse_size("1GiB"), Some(1 << 30));
         assert_eq!(parse_size("10"), None);
         assert_eq!(parse_size("10 MB"), None);
+    }
+
+    #[test]
+    fn remote_write_takes_a_tls_config() {
+        let config = PrometheusConfig::parse(
+            "remote_write:\n  - url: https://gateway:9797/api/v1/write\n    tls_config: {insecure_skip_verify: true, min_version: TLS12}\n",
+        )
+        .expect("a remote_write with tls_config parses");
+        assert!(config.remote_write[0].tls_config.is_some());
     }
 }
