@@ -1,7 +1,11 @@
 //! Evaluates Prometheus-format alerting and recording rules.
 //!
-//! This crate will own rule-file loading and validation (`meerkat rules check|test`), group
-//! evaluation against the query engine, and notification of Alertmanager and webhooks; alert
-//! state transitions go onto the bus as platform events.
-//!
-//! Nothing is implemented yet; see issue 7.
+//! This crate owns rule-file loading and validation (`meerkat rules check`, following
+//! Prometheus 2.42's `rulefmt` and `promtool check rules` so teams can bring their existing
+//! files unchanged). Group evaluation against the query engine, notification of Alertmanager
+//! and webhooks, and `meerkat rules test` are still to come (issue 7).
+
+pub mod rulefmt;
+pub mod template;
+
+pub use rulefmt::{CheckReport, Duplicate, RuleError, RuleGroup, RuleGroups, RuleNode};
