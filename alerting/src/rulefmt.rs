@@ -200,13 +200,17 @@ pub fn parse(file: &str, text: &str) -> Result<RuleGroups, Vec<RuleError>> {
             let location = error.location();
             let known = |v: u64| (v > 0).then_some(v);
             // The message without saphyr's own position suffix: the position leads instead.
-            let message = error.to_string();
-            vec![problem(
+            let (line, column) = (
                 location.and_then(|l| known(l.line())),
                 location.and_then(|l| known(l.column())),
-                String::new(),
-                message,
-            )]
+            );
+            let mut message = error.without_snippet().to_string();
+            if let (Some(l), Some(c)) = (line, column)
+                && let Some(stripped) = message.strip_suffix(&format!(" at line {l}, column {c}"))
+            {
+                message = stripped.to_owned();
+            }
+            vec![problem(line, column, String::new(), message)]
         })?
     } else {
         RuleGroups::default()

@@ -83,6 +83,9 @@ pub enum Command {
     /// Inspect the effective configuration
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Prometheus rule files
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Print version and build information
     Version,
 }
@@ -225,6 +228,16 @@ pub struct NodeAgentArgs {
     /// `Authorization: Bearer …` on everything the agent sends; re-read at start)
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Check rule files as `promtool check rules` does; exits 1 when any file fails
+    Check {
+        /// Rule files in Prometheus's format
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

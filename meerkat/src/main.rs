@@ -8,6 +8,7 @@ mod components;
 mod config;
 mod http;
 mod lifecycle;
+mod rules;
 mod serve;
 mod telemetry;
 
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use crate::cli::{AgentCommand, Cli, Command, ConfigCommand};
+use crate::cli::{AgentCommand, Cli, Command, ConfigCommand, RulesCommand};
 use crate::config::Config;
 
 /// mimalloc instead of glibc's allocator: the ingest path allocates a string per label of
@@ -218,6 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::from(EXIT_UNAVAILABLE))
     };
     match &cli.command {
+        Command::Rules(RulesCommand::Check { files }) => Ok(rules::check(files)),
         Command::Version => {
             println!("meerkat {VERSION_LINE}");
             Ok(ExitCode::SUCCESS)
