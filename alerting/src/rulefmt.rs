@@ -36,7 +36,7 @@ fn position(line: Option<u64>, column: Option<u64>) -> String {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleGroups {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub groups: Vec<RuleGroup>,
 }
 
@@ -50,8 +50,17 @@ pub struct RuleGroup {
     pub interval: Option<Spanned<Scalar>>,
     #[serde(default)]
     pub limit: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub rules: Vec<Spanned<RuleNode>>,
+}
+
+/// A key given with no value (`groups:`) is empty, as Go's YAML decoder leaves it.
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 fn empty_name() -> Spanned<String> {
@@ -76,9 +85,9 @@ pub struct RuleNode {
     pub for_: Option<Spanned<Scalar>>,
     #[serde(default)]
     pub keep_firing_for: Option<Spanned<Scalar>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub labels: BTreeMap<String, Scalar>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub annotations: BTreeMap<String, Scalar>,
 }
 
@@ -495,6 +504,9 @@ mod tests {
     #[test]
     fn an_empty_file_has_no_rules() {
         assert_eq!(check("f", "# nothing\n").expect("empty").rules, 0);
+        assert_eq!(check("f", "groups:\n").expect("no groups").rules, 0);
+        let nulls = "groups:\n  - name: g\n    rules:\n      - alert: a\n        expr: 1\n        labels:\n        annotations:\n";
+        assert_eq!(check("f", nulls).expect("null maps").rules, 1);
     }
 
     #[test]

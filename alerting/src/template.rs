@@ -72,6 +72,8 @@ const FUNCTIONS: &[&str] = &[
     "pathPrefix",
     "externalURL",
     "parseDuration",
+    "stripPort",
+    "stripDomain",
 ];
 
 /// Checks `text` as Go's `template.Parse` would, with `predefined` variables (such as
@@ -181,7 +183,10 @@ fn lex(text: &str) -> Result<Vec<Action>, TemplateError> {
             i = k;
             continue;
         }
-        let mut tokens = Vec::new();
+        let mut tokens: Vec<Token> = Vec::new();
+        // Where the previous token ended: a field right after a term (no space) chains onto
+        // it, which Go allows on some terms only.
+        let mut previous_end = None;
         loop {
             let Some(&c) = chars.get(i) else {
                 return Err(error(start_line, "unclosed action"));
@@ -201,6 +206,7 @@ fn lex(text: &str) -> Result<Vec<Action>, TemplateError> {
                 i += 1;
                 continue;
             }
+            let adjacent = previous_end == Some(i);
             match c {
                 '|' => {
                     tokens.push(Token::Pipe);
@@ -234,7 +240,11 @@ fn lex(text: &str) -> Result<Vec<Action>, TemplateError> {
                             None | Some('\n') => {
                                 return Err(error(line, "unterminated quoted string"));
                             }
-                            Some('\\') => i += 2,
+                            Some('\\') => {
+                                i += escape_len(&chars[i + 1..], quote)
+                                    .ok_or_else(|| error(line, "invalid syntax"))?
+                                    + 1;
+                            }
                             Some(&q) if q == quote => {
                                 i += 1;
                                 break;
@@ -272,6 +282,25 @@ fn lex(text: &str) -> Result<Vec<Action>, TemplateError> {
                     i = k;
                 }
                 '.' => {
+                    if adjacent {
+                        match tokens.last() {
+                            Some(Token::Dot) => {
+                                return Err(error(line, "unexpected <.> in operand"));
+                            }
+                            Some(Token::Text) => {
+                                return Err(error(line, "unexpected . after term"));
+                            }
+                            Some(Token::Ident(word))
+                                if matches!(word.as_str(), "true" | "false" | "nil") =>
+                            {
+                                return Err(error(
+                                    line,
+                                    format!("unexpected . after term {word:?}"),
+                                ));
+                            }
+                            _ => {}
+                        }
+                    }
                     let mut k = i + 1;
                     if chars.get(k).is_some_and(|c| is_ident_char(*c)) {
                         while chars.get(k).is_some_and(|c| is_ident_char(*c) || *c == '.') {
@@ -295,10 +324,7 @@ fn lex(text: &str) -> Result<Vec<Action>, TemplateError> {
                         k += 1;
                     }
                     let number: String = chars[i..k].iter().collect();
-                    if number.parse::<f64>().is_err()
-                        && !number.starts_with("0x")
-                        && !number.contains('_')
-                    {
+                    if !is_number(&number) {
                         return Err(error(line, format!("bad number syntax: {number:?}")));
                     }
                     tokens.push(Token::Text);
@@ -317,6 +343,7 @@ fn lex(text: &str) -> Result<Vec<Action>, TemplateError> {
                     return Err(error(line, format!("unexpected {other:?} in command")));
                 }
             }
+            previous_end = Some(i);
         }
         actions.push(Action {
             line: start_line,
@@ -330,6 +357,8 @@ fn lex(text: &str) -> Result<Vec<Action>, TemplateError> {
 struct Block {
     kind: &'static str,
     line: usize,
+    /// Whether a plain `{{else}}` was seen: nothing but `{{end}}` may follow it.
+    ended: bool,
 }
 
 #[derive(Debug)]
@@ -346,7 +375,11 @@ impl Parser {
     }
 
     fn open(&mut self, kind: &'static str, line: usize) {
-        self.blocks.push(Block { kind, line });
+        self.blocks.push(Block {
+            kind,
+            line,
+            ended: false,
+        });
         self.scopes.push(Vec::new());
     }
 
@@ -370,17 +403,24 @@ impl Parser {
                 self.pipeline(rest, line, kind == "range", keyword)
             }
             "else" => {
-                let Some(top) = self.blocks.last() else {
+                let Some(top) = self.blocks.last_mut() else {
                     return Err(error(line, "unexpected {{else}}"));
                 };
                 if !matches!(top.kind, "if" | "with" | "range") {
                     return Err(error(line, "unexpected {{else}}"));
                 }
-                self.scopes.pop();
-                self.scopes.push(Vec::new());
+                if top.ended {
+                    return Err(error(line, "expected end; found {{else}}"));
+                }
+                // `else if` chains on; Go 1.19 (Prometheus 2.42's) has no `else with`.
+                let chained = top.kind == "if"
+                    && matches!(rest.first(), Some(Token::Ident(word)) if word == "if");
+                top.ended = !chained;
+                // Variables of the whole control structure (its pipeline's and its body's)
+                // stay visible in its else branch, as in Go.
                 match rest.first() {
                     None => Ok(()),
-                    Some(Token::Ident(word)) if word == "if" || word == "with" => {
+                    Some(Token::Ident(word)) if word == "if" && chained => {
                         self.pipeline(&rest[1..], line, false, word)
                     }
                     Some(_) => Err(error(line, "unexpected token in {{else}}")),
@@ -422,6 +462,7 @@ impl Parser {
                 self.blocks.push(Block {
                     kind: "define",
                     line,
+                    ended: false,
                 });
                 let outer = std::mem::replace(&mut self.scopes, vec![Vec::new(), Vec::new()]);
                 self.saved.push(outer);
@@ -471,10 +512,8 @@ impl Parser {
                 declared.push(v.clone());
                 tokens = rest;
             }
-            [Token::Variable(v), Token::Assign, rest @ ..] => {
-                if !self.defined(v) {
-                    return Err(error(line, format!("undefined variable {v:?}")));
-                }
+            // Go's parser leaves assignment to an undeclared variable to execution.
+            [Token::Variable(_), Token::Assign, rest @ ..] => {
                 tokens = rest;
             }
             [
@@ -564,11 +603,54 @@ impl Parser {
             }
             operands += 1;
         }
-        if operands == 0 {
+        // Go's parser takes a trailing `|` as part of the last command, so `{{ x | }}` parses.
+        if operands == 0 && stage == 1 {
             return Err(error(line, "missing value for command"));
         }
         Ok(i)
     }
+}
+
+/// The length of a Go escape sequence after its backslash, if it is one.
+fn escape_len(rest: &[char], quote: char) -> Option<usize> {
+    let hex = |n: usize| {
+        (rest.len() > n && rest[1..=n].iter().all(char::is_ascii_hexdigit)).then_some(n + 1)
+    };
+    match rest.first()? {
+        'a' | 'b' | 'f' | 'n' | 'r' | 't' | 'v' | '\\' => Some(1),
+        &c if c == quote => Some(1),
+        'x' => hex(2),
+        'u' => hex(4),
+        'U' => hex(8),
+        '0'..='7' => {
+            (rest.len() > 2 && rest[..3].iter().all(|c| ('0'..='7').contains(c))).then_some(3)
+        }
+        _ => None,
+    }
+}
+
+/// Go's number literals as templates accept them: decimal (with exponent), 0x/0o/0b
+/// integers, `_` separators, an optional sign, and imaginary `i`.
+fn is_number(text: &str) -> bool {
+    let text = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let text = text.strip_suffix('i').unwrap_or(text);
+    let digits = |s: &str, radix: u32| {
+        !s.is_empty() && s.chars().all(|c| c == '_' || c.is_digit(radix)) && !s.ends_with('_')
+    };
+    let lower = text.to_ascii_lowercase();
+    if let Some(rest) = lower.strip_prefix("0x") {
+        return digits(rest.trim_start_matches('_'), 16);
+    }
+    if let Some(rest) = lower.strip_prefix("0o") {
+        return digits(rest.trim_start_matches('_'), 8);
+    }
+    if let Some(rest) = lower.strip_prefix("0b") {
+        return digits(rest.trim_start_matches('_'), 2);
+    }
+    !text.contains("__")
+        && !text.ends_with('_')
+        && text.replace('_', "").parse::<f64>().is_ok()
+        && text.starts_with(|c: char| c.is_ascii_digit() || c == '.')
 }
 
 /// Go's check that only a pipeline's first command may start with a constant or dot.
@@ -627,6 +709,10 @@ mod tests {
         ok("{{ define \"t\" }}{{ . }}{{ end }}{{ template \"t\" $labels }}");
         ok("{{ reReplaceAll \"(.*)\" `$1` (index $labels \"x\") }}");
         ok("{{ range query \"up\" }}{{ if .Value }}{{ break }}{{ end }}{{ end }}");
+        ok("{{ if $x := 1 }}{{ $x }}{{ else }}{{ $x }}{{ end }}");
+        ok("{{ if 1 }}{{ else if 2 }}{{ else if 3 }}{{ else }}{{ end }}");
+        ok("{{ \"\\x41\\u0041\\101\\n\" }} {{ 0b101 }} {{ 0o17 }} {{ 1_000 }} {{ .5 }} {{ 1i }}");
+        ok("{{ $labels.a.b }} {{ (humanize 1).x }} {{ $y = 2 }}");
         ok("{{ 'a' }} {{ -1 }} {{ 1e3 }} {{ 0x1F }} {{ true }} {{ nil | print }} {{ nil }}");
     }
 
@@ -640,7 +726,9 @@ mod tests {
         bad("{{ nosuchfunc 1 }}", "function \"nosuchfunc\" not defined");
         bad("{{ }}", "missing value for command");
         bad("{{ if }}{{ end }}", "missing value for if");
-        bad("{{ humanize | }}", "missing value for command");
+        ok("{{ humanize 1 | }}");
+        bad("{{ humanize 1 | | print }}", "missing command");
+        bad("{{ | print }}", "missing command");
         bad("{{ (humanize 1 }}", "unclosed left paren");
         bad("{{ humanize 1) }}", "unexpected \")\"");
         bad("{{ \"open }}", "unterminated quoted string");
@@ -652,6 +740,20 @@ mod tests {
             "non executable command in pipeline stage 2",
         );
         bad("{{ 1x2 }}", "bad number syntax");
+        bad("{{ 0x1g }}", "bad number syntax");
+        bad("{{ 1__0 }}", "bad number syntax");
+        bad("{{ \"\\z\" }}", "invalid syntax");
+        bad(
+            "{{ if 1 }}{{ else }}{{ else }}{{ end }}",
+            "expected end; found {{else}}",
+        );
+        bad(
+            "{{ with . }}{{ else with 1 }}{{ end }}",
+            "unexpected token in {{else}}",
+        );
+        bad("{{ true.x }}", "unexpected . after term");
+        bad("{{ \"a\".x }}", "unexpected . after term");
+        bad("{{ .. }}", "unexpected <.> in operand");
         bad("{{ if 1 }}{{ define \"t\" }}{{ end }}{{ end }}", "nested");
     }
 

@@ -173,11 +173,7 @@ fn duplicates_warn_as_promtool_does() {
 /// package; `scripts/install-peers`).
 #[test]
 fn promtool_agrees_when_installed() {
-    let installed = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
+    if !promtool_installed() {
         eprintln!("promtool is not installed: the README's verdicts were checked only");
         return;
     }
@@ -195,5 +191,231 @@ fn promtool_agrees_when_installed() {
         );
         let meerkat = meerkat_check(&[path(file)]);
         assert_eq!(meerkat.status.code(), promtool.status.code(), "{file}");
+    }
+}
+/// Alert annotation templates and promtool 2.42's exit code for a rule file holding each.
+const TEMPLATE_VERDICTS: &[(&str, i32)] = &[
+    ("{{ $labels.instance }} of {{ $labels.job }}", 0),
+    (
+        "{{ .Labels.x }} {{ $externalLabels.cluster }} {{ $externalURL }}",
+        0,
+    ),
+    (
+        "{{ $value | printf \"%.2f\" }} {{ humanize $value }} {{ humanizePercentage $value }}",
+        0,
+    ),
+    (
+        "{{ if gt $value 1.0 }}high{{ else if lt $value 0.5 }}low{{ else }}mid{{ end }}",
+        0,
+    ),
+    (
+        "{{ range $i, $s := query \"up\" }}{{ $i }}{{ $s.Labels.job }}{{ end }}",
+        0,
+    ),
+    (
+        "{{ with query \"up\" }}{{ . | first | value | humanize }}{{ else }}none{{ end }}",
+        0,
+    ),
+    ("{{ define \"x\" }}a{{ end }}{{ template \"x\" . }}", 0),
+    ("{{ block \"x\" . }}a{{ end }}", 0),
+    (
+        "{{ range . }}{{ if . }}{{ break }}{{ end }}{{ continue }}{{ end }}",
+        0,
+    ),
+    ("{{/* comment */}}{{- 1 -}}", 0),
+    ("{{ if $x := 1 }}{{ $x }}{{ else }}{{ $x }}{{ end }}", 0),
+    (
+        "{{ \"\\x41\\u0041\\101\\n\" }} {{ `raw` }} {{ 'c' }} {{ 0x1F }} {{ 0b101 }} {{ 1_000 }} {{ .5 }} {{ 1e3 }}",
+        0,
+    ),
+    (
+        "{{ $labels.a.b }} {{ (humanize 1).x }} {{ $y = 2 }} {{ nil }}",
+        0,
+    ),
+    (
+        "{{ reReplaceAll \"(.*)\" \"$1\" (index $labels \"x\") | toUpper | title }}",
+        0,
+    ),
+    (
+        "{{ stripPort \"a:1\" }} {{ stripDomain \"a.b\" }} {{ parseDuration \"1m\" }} {{ toTime 1 }} {{ safeHtml \"x\" }}",
+        0,
+    ),
+    ("{{ $labels.instance", 1),
+    ("{{ if $value }}x", 1),
+    ("x{{ end }}", 1),
+    ("{{ else }}", 1),
+    ("{{ if 1 }}{{ else }}{{ else }}{{ end }}", 1),
+    ("{{ with . }}{{ else with 1 }}{{ end }}", 1),
+    ("{{ $missing }}", 1),
+    ("{{ if 1 }}{{ $x := 1 }}{{ end }}{{ $x }}", 1),
+    ("{{ define \"t\" }}{{ $labels }}{{ end }}", 1),
+    ("{{ nosuchfunc 1 }}", 1),
+    ("{{ now }}", 1),
+    ("{{ }}", 1),
+    ("{{ if }}{{ end }}", 1),
+    ("{{ humanize | }}", 0),
+    ("{{ 1 | 2 }}", 1),
+    ("{{ (humanize 1 }}", 1),
+    ("{{ humanize 1) }}", 1),
+    ("{{ ( ) }}", 1),
+    ("{{ \"open }}", 1),
+    ("{{ \"\\z\" }}", 1),
+    ("{{/* open }}", 1),
+    ("{{ break }}", 1),
+    ("{{ 0x1g }}", 1),
+    ("{{ 1__0 }}", 1),
+    ("{{ true.x }}", 1),
+    ("{{ .. }}", 1),
+    ("{{ if 1 }}{{ define \"t\" }}{{ end }}{{ end }}", 1),
+    ("{{ $x := }}", 1),
+];
+
+/// Whole rule files and promtool 2.42's exit code for each.
+const FILE_VERDICTS: &[(&str, i32)] = &[
+    ("groups:", 0),
+    ("groups: []", 0),
+    ("groups:\n  - name: g\n    interval: 1.5m", 1),
+    ("groups:\n  - name: g\n    interval: 0", 0),
+    (
+        "groups:\n  - name: g\n    interval: 1h30m\n    limit: 10",
+        0,
+    ),
+    ("groups:\n  - name: g\n    limit: x", 1),
+    ("groups:\n  - name: \"\"", 1),
+    ("groups:\n  - rules: []", 1),
+    ("groups:\n  - name: g\n    name: h", 1),
+    (
+        "groups:\n  - name: g\n    rules:\n      - alert: a\n        expr: 1\n        for: 0\n        keep_firing_for: 10m",
+        0,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - alert: a\n        expr: 1\n        for: 5 minutes",
+        1,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - alert: a\n        expr: 1\n        labels:\n          a: 1\n          b: true",
+        0,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - alert: a\n        expr: 1\n        labels:\n          a: [1]",
+        1,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - alert: a\n        expr: 1\n        labels:\n        annotations:",
+        0,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - alert: \"\"\n        record: \"\"\n        expr: 1",
+        1,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - alert: a b\n        expr: 1",
+        0,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: 1\n        for: 0s",
+        0,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: 1\n        annotations: {}",
+        0,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: 1\n        labels: {x: \"{{ $nope }}\"}",
+        0,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: up[5m]",
+        0,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: x{a=~\"(\"}",
+        1,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: histogram_quantile(0.9, x) offset 5m @ start()",
+        1,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: '{a=\"\"}'",
+        1,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: quantile_over_time(x, y[1m])",
+        1,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: x + ignoring(a) on(b) y",
+        1,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: x offset 1m offset 2m",
+        1,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: nosuchfunc(x)",
+        1,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: 1 + \"a\"",
+        1,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: rate(x[5m])[1m:] offset -1m",
+        0,
+    ),
+    ("foo: 1", 1),
+    ("- a", 1),
+    ("groups: x", 1),
+];
+
+/// The rule file of one [`TEMPLATE_VERDICTS`] case: the template as an alert annotation
+/// (single-quoted YAML, quotes doubled).
+fn template_rule_file(template: &str) -> String {
+    format!(
+        "groups:\n  - name: g\n    rules:\n      - alert: a\n        expr: 1\n        annotations:\n          x: '{}'\n",
+        template.replace('\'', "''")
+    )
+}
+
+fn promtool_installed() -> bool {
+    Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Edge cases beyond the peer files (templates, durations, null keys, PromQL), whose
+/// verdicts were taken from promtool 2.42 and are checked against it again when installed.
+#[test]
+fn edge_cases_get_promtools_verdict() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let promtool = promtool_installed();
+    let cases = TEMPLATE_VERDICTS
+        .iter()
+        .map(|(template, code)| (template_rule_file(template), *code))
+        .chain(
+            FILE_VERDICTS
+                .iter()
+                .map(|(text, code)| (format!("{text}\n"), *code)),
+        );
+    for (index, (content, expected)) in cases.enumerate() {
+        let file = dir.path().join(format!("case{index}.yml"));
+        std::fs::write(&file, &content).expect("write the case");
+        let output = meerkat_check(std::slice::from_ref(&file));
+        assert_eq!(
+            output.status.code(),
+            Some(expected),
+            "meerkat on:\n{content}\nstderr: {}",
+            text(&output.stderr)
+        );
+        if promtool {
+            let live = Command::new("promtool")
+                .args(["check", "rules"])
+                .arg(&file)
+                .output()
+                .expect("run promtool");
+            assert_eq!(live.status.code(), Some(expected), "promtool on:\n{content}");
+        }
     }
 }
