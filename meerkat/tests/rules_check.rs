@@ -415,7 +415,24 @@ fn edge_cases_get_promtools_verdict() {
                 .arg(&file)
                 .output()
                 .expect("run promtool");
-            assert_eq!(live.status.code(), Some(expected), "promtool on:\n{content}");
+            assert_eq!(
+                live.status.code(),
+                Some(expected),
+                "promtool on:\n{content}"
+            );
         }
     }
+}
+
+#[test]
+fn a_missing_file_fails_with_its_name() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let missing = dir.path().join("missing.yml");
+    let output = meerkat_check(std::slice::from_ref(&missing));
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}: cannot read the file", missing.display())),
+        "{stderr}"
+    );
 }
