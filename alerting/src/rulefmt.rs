@@ -316,7 +316,7 @@ fn validate(rule: &RuleNode) -> Vec<(Option<(u64, u64)>, String)> {
             problems.push((pos(&rule.expr), "field 'expr' must be set in rule".into()));
         }
         Some(expr) => {
-            if let Err(error) = promql_parser::parser::parse(expr) {
+            if let Err(error) = parse_expr(expr) {
                 problems.push((
                     pos(&rule.expr),
                     format!("could not parse expression: {}", error.trim()),
@@ -390,6 +390,171 @@ fn validate(rule: &RuleNode) -> Vec<(Option<(u64, u64)>, String)> {
         }
     }
     problems
+}
+
+/// The functions of Prometheus 2.42's PromQL (`promql/functions.go`): promql-parser follows
+/// Prometheus 3, which renamed `holt_winters` and added functions 2.42 refuses.
+const PROMQL_2_42_FUNCTIONS: &[&str] = &[
+    "abs",
+    "absent",
+    "absent_over_time",
+    "acos",
+    "acosh",
+    "asin",
+    "asinh",
+    "atan",
+    "atanh",
+    "avg_over_time",
+    "ceil",
+    "changes",
+    "clamp",
+    "clamp_max",
+    "clamp_min",
+    "cos",
+    "cosh",
+    "count_over_time",
+    "days_in_month",
+    "day_of_month",
+    "day_of_week",
+    "day_of_year",
+    "deg",
+    "delta",
+    "deriv",
+    "exp",
+    "floor",
+    "histogram_count",
+    "histogram_sum",
+    "histogram_fraction",
+    "histogram_quantile",
+    "holt_winters",
+    "hour",
+    "idelta",
+    "increase",
+    "irate",
+    "label_replace",
+    "label_join",
+    "last_over_time",
+    "ln",
+    "log10",
+    "log2",
+    "max_over_time",
+    "min_over_time",
+    "minute",
+    "month",
+    "pi",
+    "predict_linear",
+    "present_over_time",
+    "quantile_over_time",
+    "rad",
+    "rate",
+    "resets",
+    "round",
+    "scalar",
+    "sgn",
+    "sin",
+    "sinh",
+    "sort",
+    "sort_desc",
+    "sqrt",
+    "stddev_over_time",
+    "stdvar_over_time",
+    "sum_over_time",
+    "tan",
+    "tanh",
+    "time",
+    "timestamp",
+    "vector",
+    "year",
+];
+
+/// Parses a rule's expression as Prometheus 2.42 would accept it.
+fn parse_expr(expr: &str) -> Result<(), String> {
+    let (text, uses_new_name) = rename_holt_winters(expr);
+    let parsed = promql_parser::parser::parse(&text)?;
+    let mut check = VersionCheck { uses_new_name };
+    promql_parser::util::walk_expr(&mut check, &parsed).map(|_| ())
+}
+
+/// `holt_winters(` → `double_exponential_smoothing(` outside string literals (the same
+/// function and argument types under its Prometheus 3 name, which promql-parser knows).
+/// Also says whether the text used the new name itself, which 2.42 does not know.
+fn rename_holt_winters(expr: &str) -> (String, bool) {
+    const OLD: &str = "holt_winters";
+    const NEW: &str = "double_exponential_smoothing";
+    let mut out = String::with_capacity(expr.len());
+    let mut uses_new_name = false;
+    let mut rest = expr;
+    while let Some(c) = rest.chars().next() {
+        if matches!(c, '"' | '\'' | '`') {
+            // Copy a string literal through unchanged (backslash escapes except in raw ones).
+            // An unterminated literal runs to the end (the parser then refuses it).
+            let mut end = rest.len();
+            let mut escaped = false;
+            for (i, d) in rest.char_indices().skip(1) {
+                if escaped {
+                    escaped = false;
+                } else if d == '\\' && c != '`' {
+                    escaped = true;
+                } else if d == c {
+                    end = i + d.len_utf8();
+                    break;
+                }
+            }
+            out.push_str(&rest[..end]);
+            rest = &rest[end..];
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let len = rest
+                .find(|d: char| !(d.is_ascii_alphanumeric() || d == '_' || d == ':'))
+                .unwrap_or(rest.len());
+            let word = &rest[..len];
+            let called = rest[len..].trim_start().starts_with('(');
+            if word == OLD && called {
+                out.push_str(NEW);
+            } else {
+                uses_new_name |= word == NEW && called;
+                out.push_str(word);
+            }
+            rest = &rest[len..];
+        } else {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    (out, uses_new_name)
+}
+
+/// Refuses what promql-parser accepts and Prometheus 2.42 does not: later functions and
+/// the `limitk`/`limit_ratio` aggregations.
+#[derive(Debug)]
+struct VersionCheck {
+    /// The text called `double_exponential_smoothing` itself (not through the rename).
+    uses_new_name: bool,
+}
+
+impl promql_parser::util::ExprVisitor for VersionCheck {
+    type Error = String;
+
+    fn pre_visit(&mut self, expr: &promql_parser::parser::Expr) -> Result<bool, String> {
+        use promql_parser::parser::Expr;
+        match expr {
+            Expr::Call(call) => {
+                let name = call.func.name;
+                let known = PROMQL_2_42_FUNCTIONS.contains(&name)
+                    || (name == "double_exponential_smoothing" && !self.uses_new_name);
+                if !known {
+                    return Err(format!("unknown function with name {name:?}"));
+                }
+            }
+            Expr::Aggregate(aggregate) => {
+                let op = aggregate.op.to_string();
+                if op == "limitk" || op == "limit_ratio" {
+                    return Err(format!("unexpected aggregation {op:?}"));
+                }
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
 }
 
 /// Prometheus's `model.IsValidMetricName`.
@@ -623,6 +788,30 @@ mod tests {
                 name: "x".into(),
                 labels: BTreeMap::new()
             }]
+        );
+    }
+
+    #[test]
+    fn expressions_are_those_of_prometheus_2_42() {
+        assert_eq!(parse_expr("holt_winters(x[5m], 0.5, 0.5)"), Ok(()));
+        assert_eq!(
+            parse_expr("sum(holt_winters (x{a=\"holt_winters(\"}[5m], 0.5, 0.5))"),
+            Ok(())
+        );
+        assert!(
+            parse_expr("holt_winters(x, 0.5, 0.5)").is_err(),
+            "needs a range vector"
+        );
+        assert!(parse_expr("double_exponential_smoothing(x[5m], 0.5, 0.5)").is_err());
+        assert!(parse_expr("sort_by_label(x, \"a\")").is_err());
+        assert!(parse_expr("limitk(1, x)").is_err());
+        assert_eq!(
+            parse_expr("label_replace(x, \"a\", \"$1\", \"b\", \"(.*)\")"),
+            Ok(())
+        );
+        assert_eq!(
+            rename_holt_winters("'holt_winters(' + `x`").0,
+            "'holt_winters(' + `x`"
         );
     }
 

@@ -272,6 +272,27 @@ const TEMPLATE_VERDICTS: &[(&str, i32)] = &[
 
 /// Whole rule files and promtool 2.42's exit code for each.
 const FILE_VERDICTS: &[(&str, i32)] = &[
+    // PromQL as of 2.42: holt_winters, not its Prometheus 3 name or later functions.
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: 'holt_winters(x[5m], 0.5, 0.5)'",
+        0,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: 'double_exponential_smoothing(x[5m], 0.5, 0.5)'",
+        1,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: 'sort_by_label(x, \"a\")'",
+        1,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: 'limitk(1, x)'",
+        1,
+    ),
+    (
+        "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: 'mad_over_time(x[5m])'",
+        1,
+    ),
     ("groups:", 0),
     ("groups: []", 0),
     ("groups:\n  - name: g\n    interval: 1.5m", 1),
