@@ -815,6 +815,27 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Broken files are refused with errors, never a panic.
+        #[test]
+        fn arbitrary_files_never_panic(text in "(groups:|\n|  |- |name: |rules:|record: |alert: |expr: |labels:|for: |[a-z0-9{}$\"'(), ]){0,60}") {
+            if let Err(errors) = parse("f", &text) {
+                proptest::prop_assert!(!errors.is_empty());
+                for error in errors {
+                    proptest::prop_assert!(error.to_string().starts_with("f: "));
+                    proptest::prop_assert!(!error.reason.is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_expressions_never_panic(expr in "(holt_winters|\\(|\\)|\"|'|`|\\\\|[a-z_ ,\\[\\]0-9])*") {
+            if let Err(reason) = parse_expr(&expr) {
+                proptest::prop_assert!(!reason.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn durations_parse_as_prometheus_does() {
         assert_eq!(parse_duration("1h30m"), Ok(5_400_000));

@@ -770,6 +770,17 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever a rule author writes, the checker answers instead of panicking.
+        #[test]
+        fn arbitrary_text_never_panics(text in "(\\{\\{|\\}\\}|[-$.|()\"'`\\\\/* a-z0-9=:,]){0,40}") {
+            if let Err(error) = check(&text, PROMETHEUS) {
+                proptest::prop_assert!(error.line >= 1 && error.line <= text.lines().count().max(1));
+                proptest::prop_assert!(!error.reason.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn errors_name_the_line_inside_the_template() {
         let error = check("first\nsecond {{ oops }}", PROMETHEUS).expect_err("undefined function");
