@@ -10,18 +10,51 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use serde_saphyr::Spanned;
 
-/// One problem in a rule file: what Prometheus would refuse it for, and where.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: {}{context}{reason}", position(*.line, *.column))]
-pub struct RuleError {
-    /// The file as given (empty when checking text that has no file).
-    pub file: String,
-    /// 1-based line, when the problem has one.
-    pub line: Option<u64>,
-    pub column: Option<u64>,
-    /// `group "g", rule 2, "name": ` when the problem is in a rule, else empty.
-    pub context: String,
-    pub reason: String,
+/// One problem with a rule file: what Prometheus would refuse it for, and where (`file` is
+/// the path as given; lines and columns are 1-based).
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("{file}: cannot read the file: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    /// Not YAML, or not a rule file's shape (unknown keys, wrong types).
+    #[error("{file}: {}{reason}", position(*.line, *.column))]
+    Yaml {
+        file: String,
+        line: Option<u64>,
+        column: Option<u64>,
+        reason: String,
+    },
+    /// A group or rule that `rulefmt.Parse` refuses; `context` is `group "g", rule 2,
+    /// "name": ` for a rule's problem, else empty.
+    #[error("{file}: {}{context}{reason}", position(*.line, *.column))]
+    Invalid {
+        file: String,
+        line: Option<u64>,
+        column: Option<u64>,
+        context: String,
+        reason: String,
+    },
+}
+
+impl RuleError {
+    /// The line the problem is on, when known.
+    pub fn line(&self) -> Option<u64> {
+        match self {
+            Self::Read { .. } => None,
+            Self::Yaml { line, .. } | Self::Invalid { line, .. } => *line,
+        }
+    }
+
+    /// Why, without the position and context.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Read { source, .. } => format!("cannot read the file: {source}"),
+            Self::Yaml { reason, .. } | Self::Invalid { reason, .. } => reason.clone(),
+        }
+    }
 }
 
 fn position(line: Option<u64>, column: Option<u64>) -> String {
@@ -167,13 +200,10 @@ const TEMPLATE_VARIABLES: &[&str] = &["$labels", "$externalLabels", "$externalUR
 /// Reads and checks a rule file as `promtool check rules` does.
 pub fn check_file(path: &Path) -> Result<CheckReport, Vec<RuleError>> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        vec![RuleError {
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        vec![RuleError::Read {
             file: file.clone(),
-            line: None,
-            column: None,
-            context: String::new(),
-            reason: format!("cannot read the file: {error}"),
+            source,
         }]
     })?;
     check(&file, &text)
@@ -192,14 +222,15 @@ pub fn check(file: &str, text: &str) -> Result<CheckReport, Vec<RuleError>> {
 /// Parses and validates a rule file's text as `rulefmt.Parse` does: every problem found,
 /// not just the first.
 pub fn parse(file: &str, text: &str) -> Result<RuleGroups, Vec<RuleError>> {
-    let problem =
-        |line: Option<u64>, column: Option<u64>, context: String, reason: String| RuleError {
+    let problem = |line: Option<u64>, column: Option<u64>, context: String, reason: String| {
+        RuleError::Invalid {
             file: file.to_owned(),
             line,
             column,
             context,
             reason,
-        };
+        }
+    };
     // An empty file (or one of comments only) is an empty rule set, as in Prometheus.
     let has_content = text
         .lines()
@@ -219,7 +250,12 @@ pub fn parse(file: &str, text: &str) -> Result<RuleGroups, Vec<RuleError>> {
             {
                 message = stripped.to_owned();
             }
-            vec![problem(line, column, String::new(), message)]
+            vec![RuleError::Yaml {
+                file: file.to_owned(),
+                line,
+                column,
+                reason: message,
+            }]
         })?
     } else {
         RuleGroups::default()
@@ -691,8 +727,8 @@ mod tests {
     fn unknown_keys_are_refused_with_their_line() {
         let text = "groups:\n  - name: g\n    rules:\n      - alert: a\n        expr: 1\n        annotation:\n          x: y\n";
         let errors = errors(text);
-        assert_eq!(errors[0].line, Some(6), "{}", errors[0]);
-        assert!(errors[0].reason.contains("annotation"), "{}", errors[0]);
+        assert_eq!(errors[0].line(), Some(6), "{}", errors[0]);
+        assert!(errors[0].reason().contains("annotation"), "{}", errors[0]);
     }
 
     #[test]
@@ -753,10 +789,10 @@ mod tests {
         for (body, reason) in cases {
             let errors = errors(&rule(body));
             assert!(
-                errors.iter().any(|e| e.reason.contains(reason)),
+                errors.iter().any(|e| e.reason().contains(reason)),
                 "{body}: {errors:?} lacks {reason:?}"
             );
-            assert!(errors.iter().all(|e| e.line.is_some()), "{errors:?}");
+            assert!(errors.iter().all(|e| e.line().is_some()), "{errors:?}");
         }
         // Zero durations are allowed on recording rules, as in Prometheus.
         assert!(parse("f", &rule("record: a\n        expr: 1\n        for: 0s")).is_ok());
@@ -768,12 +804,12 @@ mod tests {
         assert!(
             errors
                 .iter()
-                .any(|e| e.reason.contains("\"a\" is repeated") && e.line == Some(3))
+                .any(|e| e.reason().contains("\"a\" is repeated") && e.line() == Some(3))
         );
         assert!(
             errors
                 .iter()
-                .any(|e| e.reason.contains("must not be empty"))
+                .any(|e| e.reason().contains("must not be empty"))
         );
     }
 
@@ -823,7 +859,7 @@ mod tests {
                 proptest::prop_assert!(!errors.is_empty());
                 for error in errors {
                     proptest::prop_assert!(error.to_string().starts_with("f: "));
-                    proptest::prop_assert!(!error.reason.is_empty());
+                    proptest::prop_assert!(!error.reason().is_empty());
                 }
             }
         }
