@@ -419,7 +419,10 @@ fn validate(rule: &RuleNode) -> Vec<(Option<(u64, u64)>, String)> {
                 if let Err(error) = crate::template::check(&value.0, TEMPLATE_VARIABLES) {
                     problems.push((
                         None,
-                        format!("{kind} {name:?}: template: __alert_{alert}:{error}"),
+                        format!(
+                            "{kind} {name:?}: template: __alert_{alert}:{}: {}",
+                            error.line, error.reason
+                        ),
                     ));
                 }
             }
