@@ -9,7 +9,7 @@
 //! Reported per agent: samples delivered, CPU seconds (user + system, from /proc), peak RSS,
 //! and Meerkat's figures as ratios of each peer's.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -140,10 +140,6 @@ pub(crate) async fn sink(State(shared): State<Arc<Shared>>, body: Bytes) -> Stat
     StatusCode::NO_CONTENT
 }
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
 /// The scrape config every agent runs (vmagent's without `remote_write`: it takes the URL
 /// as a flag and refuses the section).
 fn scrape_config(
@@ -212,7 +208,10 @@ fn start_agent(
                     "--storage.agent.path={}",
                     dir.join("agent-wal").display()
                 ))
-                .arg(format!("--web.listen-address={}", free_addr()?));
+                .arg(format!(
+                    "--web.listen-address={}",
+                    crate::remote_write::free_addr()?
+                ));
             command
         }
         "vmagent" => {
@@ -224,7 +223,10 @@ fn start_agent(
                     "-remoteWrite.tmpDataPath={}",
                     dir.join("vmagent-data").display()
                 ))
-                .arg(format!("-httpListenAddr={}", free_addr()?));
+                .arg(format!(
+                    "-httpListenAddr={}",
+                    crate::remote_write::free_addr()?
+                ));
             command
         }
         other => bail!("unknown agent {other:?}: use meerkat, prometheus-agent or vmagent"),
@@ -270,15 +272,7 @@ fn measure(
     }
     eprintln!();
     let samples = shared.samples_received.load(Ordering::Relaxed) - before;
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait()?.is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    crate::remote_write::stop_child(&mut child, Duration::from_secs(20));
     Ok(Measured {
         name: name.to_owned(),
         samples,
@@ -314,7 +308,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     runtime.spawn(async move { axum::serve(listener, app).await });
     let sink_url = format!("http://{exporters}/api/v1/write");
 
-    let node = free_addr()?;
+    let node = crate::remote_write::free_addr()?;
     let mut node_exporter = Command::new("prometheus-node-exporter")
         .arg(format!("--web.listen-address={node}"))
         .stdout(Stdio::null())

@@ -4,7 +4,6 @@
 //! replaces on a node. Reported per program: average and peak RSS, CPU seconds per minute,
 //! and for the agent the samples it delivered per minute; Meerkat's figures also as ratios.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -66,20 +65,8 @@ fn watch(
         eprint!("\r  {name}: {:>3} s", started.elapsed().as_secs());
     }
     eprintln!();
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait()?.is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    crate::remote_write::stop_child(&mut child, Duration::from_secs(20));
     Ok((cpu, rss_sum / rss_count.max(1) as f64, peak))
-}
-
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -119,8 +106,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .arg(dir.path().join("buffer"))
         .arg("--checkpoint-dir")
         .arg(dir.path().join("checkpoints"))
-        .args(["--otlp-grpc-listen", &free_addr()?.to_string()])
-        .args(["--otlp-http-listen", &free_addr()?.to_string()])
+        .args([
+            "--otlp-grpc-listen",
+            &crate::remote_write::free_addr()?.to_string(),
+        ])
+        .args([
+            "--otlp-http-listen",
+            &crate::remote_write::free_addr()?.to_string(),
+        ])
         .env("MEERKAT_LOG__LEVEL", "warn")
         .current_dir(dir.path())
         .stdout(Stdio::null())
@@ -136,7 +129,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         samples: shared.samples_received.load(Ordering::Relaxed),
     };
 
-    let node = free_addr()?;
+    let node = crate::remote_write::free_addr()?;
     let exporter = Command::new("prometheus-node-exporter")
         .arg(format!("--web.listen-address={node}"))
         .stdout(Stdio::null())

@@ -85,18 +85,7 @@ impl Agent {
 
     /// The value of `name` (a series without labels) on the agent's own `/metrics`.
     fn own_metric(&self, name: &str) -> f64 {
-        let page = get(
-            std::net::SocketAddr::from(([127, 0, 0, 1], self.1)),
-            "/metrics",
-        )
-        .unwrap();
-        assert_eq!(page.status, 200);
-        page.body
-            .lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} not on the agent's page:\n{}", page.body))
+        common::agent_metric(self.1, name)
     }
 }
 

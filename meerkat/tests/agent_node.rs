@@ -396,20 +396,7 @@ fn spans_and_logs_through_the_node_agent_carry_their_pods_identity() {
     assert_eq!(up.values().copied().collect::<Vec<_>>(), [1.0]);
 
     // The agent's own metrics say what it did.
-    let metric = |name: &str| -> f64 {
-        let page = common::get(
-            std::net::SocketAddr::from(([127, 0, 0, 1], otlp.2)),
-            "/metrics",
-        )
-        .unwrap();
-        assert_eq!(page.status, 200);
-        page.body
-            .lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} not on the agent's page:\n{}", page.body))
-    };
+    let metric = |name: &str| common::agent_metric(otlp.2, name);
     assert_eq!(metric("meerkat_agent_log_lines_shipped_total"), 5.0);
     assert_eq!(metric("meerkat_agent_pods"), 1.0);
     assert!(metric("meerkat_agent_delivery_sent_samples_total") > 0.0);

@@ -445,3 +445,15 @@ pub fn serve_fixed(body: Vec<u8>, content_type: &'static str) -> u16 {
     });
     port
 }
+
+/// The value of `name` (a series without labels) on an agent's own `/metrics` at `port`.
+pub fn agent_metric(port: u16, name: &str) -> f64 {
+    let page = get(SocketAddr::from(([127, 0, 0, 1], port)), "/metrics").unwrap();
+    assert_eq!(page.status, 200);
+    page.body
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not on the agent's page:\n{}", page.body))
+}
