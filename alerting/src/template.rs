@@ -612,7 +612,7 @@ impl Parser {
 }
 
 /// The length of a Go escape sequence after its backslash, if it is one.
-fn escape_len(rest: &[char], quote: char) -> Option<usize> {
+pub(crate) fn escape_len(rest: &[char], quote: char) -> Option<usize> {
     let hex = |n: usize| {
         (rest.len() > n && rest[1..=n].iter().all(char::is_ascii_hexdigit)).then_some(n + 1)
     };
@@ -631,7 +631,7 @@ fn escape_len(rest: &[char], quote: char) -> Option<usize> {
 
 /// Go's number literals as templates accept them: decimal (with exponent), 0x/0o/0b
 /// integers, `_` separators, an optional sign, and imaginary `i`.
-fn is_number(text: &str) -> bool {
+pub(crate) fn is_number(text: &str) -> bool {
     let text = text.strip_prefix(['+', '-']).unwrap_or(text);
     let text = text.strip_suffix('i').unwrap_or(text);
     let digits = |s: &str, radix: u32| {

@@ -29,7 +29,7 @@ mod encode;
 pub mod heartbeat;
 mod spool;
 pub mod stale;
-mod tls;
+pub mod tls;
 pub use encode::{ExemplarRef, SeriesBuffer};
 use spool::{Spool, Spooled};
 

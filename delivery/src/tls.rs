@@ -15,7 +15,7 @@ use crate::DeliveryError;
 
 /// A connector for `url` with `tls`, else the system's roots (read only when `url` is
 /// https, so an http-only agent starts on an image without CA certificates).
-pub(crate) fn connector(
+pub fn connector(
     url: &str,
     uri: &hyper::Uri,
     tls: Option<&Arc<rustls::ClientConfig>>,

@@ -51,11 +51,10 @@ pub use error::GatewayError;
 pub use limits::TenantLimits;
 pub use model::auth::TENANT_HEADER;
 pub use otlp::OtlpServers;
-pub use sink::DEFAULT_MAX_RECORD_BYTES;
+pub use sink::{DEFAULT_MAX_RECORD_BYTES, Sink};
 
 use crate::limits::LimitsRegistry;
 use crate::metrics::{GatewayMetrics, Protocol, Signal};
-use crate::sink::Sink;
 use crate::validate::Outcome;
 use model::auth::TenantResolver;
 

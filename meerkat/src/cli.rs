@@ -47,6 +47,14 @@ pub struct GlobalArgs {
     /// Log format [config: log.format]
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Prometheus rule files to evaluate: a glob, file or directory; repeatable
+    /// [config: alerting.rule_files]
+    #[arg(long = "rule-files", global = true, value_name = "GLOB")]
+    pub rule_files: Vec<String>,
+    /// An Alertmanager to send alerts to (`http://host:9093`); repeatable
+    /// [config: alerting.alertmanager_urls]
+    #[arg(long = "alertmanager-url", global = true, value_name = "URL")]
+    pub alertmanager_url: Vec<String>,
 }
 
 impl GlobalArgs {
@@ -59,6 +67,8 @@ impl GlobalArgs {
             log_level: self.log_level.clone(),
             log_format: self.log_format,
             no_host_metrics: false,
+            rule_files: self.rule_files.clone(),
+            alertmanager_urls: self.alertmanager_url.clone(),
         }
     }
 }
@@ -235,6 +245,12 @@ pub enum RulesCommand {
     /// Check rule files as `promtool check rules` does; exits 1 when any file fails
     Check {
         /// Rule files in Prometheus's format
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Run rule unit tests written for `promtool test rules`; exits 1 when any fails
+    Test {
+        /// Test files in promtool's format (their `rule_files` are relative to them)
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },

@@ -317,3 +317,113 @@ impl HostMetricsComponent {
         agent_node::agent::finish_delivery(&self.delivery, self.delivery_task).await;
     }
 }
+
+/// Rule results and alert events onto the bus, as the gateway puts everything else: ingest
+/// stores them, so recorded series and alert history are queryable like any data.
+#[derive(Debug)]
+struct BusRuleSink(gateway::Sink);
+
+#[async_trait]
+impl alerting::manager::RuleSink for BusRuleSink {
+    async fn write(&self, tenant: &model::TenantId, payload: model::Payload) -> Result<(), String> {
+        self.0
+            .write(tenant, payload)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The alerting role: every tenant's rule groups, evaluated on their intervals, notifying
+/// Alertmanager and webhooks, reloaded when their files change.
+#[derive(Debug)]
+pub struct AlertingComponent {
+    pub manager: alerting::manager::RuleManager,
+    notifier_task: tokio::task::JoinHandle<()>,
+    _watcher: Option<alerting::manager::RuleWatcher>,
+}
+
+impl AlertingComponent {
+    pub async fn start(
+        config: &Config,
+        bus: Arc<dyn Bus>,
+        store: Arc<dyn Storage>,
+        http_addr: std::net::SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let alerting_config = &config.alerting;
+        let external_url = if alerting_config.external_url.is_empty() {
+            format!("http://{http_addr}")
+        } else {
+            alerting_config.external_url.clone()
+        };
+        let mut rule_files = vec![(
+            model::TenantId::default_tenant(),
+            alerting_config.rule_files.clone(),
+        )];
+        for (tenant, patterns) in &alerting_config.tenant_rule_files {
+            rule_files.push((model::TenantId::new(tenant)?, patterns.clone()));
+        }
+        let settings = alerting::rules::EvalSettings {
+            external_labels: alerting_config.external_labels.clone(),
+            external_url: external_url.clone(),
+            resend_delay_ms: alerting_config.resend_delay_seconds as i64 * 1000,
+        };
+        let (notifier, notifier_task) =
+            alerting::notifier::Notifier::start(alerting::notifier::NotifierConfig {
+                alertmanager_urls: alerting_config.alertmanager_urls.clone(),
+                webhook_urls: alerting_config.webhook_urls.clone(),
+                external_labels: alerting_config.external_labels.clone(),
+                external_url,
+                ..Default::default()
+            })
+            .map_err(|e| anyhow::anyhow!("alerting: {e}"))?;
+        let sink = BusRuleSink(
+            gateway::Sink::new(bus, gateway::DEFAULT_MAX_RECORD_BYTES)
+                .await
+                .context("alerting cannot write to the bus")?,
+        );
+        let engine = query::promql::Engine::new(store).with_limits(query::promql::Limits {
+            max_series: config.query.max_series,
+            max_samples: config.query.max_samples,
+        });
+        let manager = alerting::manager::RuleManager::start(
+            alerting::manager::ManagerConfig {
+                rule_files,
+                evaluation_interval_ms: alerting_config.evaluation_interval_seconds as i64 * 1000,
+                settings,
+            },
+            engine,
+            Arc::new(sink),
+            notifier,
+        )
+        .await
+        .map_err(|errors| {
+            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("cannot load the rule files:\n  {}", text.join("\n  "))
+        })?;
+        let watcher = manager
+            .watch()
+            .inspect_err(
+                |error| tracing::warn!(%error, "rule files will reload only on POST /-/reload"),
+            )
+            .ok();
+        Ok(Self {
+            manager,
+            notifier_task,
+            _watcher: watcher,
+        })
+    }
+}
+
+#[async_trait]
+impl Component for AlertingComponent {
+    fn name(&self) -> &'static str {
+        "alerting"
+    }
+
+    async fn stop(self: Box<Self>) -> anyhow::Result<()> {
+        self.manager.stop().await;
+        // Queued notifications get a moment to go out.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.notifier_task).await;
+        Ok(())
+    }
+}

@@ -49,6 +49,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub shutdown: ShutdownConfig,
     pub host_metrics: HostMetricsConfig,
+    pub alerting: AlertingConfig,
 }
 
 impl Default for Config {
@@ -66,6 +67,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             shutdown: ShutdownConfig::default(),
             host_metrics: HostMetricsConfig::default(),
+            alerting: AlertingConfig::default(),
         }
     }
 }
@@ -199,6 +201,47 @@ impl Default for HostMetricsConfig {
     }
 }
 
+/// Prometheus rule files evaluated by `serve` (and the `alerting` role), and where their
+/// alerts go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertingConfig {
+    /// Rule files of the default tenant: globs, files, or directories (their `*.yml` and
+    /// `*.yaml`). Reloaded when they change and on `POST /-/reload`.
+    pub rule_files: Vec<String>,
+    /// Rule files of other tenants, by tenant; their rules read and write that tenant's data.
+    pub tenant_rule_files: BTreeMap<String, Vec<String>>,
+    /// Alertmanager base URLs (`http://alertmanager:9093`); alerts go to `/api/v2/alerts`.
+    pub alertmanager_urls: Vec<String>,
+    /// URLs that receive Alertmanager's webhook payload for each batch of alerts.
+    pub webhook_urls: Vec<String>,
+    /// How often groups without their own `interval` are evaluated.
+    pub evaluation_interval_seconds: u64,
+    /// A firing alert is sent again at most this often (Prometheus's resend delay).
+    pub resend_delay_seconds: u64,
+    /// The URL alerts link back to (`generatorURL`, `$externalURL`); empty: this server's
+    /// HTTP address.
+    pub external_url: String,
+    /// Labels added to every alert sent (that does not have them) and visible to templates
+    /// as `$externalLabels`.
+    pub external_labels: BTreeMap<String, String>,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        Self {
+            rule_files: Vec::new(),
+            tenant_rule_files: BTreeMap::new(),
+            alertmanager_urls: Vec::new(),
+            webhook_urls: Vec::new(),
+            evaluation_interval_seconds: 60,
+            resend_delay_seconds: 60,
+            external_url: String::new(),
+            external_labels: BTreeMap::new(),
+        }
+    }
+}
+
 /// Values given as command-line flags; they override everything else.
 #[derive(Clone, Debug, Default)]
 pub struct FlagOverrides {
@@ -210,6 +253,10 @@ pub struct FlagOverrides {
     pub log_format: Option<LogFormat>,
     /// `serve --no-host-metrics`.
     pub no_host_metrics: bool,
+    /// `--rule-files` (repeatable): replaces `alerting.rule_files`.
+    pub rule_files: Vec<String>,
+    /// `--alertmanager-url` (repeatable): replaces `alerting.alertmanager_urls`.
+    pub alertmanager_urls: Vec<String>,
 }
 
 /// Where the effective configuration came from, for `config check` and the start-up log.
@@ -298,6 +345,14 @@ impl Config {
         if flags.no_host_metrics {
             config.host_metrics.enabled = false;
             sources.flags.push("--no-host-metrics");
+        }
+        if !flags.rule_files.is_empty() {
+            config.alerting.rule_files = flags.rule_files.clone();
+            sources.flags.push("--rule-files");
+        }
+        if !flags.alertmanager_urls.is_empty() {
+            config.alerting.alertmanager_urls = flags.alertmanager_urls.clone();
+            sources.flags.push("--alertmanager-url");
         }
         config.validate()?;
         Ok((config, sources))
@@ -405,6 +460,13 @@ impl Config {
         // refusing to start, and other commands reading this file are not concerned.
         if self.host_metrics.enabled && self.host_metrics.interval_seconds == 0 {
             bail!("host_metrics.interval_seconds must be at least 1");
+        }
+        if self.alerting.evaluation_interval_seconds == 0 {
+            bail!("alerting.evaluation_interval_seconds must be at least 1");
+        }
+        for tenant in self.alerting.tenant_rule_files.keys() {
+            model::TenantId::new(tenant)
+                .map_err(|e| anyhow!("alerting.tenant_rule_files: tenant {tenant:?}: {e}"))?;
         }
         self.query.validate().map_err(|e| anyhow!("{e}"))?;
         self.storage

@@ -30,9 +30,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `meerkat <version> (<git revision>)`.
 pub const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GIT_REVISION"), ")");
 
-/// Exit code of a role that this build does not have yet (sysexits' EX_UNAVAILABLE).
-const EXIT_UNAVAILABLE: u8 = 69;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -211,15 +208,9 @@ fn run_role(cli: &Cli, role: serve::Role) -> anyhow::Result<ExitCode> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let unavailable = |role: &str, issue: &str| {
-        eprintln!(
-            "meerkat: the {role} role is not part of this build yet ({issue}).\n\
-             `meerkat serve` runs everything that exists today in one process."
-        );
-        Ok(ExitCode::from(EXIT_UNAVAILABLE))
-    };
     match &cli.command {
         Command::Rules(RulesCommand::Check { files }) => Ok(rules::check(files)),
+        Command::Rules(RulesCommand::Test { files }) => rules::test(files),
         Command::Version => {
             println!("meerkat {VERSION_LINE}");
             Ok(ExitCode::SUCCESS)
@@ -238,7 +229,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gateway => run_role(&cli, serve::Role::Gateway),
         Command::Ingest => run_role(&cli, serve::Role::Ingest),
         Command::Query => run_role(&cli, serve::Role::Query),
-        Command::Alerting => unavailable("alerting", "issue 7"),
+        Command::Alerting => run_role(&cli, serve::Role::Alerting),
         Command::Agent(AgentCommand::Node(args)) => run_node_agent(&cli, args),
         Command::Agent(AgentCommand::Cluster(args)) => run_cluster_agent(&cli, args),
     }

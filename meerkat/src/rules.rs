@@ -1,5 +1,6 @@
-//! `meerkat rules check`: rule files checked as `promtool check rules` does, with its output
-//! shape, so scripts and CI jobs written for promtool keep working.
+//! `meerkat rules check` and `meerkat rules test`: rule files checked and unit-tested as
+//! `promtool check rules` and `promtool test rules` do, with their output shape, so scripts
+//! and CI jobs written for promtool keep working.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,4 +47,34 @@ pub fn check(files: &[PathBuf]) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Runs every test file (all of them); success only when all pass. As promtool's: the
+/// verdict per file on stdout, the failures on stderr.
+pub fn test(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut failed = false;
+    for file in files {
+        println!("Unit Testing:  {}", file.display());
+        match runtime.block_on(alerting::unittest::run_file(file)) {
+            Ok(()) => println!("  SUCCESS"),
+            Err(errors) => {
+                failed = true;
+                eprintln!("  FAILED:");
+                for error in errors {
+                    eprintln!("{error}");
+                    println!();
+                }
+            }
+        }
+        println!();
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -2,13 +2,14 @@
 //! process), `meerkat gateway`, `meerkat ingest` and `meerkat query`.
 //!
 //! Today `serve` is the HTTP server (`/health`, `/metrics`), the bus, the store, ingest,
-//! the query API and the gateway, started in that order and stopped in reverse (so the
-//! gateway stops accepting first, ingest flushes, then the store and the bus close);
-//! alerting joins as it is built. `gateway` is the bus and the gateway alone; `ingest` the
-//! bus, the store and ingest; `query` the store and the query API. The bus and the store are
+//! the query API, alerting and the gateway, started in that order and stopped in reverse (so
+//! the gateway stops accepting first, rule evaluation stops, ingest flushes, then the store
+//! and the bus close). `gateway` is the bus and the gateway alone; `ingest` the bus, the
+//! store and ingest; `query` the store and the query API; `alerting` the store (read), the
+//! bus (rule results and alert events go onto it) and the rules. The bus and the store are
 //! the configured engines: embedded by default, Kafka and ClickHouse in distributed mode (a
 //! lone gateway on the embedded bus is a gateway with a durable buffer on local disk that
-//! nothing reads). A lone `query` needs ClickHouse: the embedded store belongs to the one
+//! nothing reads). A lone `query` or `alerting` needs ClickHouse: the embedded store belongs to the one
 //! process that writes it.
 
 use std::sync::{Arc, RwLock};
@@ -17,7 +18,8 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 
 use crate::components::{
-    BusComponent, GatewayComponent, HostMetricsComponent, IngestComponent, StoreComponent,
+    AlertingComponent, BusComponent, GatewayComponent, HostMetricsComponent, IngestComponent,
+    StoreComponent,
 };
 use anyhow::Context;
 
@@ -33,6 +35,7 @@ pub enum Role {
     Gateway,
     Ingest,
     Query,
+    Alerting,
 }
 
 impl Role {
@@ -42,15 +45,19 @@ impl Role {
             Self::Gateway => "gateway",
             Self::Ingest => "ingest",
             Self::Query => "query",
+            Self::Alerting => "alerting",
         }
     }
 }
 
 pub async fn run(role: Role, config: Config, sources: Sources) -> anyhow::Result<()> {
-    if role == Role::Query && config.storage.engine == StorageEngine::Embedded {
+    if matches!(role, Role::Query | Role::Alerting)
+        && config.storage.engine == StorageEngine::Embedded
+    {
         anyhow::bail!(
-            "meerkat query reads ClickHouse (storage.engine: clickhouse); the embedded store \
-             is read by the process that writes it: run `meerkat serve`"
+            "meerkat {} reads ClickHouse (storage.engine: clickhouse); the embedded store \
+             is read by the process that writes it: run `meerkat serve`",
+            role.name()
         );
     }
     let mut signals = ShutdownSignals::install()?;
@@ -76,14 +83,18 @@ pub async fn run(role: Role, config: Config, sources: Sources) -> anyhow::Result
             Some(shared)
         };
         let mut backlog = None;
-        if matches!(role, Role::Serve | Role::Ingest | Role::Query) {
-            // Retention and compaction are the writer's: a lone query role only reads.
-            let maintain = role != Role::Query;
+        if matches!(
+            role,
+            Role::Serve | Role::Ingest | Role::Query | Role::Alerting
+        ) {
+            // Retention and compaction are the writer's: lone query and alerting roles only
+            // read.
+            let maintain = matches!(role, Role::Serve | Role::Ingest);
             let store = StoreComponent::start(&config, maintain).await?;
             let shared_store: Arc<dyn storage::Storage> = store.store.clone();
             components.push(Box::new(store));
             if let Some(bus) = &bus
-                && role != Role::Query
+                && matches!(role, Role::Serve | Role::Ingest)
             {
                 let ingest =
                     IngestComponent::start(&config, bus.clone(), shared_store.clone(), &registry)
@@ -99,13 +110,28 @@ pub async fn run(role: Role, config: Config, sources: Sources) -> anyhow::Result
                     );
                 }
                 let service = query::QueryService::new(
-                    shared_store,
+                    shared_store.clone(),
                     &config.gateway.auth,
                     config.query.clone(),
                 )
                 .context("cannot start the query API")?
                 .with_storage_retention(format!("{}s", config.storage.retention_seconds()));
                 routes = routes.merge(service.http_routes());
+            }
+            if let Some(bus) = &bus
+                && matches!(role, Role::Serve | Role::Alerting)
+            {
+                let alerting = AlertingComponent::start(
+                    &config,
+                    bus.clone(),
+                    shared_store.clone(),
+                    http.local_addr,
+                )
+                .await?;
+                let tenants = model::auth::TenantResolver::new(&config.gateway.auth)
+                    .context("cannot start the alerting API")?;
+                routes = routes.merge(alerting::api::routes(alerting.manager.clone(), tenants));
+                components.push(Box::new(alerting));
             }
         }
         if let Some(bus) = bus

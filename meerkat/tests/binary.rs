@@ -123,22 +123,18 @@ fn a_port_in_use_is_a_clear_error() {
 }
 
 #[test]
-fn roles_not_built_yet_fail_clearly() {
+fn lone_query_and_alerting_roles_on_the_embedded_store_are_refused_with_the_reason() {
     let cwd = tempfile::tempdir().unwrap();
-    let (code, _, stderr) = run(&["alerting"], cwd.path(), &[]);
-    assert_eq!(code, 69, "{stderr}");
-    assert!(stderr.contains("not part of this build yet"), "{stderr}");
-}
-
-#[test]
-fn a_lone_query_role_on_the_embedded_store_is_refused_with_the_reason() {
-    let cwd = tempfile::tempdir().unwrap();
-    let (code, _, stderr) = run(&["query", "--http-listen", "127.0.0.1:0"], cwd.path(), &[]);
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("meerkat query reads ClickHouse (storage.engine: clickhouse)"),
-        "{stderr}"
-    );
+    for role in ["query", "alerting"] {
+        let (code, _, stderr) = run(&[role, "--http-listen", "127.0.0.1:0"], cwd.path(), &[]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "meerkat {role} reads ClickHouse (storage.engine: clickhouse)"
+            )),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

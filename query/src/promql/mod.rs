@@ -13,6 +13,7 @@
 
 mod eval;
 mod functions;
+pub mod notation;
 pub mod value;
 
 use std::collections::HashMap;

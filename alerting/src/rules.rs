@@ -1,0 +1,689 @@
+//! Rule groups and their evaluation, with Prometheus 2.42's semantics (`rules/manager.go`,
+//! `rules/alerting.go`, `rules/recording.go`): alerts go pending → firing after `for`, stay
+//! firing for `keep_firing_for`, are kept 15 minutes after they resolve so receivers hear
+//! of it, and are re-sent on a resend delay; `ALERTS` and `ALERTS_FOR_STATE` and recording
+//! rules' results are returned as samples at the evaluation time, and series a rule stops
+//! returning get a staleness marker.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use promql_parser::parser::Expr;
+
+use crate::expand::{AlertData, QuerySample, expand_alert};
+use crate::rulefmt::{self, RuleGroup, RuleNode};
+
+/// A label set, by name.
+pub type Labels = BTreeMap<String, String>;
+
+/// How long a resolved alert is still reported (Prometheus's `resolvedRetention`).
+pub const RESOLVED_RETENTION_MS: i64 = 15 * 60 * 1000;
+
+/// Runs instant queries for rules.
+#[async_trait]
+pub trait Querier: Send + Sync {
+    /// `expr` at `at_ms`: a vector's samples, a scalar as one sample with no labels, an
+    /// error for any other type (Prometheus: "rule result is not a vector or scalar").
+    async fn instant(&self, expr: Arc<Expr>, at_ms: i64) -> Result<Vec<QuerySample>, String>;
+}
+
+/// Settings every group shares.
+#[derive(Clone, Debug)]
+pub struct EvalSettings {
+    pub external_labels: Labels,
+    pub external_url: String,
+    /// Minimum time between two sends of a still-firing alert (Prometheus's
+    /// `--rules.alert.resend-delay`, 1m).
+    pub resend_delay_ms: i64,
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        Self {
+            external_labels: Labels::new(),
+            external_url: "http://localhost:9797".into(),
+            resend_delay_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertState {
+    Inactive,
+    Pending,
+    Firing,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inactive => "inactive",
+            Self::Pending => "pending",
+            Self::Firing => "firing",
+        }
+    }
+}
+
+/// One active (or recently resolved) alert of an alerting rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alert {
+    pub labels: Labels,
+    pub annotations: Labels,
+    pub state: AlertState,
+    pub value: f64,
+    pub active_at_ms: i64,
+    pub fired_at_ms: Option<i64>,
+    pub resolved_at_ms: Option<i64>,
+    pub last_sent_ms: Option<i64>,
+    pub valid_until_ms: i64,
+    pub keep_firing_since_ms: Option<i64>,
+}
+
+/// An alert as Alertmanager receives it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notification {
+    pub labels: Labels,
+    pub annotations: Labels,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    pub generator_url: String,
+}
+
+/// A change of an alert's state, for the platform event stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    pub group: String,
+    pub rule: String,
+    pub labels: Labels,
+    pub from: AlertState,
+    pub to: AlertState,
+    pub at_ms: i64,
+    pub value: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Unknown,
+    Ok,
+    Err,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Ok => "ok",
+            Self::Err => "err",
+        }
+    }
+}
+
+/// What every rule keeps about its last evaluation.
+#[derive(Clone, Debug)]
+pub struct RuleStatus {
+    pub health: Health,
+    pub last_error: Option<String>,
+    pub last_eval_ms: Option<i64>,
+    pub eval_seconds: f64,
+}
+
+impl Default for RuleStatus {
+    fn default() -> Self {
+        Self {
+            health: Health::Unknown,
+            last_error: None,
+            last_eval_ms: None,
+            eval_seconds: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AlertingRule {
+    pub name: String,
+    pub expr: Arc<Expr>,
+    /// The expression as Prometheus prints it (generator URLs, the rules API).
+    pub query: String,
+    pub hold_ms: i64,
+    pub keep_firing_for_ms: i64,
+    pub labels: Labels,
+    pub annotations: Labels,
+    pub active: HashMap<Labels, Alert>,
+    pub status: RuleStatus,
+}
+
+#[derive(Clone, Debug)]
+pub struct RecordingRule {
+    pub name: String,
+    pub expr: Arc<Expr>,
+    pub query: String,
+    pub labels: Labels,
+    pub status: RuleStatus,
+}
+
+#[derive(Clone, Debug)]
+pub enum Rule {
+    Alerting(AlertingRule),
+    Recording(RecordingRule),
+}
+
+impl Rule {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Alerting(r) => &r.name,
+            Self::Recording(r) => &r.name,
+        }
+    }
+
+    pub fn status(&self) -> &RuleStatus {
+        match self {
+            Self::Alerting(r) => &r.status,
+            Self::Recording(r) => &r.status,
+        }
+    }
+
+    fn status_mut(&mut self) -> &mut RuleStatus {
+        match self {
+            Self::Alerting(r) => &mut r.status,
+            Self::Recording(r) => &mut r.status,
+        }
+    }
+}
+
+/// A group of rules evaluated in order on one interval.
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub name: String,
+    pub file: String,
+    pub interval_ms: i64,
+    pub limit: usize,
+    pub rules: Vec<Rule>,
+    /// Series each rule returned at its last successful evaluation, for staleness markers.
+    previous: Vec<HashSet<Labels>>,
+    pub last_eval_ms: Option<i64>,
+    pub eval_seconds: f64,
+}
+
+/// What one evaluation of a group produced.
+#[derive(Debug, Default)]
+pub struct GroupOutput {
+    /// Samples at the evaluation time: recording rules' results, `ALERTS`,
+    /// `ALERTS_FOR_STATE`.
+    pub samples: Vec<(Labels, f64)>,
+    /// Series that need a staleness marker at the evaluation time.
+    pub stale: Vec<Labels>,
+    pub notifications: Vec<Notification>,
+    pub transitions: Vec<Transition>,
+}
+
+impl Group {
+    /// Builds a group from a checked rule file's group; `default_interval_ms` applies when
+    /// the group sets none.
+    pub fn from_file(
+        file: &str,
+        group: &RuleGroup,
+        default_interval_ms: i64,
+    ) -> Result<Self, String> {
+        let interval_ms = match &group.interval {
+            Some(i) => rulefmt::parse_duration(&i.value.0)? as i64,
+            None => default_interval_ms,
+        };
+        let rules = group
+            .rules
+            .iter()
+            .map(|r| rule(&r.value))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            name: group.name.value.clone(),
+            file: file.to_owned(),
+            interval_ms: if interval_ms > 0 {
+                interval_ms
+            } else {
+                default_interval_ms
+            },
+            limit: group.limit.unwrap_or(0).max(0) as usize,
+            previous: vec![HashSet::new(); rules.len()],
+            rules,
+            last_eval_ms: None,
+            eval_seconds: 0.0,
+        })
+    }
+
+    /// Takes over the alerts of the same rules in `old` (same name, query, labels and
+    /// annotations), as Prometheus's `CopyState` does on reload, so a reload neither
+    /// re-fires nor forgets pending alerts.
+    pub fn copy_state(&mut self, old: &Group) {
+        self.last_eval_ms = old.last_eval_ms;
+        for (i, rule) in self.rules.iter_mut().enumerate() {
+            let found = old
+                .rules
+                .iter()
+                .enumerate()
+                .find(|(_, o)| same_rule(o, rule));
+            if let Some((j, old_rule)) = found {
+                self.previous[i] = old.previous[j].clone();
+                *rule.status_mut() = old_rule.status().clone();
+                if let (Rule::Alerting(new), Rule::Alerting(old)) = (rule, old_rule) {
+                    new.active = old.active.clone();
+                }
+            }
+        }
+    }
+
+    /// Every series the group's rules last returned: on removal they need staleness markers.
+    pub fn series(&self) -> Vec<Labels> {
+        self.previous.iter().flatten().cloned().collect()
+    }
+
+    /// Evaluates every rule at `at_ms`, in order.
+    pub async fn eval(
+        &mut self,
+        at_ms: i64,
+        querier: &Arc<dyn Querier>,
+        settings: &EvalSettings,
+    ) -> GroupOutput {
+        let started = std::time::Instant::now();
+        let mut output = GroupOutput::default();
+        for i in 0..self.rules.len() {
+            let rule_started = std::time::Instant::now();
+            let result = match &mut self.rules[i] {
+                Rule::Recording(rule) => rule.eval(at_ms, querier, self.limit).await,
+                Rule::Alerting(rule) => {
+                    let result = rule
+                        .eval(
+                            at_ms,
+                            querier,
+                            settings,
+                            self.limit,
+                            &self.name,
+                            &mut output,
+                        )
+                        .await;
+                    if result.is_ok() {
+                        rule.send(at_ms, settings, self.interval_ms, &mut output);
+                    }
+                    result
+                }
+            };
+            let status = self.rules[i].status_mut();
+            status.last_eval_ms = Some(at_ms);
+            status.eval_seconds = rule_started.elapsed().as_secs_f64();
+            match result {
+                Err(error) => {
+                    status.health = Health::Err;
+                    status.last_error = Some(error);
+                }
+                Ok(samples) => {
+                    status.health = Health::Ok;
+                    status.last_error = None;
+                    let returned: HashSet<Labels> =
+                        samples.iter().map(|(l, _)| l.clone()).collect();
+                    output.stale.extend(
+                        self.previous[i]
+                            .iter()
+                            .filter(|l| !returned.contains(*l))
+                            .cloned(),
+                    );
+                    self.previous[i] = returned;
+                    output.samples.extend(samples);
+                }
+            }
+        }
+        self.last_eval_ms = Some(at_ms);
+        self.eval_seconds = started.elapsed().as_secs_f64();
+        output
+    }
+}
+
+fn same_rule(a: &Rule, b: &Rule) -> bool {
+    match (a, b) {
+        (Rule::Alerting(a), Rule::Alerting(b)) => {
+            a.name == b.name
+                && a.query == b.query
+                && a.labels == b.labels
+                && a.annotations == b.annotations
+        }
+        (Rule::Recording(a), Rule::Recording(b)) => {
+            a.name == b.name && a.query == b.query && a.labels == b.labels
+        }
+        _ => false,
+    }
+}
+
+fn rule(node: &RuleNode) -> Result<Rule, String> {
+    let text = node.expr.as_ref().map_or("", |e| e.value.0.as_str());
+    let expr = query::promql::parse(text).map_err(|e| e.to_string())?;
+    let query = query::promql::pretty(&expr);
+    let map = |m: &BTreeMap<String, rulefmt::Scalar>| -> Labels {
+        m.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect()
+    };
+    let duration = |f: &Option<serde_saphyr::Spanned<rulefmt::Scalar>>| -> Result<i64, String> {
+        match f {
+            Some(v) => Ok(rulefmt::parse_duration(&v.value.0)? as i64),
+            None => Ok(0),
+        }
+    };
+    let expr = Arc::new(expr);
+    Ok(match &node.alert {
+        Some(alert) if !alert.value.0.is_empty() => Rule::Alerting(AlertingRule {
+            name: alert.value.0.clone(),
+            expr,
+            query,
+            hold_ms: duration(&node.for_)?,
+            keep_firing_for_ms: duration(&node.keep_firing_for)?,
+            labels: map(&node.labels),
+            annotations: map(&node.annotations),
+            active: HashMap::new(),
+            status: RuleStatus::default(),
+        }),
+        _ => Rule::Recording(RecordingRule {
+            name: node.name().to_owned(),
+            expr,
+            query,
+            labels: map(&node.labels),
+            status: RuleStatus::default(),
+        }),
+    })
+}
+
+/// Whether two samples of a result share a label set (Prometheus refuses such a result).
+fn has_duplicates(samples: &[(Labels, f64)]) -> bool {
+    let mut seen = HashSet::with_capacity(samples.len());
+    samples.iter().any(|(l, _)| !seen.insert(l))
+}
+
+impl RecordingRule {
+    async fn eval(
+        &self,
+        at_ms: i64,
+        querier: &Arc<dyn Querier>,
+        limit: usize,
+    ) -> Result<Vec<(Labels, f64)>, String> {
+        let result = querier.instant(self.expr.clone(), at_ms).await?;
+        let samples: Vec<(Labels, f64)> = result
+            .into_iter()
+            .map(|s| {
+                let mut labels = s.labels;
+                labels.insert("__name__".into(), self.name.clone());
+                for (k, v) in &self.labels {
+                    labels.insert(k.clone(), v.clone());
+                }
+                (labels, s.value)
+            })
+            .collect();
+        if has_duplicates(&samples) {
+            return Err(
+                "vector contains metrics with the same labelset after applying rule labels".into(),
+            );
+        }
+        if limit > 0 && samples.len() > limit {
+            return Err(format!(
+                "exceeded limit of {limit} with {} series",
+                samples.len()
+            ));
+        }
+        Ok(samples)
+    }
+}
+
+impl AlertingRule {
+    /// Prometheus's `AlertingRule.Eval`; returns the `ALERTS` and `ALERTS_FOR_STATE` samples.
+    async fn eval(
+        &mut self,
+        at_ms: i64,
+        querier: &Arc<dyn Querier>,
+        settings: &EvalSettings,
+        limit: usize,
+        group: &str,
+        output: &mut GroupOutput,
+    ) -> Result<Vec<(Labels, f64)>, String> {
+        let result = querier.instant(self.expr.clone(), at_ms).await?;
+        let expanded = self.expand_all(&result, at_ms, querier, settings).await;
+        let mut current: HashMap<Labels, Alert> = HashMap::with_capacity(result.len());
+        for (sample, (labels, annotations)) in result.iter().zip(expanded) {
+            if current.contains_key(&labels) {
+                return Err(
+                    "vector contains metrics with the same labelset after applying alert labels"
+                        .into(),
+                );
+            }
+            current.insert(
+                labels.clone(),
+                Alert {
+                    labels,
+                    annotations,
+                    state: AlertState::Pending,
+                    value: sample.value,
+                    active_at_ms: at_ms,
+                    fired_at_ms: None,
+                    resolved_at_ms: None,
+                    last_sent_ms: None,
+                    valid_until_ms: 0,
+                    keep_firing_since_ms: None,
+                },
+            );
+        }
+        for (labels, alert) in &current {
+            match self.active.get_mut(labels) {
+                Some(existing) if existing.state != AlertState::Inactive => {
+                    existing.value = alert.value;
+                    existing.annotations = alert.annotations.clone();
+                }
+                _ => {
+                    output.transitions.push(Transition {
+                        group: group.to_owned(),
+                        rule: self.name.clone(),
+                        labels: labels.clone(),
+                        from: AlertState::Inactive,
+                        to: AlertState::Pending,
+                        at_ms,
+                        value: alert.value,
+                    });
+                    self.active.insert(labels.clone(), alert.clone());
+                }
+            }
+        }
+        let mut samples = Vec::new();
+        let mut active_count = 0;
+        let mut removed = Vec::new();
+        for (labels, alert) in &mut self.active {
+            if !current.contains_key(labels) {
+                let mut keep_firing = false;
+                if alert.state == AlertState::Firing && self.keep_firing_for_ms > 0 {
+                    let since = *alert.keep_firing_since_ms.get_or_insert(at_ms);
+                    keep_firing = at_ms - since < self.keep_firing_for_ms;
+                }
+                if alert.state == AlertState::Pending
+                    || alert
+                        .resolved_at_ms
+                        .is_some_and(|r| at_ms - r > RESOLVED_RETENTION_MS)
+                {
+                    removed.push(labels.clone());
+                }
+                if alert.state != AlertState::Inactive && !keep_firing {
+                    output.transitions.push(Transition {
+                        group: group.to_owned(),
+                        rule: self.name.clone(),
+                        labels: labels.clone(),
+                        from: alert.state,
+                        to: AlertState::Inactive,
+                        at_ms,
+                        value: alert.value,
+                    });
+                    alert.state = AlertState::Inactive;
+                    alert.resolved_at_ms = Some(at_ms);
+                }
+                if !keep_firing {
+                    continue;
+                }
+            } else {
+                alert.keep_firing_since_ms = None;
+            }
+            active_count += 1;
+            if alert.state == AlertState::Pending && at_ms - alert.active_at_ms >= self.hold_ms {
+                alert.state = AlertState::Firing;
+                alert.fired_at_ms = Some(at_ms);
+                output.transitions.push(Transition {
+                    group: group.to_owned(),
+                    rule: self.name.clone(),
+                    labels: labels.clone(),
+                    from: AlertState::Pending,
+                    to: AlertState::Firing,
+                    at_ms,
+                    value: alert.value,
+                });
+            }
+            let mut series = alert.labels.clone();
+            series.insert("__name__".into(), "ALERTS".into());
+            series.insert("alertstate".into(), alert.state.as_str().into());
+            samples.push((series, 1.0));
+            let mut for_state = alert.labels.clone();
+            for_state.insert("__name__".into(), "ALERTS_FOR_STATE".into());
+            samples.push((for_state, (alert.active_at_ms.div_euclid(1000)) as f64));
+        }
+        for labels in removed {
+            self.active.remove(&labels);
+        }
+        if limit > 0 && active_count > limit {
+            self.active.clear();
+            return Err(format!(
+                "exceeded limit of {limit} with {active_count} alerts"
+            ));
+        }
+        Ok(samples)
+    }
+
+    /// Each result's alert labels and annotations, templates expanded. Templates that run
+    /// queries expand on a blocking thread, since the template engine calls them
+    /// synchronously.
+    async fn expand_all(
+        &self,
+        result: &[QuerySample],
+        at_ms: i64,
+        querier: &Arc<dyn Querier>,
+        settings: &EvalSettings,
+    ) -> Vec<(Labels, Labels)> {
+        let uses_query = self
+            .labels
+            .values()
+            .chain(self.annotations.values())
+            .any(|t| t.contains("query"));
+        let job = ExpandJob {
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            annotations: self.annotations.clone(),
+            external_labels: settings.external_labels.clone(),
+            external_url: settings.external_url.clone(),
+            result: result.to_vec(),
+        };
+        if !uses_query {
+            return job.run(&|_| Err("query is not available".into()));
+        }
+        let querier = querier.clone();
+        let handle = tokio::runtime::Handle::current();
+        let task = tokio::task::spawn_blocking(move || {
+            let query = |text: &str| -> Result<Vec<QuerySample>, String> {
+                let expr = query::promql::parse(text).map_err(|e| e.to_string())?;
+                handle.block_on(querier.instant(Arc::new(expr), at_ms))
+            };
+            job.run(&query)
+        });
+        match task.await {
+            Ok(expanded) => expanded,
+            Err(e) => {
+                let text = format!("<error expanding template: {e}>");
+                result
+                    .iter()
+                    .map(|s| {
+                        let mut labels = s.labels.clone();
+                        labels.remove("__name__");
+                        labels.insert("alertname".into(), self.name.clone());
+                        let annotations = self
+                            .annotations
+                            .keys()
+                            .map(|k| (k.clone(), text.clone()))
+                            .collect();
+                        (labels, annotations)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Prometheus's `sendAlerts`: firing alerts not sent within the resend delay, and
+    /// alerts resolved since they were last sent.
+    fn send(
+        &mut self,
+        at_ms: i64,
+        settings: &EvalSettings,
+        interval_ms: i64,
+        output: &mut GroupOutput,
+    ) {
+        let delta = settings.resend_delay_ms.max(interval_ms);
+        let generator_url = format!(
+            "{}/graph?g0.expr={}&g0.tab=1",
+            settings.external_url.trim_end_matches('/'),
+            crate::expand::query_escape(&self.query)
+        );
+        for alert in self.active.values_mut() {
+            let needs = match alert.state {
+                AlertState::Pending => false,
+                _ if alert.resolved_at_ms > alert.last_sent_ms => true,
+                _ => alert
+                    .last_sent_ms
+                    .is_none_or(|sent| sent + settings.resend_delay_ms < at_ms),
+            };
+            if !needs {
+                continue;
+            }
+            alert.last_sent_ms = Some(at_ms);
+            alert.valid_until_ms = at_ms + 4 * delta;
+            output.notifications.push(Notification {
+                labels: alert.labels.clone(),
+                annotations: alert.annotations.clone(),
+                starts_at_ms: alert.fired_at_ms.unwrap_or(alert.active_at_ms),
+                ends_at_ms: alert.resolved_at_ms.unwrap_or(alert.valid_until_ms),
+                generator_url: generator_url.clone(),
+            });
+        }
+    }
+}
+
+/// The template work of one evaluation, owned so it can move to a blocking thread.
+struct ExpandJob {
+    name: String,
+    labels: Labels,
+    annotations: Labels,
+    external_labels: Labels,
+    external_url: String,
+    result: Vec<QuerySample>,
+}
+
+impl ExpandJob {
+    fn run(&self, query: &crate::expand::QueryFn<'_>) -> Vec<(Labels, Labels)> {
+        self.result
+            .iter()
+            .map(|sample| {
+                let data = AlertData {
+                    labels: &sample.labels,
+                    external_labels: &self.external_labels,
+                    external_url: &self.external_url,
+                    value: sample.value,
+                };
+                let mut labels = sample.labels.clone();
+                labels.remove("__name__");
+                for (k, v) in &self.labels {
+                    labels.insert(k.clone(), expand_alert(v, &self.name, &data, query));
+                }
+                labels.insert("alertname".into(), self.name.clone());
+                let annotations = self
+                    .annotations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), expand_alert(v, &self.name, &data, query)))
+                    .collect();
+                (labels, annotations)
+            })
+            .collect()
+    }
+}
