@@ -32,12 +32,29 @@ pub fn routes(manager: RuleManager, tenants: TenantResolver) -> axum::Router {
         })
 }
 
-fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
-    let body = json!({"status": "error", "errorType": kind, "error": message.into()});
-    (status, Json(body)).into_response()
+/// An API error in Prometheus's JSON shape.
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
 }
 
-fn tenant(state: &ApiState, headers: &HeaderMap) -> Result<model::TenantId, Response> {
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"status": "error", "errorType": self.kind, "error": self.message});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        kind,
+        message: message.into(),
+    }
+}
+
+fn tenant(state: &ApiState, headers: &HeaderMap) -> Result<model::TenantId, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     state
         .tenants
@@ -65,7 +82,7 @@ async fn rules(
 ) -> Response {
     let tenant = match tenant(&state, &headers) {
         Ok(t) => t,
-        Err(response) => return response,
+        Err(error) => return error.into_response(),
     };
     let (alerting, recording) = match params.kind.as_deref() {
         None | Some("") => (true, true),
@@ -76,7 +93,8 @@ async fn rules(
                 StatusCode::BAD_REQUEST,
                 "bad_data",
                 format!("invalid parameter type: {other:?} (use alert or record)"),
-            );
+            )
+            .into_response();
         }
     };
     let groups: Vec<Value> = state
@@ -92,7 +110,7 @@ async fn rules(
 async fn alerts(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     let tenant = match tenant(&state, &headers) {
         Ok(t) => t,
-        Err(response) => return response,
+        Err(error) => return error.into_response(),
     };
     let mut out = Vec::new();
     for group in state.manager.groups(&tenant).await {
@@ -151,6 +169,15 @@ fn value_text(v: f64) -> String {
     )
 }
 
+/// Seconds as Go's JSON encoder prints a float64 of them: `60`, not `60.0`.
+fn seconds(ms: i64) -> Value {
+    if ms % 1000 == 0 {
+        json!(ms / 1000)
+    } else {
+        json!(ms as f64 / 1000.0)
+    }
+}
+
 fn alert_json(alert: &Alert) -> Value {
     json!({
         "labels": alert.labels,
@@ -181,20 +208,26 @@ fn group_json(group: &Group, alerting: bool, recording: bool) -> Value {
                         "state": state,
                         "name": r.name,
                         "query": r.query,
-                        "duration": r.hold_ms as f64 / 1000.0,
-                        "keepFiringFor": r.keep_firing_for_ms as f64 / 1000.0,
+                        "duration": seconds(r.hold_ms),
+                        "keepFiringFor": seconds(r.keep_firing_for_ms),
                         "labels": r.labels,
                         "annotations": r.annotations,
                         "alerts": alerts,
                         "type": "alerting",
                     })
                 }
-                Rule::Recording(r) if recording => json!({
-                    "name": r.name,
-                    "query": r.query,
-                    "labels": r.labels,
-                    "type": "recording",
-                }),
+                Rule::Recording(r) if recording => {
+                    let mut json = json!({
+                        "name": r.name,
+                        "query": r.query,
+                        "type": "recording",
+                    });
+                    // Prometheus leaves empty labels out of recording rules (`omitempty`).
+                    if !r.labels.is_empty() {
+                        json["labels"] = json!(r.labels);
+                    }
+                    json
+                }
                 _ => return None,
             };
             json["health"] = json!(status.health.as_str());
@@ -214,7 +247,7 @@ fn group_json(group: &Group, alerting: bool, recording: bool) -> Value {
         "name": group.name,
         "file": group.file,
         "rules": rules,
-        "interval": group.interval_ms as f64 / 1000.0,
+        "interval": seconds(group.interval_ms),
         "limit": group.limit,
         "evaluationTime": group.eval_seconds,
         "lastEvaluation": group.last_eval_ms.map_or_else(|| "0001-01-01T00:00:00Z".to_owned(), rfc3339),

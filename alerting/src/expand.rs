@@ -392,7 +392,7 @@ struct Parser {
 }
 
 /// How a list of nodes ended.
-enum End {
+enum ListEnd {
     Eof,
     End,
     /// `{{else}}` or `{{else if …}}` (the tokens after `else`).
@@ -402,12 +402,12 @@ enum End {
 impl Parser {
     fn nodes(&mut self) -> Result<Vec<Node>, String> {
         match self.list()? {
-            (nodes, End::Eof) => Ok(nodes),
+            (nodes, ListEnd::Eof) => Ok(nodes),
             _ => Err("unexpected {{end}} or {{else}}".into()),
         }
     }
 
-    fn list(&mut self) -> Result<(Vec<Node>, End), String> {
+    fn list(&mut self) -> Result<(Vec<Node>, ListEnd), String> {
         let mut nodes = Vec::new();
         while self.at < self.pieces.len() {
             let piece = std::mem::replace(&mut self.pieces[self.at], Piece::Text(String::new()));
@@ -424,8 +424,8 @@ impl Parser {
                 _ => "",
             };
             match keyword {
-                "end" => return Ok((nodes, End::End)),
-                "else" => return Ok((nodes, End::Else(tokens[1..].to_vec()))),
+                "end" => return Ok((nodes, ListEnd::End)),
+                "else" => return Ok((nodes, ListEnd::Else(tokens[1..].to_vec()))),
                 "if" | "with" | "range" => {
                     let node = self.control(keyword, &tokens[1..])?;
                     nodes.push(node);
@@ -436,7 +436,7 @@ impl Parser {
                     };
                     let name = name.clone();
                     let (body, end) = self.list()?;
-                    if !matches!(end, End::End) {
+                    if !matches!(end, ListEnd::End) {
                         return Err(format!("{keyword} has no {{{{end}}}}"));
                     }
                     if keyword == "block" {
@@ -463,21 +463,21 @@ impl Parser {
                 _ => nodes.push(Node::Action(pipeline(&tokens)?)),
             }
         }
-        Ok((nodes, End::Eof))
+        Ok((nodes, ListEnd::Eof))
     }
 
     fn control(&mut self, keyword: &str, tokens: &[Tok]) -> Result<Node, String> {
         let pipe = pipeline(tokens)?;
         let (body, end) = self.list()?;
         let otherwise = match end {
-            End::Eof => return Err(format!("{keyword} has no {{{{end}}}}")),
-            End::End => Vec::new(),
-            End::Else(rest) if rest.is_empty() => match self.list()? {
-                (nodes, End::End) => nodes,
+            ListEnd::Eof => return Err(format!("{keyword} has no {{{{end}}}}")),
+            ListEnd::End => Vec::new(),
+            ListEnd::Else(rest) if rest.is_empty() => match self.list()? {
+                (nodes, ListEnd::End) => nodes,
                 _ => return Err(format!("{keyword}'s else has no {{{{end}}}}")),
             },
             // `else if`: the chained if ends at the same {{end}}.
-            End::Else(rest) => vec![self.control("if", &rest[1..])?],
+            ListEnd::Else(rest) => vec![self.control("if", &rest[1..])?],
         };
         Ok(match keyword {
             "if" => Node::If(pipe, body, otherwise),

@@ -109,9 +109,7 @@ fn duration_ms(text: &str) -> Result<i64, String> {
     if text.is_empty() {
         return Ok(0);
     }
-    crate::rulefmt::parse_duration(text)
-        .map(|ms| ms as i64)
-        .map_err(|e| format!("{e}"))
+    crate::rulefmt::parse_duration(text).map(|ms| ms as i64)
 }
 
 /// Runs one test file; `Err` holds every failure, formatted as promtool prints them.

@@ -273,6 +273,9 @@ fn alerts_match_prometheus_in_a_real_alertmanager() {
     // Each fires at its first evaluation 3 s (`for`) after it first saw the value: the two
     // differ by their evaluation slots (1 s) and the remote-write delay.
     let apart = (meerkat_start - prometheus_start).num_milliseconds().abs();
+    eprintln!(
+        "startsAt: meerkat {meerkat_start}, prometheus {prometheus_start} ({apart} ms apart)"
+    );
     assert!(
         apart <= 4_000,
         "startsAt {meerkat_start} vs {prometheus_start}"
