@@ -153,20 +153,7 @@ fn active(rule: &AlertingRule) -> impl Iterator<Item = &Alert> {
 
 /// Go's `strconv.FormatFloat(v, 'e', -1, 64)`, which Prometheus uses for alert values.
 fn value_text(v: f64) -> String {
-    if v.is_nan() {
-        return "NaN".into();
-    }
-    if v.is_infinite() {
-        return if v > 0.0 { "+Inf" } else { "-Inf" }.into();
-    }
-    let text = format!("{v:e}");
-    let (mantissa, exp) = text.split_once('e').unwrap_or((&text, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    format!(
-        "{mantissa}e{}{:02}",
-        if exp < 0 { '-' } else { '+' },
-        exp.abs()
-    )
+    crate::expand::go_exp(v, None)
 }
 
 /// Seconds as Go's JSON encoder prints a float64 of them: `60`, not `60.0`.

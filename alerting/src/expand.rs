@@ -1568,7 +1568,7 @@ fn sprintf(format: &str, args: &[Value]) -> String {
             }
             ('g' | 'G', Value::Float(f)) => signed(format_g(*f, precision), *f >= 0.0, plus),
             ('e' | 'E', Value::Float(f)) => {
-                let text = go_exp(*f, precision.unwrap_or(6));
+                let text = go_exp(*f, Some(precision.unwrap_or(6)));
                 let text = if verb == 'E' {
                     text.to_uppercase()
                 } else {
@@ -1624,12 +1624,16 @@ fn signed(text: String, non_negative: bool, plus: bool) -> String {
     }
 }
 
-/// Go's `%e`: two-digit exponent at least.
-fn go_exp(v: f64, precision: usize) -> String {
+/// Go's `%e` with `precision` decimals, or the fewest that round-trip (`strconv`'s
+/// `'e', -1`); the exponent has two digits at least.
+pub(crate) fn go_exp(v: f64, precision: Option<usize>) -> String {
     if !v.is_finite() {
         return format_g(v, None);
     }
-    let text = format!("{:.*e}", precision, v);
+    let text = match precision {
+        Some(p) => format!("{:.*e}", p, v),
+        None => format!("{v:e}"),
+    };
     let (mantissa, exp) = text.split_once('e').unwrap_or((&text, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
     format!(

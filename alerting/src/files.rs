@@ -35,13 +35,7 @@ pub fn glob(pattern: &str) -> Result<Vec<PathBuf>, String> {
 /// Reads, checks and builds the groups of one rule file; every problem found, with its
 /// file and line.
 pub fn load_file(path: &Path, default_interval_ms: i64) -> Result<Vec<Group>, Vec<RuleError>> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| {
-        vec![RuleError::Read {
-            file: file.clone(),
-            source,
-        }]
-    })?;
+    let (file, text) = rulefmt::read(path)?;
     let parsed = rulefmt::parse(&file, &text)?;
     parsed
         .groups

@@ -199,14 +199,17 @@ const TEMPLATE_VARIABLES: &[&str] = &["$labels", "$externalLabels", "$externalUR
 
 /// Reads and checks a rule file as `promtool check rules` does.
 pub fn check_file(path: &Path) -> Result<CheckReport, Vec<RuleError>> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| {
-        vec![RuleError::Read {
-            file: file.clone(),
-            source,
-        }]
-    })?;
+    let (file, text) = read(path)?;
     check(&file, &text)
+}
+
+/// A rule file's name (as errors give it) and text.
+pub fn read(path: &Path) -> Result<(String, String), Vec<RuleError>> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((file, text)),
+        Err(source) => Err(vec![RuleError::Read { file, source }]),
+    }
 }
 
 /// Checks a rule file's text; `file` names it in errors.

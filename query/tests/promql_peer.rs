@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use model::{Labels, MetricBatch, Payload, Sample, Series, TenantId};
+use query::promql::notation::{self, Point};
 use query::promql::{Engine, Steps, Value, parse};
 use storage::embedded::{EmbeddedStore, EmbeddedStoreConfig};
 use storage::{BusPosition, Storage};
@@ -76,82 +77,14 @@ fn duration_ms(text: &str) -> i64 {
     total
 }
 
-fn number(text: &str) -> f64 {
-    match text {
-        "Inf" | "+Inf" | "inf" | "+inf" => f64::INFINITY,
-        "-Inf" | "-inf" => f64::NEG_INFINITY,
-        "NaN" | "nan" => f64::NAN,
-        other => other
-            .parse()
-            .unwrap_or_else(|_| panic!("not a number: {other:?}")),
-    }
-}
-
-/// One value of a series sequence: a sample, a staleness marker, or nothing.
-#[derive(Clone, Copy, Debug)]
-enum Point {
-    Value(f64),
-    Stale,
-    Blank,
-}
-
 /// The test format's value sequence: `1 2 _ stale 0+10x5 5-1x3 _x2 7x2`.
 fn sequence(tokens: &[&str]) -> Vec<Point> {
-    let mut out = Vec::new();
-    for token in tokens {
-        match *token {
-            "_" => out.push(Point::Blank),
-            "stale" => out.push(Point::Stale),
-            t if t.contains('x') => {
-                let (head, times) = t.rsplit_once('x').unwrap();
-                let times: usize = times.parse().unwrap();
-                if head == "_" {
-                    out.extend(std::iter::repeat_n(Point::Blank, times));
-                    continue;
-                }
-                // `a+b` / `a-b`: the sign that is not the first character nor after `e`.
-                let split = head
-                    .char_indices()
-                    .skip(1)
-                    .find(|(i, c)| (*c == '+' || *c == '-') && !head[..*i].ends_with(['e', 'E']))
-                    .map(|(i, _)| i);
-                let (start, step) = match split {
-                    Some(i) => (number(&head[..i]), number(&head[i..])),
-                    None => (number(head), 0.0),
-                };
-                let mut value = start;
-                out.push(Point::Value(value));
-                for _ in 0..times {
-                    value += step;
-                    out.push(Point::Value(value));
-                }
-            }
-            t => out.push(Point::Value(number(t))),
-        }
-    }
-    out
+    notation::values(&tokens.join(" ")).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The labels of a series description, `metric{a="b"}` or `{__name__="m", a="b"}`.
 fn labels_of(text: &str) -> Vec<(String, String)> {
-    if text.trim() == "{}" {
-        return Vec::new();
-    }
-    let expr = parse(text).unwrap_or_else(|e| panic!("series {text:?}: {e}"));
-    let promql_parser::parser::Expr::VectorSelector(vs) = expr else {
-        panic!("series {text:?} is not a selector");
-    };
-    let mut labels: Vec<(String, String)> = vs
-        .matchers
-        .matchers
-        .iter()
-        .map(|m| (m.name.clone(), m.value.clone()))
-        .collect();
-    if let Some(name) = vs.name {
-        labels.push(("__name__".into(), name));
-    }
-    labels.sort();
-    labels
+    notation::labels(text).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Splits a series line into its description and the rest (labels may hold spaces).
