@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use model::Sample;
 
-use crate::remote_write::{Backoff, Server, post, start_in};
+use crate::remote_write::{Server, post_to_all, start_in};
 use crate::storage_size::{Generator, INTERVAL_MS, one_sample_body, pb_labels};
 
 #[derive(Debug, clap::Args)]
@@ -252,6 +252,7 @@ fn load(args: &Args, targets: &[Target], start_ms: i64, steps: u64) -> anyhow::R
     let mut labels = pb_labels(&generator.labels);
     labels.extend(pb_labels(&histograms.labels));
     let mut encoder = snap::raw::Encoder::new();
+    let servers: Vec<&Server> = targets.iter().map(|t| &t.server).collect();
     let began = Instant::now();
     for step in 0..steps {
         let mut samples = generator.round(step);
@@ -262,22 +263,7 @@ fn load(args: &Args, targets: &[Target], start_ms: i64, steps: u64) -> anyhow::R
         }));
         for (chunk_labels, chunk_samples) in labels.chunks(5_000).zip(samples.chunks(5_000)) {
             let body = one_sample_body(&mut encoder, chunk_labels, chunk_samples)?;
-            for target in targets {
-                let mut backoff = Backoff::new();
-                loop {
-                    let response = post(&agent, &target.server.write_url, &body)
-                        .with_context(|| format!("remote-write to {}", target.server.name))?;
-                    let status = response.status().as_u16();
-                    if status == 429 || status >= 500 {
-                        backoff.wait();
-                        continue;
-                    }
-                    if status >= 300 {
-                        bail!("{} refused a remote-write: {status}", target.server.name);
-                    }
-                    break;
-                }
-            }
+            post_to_all(&agent, &servers, &body)?;
         }
         if (step + 1) % 240 == 0 {
             eprint!(

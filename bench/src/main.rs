@@ -9,6 +9,7 @@ mod dashboard;
 mod encoding;
 mod node_agent;
 mod remote_write;
+mod rules;
 mod storage_size;
 mod visibility;
 
@@ -43,6 +44,8 @@ enum Command {
     AgentScrape(agent_scrape::Args),
     /// The node agent's idle footprint beside node_exporter: CPU per minute and RSS
     NodeAgent(node_agent::Args),
+    /// Rule evaluation: 1,000 rules in Meerkat vs Prometheus vs vmalert, time per interval
+    Rules(rules::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,5 +58,6 @@ fn main() -> anyhow::Result<()> {
         Command::Dashboard(args) => dashboard::run(&args),
         Command::AgentScrape(args) => agent_scrape::run(&args),
         Command::NodeAgent(args) => node_agent::run(&args),
+        Command::Rules(args) => rules::run(&args),
     }
 }

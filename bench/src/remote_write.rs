@@ -205,6 +205,9 @@ fn generate(args: &Args, start_ms: i64, bodies: mpsc::SyncSender<Body>, stop: Ar
 pub(crate) struct Server {
     pub name: &'static str,
     pub child: Child,
+    /// VictoriaMetrics's rule evaluator, when the server evaluates rules.
+    pub vmalert: Option<Child>,
+    pub vmalert_metrics_url: Option<String>,
     pub write_url: String,
     /// The data directory, removed on drop unless the caller gave its own.
     _dir: Option<tempfile::TempDir>,
@@ -212,6 +215,9 @@ pub(crate) struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Some(vmalert) = &mut self.vmalert {
+            stop_child(vmalert, Duration::from_secs(30));
+        }
         stop_child(&mut self.child, Duration::from_secs(30));
     }
 }
@@ -256,6 +262,23 @@ pub(crate) fn start_in(
     meerkat: &Path,
     data_dir: Option<&Path>,
 ) -> anyhow::Result<Server> {
+    start_evaluating(target, meerkat, data_dir, None)
+}
+
+/// Rule files a server evaluates, and how often.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rules<'a> {
+    pub file: &'a Path,
+    pub interval_seconds: u64,
+}
+
+/// [`start_in`], evaluating `rules` too (VictoriaMetrics through its vmalert).
+pub(crate) fn start_evaluating(
+    target: &str,
+    meerkat: &Path,
+    data_dir: Option<&Path>,
+    rules: Option<Rules<'_>>,
+) -> anyhow::Result<Server> {
     let temporary = match data_dir {
         Some(_) => None,
         None => Some(tempfile::tempdir()?),
@@ -267,9 +290,18 @@ pub(crate) fn start_in(
     };
     let addr = free_addr()?;
     let quiet = || Stdio::null();
+    let mut vmalert = None;
+    let mut vmalert_metrics_url = None;
     let (name, child, ready, write_path) = match target {
         "meerkat" => {
-            let child = Command::new(meerkat)
+            let mut command = Command::new(meerkat);
+            if let Some(rules) = rules {
+                command.arg("--rule-files").arg(rules.file).env(
+                    "MEERKAT_ALERTING__EVALUATION_INTERVAL_SECONDS",
+                    rules.interval_seconds.to_string(),
+                );
+            }
+            let child = command
                 .arg("serve")
                 // The peers store only the benchmark's load; so does Meerkat.
                 .arg("--no-host-metrics")
@@ -296,11 +328,39 @@ pub(crate) fn start_in(
                 .stderr(quiet())
                 .spawn()
                 .context("cannot start victoria-metrics (Debian package victoria-metrics)")?;
+            if let Some(rules) = rules {
+                // vmalert queries VictoriaMetrics and writes recorded series back to it; its
+                // alerts go to a port nobody listens on (no Alertmanager in this benchmark).
+                let nobody = free_addr()?;
+                let vmalert_addr = free_addr()?;
+                let child = Command::new("vmalert")
+                    .arg(format!("-rule={}", rules.file.display()))
+                    .arg(format!("-datasource.url=http://{addr}"))
+                    .arg(format!("-remoteWrite.url=http://{addr}"))
+                    .arg(format!("-notifier.url=http://{nobody}"))
+                    .arg(format!("-evaluationInterval={}s", rules.interval_seconds))
+                    .arg(format!("-httpListenAddr={vmalert_addr}"))
+                    .arg("-loggerLevel=ERROR")
+                    .stdout(quiet())
+                    .stderr(quiet())
+                    .spawn()
+                    .context("cannot start vmalert (Debian package victoria-metrics)")?;
+                vmalert = Some(child);
+                vmalert_metrics_url = Some(format!("http://{vmalert_addr}/metrics"));
+            }
             ("victoriametrics", child, "/health", "/api/v1/write")
         }
         "prometheus" => {
             let config = dir.join("prometheus.yml");
-            std::fs::write(&config, "global:\n  scrape_interval: 1h\n")?;
+            let text = match rules {
+                Some(rules) => format!(
+                    "global:\n  scrape_interval: 1h\n  evaluation_interval: {}s\nrule_files: ['{}']\n",
+                    rules.interval_seconds,
+                    rules.file.display()
+                ),
+                None => "global:\n  scrape_interval: 1h\n".to_owned(),
+            };
+            std::fs::write(&config, text)?;
             let child = Command::new("prometheus")
                 .arg(format!("--config.file={}", config.display()))
                 .arg(format!(
@@ -321,6 +381,8 @@ pub(crate) fn start_in(
     let server = Server {
         name,
         child,
+        vmalert,
+        vmalert_metrics_url,
         write_url: format!("http://{addr}{write_path}"),
         _dir: temporary,
     };
@@ -340,6 +402,31 @@ pub(crate) fn post(
         .header("Content-Type", "application/x-protobuf")
         .header("X-Prometheus-Remote-Write-Version", "0.1.0")
         .send(body)
+}
+
+/// Remote-writes one body to every server, retrying each while it sheds load (429, 5xx).
+pub(crate) fn post_to_all(
+    agent: &ureq::Agent,
+    servers: &[&Server],
+    body: &[u8],
+) -> anyhow::Result<()> {
+    for server in servers {
+        let mut backoff = Backoff::new();
+        loop {
+            let response = post(agent, &server.write_url, body)
+                .with_context(|| format!("remote-write to {}", server.name))?;
+            let status = response.status().as_u16();
+            if status == 429 || status >= 500 {
+                backoff.wait();
+                continue;
+            }
+            if status >= 300 {
+                bail!("{} refused a remote-write: {status}", server.name);
+            }
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The wait between retries of a refused request: Prometheus's remote-write defaults,
