@@ -466,6 +466,74 @@ fn a_broken_rule_file_is_refused_and_the_loaded_rules_keep_running() {
 }
 
 #[test]
+fn each_tenants_rules_read_and_write_only_that_tenants_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let team = dir.path().join("team-a.yml");
+    std::fs::write(
+        &team,
+        "groups:\n  - name: team\n    rules:\n      - record: team_copy\n        expr: source_metric * 2\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("meerkat.yaml"),
+        format!(
+            "alerting:\n  evaluation_interval_seconds: 1\n  tenant_rule_files:\n    team-a: ['{}']\n",
+            team.display()
+        ),
+    )
+    .unwrap();
+    let meerkat = Server::start(dir.path(), &["--http-listen", "127.0.0.1:0"], &[]);
+    // The same metric in two tenants, with different values.
+    for (tenant, value) in [("team-a", "21"), ("default", "5")] {
+        // Influx line protocol: measurement `source`, field `metric` → `source_metric`.
+        let body = format!("source metric={value}\n");
+        let response = post(
+            meerkat.addr,
+            "/write?db=test",
+            &[("X-Scope-OrgID", tenant)],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert!(
+            response.status < 300,
+            "{}: {}",
+            response.status,
+            response.body
+        );
+    }
+    let team_query = |promql: &str| {
+        let response = common::get_with(
+            meerkat.addr,
+            &format!("/api/v1/query?query={}", common::url_encode(promql)),
+            &[("X-Scope-OrgID", "team-a")],
+        )
+        .unwrap();
+        common::parse_vector(&response.body)
+    };
+    wait_until("team-a's rule runs over team-a's data", || {
+        team_query("team_copy").iter().any(|(_, v)| *v == 42.0)
+    });
+    assert!(
+        query_vector(meerkat.addr, "team_copy").is_empty(),
+        "the default tenant got team-a's series"
+    );
+    let response = common::get_with(
+        meerkat.addr,
+        "/api/v1/rules",
+        &[("X-Scope-OrgID", "team-a")],
+    )
+    .unwrap();
+    let rules: Value = serde_json::from_str(&response.body).unwrap();
+    assert_eq!(rules["data"]["groups"][0]["name"], "team", "{rules}");
+    let default_rules = meerkat_api(meerkat.addr, "/api/v1/rules");
+    assert_eq!(
+        default_rules["data"]["groups"].as_array().unwrap().len(),
+        0,
+        "{default_rules}"
+    );
+}
+
+#[test]
 fn a_broken_rule_file_stops_the_start_with_file_line_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.yml");
