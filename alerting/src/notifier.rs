@@ -276,3 +276,151 @@ fn webhook_json(
         "truncatedAlerts": 0,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A receiver that records each request's path and JSON body.
+    fn receiver() -> (String, Arc<Mutex<Vec<(String, serde_json::Value)>>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let store = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 65536];
+                loop {
+                    let n = stream.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&raw).into_owned();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                        })
+                        .unwrap_or(0);
+                    if body.len() < length {
+                        continue;
+                    }
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    if let Ok(json) = serde_json::from_str(body) {
+                        store.lock().expect("lock").push((path, json));
+                    }
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    break;
+                }
+            }
+        });
+        (url, seen)
+    }
+
+    fn alert(i: usize) -> Notification {
+        Notification {
+            labels: Labels::from([
+                ("alertname".to_owned(), "A".to_owned()),
+                ("i".to_owned(), i.to_string()),
+                ("cluster".to_owned(), "own".to_owned()),
+            ]),
+            annotations: Labels::new(),
+            starts_at_ms: 1_000,
+            ends_at_ms: 61_000,
+            generator_url: "http://x/graph".into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn alerts_go_to_every_alertmanager_in_batches_of_64_with_external_labels() {
+        let (first, first_seen) = receiver();
+        let (second, second_seen) = receiver();
+        let (hook, hook_seen) = receiver();
+        let (notifier, task) = Notifier::start(NotifierConfig {
+            alertmanager_urls: vec![first, second],
+            webhook_urls: vec![format!("{hook}/hook")],
+            external_labels: Labels::from([
+                ("cluster".to_owned(), "external".to_owned()),
+                ("region".to_owned(), "eu".to_owned()),
+            ]),
+            ..NotifierConfig::default()
+        })
+        .expect("start");
+        notifier.send((0..150).map(alert).collect());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while notifier.stats.sent.load(Ordering::Relaxed) < 450 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not everything was sent"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        notifier.stop();
+        task.await.expect("task");
+        for seen in [&first_seen, &second_seen] {
+            let seen = seen.lock().expect("lock");
+            let sizes: Vec<usize> = seen
+                .iter()
+                .map(|(path, body)| {
+                    assert_eq!(path, "/api/v2/alerts");
+                    body.as_array().map_or(0, Vec::len)
+                })
+                .collect();
+            assert_eq!(sizes, vec![64, 64, 22]);
+            let first = &seen[0].1[0];
+            // The alert's own label wins over an external one of the same name.
+            assert_eq!(first["labels"]["cluster"], "own");
+            assert_eq!(first["labels"]["region"], "eu");
+            assert_eq!(first["startsAt"], "1970-01-01T00:00:01.000Z");
+            assert_eq!(first["endsAt"], "1970-01-01T00:01:01.000Z");
+        }
+        let hook_seen = hook_seen.lock().expect("lock");
+        assert_eq!(hook_seen.len(), 3);
+        assert_eq!(hook_seen[0].0, "/hook");
+        assert_eq!(hook_seen[0].1["version"], "4");
+        // endsAt is long past: the webhook payload says resolved.
+        assert_eq!(hook_seen[0].1["status"], "resolved");
+        assert_eq!(hook_seen[0].1["commonLabels"]["alertname"], "A");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_the_oldest_and_counts_them() {
+        // Nobody listens: nothing is sent, and the queue keeps only the newest.
+        let (notifier, _task) = Notifier::start(NotifierConfig {
+            alertmanager_urls: vec!["http://127.0.0.1:9".into()],
+            queue_capacity: 10,
+            timeout: Duration::from_millis(200),
+            ..NotifierConfig::default()
+        })
+        .expect("start");
+        notifier.send((0..100).map(alert).collect());
+        assert!(notifier.stats.dropped.load(Ordering::Relaxed) >= 90);
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let error = Notifier::start(NotifierConfig {
+                alertmanager_urls: vec!["ftp://am".into()],
+                ..NotifierConfig::default()
+            })
+            .expect_err("ftp is not http");
+            assert!(error.contains("use an http:// or https:// URL"), "{error}");
+        });
+    }
+}

@@ -687,3 +687,138 @@ impl ExpandJob {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Answers every query with the samples it is set to.
+    #[derive(Default)]
+    struct Fixed(Mutex<Vec<QuerySample>>);
+
+    #[async_trait]
+    impl Querier for Fixed {
+        async fn instant(&self, _: Arc<Expr>, _: i64) -> Result<Vec<QuerySample>, String> {
+            Ok(self.0.lock().map_err(|e| e.to_string())?.clone())
+        }
+    }
+
+    fn group(text: &str) -> Group {
+        let parsed = crate::rulefmt::parse("test.yml", text).expect("valid rules");
+        Group::from_file("test.yml", &parsed.groups[0], 60_000).expect("group")
+    }
+
+    fn firing(querier: &Fixed, on: bool) {
+        let mut samples = querier.0.lock().expect("lock");
+        samples.clear();
+        if on {
+            samples.push(QuerySample {
+                labels: Labels::from([
+                    ("__name__".into(), "up".into()),
+                    ("job".into(), "a".into()),
+                ]),
+                value: 0.0,
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn alerts_are_sent_on_firing_resent_after_the_delay_and_resolved_once() {
+        let mut g = group(
+            "groups:\n  - name: g\n    rules:\n      - alert: Down\n        expr: up == 0\n        for: 2m\n",
+        );
+        let fixed = Arc::new(Fixed::default());
+        let querier: Arc<dyn Querier> = fixed.clone();
+        let settings = EvalSettings::default();
+        firing(&fixed, true);
+        let mut sent = Vec::new();
+        for minute in 0..=5 {
+            let out = g.eval(minute * 60_000, &querier, &settings).await;
+            sent.push(out.notifications);
+        }
+        // Pending at 0 and 1 min (nothing sent), firing from 2 min; the resend delay (1 min)
+        // must have passed strictly, so with a 1 min interval it is re-sent every 2 min.
+        let counts: Vec<usize> = sent.iter().map(Vec::len).collect();
+        assert_eq!(counts, vec![0, 0, 1, 0, 1, 0]);
+        let first = &sent[2][0];
+        assert_eq!(first.starts_at_ms, 120_000);
+        // Valid for 4 intervals (or resend delays), so Alertmanager keeps it meanwhile.
+        assert_eq!(first.ends_at_ms, 120_000 + 4 * 60_000);
+        assert_eq!(
+            first.labels.get("alertname").map(String::as_str),
+            Some("Down")
+        );
+        assert!(
+            first
+                .generator_url
+                .ends_with("/graph?g0.expr=up+%3D%3D+0&g0.tab=1")
+        );
+
+        firing(&fixed, false);
+        let out = g.eval(6 * 60_000, &querier, &settings).await;
+        assert_eq!(out.notifications.len(), 1, "the resolution is sent");
+        assert_eq!(out.notifications[0].ends_at_ms, 6 * 60_000);
+        assert!(
+            out.stale
+                .iter()
+                .any(|l| l.get("__name__").map(String::as_str) == Some("ALERTS"))
+        );
+        assert!(
+            out.transitions
+                .iter()
+                .any(|t| t.to == AlertState::Inactive && t.from == AlertState::Firing)
+        );
+        // Kept (and re-sent as resolved on the resend delay) for 15 minutes, then forgotten.
+        let Rule::Alerting(rule) = &g.rules[0] else {
+            panic!("alerting rule")
+        };
+        assert_eq!(rule.active.len(), 1);
+        for minute in 7..=22 {
+            g.eval(minute * 60_000, &querier, &settings).await;
+        }
+        let Rule::Alerting(rule) = &g.rules[0] else {
+            panic!("alerting rule")
+        };
+        assert!(
+            rule.active.is_empty(),
+            "resolved alerts are dropped after 15 minutes"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pending_alert_that_goes_away_is_never_sent_and_limits_fail_the_rule() {
+        let mut g = group(
+            "groups:\n  - name: g\n    limit: 1\n    rules:\n      - alert: Down\n        expr: up == 0\n        for: 5m\n",
+        );
+        let fixed = Arc::new(Fixed::default());
+        let querier: Arc<dyn Querier> = fixed.clone();
+        let settings = EvalSettings::default();
+        firing(&fixed, true);
+        let out = g.eval(0, &querier, &settings).await;
+        assert!(out.notifications.is_empty());
+        assert_eq!(out.samples.len(), 2, "ALERTS and ALERTS_FOR_STATE");
+        firing(&fixed, false);
+        let out = g.eval(60_000, &querier, &settings).await;
+        assert!(out.notifications.is_empty());
+        assert_eq!(out.stale.len(), 2);
+        // Two alerts over a limit of one: the rule fails and keeps no alerts.
+        fixed.0.lock().expect("lock").extend([
+            QuerySample {
+                labels: Labels::from([("job".into(), "a".into())]),
+                value: 0.0,
+            },
+            QuerySample {
+                labels: Labels::from([("job".into(), "b".into())]),
+                value: 0.0,
+            },
+        ]);
+        g.eval(120_000, &querier, &settings).await;
+        let status = g.rules[0].status();
+        assert_eq!(status.health, Health::Err);
+        assert_eq!(
+            status.last_error.as_deref(),
+            Some("exceeded limit of 1 with 2 alerts")
+        );
+    }
+}
