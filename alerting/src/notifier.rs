@@ -282,8 +282,11 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
+    /// Each request's path and JSON body.
+    type Received = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+
     /// A receiver that records each request's path and JSON body.
-    fn receiver() -> (String, Arc<Mutex<Vec<(String, serde_json::Value)>>>) {
+    fn receiver() -> (String, Received) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let seen = Arc::new(Mutex::new(Vec::new()));
