@@ -81,7 +81,11 @@ impl RuleManager {
         sink: Arc<dyn RuleSink>,
         notifier: Arc<Notifier>,
     ) -> Result<Self, Vec<RuleError>> {
-        let groups = load(&config)?;
+        let mut groups = load(&config)?;
+        // At start-up, long `for` clocks continue from what the last run wrote.
+        for (_, group) in &mut groups {
+            group.restore_for_state = true;
+        }
         let manager = Self {
             shared: Arc::new(Shared {
                 config,

@@ -9,7 +9,7 @@ use query::promql::{Engine, Steps, Value};
 use storage::Storage;
 
 use crate::expand::QuerySample;
-use crate::rules::Querier;
+use crate::rules::{Labels, Querier};
 
 /// Instant queries through the PromQL engine, over a tenant's data.
 #[derive(Clone, Debug)]
@@ -60,6 +60,28 @@ impl Querier for EngineQuerier {
                 .collect()),
             other => Err(format!(
                 "rule result is not a vector or scalar (it is a {})",
+                other.type_name()
+            )),
+        }
+    }
+
+    async fn range(
+        &self,
+        expr: Arc<Expr>,
+        at_ms: i64,
+    ) -> Result<Vec<(Labels, Vec<(i64, f64)>)>, String> {
+        match self
+            .engine
+            .evaluate(&self.tenant, expr, Steps::instant(at_ms))
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Value::Matrix(series) => Ok(series
+                .into_iter()
+                .map(|s| (s.labels.into_iter().collect(), s.samples))
+                .collect()),
+            other => Err(format!(
+                "expected a range vector, got a {}",
                 other.type_name()
             )),
         }

@@ -26,7 +26,22 @@ pub trait Querier: Send + Sync {
     /// `expr` at `at_ms`: a vector's samples, a scalar as one sample with no labels, an
     /// error for any other type (Prometheus: "rule result is not a vector or scalar").
     async fn instant(&self, expr: Arc<Expr>, at_ms: i64) -> Result<Vec<QuerySample>, String>;
+
+    /// The raw samples of a range selector (`m[1h]`) at `at_ms`, per series: what
+    /// restoring alerts' `for` state reads from `ALERTS_FOR_STATE`.
+    async fn range(
+        &self,
+        expr: Arc<Expr>,
+        at_ms: i64,
+    ) -> Result<Vec<(Labels, Vec<(i64, f64)>)>, String>;
 }
+
+/// How far back `ALERTS_FOR_STATE` is looked for at start-up (Prometheus's
+/// `--rules.alert.for-outage-tolerance`).
+pub const FOR_OUTAGE_TOLERANCE_MS: i64 = 3_600_000;
+/// Rules with a shorter `for` are not restored, and a restored alert fires no sooner than
+/// this after start-up (`--rules.alert.for-grace-period`).
+pub const FOR_GRACE_PERIOD_MS: i64 = 600_000;
 
 /// Settings every group shares.
 #[derive(Clone, Debug)]
@@ -203,6 +218,10 @@ pub struct Group {
     previous: Vec<HashSet<Labels>>,
     pub last_eval_ms: Option<i64>,
     pub eval_seconds: f64,
+    /// Set for groups loaded at start-up: after their first evaluation, alerts' `for`
+    /// progress is restored from `ALERTS_FOR_STATE`, so a restart does not restart long
+    /// `for` clocks (groups loaded by a reload take state from the running ones instead).
+    pub restore_for_state: bool,
 }
 
 /// What one evaluation of a group produced.
@@ -247,6 +266,7 @@ impl Group {
             rules,
             last_eval_ms: None,
             eval_seconds: 0.0,
+            restore_for_state: false,
         })
     }
 
@@ -262,6 +282,8 @@ impl Group {
                 .enumerate()
                 .find(|(_, o)| same_rule(o, rule));
             if let Some((j, old_rule)) = found {
+                // The running group's state is current: nothing to restore.
+                self.restore_for_state = false;
                 self.previous[i] = old.previous[j].clone();
                 *rule.status_mut() = old_rule.status().clone();
                 if let (Rule::Alerting(new), Rule::Alerting(old)) = (rule, old_rule) {
@@ -306,6 +328,14 @@ impl Group {
                     result
                 }
             };
+            // Before its state is restored, an alerting rule writes no `ALERTS` series (as
+            // in Prometheus): they would say the alerts began now.
+            let result = match result {
+                Ok(_) if self.restore_for_state && matches!(self.rules[i], Rule::Alerting(_)) => {
+                    Ok(Vec::new())
+                }
+                other => other,
+            };
             let status = self.rules[i].status_mut();
             status.last_eval_ms = Some(at_ms);
             status.eval_seconds = rule_started.elapsed().as_secs_f64();
@@ -330,9 +360,64 @@ impl Group {
                 }
             }
         }
+        if std::mem::take(&mut self.restore_for_state) {
+            self.restore(at_ms, querier).await;
+        }
         self.last_eval_ms = Some(at_ms);
         self.eval_seconds = started.elapsed().as_secs_f64();
         output
+    }
+
+    /// Prometheus's `RestoreForState`: each pending alert of a rule whose `for` is at least
+    /// the grace period takes its `activeAt` from the newest `ALERTS_FOR_STATE` sample of
+    /// the last hour, shifted by the time Meerkat was down (and so that it fires no sooner
+    /// than the grace period from now).
+    async fn restore(&mut self, at_ms: i64, querier: &Arc<dyn Querier>) {
+        for rule in &mut self.rules {
+            let Rule::Alerting(rule) = rule else { continue };
+            if rule.hold_ms < FOR_GRACE_PERIOD_MS || rule.active.is_empty() {
+                continue;
+            }
+            let selector = format!(
+                "ALERTS_FOR_STATE{{alertname={:?}}}[{}ms]",
+                rule.name, FOR_OUTAGE_TOLERANCE_MS
+            );
+            let expr = match query::promql::parse(&selector) {
+                Ok(expr) => Arc::new(expr),
+                Err(error) => {
+                    tracing::warn!(rule = %rule.name, %error, "cannot restore for state");
+                    continue;
+                }
+            };
+            let found = match querier.range(expr, at_ms).await {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::warn!(rule = %rule.name, %error, "cannot restore for state");
+                    continue;
+                }
+            };
+            for (mut labels, samples) in found {
+                labels.remove("__name__");
+                // Samples written at this evaluation are not what was there before.
+                let Some(&(down_at_ms, active_s)) = samples.iter().rev().find(|(t, _)| *t < at_ms)
+                else {
+                    continue;
+                };
+                let Some(alert) = rule.active.get_mut(&labels) else {
+                    continue;
+                };
+                let restored_ms = active_s as i64 * 1000;
+                let remaining = rule.hold_ms - (down_at_ms - restored_ms);
+                alert.active_at_ms = if remaining <= 0 {
+                    // It was firing: the next evaluation fires it again.
+                    restored_ms
+                } else if remaining < FOR_GRACE_PERIOD_MS {
+                    at_ms + FOR_GRACE_PERIOD_MS - rule.hold_ms
+                } else {
+                    restored_ms + (at_ms - down_at_ms)
+                };
+            }
+        }
     }
 }
 
@@ -702,6 +787,22 @@ mod tests {
         async fn instant(&self, _: Arc<Expr>, _: i64) -> Result<Vec<QuerySample>, String> {
             Ok(self.0.lock().map_err(|e| e.to_string())?.clone())
         }
+
+        async fn range(
+            &self,
+            _: Arc<Expr>,
+            _: i64,
+        ) -> Result<Vec<(Labels, Vec<(i64, f64)>)>, String> {
+            // What a previous run wrote: pending since 100 s, last written at 400 s.
+            Ok(vec![(
+                Labels::from([
+                    ("__name__".into(), "ALERTS_FOR_STATE".into()),
+                    ("alertname".into(), "Down".into()),
+                    ("job".into(), "a".into()),
+                ]),
+                vec![(300_000, 100.0), (400_000, 100.0)],
+            )])
+        }
     }
 
     fn group(text: &str) -> Group {
@@ -783,6 +884,37 @@ mod tests {
         assert!(
             rule.active.is_empty(),
             "resolved alerts are dropped after 15 minutes"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restart_keeps_the_for_progress_of_long_for_rules() {
+        let text = "groups:\n  - name: g\n    rules:\n      - alert: Down\n        expr: up == 0\n        for: 1h\n";
+        let fixed = Arc::new(Fixed::default());
+        let querier: Arc<dyn Querier> = fixed.clone();
+        firing(&fixed, true);
+        let mut g = group(text);
+        g.restore_for_state = true;
+        // Down from 400 s to 1000 s: pending 300 s before, so the clock goes on from there.
+        g.eval(1_000_000, &querier, &EvalSettings::default()).await;
+        let Rule::Alerting(rule) = &g.rules[0] else {
+            panic!("alerting rule")
+        };
+        let alert = rule.active.values().next().expect("an alert");
+        assert_eq!(alert.active_at_ms, 100_000 + (1_000_000 - 400_000));
+        // Restored once, at start-up only.
+        assert!(!g.restore_for_state);
+        // A reloaded group (no restoration) starts its clock at its first evaluation.
+        let mut fresh = group(text);
+        fresh
+            .eval(1_000_000, &querier, &EvalSettings::default())
+            .await;
+        let Rule::Alerting(rule) = &fresh.rules[0] else {
+            panic!("alerting rule")
+        };
+        assert_eq!(
+            rule.active.values().next().expect("an alert").active_at_ms,
+            1_000_000
         );
     }
 

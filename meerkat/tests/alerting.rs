@@ -533,6 +533,66 @@ fn each_tenants_rules_read_and_write_only_that_tenants_data() {
     );
 }
 
+/// The pending alert of `rule` on `meerkat`, with its `activeAt`.
+fn pending_since(meerkat: &Server) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    let alerts = meerkat_api(meerkat.addr, "/api/v1/alerts");
+    alerts["data"]["alerts"]
+        .as_array()?
+        .iter()
+        .find(|a| a["state"] == "pending")
+        .map(|a| parse_time(a["activeAt"].as_str().unwrap()))
+}
+
+#[test]
+fn a_restart_keeps_the_for_clock_of_long_for_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(
+        &rules,
+        "groups:\n  - name: slow\n    rules:\n      - alert: LongDown\n        expr: probe_value == 0\n        for: 30m\n",
+    )
+    .unwrap();
+    let args = [
+        "--http-listen",
+        "127.0.0.1:0",
+        "--rule-files",
+        rules.to_str().unwrap(),
+    ];
+    let env = [("MEERKAT_ALERTING__EVALUATION_INTERVAL_SECONDS", "1")];
+    let mut first = Server::start(dir.path(), &args, &env);
+    let response = post(first.addr, "/write?db=test", &[], b"probe value=0\n").unwrap();
+    assert!(response.status < 300, "{}", response.body);
+    let mut since = None;
+    wait_until("the alert is pending", || {
+        since = pending_since(&first);
+        since.is_some()
+    });
+    let since = since.unwrap();
+    // Pending for a few evaluations (each writes ALERTS_FOR_STATE), then a clean stop.
+    std::thread::sleep(Duration::from_secs(4));
+    first.signal("TERM");
+    assert!(first.wait().success());
+    std::thread::sleep(Duration::from_secs(2));
+    let restarted_at = now();
+    let second = Server::start(dir.path(), &args, &env);
+    let mut restored = None;
+    wait_until("the alert is pending again", || {
+        restored = pending_since(&second);
+        restored.is_some()
+    });
+    let restored = restored.unwrap();
+    // Prometheus's rule: the clock goes on from where it was, shifted by the downtime —
+    // so it began about 4 s before the restart, not at it.
+    assert!(
+        restored > since,
+        "restored {restored}, first pending {since}"
+    );
+    assert!(
+        restored <= restarted_at - chrono::Duration::seconds(2),
+        "activeAt {restored} was not restored (restart at {restarted_at}, first pending {since})"
+    );
+}
+
 #[test]
 fn a_broken_rule_file_stops_the_start_with_file_line_and_reason() {
     let dir = tempfile::tempdir().unwrap();
