@@ -446,7 +446,7 @@ fn event(t: &Transition) -> Option<PlatformEvent> {
             alert_name: t.rule.clone(),
             state,
             labels,
-            annotations: Default::default(),
+            annotations: t.annotations.clone(),
             value: t.value,
             starts_at_ms: t.at_ms,
             ends_at_ms: (state == EventState::Resolved).then_some(t.at_ms),

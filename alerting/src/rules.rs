@@ -115,6 +115,7 @@ pub struct Transition {
     pub to: AlertState,
     pub at_ms: i64,
     pub value: f64,
+    pub annotations: Labels,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -564,6 +565,7 @@ impl AlertingRule {
                         to: AlertState::Pending,
                         at_ms,
                         value: alert.value,
+                        annotations: alert.annotations.clone(),
                     });
                     self.active.insert(labels.clone(), alert.clone());
                 }
@@ -595,6 +597,7 @@ impl AlertingRule {
                         to: AlertState::Inactive,
                         at_ms,
                         value: alert.value,
+                        annotations: alert.annotations.clone(),
                     });
                     alert.state = AlertState::Inactive;
                     alert.resolved_at_ms = Some(at_ms);
@@ -617,6 +620,7 @@ impl AlertingRule {
                     to: AlertState::Firing,
                     at_ms,
                     value: alert.value,
+                    annotations: alert.annotations.clone(),
                 });
             }
             let mut series = alert.labels.clone();
