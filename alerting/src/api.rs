@@ -123,7 +123,11 @@ async fn alerts(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     Json(json!({"status": "success", "data": {"alerts": out}})).into_response()
 }
 
-async fn reload(State(state): State<ApiState>) -> Response {
+async fn reload(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    // With auth on, only a holder of a token may make every group restart.
+    if let Err(error) = tenant(&state, &headers) {
+        return error.into_response();
+    }
     match state.manager.reload().await {
         Ok(_) => (StatusCode::OK, "").into_response(),
         Err(errors) => {

@@ -98,6 +98,7 @@ fn run(
     )
     .map_err(|e| format!("template: {}: {}", e.line, e.reason))?;
     let pieces = lex(text)?;
+    check_nesting(&pieces)?;
     let mut parser = Parser {
         pieces,
         at: 0,
@@ -309,6 +310,41 @@ fn lex(text: &str) -> Result<Vec<Piece>, String> {
 
 fn ident_char(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
+}
+
+/// Refuses templates nested deeper than [`MAX_DEPTH`] (blocks or parentheses): parsing and
+/// running them recurse, and a stack overflow would take the whole process down.
+fn check_nesting(pieces: &[Piece]) -> Result<(), String> {
+    let mut depth: i64 = 0;
+    for piece in pieces {
+        let Piece::Action(tokens) = piece else {
+            continue;
+        };
+        match tokens.first() {
+            Some(Tok::Ident(w))
+                if matches!(w.as_str(), "if" | "with" | "range" | "define" | "block") =>
+            {
+                depth += 1;
+            }
+            Some(Tok::Ident(w)) if w == "end" => depth -= 1,
+            _ => {}
+        }
+        let mut parens: i64 = 0;
+        for token in tokens {
+            match token {
+                Tok::Open => parens += 1,
+                Tok::Close => parens -= 1,
+                _ => {}
+            }
+            if depth + parens > MAX_DEPTH as i64 {
+                return Err(format!("template nested more than {MAX_DEPTH} deep"));
+            }
+        }
+        if depth > MAX_DEPTH as i64 {
+            return Err(format!("template nested more than {MAX_DEPTH} deep"));
+        }
+    }
+    Ok(())
 }
 
 /// A Go quoted string starting at `start`: its value and the index after it.
@@ -611,8 +647,9 @@ struct Exec<'a> {
     depth: usize,
 }
 
-/// Go's limit on nested template calls, which stops a template that calls itself.
-const MAX_DEPTH: usize = 100_000;
+/// How deep templates may call templates. Go allows 100,000 on its growable stacks; a
+/// Rust thread's fixed stack does not, and no alert template needs more than a few.
+const MAX_DEPTH: usize = 100;
 
 impl Exec<'_> {
     fn nodes(&mut self, nodes: &[Node], dot: &Value) -> Result<(), Flow> {
@@ -792,12 +829,14 @@ impl Exec<'_> {
             // `and` and `or` stop at the first argument that decides them, as Go's do.
             if name == "and" || name == "or" {
                 let mut last = Value::Nil;
-                let mut values = Vec::new();
-                for arg in &args[1..] {
-                    values.push(self.operand(arg, dot)?);
-                }
-                values.extend(piped);
-                for v in values {
+                let count = args.len() - 1 + usize::from(piped.is_some());
+                let mut piped = piped;
+                for i in 0..count {
+                    // Each argument is evaluated only if the ones before did not decide.
+                    let v = match args.get(i + 1) {
+                        Some(arg) => self.operand(arg, dot)?,
+                        None => piped.take().unwrap_or(Value::Nil),
+                    };
                     let decided = if name == "and" { !truth(&v) } else { truth(&v) };
                     last = v;
                     if decided {
@@ -1295,6 +1334,9 @@ fn humanize(name: &str, v: f64) -> String {
     let g4 = |v: f64| format_g(v, Some(4));
     match name {
         "humanize" => {
+            if v == 0.0 || !v.is_finite() {
+                return g4(v);
+            }
             let mut v = v;
             let mut prefix = "";
             if v.abs() >= 1.0 {
@@ -1317,7 +1359,7 @@ fn humanize(name: &str, v: f64) -> String {
             format!("{}{prefix}", g4(v))
         }
         "humanize1024" => {
-            if v.abs() <= 1.0 {
+            if v.abs() <= 1.0 || !v.is_finite() {
                 return g4(v);
             }
             let mut v = v;
@@ -1501,6 +1543,10 @@ fn strip_domain(hostport: &str) -> String {
     }
 }
 
+/// Go's `fmt` refuses widths and precisions above this (`%!(BADWIDTH)`), as must we: a
+/// template's `%9999999999d` would otherwise ask for gigabytes.
+const GO_FMT_LIMIT: usize = 1_000_000;
+
 /// Go's `fmt.Sprintf` for the verbs rule templates use (`%s %v %d %f %g %e %q %x %t %%`,
 /// with flags, width and precision).
 fn sprintf(format: &str, args: &[Value]) -> String {
@@ -1534,7 +1580,14 @@ fn sprintf(format: &str, args: &[Value]) -> String {
                 p.push(d);
                 chars.next();
             }
-            precision = Some(p.parse().unwrap_or(0));
+            precision = match p.parse::<usize>() {
+                Ok(n) if n <= GO_FMT_LIMIT => Some(n),
+                Ok(_) => {
+                    out.push_str("%!(BADPREC)");
+                    None
+                }
+                Err(_) => Some(0),
+            };
         }
         let Some(verb) = chars.next() else {
             out.push_str("%!(NOVERB)");
@@ -1583,7 +1636,14 @@ fn sprintf(format: &str, args: &[Value]) -> String {
             ('t', Value::Bool(b)) => b.to_string(),
             (verb, other) => format!("%!{verb}({}={})", go_type(other), print(other)),
         };
-        let width: usize = width.parse().unwrap_or(0);
+        let width: usize = match width.parse::<usize>() {
+            Ok(n) if n <= GO_FMT_LIMIT => n,
+            Ok(_) => {
+                out.push_str("%!(BADWIDTH)");
+                0
+            }
+            Err(_) => 0,
+        };
         let len = body.chars().count();
         if len < width {
             let pad = width - len;
@@ -1704,7 +1764,8 @@ mod tests {
     fn humanize_functions_match_prometheus() {
         assert_eq!(expand("{{ humanize 1234567.0 }}", 0.0), "1.235M");
         assert_eq!(expand("{{ $value | humanize }}", 0.0012), "1.2m");
-        assert_eq!(expand("{{ humanize 0 }}", 0.0), "0y");
+        assert_eq!(expand("{{ humanize 0 }}", 0.0), "0");
+        assert_eq!(expand("{{ humanize $value }}", f64::INFINITY), "+Inf");
         assert_eq!(expand("{{ humanize1024 1048576.0 }}", 0.0), "1Mi");
         assert_eq!(expand("{{ humanizeDuration 3725.0 }}", 0.0), "1h 2m 5s");
         assert_eq!(expand("{{ humanizeDuration 90061 }}", 0.0), "1d 1h 1m 1s");
@@ -1795,6 +1856,8 @@ mod tests {
             "  2.2|7   |"
         );
         assert_eq!(expand("{{ printf \"%d\" $value }}", 1.0), "%!d(float64=1)");
+        assert!(expand("{{ printf \"%9999999999d\" 1 }}", 0.0).starts_with("%!(BADWIDTH)"));
+        assert!(expand("{{ printf \"%.9999999999f\" 1.0 }}", 0.0).starts_with("%!(BADPREC)"));
         assert_eq!(expand("{{ $labels.instance | stripPort }}", 0.0), "host");
         assert_eq!(
             expand("{{ stripDomain \"node1.example.com:9100\" }}", 0.0),
@@ -1836,6 +1899,21 @@ mod tests {
         );
         let out = expand("{{ nosuch }}", 0.0);
         assert!(out.contains("not defined"), "{out}");
+    }
+
+    #[test]
+    fn templates_that_would_exhaust_the_stack_are_refused() {
+        let recursive = "{{ define \"a\" }}{{ template \"a\" }}{{ end }}{{ template \"a\" }}";
+        assert!(expand(recursive, 0.0).contains("exceeded maximum template depth"));
+        let deep = format!("{}1{}", "{{ if 1 }}".repeat(5000), "{{ end }}".repeat(5000));
+        assert!(expand(&deep, 0.0).contains("nested more than"));
+        let parens = format!("{{{{ {}1{} }}}}", "(".repeat(5000), ")".repeat(5000));
+        assert!(expand(&parens, 0.0).starts_with("<error expanding template"));
+        // Short-circuit: the second argument is not evaluated.
+        assert_eq!(
+            expand("{{ and false (query \"x\" | first) }}", 0.0),
+            "false"
+        );
     }
 
     #[test]

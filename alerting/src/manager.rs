@@ -61,6 +61,11 @@ struct Shared {
     notifier: Arc<Notifier>,
     running: tokio::sync::Mutex<Vec<Running>>,
     reload: Mutex<ReloadStatus>,
+    /// One reload at a time, from reading the files to the groups running: two racing
+    /// (the file watch and `POST /-/reload`) must not install the older files last.
+    reloading: tokio::sync::Mutex<()>,
+    /// Set by [`RuleManager::stop`]: a reload after it starts nothing.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 /// The alerting role's rules, running.
@@ -94,6 +99,8 @@ impl RuleManager {
                 notifier,
                 running: tokio::sync::Mutex::new(Vec::new()),
                 reload: Mutex::new(ReloadStatus::default()),
+                reloading: tokio::sync::Mutex::new(()),
+                stopped: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         manager.replace(groups).await;
@@ -105,6 +112,7 @@ impl RuleManager {
     /// rules (so pending alerts keep their `for` progress), and removed groups' series get
     /// staleness markers.
     pub async fn reload(&self) -> Result<usize, Vec<RuleError>> {
+        let _one_at_a_time = self.shared.reloading.lock().await;
         let now = now_ms();
         match load(&self.shared.config) {
             Ok(groups) => {
@@ -141,6 +149,13 @@ impl RuleManager {
 
     async fn replace(&self, groups: Vec<TenantGroup>) {
         let mut running = self.shared.running.lock().await;
+        if self
+            .shared
+            .stopped
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
         let old: Vec<Running> = std::mem::take(&mut *running);
         // Stop the old tasks first so no evaluation runs while state moves over.
         for r in &old {
@@ -195,6 +210,9 @@ impl RuleManager {
 
     /// Stops every group (their current evaluation finishes first).
     pub async fn stop(&self) {
+        self.shared
+            .stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut running = self.shared.running.lock().await;
         for r in running.iter() {
             r.stop.notify_one();
@@ -361,6 +379,13 @@ async fn run_group(
                 () = tokio::time::sleep(wait) => {}
             }
         } else {
+            // A stop asked for while this group was behind is seen here too (the permit
+            // `notify_one` stored completes `notified()` at once).
+            tokio::select! {
+                biased;
+                () = stop.notified() => return,
+                () = std::future::ready(()) => {}
+            }
             // Late (a slow evaluation): evaluate the newest slot, skipping missed ones.
             let newest = next_slot(now - interval_ms, interval_ms, offset_ms);
             if newest > slot {

@@ -223,6 +223,8 @@ pub struct Group {
     /// progress is restored from `ALERTS_FOR_STATE`, so a restart does not restart long
     /// `for` clocks (groups loaded by a reload take state from the running ones instead).
     pub restore_for_state: bool,
+    /// Series of rules a reload removed, to be marked stale at the next evaluation.
+    pending_stale: Vec<Labels>,
 }
 
 /// What one evaluation of a group produced.
@@ -268,35 +270,46 @@ impl Group {
             last_eval_ms: None,
             eval_seconds: 0.0,
             restore_for_state: false,
+            pending_stale: Vec::new(),
         })
     }
 
-    /// Takes over the alerts of the same rules in `old` (same name, query, labels and
-    /// annotations), as Prometheus's `CopyState` does on reload, so a reload neither
-    /// re-fires nor forgets pending alerts.
+    /// Takes over the state of `old`'s rules, as Prometheus's `CopyState` does on reload:
+    /// rules are matched by name, in order (the first rule named `x` takes the first old
+    /// `x`), so a reload neither re-fires nor forgets alerts even when an expression or
+    /// annotation changed; the series of old rules left unmatched end at the next
+    /// evaluation.
     pub fn copy_state(&mut self, old: &Group) {
         self.last_eval_ms = old.last_eval_ms;
+        self.pending_stale = old.pending_stale.clone();
+        let mut taken = vec![false; old.rules.len()];
         for (i, rule) in self.rules.iter_mut().enumerate() {
             let found = old
                 .rules
                 .iter()
                 .enumerate()
-                .find(|(_, o)| same_rule(o, rule));
-            if let Some((j, old_rule)) = found {
-                // The running group's state is current: nothing to restore.
-                self.restore_for_state = false;
-                self.previous[i] = old.previous[j].clone();
-                *rule.status_mut() = old_rule.status().clone();
-                if let (Rule::Alerting(new), Rule::Alerting(old)) = (rule, old_rule) {
-                    new.active = old.active.clone();
-                }
+                .find(|(j, o)| !taken[*j] && o.name() == rule.name());
+            let Some((j, old_rule)) = found else { continue };
+            taken[j] = true;
+            self.previous[i] = old.previous[j].clone();
+            *rule.status_mut() = old_rule.status().clone();
+            if let (Rule::Alerting(new), Rule::Alerting(old)) = (rule, old_rule) {
+                new.active = old.active.clone();
             }
+        }
+        for (j, _) in taken.iter().enumerate().filter(|(_, t)| !**t) {
+            self.pending_stale.extend(old.previous[j].iter().cloned());
         }
     }
 
     /// Every series the group's rules last returned: on removal they need staleness markers.
     pub fn series(&self) -> Vec<Labels> {
-        self.previous.iter().flatten().cloned().collect()
+        self.previous
+            .iter()
+            .flatten()
+            .chain(&self.pending_stale)
+            .cloned()
+            .collect()
     }
 
     /// Evaluates every rule at `at_ms`, in order.
@@ -307,7 +320,10 @@ impl Group {
         settings: &EvalSettings,
     ) -> GroupOutput {
         let started = std::time::Instant::now();
-        let mut output = GroupOutput::default();
+        let mut output = GroupOutput {
+            stale: std::mem::take(&mut self.pending_stale),
+            ..GroupOutput::default()
+        };
         for i in 0..self.rules.len() {
             let rule_started = std::time::Instant::now();
             let result = match &mut self.rules[i] {
@@ -422,25 +438,10 @@ impl Group {
     }
 }
 
-fn same_rule(a: &Rule, b: &Rule) -> bool {
-    match (a, b) {
-        (Rule::Alerting(a), Rule::Alerting(b)) => {
-            a.name == b.name
-                && a.query == b.query
-                && a.labels == b.labels
-                && a.annotations == b.annotations
-        }
-        (Rule::Recording(a), Rule::Recording(b)) => {
-            a.name == b.name && a.query == b.query && a.labels == b.labels
-        }
-        _ => false,
-    }
-}
-
 fn rule(node: &RuleNode) -> Result<Rule, String> {
     let text = node.expr.as_ref().map_or("", |e| e.value.0.as_str());
     let expr = query::promql::parse(text).map_err(|e| e.to_string())?;
-    let query = query::promql::pretty(&expr);
+    let query = query::promql::display(&expr);
     let map = |m: &BTreeMap<String, rulefmt::Scalar>| -> Labels {
         m.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect()
     };
@@ -492,8 +493,13 @@ impl RecordingRule {
             .map(|s| {
                 let mut labels = s.labels;
                 labels.insert("__name__".into(), self.name.clone());
+                // As Prometheus's `labels.Builder`: a label set to "" is removed.
                 for (k, v) in &self.labels {
-                    labels.insert(k.clone(), v.clone());
+                    if v.is_empty() {
+                        labels.remove(k);
+                    } else {
+                        labels.insert(k.clone(), v.clone());
+                    }
                 }
                 (labels, s.value)
             })
@@ -666,8 +672,29 @@ impl AlertingRule {
             external_url: settings.external_url.clone(),
             result: result.to_vec(),
         };
+        let fallback = |why: String| -> Vec<(Labels, Labels)> {
+            let text = format!("<error expanding template: {why}>");
+            result
+                .iter()
+                .map(|s| {
+                    let mut labels = s.labels.clone();
+                    labels.remove("__name__");
+                    labels.insert("alertname".into(), self.name.clone());
+                    let annotations = self
+                        .annotations
+                        .keys()
+                        .map(|k| (k.clone(), text.clone()))
+                        .collect();
+                    (labels, annotations)
+                })
+                .collect()
+        };
         if !uses_query {
-            return job.run(&|_| Err("query is not available".into()));
+            // A bug in the template engine must not stop the group: it becomes the text.
+            return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                job.run(&|_| Err("query is not available".into()))
+            }))
+            .unwrap_or_else(|_| fallback("the template engine failed".into()));
         }
         let querier = querier.clone();
         let handle = tokio::runtime::Handle::current();
@@ -680,23 +707,7 @@ impl AlertingRule {
         });
         match task.await {
             Ok(expanded) => expanded,
-            Err(e) => {
-                let text = format!("<error expanding template: {e}>");
-                result
-                    .iter()
-                    .map(|s| {
-                        let mut labels = s.labels.clone();
-                        labels.remove("__name__");
-                        labels.insert("alertname".into(), self.name.clone());
-                        let annotations = self
-                            .annotations
-                            .keys()
-                            .map(|k| (k.clone(), text.clone()))
-                            .collect();
-                        (labels, annotations)
-                    })
-                    .collect()
-            }
+            Err(e) => fallback(e.to_string()),
         }
     }
 
@@ -762,8 +773,14 @@ impl ExpandJob {
                 };
                 let mut labels = sample.labels.clone();
                 labels.remove("__name__");
+                // As Prometheus's `labels.Builder`: a label set to "" is removed.
                 for (k, v) in &self.labels {
-                    labels.insert(k.clone(), expand_alert(v, &self.name, &data, query));
+                    let value = expand_alert(v, &self.name, &data, query);
+                    if value.is_empty() {
+                        labels.remove(k);
+                    } else {
+                        labels.insert(k.clone(), value);
+                    }
                 }
                 labels.insert("alertname".into(), self.name.clone());
                 let annotations = self
@@ -888,6 +905,42 @@ mod tests {
         assert!(
             rule.active.is_empty(),
             "resolved alerts are dropped after 15 minutes"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_alerts_of_rules_by_name_and_ends_removed_rules_series() {
+        let fixed = Arc::new(Fixed::default());
+        let querier: Arc<dyn Querier> = fixed.clone();
+        let settings = EvalSettings::default();
+        firing(&fixed, true);
+        let mut old = group(
+            "groups:\n  - name: g\n    rules:\n      - alert: Down\n        expr: up == 0\n        for: 1m\n      - record: gone\n        expr: up\n",
+        );
+        old.eval(0, &querier, &settings).await;
+        old.eval(60_000, &querier, &settings).await;
+        // The expression and an empty label changed; the rule keeps its name.
+        let mut new = group(
+            "groups:\n  - name: g\n    rules:\n      - alert: Down\n        expr: up < 1\n        for: 1m\n        labels:\n          job: ''\n",
+        );
+        new.copy_state(&old);
+        let out = new.eval(120_000, &querier, &settings).await;
+        let Rule::Alerting(rule) = &new.rules[0] else {
+            panic!("alerting rule")
+        };
+        // The old alert (with job) resolves; the new one has no `job` label at all.
+        assert!(rule.active.values().any(|a| a.labels.get("job").is_none()));
+        assert!(
+            rule.active
+                .values()
+                .any(|a| a.state == AlertState::Inactive)
+        );
+        assert!(
+            out.stale
+                .iter()
+                .any(|l| l.get("__name__").map(String::as_str) == Some("gone")),
+            "the removed rule's series end: {:?}",
+            out.stale
         );
     }
 

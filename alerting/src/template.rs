@@ -76,10 +76,31 @@ const FUNCTIONS: &[&str] = &[
     "stripDomain",
 ];
 
+/// The deepest parenthesis nesting accepted.
+const MAX_PARENS: usize = 100;
+
 /// Checks `text` as Go's `template.Parse` would, with `predefined` variables (such as
 /// `$labels`) in scope at the top level, the way Prometheus prepends their definitions.
 pub fn check(text: &str, predefined: &[&str]) -> Result<(), TemplateError> {
     let actions = lex(text)?;
+    // Parentheses are checked recursively: a rule file must not be able to overflow the
+    // stack (no template needs this depth).
+    for action in &actions {
+        let mut depth = 0usize;
+        for token in &action.tokens {
+            match token {
+                Token::Open => depth += 1,
+                Token::Close => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            if depth > MAX_PARENS {
+                return Err(error(
+                    action.line,
+                    format!("parentheses nested more than {MAX_PARENS} deep"),
+                ));
+            }
+        }
+    }
     let mut parser = Parser {
         blocks: Vec::new(),
         scopes: vec![predefined.iter().map(|v| (*v).to_owned()).collect()],
@@ -779,6 +800,12 @@ mod tests {
                 proptest::prop_assert!(!error.reason.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let parens = format!("{{{{ {}1{} }}}}", "(".repeat(100_000), ")".repeat(100_000));
+        bad(&parens, "nested more than");
     }
 
     #[test]

@@ -122,6 +122,12 @@ pub fn pretty(expr: &Expr) -> String {
     rename_function(&expr.prettify(), NEW_NAME, "holt_winters")
 }
 
+/// `expr` on one line, as Prometheus's `Expr.String()` prints it (rule queries in the rules
+/// API and alerts' generator URLs), with 2.42's function names.
+pub fn display(expr: &Expr) -> String {
+    rename_function(&expr.to_string(), NEW_NAME, "holt_winters")
+}
+
 /// `query` with calls of the function `from` renamed `to` (outside string literals and
 /// `#` comments; backquoted strings take no escapes).
 fn rename_function(query: &str, from: &str, to: &str) -> String {
