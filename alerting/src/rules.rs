@@ -43,6 +43,17 @@ pub const FOR_OUTAGE_TOLERANCE_MS: i64 = 3_600_000;
 /// this after start-up (`--rules.alert.for-grace-period`).
 pub const FOR_GRACE_PERIOD_MS: i64 = 600_000;
 
+/// Takes one rule's results at once (see [`Group::eval_committing`]).
+#[async_trait]
+pub trait RuleWriter: Send + Sync {
+    async fn write(
+        &self,
+        samples: &[(Labels, f64)],
+        stale: &[Labels],
+        at_ms: i64,
+    ) -> Result<(), String>;
+}
+
 /// Settings every group shares.
 #[derive(Clone, Debug)]
 pub struct EvalSettings {
@@ -319,6 +330,20 @@ impl Group {
         querier: &Arc<dyn Querier>,
         settings: &EvalSettings,
     ) -> GroupOutput {
+        self.eval_committing(at_ms, querier, settings, None).await
+    }
+
+    /// [`Group::eval`], handing each rule's samples and staleness markers to `writer` before
+    /// the next rule runs, as Prometheus commits each rule's appender: a later rule of the
+    /// group then sees what an earlier one recorded at this very time (`rules test` runs so;
+    /// through the bus a later rule sees it one interval later).
+    pub async fn eval_committing(
+        &mut self,
+        at_ms: i64,
+        querier: &Arc<dyn Querier>,
+        settings: &EvalSettings,
+        writer: Option<&dyn RuleWriter>,
+    ) -> GroupOutput {
         let started = std::time::Instant::now();
         let mut output = GroupOutput {
             stale: std::mem::take(&mut self.pending_stale),
@@ -366,13 +391,20 @@ impl Group {
                     status.last_error = None;
                     let returned: HashSet<Labels> =
                         samples.iter().map(|(l, _)| l.clone()).collect();
-                    output.stale.extend(
-                        self.previous[i]
-                            .iter()
-                            .filter(|l| !returned.contains(*l))
-                            .cloned(),
-                    );
+                    let stale: Vec<Labels> = self.previous[i]
+                        .iter()
+                        .filter(|l| !returned.contains(*l))
+                        .cloned()
+                        .collect();
+                    if let Some(writer) = writer
+                        && let Err(error) = writer.write(&samples, &stale, at_ms).await
+                    {
+                        let status = self.rules[i].status_mut();
+                        status.health = Health::Err;
+                        status.last_error = Some(error);
+                    }
                     self.previous[i] = returned;
+                    output.stale.extend(stale);
                     output.samples.extend(samples);
                 }
             }

@@ -18,7 +18,7 @@ use storage::{BusPosition, Storage};
 
 use crate::expand::QuerySample;
 use crate::querier::EngineQuerier;
-use crate::rules::{AlertState, EvalSettings, Labels, Querier};
+use crate::rules::{AlertState, EvalSettings, Labels, Querier, RuleWriter};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -216,10 +216,10 @@ async fn run_group(
             Err(e) => return vec![format!("    series {:?}: {e}", series.series)],
         }
     }
-    let mut writer = Writer {
+    let writer = Writer {
         store: store.clone(),
         tenant: tenant.clone(),
-        offset: 0,
+        offset: std::sync::atomic::AtomicU64::new(0),
     };
     let samples: Vec<(Labels, Vec<(i64, f64)>)> = input
         .into_iter()
@@ -236,7 +236,7 @@ async fn run_group(
             (labels.into_iter().collect(), samples)
         })
         .collect();
-    if let Err(e) = writer.write(samples).await {
+    if let Err(e) = writer.write_input(samples).await {
         return vec![e];
     }
 
@@ -284,9 +284,12 @@ async fn run_group(
     let mut ts = 0;
     while ts <= max_time {
         let mut eval_errors = Vec::new();
-        let mut samples = Vec::new();
         for group in &mut groups {
-            let output = group.eval(ts, &querier, &settings).await;
+            // Each rule's results are in the store before the next rule runs.
+            let output = group
+                .eval_committing(ts, &querier, &settings, Some(&writer))
+                .await;
+            drop(output);
             for rule in &group.rules {
                 if let Some(error) = &rule.status().last_error {
                     eval_errors.push(format!(
@@ -295,18 +298,6 @@ async fn run_group(
                         go_duration(ts)
                     ));
                 }
-            }
-            samples.extend(output.samples.into_iter().map(|(l, v)| (l, vec![(ts, v)])));
-            samples.extend(
-                output
-                    .stale
-                    .into_iter()
-                    .map(|l| (l, vec![(ts, model::stale_nan())])),
-            );
-            // Written after each group, as Prometheus commits each rule's appender, so a
-            // later group sees what an earlier one recorded at the same time.
-            if let Err(e) = writer.write(std::mem::take(&mut samples)).await {
-                return vec![e];
             }
         }
         errors.extend(eval_errors.iter().cloned());
@@ -439,14 +430,12 @@ fn expected_labels(text: &str) -> Result<Labels, String> {
 struct Writer {
     store: Arc<dyn Storage>,
     tenant: TenantId,
-    offset: u64,
+    offset: std::sync::atomic::AtomicU64,
 }
 
 impl Writer {
-    async fn write(&mut self, series: Vec<(Labels, Vec<(i64, f64)>)>) -> Result<(), String> {
-        if series.is_empty() {
-            return Ok(());
-        }
+    /// The input series, each with its samples.
+    async fn write_input(&self, series: Vec<(Labels, Vec<(i64, f64)>)>) -> Result<(), String> {
         let mut batch = Vec::with_capacity(series.len());
         for (labels, samples) in series {
             let labels = ModelLabels::new(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -460,24 +449,42 @@ impl Writer {
                 .collect();
             batch.push(Series::with_samples(labels, samples));
         }
+        self.write_batch(MetricBatch {
+            series: batch,
+            metadata: vec![],
+        })
+        .await
+    }
+
+    async fn write_batch(&self, batch: MetricBatch) -> Result<(), String> {
+        if batch.series.is_empty() {
+            return Ok(());
+        }
         let at = BusPosition {
             topic: "metrics".into(),
             partition: 0,
-            offset: self.offset,
+            offset: self
+                .offset
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
-        self.offset += 1;
         self.store
-            .write(
-                &self.tenant,
-                Payload::Metrics(MetricBatch {
-                    series: batch,
-                    metadata: vec![],
-                }),
-                &at,
-            )
+            .write(&self.tenant, Payload::Metrics(batch), &at)
             .await
             .map(|_| ())
             .map_err(|e| format!("cannot write to the test store: {e}"))
+    }
+}
+
+#[async_trait::async_trait]
+impl RuleWriter for Writer {
+    async fn write(
+        &self,
+        samples: &[(Labels, f64)],
+        stale: &[Labels],
+        at_ms: i64,
+    ) -> Result<(), String> {
+        self.write_batch(crate::manager::metric_batch(samples, stale, at_ms))
+            .await
     }
 }
 

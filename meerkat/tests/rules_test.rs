@@ -97,6 +97,12 @@ fn failures_say_what_differed() {
 /// Rules and tests written for this suite, exercising what the peer files leave out.
 const RULES: &str = r#"
 groups:
+  - name: chained
+    rules:
+      - record: chained:one
+        expr: vector(1)
+      - alert: ChainedSeen
+        expr: chained:one > 0
   - name: recorded
     rules:
       - record: job:errors:rate1m
@@ -134,12 +140,17 @@ tests:
             value: 1
           - labels: 'job:errors:rate1m{job="db"}'
             value: 0.5
-      - expr: ALERTS_FOR_STATE
+      - expr: ALERTS_FOR_STATE{alertname="HighErrors"}
         eval_time: 4m
         exp_samples:
           - labels: 'ALERTS_FOR_STATE{alertname="HighErrors", job="api", severity="page"}'
             value: 60
     alert_rule_test:
+      # A rule sees what an earlier rule of its group recorded at the same time.
+      - eval_time: 0m
+        alertname: ChainedSeen
+        exp_alerts:
+          - {}
       - eval_time: 2m
         alertname: HighErrors
         exp_alerts: []
