@@ -56,7 +56,8 @@ struct Running {
 #[derive(Debug)]
 struct Shared {
     config: ManagerConfig,
-    engine: query::promql::Engine,
+    store: Arc<dyn storage::Storage>,
+    limits: query::promql::Limits,
     sink: Arc<dyn RuleSink>,
     notifier: Arc<Notifier>,
     running: tokio::sync::Mutex<Vec<Running>>,
@@ -82,7 +83,8 @@ impl RuleManager {
     /// start, naming the file, line and reason.
     pub async fn start(
         config: ManagerConfig,
-        engine: query::promql::Engine,
+        store: Arc<dyn storage::Storage>,
+        limits: query::promql::Limits,
         sink: Arc<dyn RuleSink>,
         notifier: Arc<Notifier>,
     ) -> Result<Self, Vec<RuleError>> {
@@ -94,7 +96,8 @@ impl RuleManager {
         let manager = Self {
             shared: Arc::new(Shared {
                 config,
-                engine,
+                store,
+                limits,
                 sink,
                 notifier,
                 running: tokio::sync::Mutex::new(Vec::new()),
@@ -357,10 +360,14 @@ async fn run_group(
     group: Arc<tokio::sync::Mutex<Group>>,
     stop: Arc<Notify>,
 ) {
-    let querier: Arc<dyn Querier> = Arc::new(EngineQuerier::with_engine(
-        shared.engine.clone(),
+    // Also the group's writer: a later rule sees what an earlier one recorded at the same
+    // evaluation, before it has come back from the bus.
+    let engine = Arc::new(EngineQuerier::with_limits(
+        shared.store.clone(),
+        shared.limits,
         tenant.clone(),
     ));
+    let querier: Arc<dyn Querier> = engine.clone();
     let (interval_ms, offset_ms, mut last) = {
         let g = group.lock().await;
         (g.interval_ms, slot_offset(&tenant, &g), g.last_eval_ms)
@@ -398,7 +405,13 @@ async fn run_group(
         }
         let output = {
             let mut g = group.lock().await;
-            g.eval(slot, &querier, &shared.config.settings).await
+            g.eval_committing(
+                slot,
+                &querier,
+                &shared.config.settings,
+                Some(engine.as_ref()),
+            )
+            .await
         };
         last = Some(slot);
         deliver(&shared, &tenant, output, slot).await;

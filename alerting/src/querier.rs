@@ -1,33 +1,57 @@
 //! Rules' queries answered by Meerkat's PromQL engine, for one tenant.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use model::TenantId;
+use model::{Labels as ModelLabels, Sample, TenantId};
 use promql_parser::parser::Expr;
-use query::promql::{Engine, Steps, Value};
+use query::promql::{Engine, Limits, Steps, Value};
 use storage::Storage;
+use storage::overlay::Overlay;
 
 use crate::expand::QuerySample;
-use crate::rules::{Labels, Querier};
+use crate::rules::{Labels, Querier, RuleWriter};
 
-/// Instant queries through the PromQL engine, over a tenant's data.
-#[derive(Clone, Debug)]
+/// The samples a group's rules recorded at one evaluation time.
+type Recorded = (i64, Arc<Vec<(ModelLabels, Sample)>>);
+
+/// Instant queries through the PromQL engine, over a tenant's data and, as a
+/// [`RuleWriter`], the results its group recorded so far at the current evaluation time
+/// (which are still on their way through the bus to the store).
+#[derive(Debug)]
 pub struct EngineQuerier {
-    engine: Engine,
+    store: Arc<dyn Storage>,
+    limits: Limits,
     tenant: TenantId,
+    recorded: Mutex<Recorded>,
 }
 
 impl EngineQuerier {
     pub fn new(store: Arc<dyn Storage>, tenant: TenantId) -> Self {
+        Self::with_limits(store, Limits::default(), tenant)
+    }
+
+    pub fn with_limits(store: Arc<dyn Storage>, limits: Limits, tenant: TenantId) -> Self {
         Self {
-            engine: Engine::new(store),
+            store,
+            limits,
             tenant,
+            recorded: Mutex::new((i64::MIN, Arc::new(Vec::new()))),
         }
     }
 
-    pub fn with_engine(engine: Engine, tenant: TenantId) -> Self {
-        Self { engine, tenant }
+    fn engine(&self, at_ms: i64) -> Engine {
+        let recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        let store: Arc<dyn Storage> = if recorded.0 == at_ms && !recorded.1.is_empty() {
+            Arc::new(Overlay::new(
+                self.store.clone(),
+                self.tenant.clone(),
+                recorded.1.clone(),
+            ))
+        } else {
+            self.store.clone()
+        };
+        Engine::new(store).with_limits(self.limits)
     }
 }
 
@@ -35,7 +59,7 @@ impl EngineQuerier {
 impl Querier for EngineQuerier {
     async fn instant(&self, expr: Arc<Expr>, at_ms: i64) -> Result<Vec<QuerySample>, String> {
         let value = self
-            .engine
+            .engine(at_ms)
             .evaluate(&self.tenant, expr, Steps::instant(at_ms))
             .await
             .map_err(|e| e.to_string())?;
@@ -71,7 +95,7 @@ impl Querier for EngineQuerier {
         at_ms: i64,
     ) -> Result<Vec<(Labels, Vec<(i64, f64)>)>, String> {
         match self
-            .engine
+            .engine(at_ms)
             .evaluate(&self.tenant, expr, Steps::instant(at_ms))
             .await
             .map_err(|e| e.to_string())?
@@ -85,5 +109,36 @@ impl Querier for EngineQuerier {
                 other.type_name()
             )),
         }
+    }
+}
+
+#[async_trait]
+impl RuleWriter for EngineQuerier {
+    async fn write(
+        &self,
+        samples: &[(Labels, f64)],
+        _stale: &[Labels],
+        at_ms: i64,
+    ) -> Result<(), String> {
+        let mut recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        if recorded.0 != at_ms {
+            *recorded = (at_ms, Arc::new(Vec::new()));
+        }
+        let list = Arc::make_mut(&mut recorded.1);
+        for (labels, value) in samples {
+            // Invalid label sets never reach the store either (`metric_batch` drops them).
+            if let Ok(labels) =
+                ModelLabels::new(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            {
+                list.push((
+                    labels,
+                    Sample {
+                        timestamp_ms: at_ms,
+                        value: *value,
+                    },
+                ));
+            }
+        }
+        Ok(())
     }
 }

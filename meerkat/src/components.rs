@@ -381,17 +381,18 @@ impl AlertingComponent {
                 .await
                 .context("alerting cannot write to the bus")?,
         );
-        let engine = query::promql::Engine::new(store).with_limits(query::promql::Limits {
+        let limits = query::promql::Limits {
             max_series: config.query.max_series,
             max_samples: config.query.max_samples,
-        });
+        };
         let manager = alerting::manager::RuleManager::start(
             alerting::manager::ManagerConfig {
                 rule_files,
                 evaluation_interval_ms: alerting_config.evaluation_interval_seconds as i64 * 1000,
                 settings,
             },
-            engine,
+            store,
+            limits,
             Arc::new(sink),
             notifier,
         )

@@ -533,6 +533,50 @@ fn each_tenants_rules_read_and_write_only_that_tenants_data() {
     );
 }
 
+#[test]
+fn a_rule_sees_what_an_earlier_rule_of_its_group_recorded_at_the_same_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(
+        &rules,
+        "groups:\n  - name: chain\n    rules:\n      - record: chain:one\n        expr: vector(1)\n      \
+         - alert: ChainSeen\n        expr: chain:one > 0\n",
+    )
+    .unwrap();
+    let meerkat = Server::start(
+        dir.path(),
+        &[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--rule-files",
+            rules.to_str().unwrap(),
+        ],
+        &[("MEERKAT_ALERTING__EVALUATION_INTERVAL_SECONDS", "1")],
+    );
+    let mut active_at = None;
+    wait_until("the chained alert fires", || {
+        let alerts = meerkat_api(meerkat.addr, "/api/v1/alerts");
+        active_at = alerts["data"]["alerts"]
+            .as_array()
+            .and_then(|a| a.first())
+            .map(|a| parse_time(a["activeAt"].as_str().unwrap()).timestamp_millis());
+        active_at.is_some()
+    });
+    // As in Prometheus, it fired at the group's first evaluation, the one that first
+    // recorded `chain:one` (through the bus it would be seen one evaluation later).
+    let mut first_recorded = None;
+    wait_until("the first recorded sample is stored", || {
+        let rows = sql_rows(
+            meerkat.addr,
+            "SELECT min(x.timestamp_ms) FROM samples x JOIN series s USING (series_id) \
+             WHERE s.metric_name = 'chain:one'",
+        );
+        first_recorded = rows.first().and_then(|r| r[0].as_i64());
+        first_recorded.is_some()
+    });
+    assert_eq!(active_at, first_recorded);
+}
+
 /// The pending alert of `rule` on `meerkat`, with its `activeAt`.
 fn pending_since(meerkat: &Server) -> Option<chrono::DateTime<chrono::FixedOffset>> {
     let alerts = meerkat_api(meerkat.addr, "/api/v1/alerts");

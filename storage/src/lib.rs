@@ -20,6 +20,7 @@ pub mod embedded;
 mod error;
 mod matcher;
 mod otel_json;
+pub mod overlay;
 mod remote_write;
 
 use std::collections::BTreeMap;
