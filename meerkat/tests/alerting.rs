@@ -404,16 +404,7 @@ fn a_broken_rule_file_is_refused_and_the_loaded_rules_keep_running() {
         "groups:\n  - name: g\n    rules:\n      - record: one\n        expr: vector(1)\n",
     )
     .unwrap();
-    let meerkat = Server::start(
-        dir.path(),
-        &[
-            "--http-listen",
-            "127.0.0.1:0",
-            "--rule-files",
-            rules_dir.to_str().unwrap(),
-        ],
-        &[("MEERKAT_ALERTING__EVALUATION_INTERVAL_SECONDS", "1")],
-    );
+    let meerkat = serve_rules(dir.path(), &rules_dir);
     wait_until("the recording rule runs", || {
         !query_vector(meerkat.addr, "one").is_empty()
     });
@@ -543,16 +534,7 @@ fn a_rule_sees_what_an_earlier_rule_of_its_group_recorded_at_the_same_evaluation
          - alert: ChainSeen\n        expr: chain:one > 0\n",
     )
     .unwrap();
-    let meerkat = Server::start(
-        dir.path(),
-        &[
-            "--http-listen",
-            "127.0.0.1:0",
-            "--rule-files",
-            rules.to_str().unwrap(),
-        ],
-        &[("MEERKAT_ALERTING__EVALUATION_INTERVAL_SECONDS", "1")],
-    );
+    let meerkat = serve_rules(dir.path(), &rules);
     let mut active_at = None;
     wait_until("the chained alert fires", || {
         let alerts = meerkat_api(meerkat.addr, "/api/v1/alerts");
@@ -575,6 +557,20 @@ fn a_rule_sees_what_an_earlier_rule_of_its_group_recorded_at_the_same_evaluation
         first_recorded.is_some()
     });
     assert_eq!(active_at, first_recorded);
+}
+
+/// `meerkat serve` in `dir` evaluating `rules` (a file or directory) every second.
+fn serve_rules(dir: &Path, rules: &Path) -> Server {
+    Server::start(
+        dir,
+        &[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--rule-files",
+            rules.to_str().unwrap(),
+        ],
+        &[("MEERKAT_ALERTING__EVALUATION_INTERVAL_SECONDS", "1")],
+    )
 }
 
 /// The pending alert of `rule` on `meerkat`, with its `activeAt`.
