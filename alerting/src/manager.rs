@@ -6,13 +6,13 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use model::{
-    AlertEvent, AlertState as EventState, AnyValue, EventKind, KeyValue, Labels as ModelLabels,
-    MetricBatch, Payload, PlatformEvent, Sample, Series, TenantId,
+    AlertEvent, AlertState as EventState, AnyValue, EventKind, KeyValue, MetricBatch, Payload,
+    PlatformEvent, Sample, Series, TenantId,
 };
 use tokio::sync::Notify;
 
@@ -20,7 +20,9 @@ use crate::files;
 use crate::notifier::Notifier;
 use crate::querier::EngineQuerier;
 use crate::rulefmt::RuleError;
-use crate::rules::{AlertState, EvalSettings, Group, GroupOutput, Labels, Querier, Transition};
+use crate::rules::{
+    AlertState, EvalSettings, Group, GroupOutput, Labels, Querier, Transition, model_labels,
+};
 
 /// Where evaluation results go: recording rules' and `ALERTS` samples, alert events.
 #[async_trait]
@@ -35,14 +37,6 @@ pub struct ManagerConfig {
     /// Groups without an `interval` are evaluated this often.
     pub evaluation_interval_ms: i64,
     pub settings: EvalSettings,
-}
-
-/// The outcome of the last reload, for `/api/v1/status` and logs.
-#[derive(Clone, Debug, Default)]
-pub struct ReloadStatus {
-    pub success: bool,
-    pub at_ms: i64,
-    pub errors: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -61,7 +55,6 @@ struct Shared {
     sink: Arc<dyn RuleSink>,
     notifier: Arc<Notifier>,
     running: tokio::sync::Mutex<Vec<Running>>,
-    reload: Mutex<ReloadStatus>,
     /// One reload at a time, from reading the files to the groups running: two racing
     /// (the file watch and `POST /-/reload`) must not install the older files last.
     reloading: tokio::sync::Mutex<()>,
@@ -101,7 +94,6 @@ impl RuleManager {
                 sink,
                 notifier,
                 running: tokio::sync::Mutex::new(Vec::new()),
-                reload: Mutex::new(ReloadStatus::default()),
                 reloading: tokio::sync::Mutex::new(()),
                 stopped: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -116,38 +108,19 @@ impl RuleManager {
     /// staleness markers.
     pub async fn reload(&self) -> Result<usize, Vec<RuleError>> {
         let _one_at_a_time = self.shared.reloading.lock().await;
-        let now = now_ms();
         match load(&self.shared.config) {
             Ok(groups) => {
                 let count = groups.len();
                 self.replace(groups).await;
-                *self.shared.reload.lock().unwrap_or_else(|e| e.into_inner()) = ReloadStatus {
-                    success: true,
-                    at_ms: now,
-                    errors: Vec::new(),
-                };
                 tracing::info!(groups = count, "rules reloaded");
                 Ok(count)
             }
             Err(errors) => {
                 let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 tracing::error!(errors = ?texts, "rule reload failed; the loaded rules keep running");
-                *self.shared.reload.lock().unwrap_or_else(|e| e.into_inner()) = ReloadStatus {
-                    success: false,
-                    at_ms: now,
-                    errors: texts,
-                };
                 Err(errors)
             }
         }
-    }
-
-    pub fn reload_status(&self) -> ReloadStatus {
-        self.shared
-            .reload
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 
     async fn replace(&self, groups: Vec<TenantGroup>) {
@@ -440,20 +413,17 @@ pub fn metric_batch(samples: &[(Labels, f64)], stale: &[Labels], at_ms: i64) -> 
         .iter()
         .map(|(l, v)| (l, *v))
         .chain(stale.iter().map(|l| (l, model::stale_nan())))
-        .filter_map(|(labels, value)| {
-            let labels = ModelLabels::new(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-            match labels {
-                Ok(labels) => Some(Series::with_samples(
-                    labels,
-                    vec![Sample {
-                        timestamp_ms: at_ms,
-                        value,
-                    }],
-                )),
-                Err(error) => {
-                    tracing::warn!(%error, "a rule produced an invalid series; dropped");
-                    None
-                }
+        .filter_map(|(labels, value)| match model_labels(labels) {
+            Ok(labels) => Some(Series::with_samples(
+                labels,
+                vec![Sample {
+                    timestamp_ms: at_ms,
+                    value,
+                }],
+            )),
+            Err(error) => {
+                tracing::warn!(%error, "a rule produced an invalid series; dropped");
+                None
             }
         })
         .collect();
@@ -472,7 +442,7 @@ fn event(t: &Transition) -> Option<PlatformEvent> {
         // A pending alert that went away never fired: nothing was resolved.
         _ => return None,
     };
-    let labels = ModelLabels::new(t.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))).ok()?;
+    let labels = model_labels(&t.labels).ok()?;
     Some(PlatformEvent {
         timestamp_ms: t.at_ms,
         source: "alerting".into(),

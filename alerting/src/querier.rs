@@ -10,7 +10,7 @@ use storage::Storage;
 use storage::overlay::Overlay;
 
 use crate::expand::QuerySample;
-use crate::rules::{Labels, Querier, RuleWriter};
+use crate::rules::{Labels, Querier, RuleWriter, model_labels};
 
 /// The samples a group's rules recorded at one evaluation time.
 type Recorded = (i64, Arc<Vec<(ModelLabels, Sample)>>);
@@ -127,9 +127,7 @@ impl RuleWriter for EngineQuerier {
         let list = Arc::make_mut(&mut recorded.1);
         for (labels, value) in samples {
             // Invalid label sets never reach the store either (`metric_batch` drops them).
-            if let Ok(labels) =
-                ModelLabels::new(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            {
+            if let Ok(labels) = model_labels(labels) {
                 list.push((
                     labels,
                     Sample {

@@ -17,6 +17,11 @@ use crate::rulefmt::{self, RuleGroup, RuleNode};
 /// A label set, by name.
 pub type Labels = BTreeMap<String, String>;
 
+/// `labels` as the data model holds them (an error for names or values it refuses).
+pub fn model_labels(labels: &Labels) -> Result<model::Labels, model::ModelError> {
+    model::Labels::new(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
 /// How long a resolved alert is still reported (Prometheus's `resolvedRetention`).
 pub const RESOLVED_RETENTION_MS: i64 = 15 * 60 * 1000;
 

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use model::{Labels as ModelLabels, MetricBatch, Payload, Sample, Series, TenantId};
+use model::{MetricBatch, Payload, Sample, Series, TenantId};
 use query::promql::notation::{self, Point};
 use serde::Deserialize;
 use storage::embedded::{EmbeddedStore, EmbeddedStoreConfig};
@@ -18,7 +18,7 @@ use storage::{BusPosition, Storage};
 
 use crate::expand::QuerySample;
 use crate::querier::EngineQuerier;
-use crate::rules::{AlertState, EvalSettings, Labels, Querier, RuleWriter};
+use crate::rules::{AlertState, EvalSettings, Labels, Querier, RuleWriter, model_labels};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -286,10 +286,9 @@ async fn run_group(
         let mut eval_errors = Vec::new();
         for group in &mut groups {
             // Each rule's results are in the store before the next rule runs.
-            let output = group
+            group
                 .eval_committing(ts, &querier, &settings, Some(&writer))
                 .await;
-            drop(output);
             for rule in &group.rules {
                 if let Some(error) = &rule.status().last_error {
                     eval_errors.push(format!(
@@ -438,8 +437,7 @@ impl Writer {
     async fn write_input(&self, series: Vec<(Labels, Vec<(i64, f64)>)>) -> Result<(), String> {
         let mut batch = Vec::with_capacity(series.len());
         for (labels, samples) in series {
-            let labels = ModelLabels::new(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .map_err(|e| format!("series {labels:?}: {e}"))?;
+            let labels = model_labels(&labels).map_err(|e| format!("series {labels:?}: {e}"))?;
             let samples = samples
                 .into_iter()
                 .map(|(timestamp_ms, value)| Sample {
